@@ -1,0 +1,61 @@
+# Every target bootstraps its own virtual environment from the pinned requirement files.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VENV_SAM := .venv-sam
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp
+SAM_STAMP := $(VENV_SAM)/.stamp
+REQS := requirements/runtime.txt requirements/dev.txt requirements/lock.txt pyproject.toml
+SCALE ?= 1000000
+PYTEST_ARGS ?=
+
+.PHONY: help demo test lint format security check build bench clean venv
+
+help:
+	@echo "make demo | test | lint | format | security | check | build | bench [SCALE=N] | clean"
+
+$(STAMP): $(REQS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements/dev.txt -c requirements/lock.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+venv: $(STAMP)
+
+$(SAM_STAMP): requirements/sam.txt
+	@test -x $(VENV_SAM)/bin/python || $(PYTHON) -m venv $(VENV_SAM)
+	$(VENV_SAM)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_SAM)/bin/python -m pip install --quiet -r requirements/sam.txt
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/python -m totes demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+security: $(STAMP)
+	$(BIN)/bandit -q -c pyproject.toml -r shared functions
+	$(BIN)/pip-audit --strict --no-deps --disable-pip -r requirements/lock.txt
+
+check: lint security test
+
+build: $(SAM_STAMP)
+	$(VENV_SAM)/bin/sam build --template-file template.yaml
+
+bench: $(STAMP)
+	$(BIN)/python -m totes bench --scale $(SCALE) --output bench-results.json
+
+clean:
+	rm -rf $(VENV) $(VENV_SAM) .aws-sam .pytest_cache .ruff_cache bench-results.json
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,3 @@
+from totes.cli import main
+
+raise SystemExit(main())

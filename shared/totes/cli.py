@@ -1,0 +1,84 @@
+"""``python -m totes``: the command line over the same code the Lambdas run.
+
+Each subcommand names the module function that does the work; modules are imported only
+when their command runs, so ``--help`` is fast and a broken optional part cannot break another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from totes.errors import TotesError
+
+# command path -> "module:function"; each function takes the parsed args and returns an exit code.
+COMMANDS = {
+    ("source", "create"): "totes.source.commands:create",
+    ("source", "simulate"): "totes.source.commands:simulate",
+    ("warehouse", "migrate"): "totes.warehouse.commands:migrate",
+    ("local-aws",): "totes.local.commands:local_aws",
+    ("run",): "totes.local.commands:run",
+    ("demo",): "totes.local.demo:main",
+    ("bench",): "totes.local.bench:main",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m totes", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    source = sub.add_parser("source", help="the totesys source database").add_subparsers(
+        dest="action", required=True
+    )
+    create = source.add_parser("create", help="create the schema and load a snapshot or generate")
+    create.add_argument("--url", required=True, help="postgresql://... of an empty database")
+    what = create.add_mutually_exclusive_group(required=True)
+    what.add_argument("--snapshot", metavar="DIR", help="directory with one Parquet per table")
+    what.add_argument("--scale", type=int, metavar="N", help="generate about N sales orders")
+    create.add_argument("--seed", type=int, default=42)
+    simulate = source.add_parser("simulate", help="advance the database like the live business")
+    simulate.add_argument("--url", required=True)
+    simulate.add_argument("--steps", type=int, required=True)
+    simulate.add_argument("--seed", type=int, default=None)
+
+    warehouse = sub.add_parser("warehouse", help="the star-schema warehouse").add_subparsers(
+        dest="action", required=True
+    )
+    migrate = warehouse.add_parser("migrate", help="apply the schema migrations (idempotent)")
+    migrate.add_argument("--url", required=True)
+
+    local_aws = sub.add_parser("local-aws", help="run the local AWS emulation in the foreground")
+    local_aws.add_argument("--port", type=int, default=None)
+
+    run = sub.add_parser("run", help="one cycle of the deployed chain, run locally")
+    run.add_argument("--source-url", required=True)
+    run.add_argument("--warehouse-url", required=True)
+    run.add_argument("--endpoint-url", default=None, help="a running `totes local-aws`")
+    run.add_argument("--lag", type=float, default=None, help="watermark safety lag, seconds")
+    run.add_argument("--overlap", type=float, default=None, help="watermark overlap, seconds")
+
+    demo = sub.add_parser("demo", help="the whole chain on an embedded PostgreSQL, with answers")
+    demo.add_argument("--scale", type=int, default=20_000)
+    demo.add_argument("--rounds", type=int, default=3)
+
+    bench = sub.add_parser("bench", help="throughput and memory per stage, with baselines")
+    bench.add_argument("--scale", type=int, default=1_000_000)
+    bench.add_argument("--output", default="bench-results.json")
+    bench.add_argument("--source-url", default=None)
+    bench.add_argument("--warehouse-url", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    path = (args.command, args.action) if hasattr(args, "action") else (args.command,)
+    module_name, func_name = COMMANDS[path].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(func(args) or 0)
+    except TotesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

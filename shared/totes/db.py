@@ -1,0 +1,213 @@
+"""PostgreSQL connections for every stage and tool: from a URL (CLI, tests) or from a Secrets
+Manager secret (Lambda), with TLS verified for any host that is not loopback or a socket.
+
+Errors name the database and host but never the password.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import ssl
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pg8000.native
+from pg8000.exceptions import DatabaseError, InterfaceError
+
+from totes.errors import ConfigurationError, DatabaseUnavailable
+from totes.observability import logger
+
+SSL_MODES = ("verify-full", "require", "disable")
+_AUTH_FAILURES = {"28P01", "28000"}
+
+
+@dataclass(frozen=True)
+class DbCredentials:
+    """Where and as whom to connect. ``repr`` hides the password."""
+
+    user: str
+    dbname: str
+    host: str | None = None
+    port: int = 5432
+    password: str | None = field(default=None, repr=False)
+    unix_socket_dir: str | None = None
+    sslmode: str = "verify-full"
+    sslrootcert: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> DbCredentials:
+        """``postgresql://user:pw@host:port/db`` or ``postgresql://user@/db?host=/socket/dir``."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ConfigurationError(
+                f"database URL must start with postgresql://, got scheme {parts.scheme!r}"
+            )
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        dbname = unquote(parts.path.lstrip("/"))
+        if not dbname:
+            raise ConfigurationError("database URL names no database (postgresql://.../DBNAME)")
+        try:
+            port = parts.port or int(query.get("port", 5432))
+        except ValueError as exc:
+            raise ConfigurationError(f"database URL has a malformed port: {exc}") from None
+        socket_dir = query.get("host") if query.get("host", "").startswith("/") else None
+        host = parts.hostname or (None if socket_dir else query.get("host"))
+        if not host and not socket_dir:
+            raise ConfigurationError("database URL names neither a host nor a socket directory")
+        sslmode = query.get("sslmode", "verify-full")
+        if sslmode not in SSL_MODES:
+            raise ConfigurationError(f"sslmode must be one of {SSL_MODES}, got {sslmode!r}")
+        return cls(
+            user=unquote(parts.username or "postgres"),
+            password=unquote(parts.password) if parts.password else None,
+            host=host,
+            port=port,
+            dbname=dbname,
+            unix_socket_dir=socket_dir,
+            sslmode=sslmode,
+            sslrootcert=query.get("sslrootcert"),
+        )
+
+    @classmethod
+    def from_secret(cls, secret: str | dict) -> DbCredentials:
+        """The JSON shape RDS secrets use: host, port, username/user, password, dbname."""
+        data = json.loads(secret) if isinstance(secret, str) else dict(secret)
+        missing = [k for k in ("host", "dbname") if not data.get(k)]
+        if not (data.get("user") or data.get("username")):
+            missing.append("user")
+        if missing:
+            raise ConfigurationError(f"database secret lacks key(s): {', '.join(missing)}")
+        host = str(data["host"])
+        socket_dir = host if host.startswith("/") else None
+        sslmode = data.get("sslmode", "verify-full")
+        if sslmode not in SSL_MODES:
+            raise ConfigurationError(f"secret sslmode must be one of {SSL_MODES}, got {sslmode!r}")
+        return cls(
+            user=str(data.get("user") or data.get("username")),
+            password=data.get("password"),
+            host=None if socket_dir else host,
+            port=int(data.get("port", 5432)),
+            dbname=str(data["dbname"]),
+            unix_socket_dir=socket_dir,
+            sslmode=sslmode,
+            sslrootcert=data.get("sslrootcert"),
+        )
+
+    def to_secret(self) -> str:
+        """The secret JSON for these credentials (what local runs store in Secrets Manager)."""
+        data = {
+            "host": self.unix_socket_dir or self.host,
+            "port": self.port,
+            "username": self.user,
+            "password": self.password or "",
+            "dbname": self.dbname,
+        }
+        if self.sslmode != "verify-full":
+            data["sslmode"] = self.sslmode
+        if self.sslrootcert:
+            data["sslrootcert"] = self.sslrootcert
+        return json.dumps(data)
+
+    def with_dbname(self, dbname: str) -> DbCredentials:
+        return DbCredentials(**{**self.__dict__, "dbname": dbname})
+
+    def to_url(self) -> str:
+        """A URL with the password percent-encoded (for local tools; never logged)."""
+        from urllib.parse import quote
+
+        auth = quote(self.user, safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        if self.unix_socket_dir:
+            return (
+                f"postgresql://{auth}@/{self.dbname}?host={self.unix_socket_dir}&port={self.port}"
+            )
+        query = "" if self.sslmode == "verify-full" else f"?sslmode={self.sslmode}"
+        return f"postgresql://{auth}@{self.host}:{self.port}/{self.dbname}{query}"
+
+    @property
+    def where(self) -> str:
+        """Where this database is, for messages (no credentials)."""
+        location = self.unix_socket_dir or f"{self.host}:{self.port}"
+        return f"database {self.dbname!r} at {location}"
+
+    @property
+    def is_local(self) -> bool:
+        if self.unix_socket_dir:
+            return True
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host or "").is_loopback
+        except ValueError:
+            return False
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """TLS for every remote host, verified unless the configuration relaxes it explicitly."""
+        if self.is_local or self.sslmode == "disable":
+            if not self.is_local:
+                logger.warning("TLS disabled by explicit sslmode=disable", extra={"db": self.where})
+            return None
+        context = ssl.create_default_context(cafile=self.sslrootcert)
+        if self.sslmode == "require":
+            logger.warning(
+                "TLS certificate verification relaxed by explicit sslmode=require",
+                extra={"db": self.where},
+            )
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+def connect(creds: DbCredentials, *, application_name: str = "totes", timeout: float = 10.0):
+    """A ``pg8000.native.Connection``; failures become ``DatabaseUnavailable`` naming the target."""
+    kwargs: dict = {
+        "user": creds.user,
+        "password": creds.password,
+        "database": creds.dbname,
+        "application_name": application_name,
+        "timeout": timeout,
+    }
+    if creds.unix_socket_dir:
+        kwargs["unix_sock"] = os.path.join(creds.unix_socket_dir, f".s.PGSQL.{creds.port}")
+    else:
+        kwargs.update(host=creds.host, port=creds.port, ssl_context=creds.ssl_context())
+    try:
+        return pg8000.native.Connection(**kwargs)
+    except InterfaceError as exc:
+        raise DatabaseUnavailable(f"cannot reach {creds.where}: {_clean(exc, creds)}") from None
+    except DatabaseError as exc:
+        code = exc.args[0].get("C") if exc.args and isinstance(exc.args[0], dict) else None
+        if code in _AUTH_FAILURES:
+            raise DatabaseUnavailable(
+                f"authentication failed for user {creds.user!r} on {creds.where}"
+            ) from None
+        raise DatabaseUnavailable(
+            f"cannot connect to {creds.where}: {_clean(exc, creds)}"
+        ) from None
+    except OSError as exc:
+        raise DatabaseUnavailable(f"cannot reach {creds.where}: {exc.strerror or exc}") from None
+
+
+def connect_url(url: str, **kwargs):
+    return connect(DbCredentials.from_url(url), **kwargs)
+
+
+def credentials_from_secret_store(secret_id: str) -> DbCredentials:
+    """Read database credentials from Secrets Manager through Powertools Parameters (cached)."""
+    from aws_lambda_powertools.utilities import parameters
+
+    try:
+        value = parameters.get_secret(secret_id, max_age=300)
+    except parameters.exceptions.GetParameterError as exc:
+        raise ConfigurationError(f"cannot read database secret {secret_id!r}: {exc}") from None
+    return DbCredentials.from_secret(value)
+
+
+def _clean(exc: Exception, creds: DbCredentials) -> str:
+    text = str(exc.args[0].get("M", exc) if exc.args and isinstance(exc.args[0], dict) else exc)
+    if creds.password:
+        text = text.replace(creds.password, "***")
+    return text

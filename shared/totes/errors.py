@@ -1,0 +1,26 @@
+"""Exceptions that carry a message fit for an operator: they name what is wrong (database,
+table, file, column, batch) and never carry a credential."""
+
+
+class TotesError(Exception):
+    """Base class: anything the CLI prints as a one-line error and exits non-zero on."""
+
+
+class ConfigurationError(TotesError):
+    """A setting is missing or malformed (raised at cold start, naming the variable)."""
+
+
+class DatabaseUnavailable(TotesError):
+    """The database cannot be reached or refuses our credentials."""
+
+
+class SchemaDrift(TotesError):
+    """A table or column the pipeline relies on is missing or has another type."""
+
+
+class BatchRejected(TotesError):
+    """A batch failed a data-quality gate; ``reason`` is the JSON-able quarantine record."""
+
+    def __init__(self, message: str, reason: dict | None = None):
+        super().__init__(message)
+        self.reason = reason or {"error": message}

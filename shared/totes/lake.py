@@ -1,0 +1,169 @@
+"""The lake: object keys, batch manifests and Parquet I/O, shared by every stage.
+
+Keys are pure functions of the batch id, so a re-run of the same batch overwrites objects
+with equal content instead of adding new ones. A manifest is written last and is the only
+object that triggers the next stage, so no stage ever sees half a batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST_PREFIX = "manifests/"
+MANIFEST_SUFFIX = ".json"
+RAW_PREFIX = "raw"
+PROCESSED_PREFIX = "processed"
+QUARANTINE_PREFIX = "quarantine"
+MANIFEST_VERSION = 1
+
+
+def batch_id_for(hi: datetime, part: int = 0) -> str:
+    """Sortable and deterministic: the window's upper bound (source clock), plus a part number
+    when one window is split into several bounded batches."""
+    return f"{hi:%Y%m%dT%H%M%S%f}-{part:03d}"
+
+
+def data_key(prefix: str, table: str, batch_id: str, part: int = 0) -> str:
+    return f"{prefix}/{table}/{batch_id}/part-{part:04d}.parquet"
+
+
+def manifest_key(batch_id: str) -> str:
+    return f"{MANIFEST_PREFIX}{batch_id}{MANIFEST_SUFFIX}"
+
+
+def batch_id_from_manifest_key(key: str) -> str:
+    if not (key.startswith(MANIFEST_PREFIX) and key.endswith(MANIFEST_SUFFIX)):
+        raise ValueError(f"not a manifest key: {key!r}")
+    return key[len(MANIFEST_PREFIX) : -len(MANIFEST_SUFFIX)]
+
+
+def schema_fingerprint(schema: pa.Schema) -> str:
+    """Names and Arrow types, in order; metadata ignored. Equal schemas, equal fingerprints."""
+    text = ";".join(f"{f.name}:{f.type}" for f in schema)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    table: str
+    key: str
+    rows: int
+    fingerprint: str
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One committed batch. ``window_lo``/``window_hi`` are source-clock ISO timestamps;
+    ``window_lo`` is None for a first run that takes everything."""
+
+    batch_id: str
+    stage: str  # "raw" or "processed"
+    window_lo: str | None
+    window_hi: str
+    files: tuple[ManifestFile, ...]
+    source_batch_id: str | None = None
+    extra: dict = field(default_factory=dict)
+    version: int = MANIFEST_VERSION
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["files"] = [asdict(f) for f in self.files]
+        return json.dumps(data, indent=1, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        data = json.loads(text)
+        data["files"] = tuple(ManifestFile(**f) for f in data.get("files", ()))
+        return cls(**data)
+
+    def files_for(self, table: str) -> list[ManifestFile]:
+        return [f for f in self.files if f.table == table]
+
+    @property
+    def tables(self) -> list[str]:
+        return sorted({f.table for f in self.files})
+
+    @property
+    def row_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for f in self.files:
+            counts[f.table] = counts.get(f.table, 0) + f.rows
+        return counts
+
+
+def table_to_parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="snappy")
+    return sink.getvalue()
+
+
+def parquet_bytes_to_table(data: bytes) -> pa.Table:
+    return pq.read_table(io.BytesIO(data))
+
+
+class Lake:
+    """One bucket of the lake, through a boto3 S3 client (moto locally, S3 on AWS)."""
+
+    def __init__(self, s3_client, bucket: str):
+        self.s3 = s3_client
+        self.bucket = bucket
+
+    def put_bytes(self, key: str, body: bytes, content_type: str) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def put_table(self, key: str, table: pa.Table) -> int:
+        body = table_to_parquet_bytes(table)
+        self.put_bytes(key, body, "application/vnd.apache.parquet")
+        return len(body)
+
+    def get_table(self, key: str) -> pa.Table:
+        return parquet_bytes_to_table(self.get_bytes(key))
+
+    def put_manifest(self, manifest: Manifest) -> str:
+        key = manifest_key(manifest.batch_id)
+        self.put_bytes(key, manifest.to_json().encode(), "application/json")
+        return key
+
+    def get_manifest(self, key: str) -> Manifest:
+        return Manifest.from_json(self.get_bytes(key))
+
+    def manifest_keys(self, start_after: str = "") -> list[str]:
+        """Every manifest key in batch-id (so chronological) order."""
+        keys: list[str] = []
+        paginator = self.s3.get_paginator("list_objects_v2")
+        kwargs = {"Bucket": self.bucket, "Prefix": MANIFEST_PREFIX}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        for page in paginator.paginate(**kwargs):
+            keys.extend(
+                o["Key"] for o in page.get("Contents", ()) if o["Key"].endswith(MANIFEST_SUFFIX)
+            )
+        return sorted(keys)
+
+    def latest_manifest(self) -> Manifest | None:
+        keys = self.manifest_keys()
+        return self.get_manifest(keys[-1]) if keys else None
+
+    def keys(self, prefix: str) -> list[str]:
+        paginator = self.s3.get_paginator("list_objects_v2")
+        return sorted(
+            o["Key"]
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix)
+            for o in page.get("Contents", ())
+        )
+
+    def copy(self, key: str, new_key: str) -> None:
+        self.s3.copy_object(
+            Bucket=self.bucket, Key=new_key, CopySource={"Bucket": self.bucket, "Key": key}
+        )

@@ -1,0 +1,102 @@
+"""Settings read once from the environment into frozen objects.
+
+A missing or malformed variable fails at cold start with its name, not deep inside a batch.
+Each stage reads only what it needs, so a function's environment in the template stays minimal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from totes.errors import ConfigurationError
+
+T = TypeVar("T")
+
+_MISSING = object()
+
+
+def _read(
+    env: Mapping[str, str], name: str, cast: Callable[[str], T], default: object = _MISSING
+) -> T:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        if default is _MISSING:
+            raise ConfigurationError(f"environment variable {name} is required but not set")
+        return default  # type: ignore[return-value]
+    try:
+        return cast(raw)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"environment variable {name}={raw!r} is malformed: {exc}"
+        ) from exc
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    raw_bucket: str
+    source_secret_id: str
+    lag_seconds: float = 2.0
+    overlap_seconds: float = 600.0
+    max_batch_rows: int = 500_000
+    chunk_rows: int = 100_000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> IngestSettings:
+        env = os.environ if env is None else env
+        return cls(
+            raw_bucket=_read(env, "RAW_BUCKET", str),
+            source_secret_id=_read(env, "SOURCE_SECRET_ID", str),
+            lag_seconds=_read(env, "INGEST_LAG_SECONDS", _non_negative_float, 2.0),
+            overlap_seconds=_read(env, "INGEST_OVERLAP_SECONDS", _non_negative_float, 600.0),
+            max_batch_rows=_read(env, "INGEST_MAX_BATCH_ROWS", _positive_int, 500_000),
+            chunk_rows=_read(env, "INGEST_CHUNK_ROWS", _positive_int, 100_000),
+        )
+
+
+@dataclass(frozen=True)
+class TransformSettings:
+    raw_bucket: str
+    processed_bucket: str
+    idempotency_table: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TransformSettings:
+        env = os.environ if env is None else env
+        return cls(
+            raw_bucket=_read(env, "RAW_BUCKET", str),
+            processed_bucket=_read(env, "PROCESSED_BUCKET", str),
+            idempotency_table=_read(env, "IDEMPOTENCY_TABLE", str),
+        )
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    processed_bucket: str
+    idempotency_table: str
+    warehouse_secret_id: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LoadSettings:
+        env = os.environ if env is None else env
+        return cls(
+            processed_bucket=_read(env, "PROCESSED_BUCKET", str),
+            idempotency_table=_read(env, "IDEMPOTENCY_TABLE", str),
+            warehouse_secret_id=_read(env, "WAREHOUSE_SECRET_ID", str),
+        )

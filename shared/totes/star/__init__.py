@@ -1,0 +1,1 @@
+"""The star schema: its model (columns and types) and the pure remodelling that builds it."""

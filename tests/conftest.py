@@ -1,0 +1,113 @@
+"""Fixtures that build real things: a PostgreSQL server (embedded, or the one named by
+TOTES_TEST_DATABASE_URL) with fresh databases per test, and a moto server with the stack's
+resources. Nothing leaks between tests: every test gets new databases and a new stack."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+from totes.db import DbCredentials, connect
+from totes.local.aws import StackNames, aws_environment, create_stack_resources, moto_server
+from totes.local.postgres import PostgresCluster, postgres_cluster
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SNAPSHOT_DIR = REPO_ROOT.parent / "shared" / "data" / "totesys-2024-11-15"
+REQUIRE_SHARED_ENV = "TOTES_REQUIRE_SHARED_DATA"
+
+_stack_seq = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> PostgresCluster:
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def fresh_db(pg_cluster):
+    """A factory: each call gives credentials of a new, empty database, dropped after the test."""
+    made: list[DbCredentials] = []
+
+    def make(prefix: str = "t") -> DbCredentials:
+        creds = pg_cluster.create_database(prefix)
+        made.append(creds)
+        return creds
+
+    yield make
+    for creds in made:
+        pg_cluster.drop_database(creds)
+
+
+@pytest.fixture
+def source_db(fresh_db) -> DbCredentials:
+    return fresh_db("src")
+
+
+@pytest.fixture
+def warehouse_db(fresh_db) -> DbCredentials:
+    return fresh_db("wh")
+
+
+@pytest.fixture
+def pg_connect():
+    """Open pg8000 native connections that are closed after the test."""
+    opened = []
+
+    def _connect(creds: DbCredentials):
+        con = connect(creds)
+        opened.append(con)
+        return con
+
+    yield _connect
+    for con in opened:
+        with contextlib.suppress(Exception):  # already closed by the test
+            con.close()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> str:
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def aws(moto_endpoint):
+    """AWS clients of every library pointed at the emulator for the duration of the test."""
+    with aws_environment(moto_endpoint):
+        yield moto_endpoint
+
+
+@pytest.fixture
+def stack(aws, source_db, warehouse_db, monkeypatch) -> StackNames:
+    """A fresh set of the stack's resources (unique names per test) with the database secrets,
+    and the functions' environment variables set as the template sets them."""
+    n = next(_stack_seq)
+    names = StackNames(
+        raw_bucket=f"raw-{n}",
+        processed_bucket=f"processed-{n}",
+        transform_queue=f"raw-manifests-{n}",
+        load_queue=f"processed-manifests-{n}",
+        failure_queue=f"failures-{n}",
+        idempotency_table=f"idempotency-{n}",
+        source_secret=f"source-db-{n}",
+        warehouse_secret=f"warehouse-db-{n}",
+    )
+    create_stack_resources(aws, names, source=source_db, warehouse=warehouse_db)
+    for key, value in names.function_env().items():
+        monkeypatch.setenv(key, value)
+    return names
+
+
+@pytest.fixture(scope="session")
+def snapshot_dir() -> Path:
+    """The real totesys snapshot beside the repository; absent in a user's fresh clone."""
+    if not SNAPSHOT_DIR.is_dir():
+        if os.environ.get(REQUIRE_SHARED_ENV):
+            pytest.fail(f"{SNAPSHOT_DIR} is missing but {REQUIRE_SHARED_ENV} is set (CI)")
+        pytest.skip(f"real snapshot not present at {SNAPSHOT_DIR} (only beside the repo)")
+    return SNAPSHOT_DIR
