@@ -1,0 +1,1 @@
+"""What each Lambda does, joining the domain modules: one module per stage."""
