@@ -1,0 +1,103 @@
+"""The totesys DDL, derived from ``totes.source.model`` so the schema we test against is the
+one the rest of the pipeline reads: the two Prisma enum types, then every table in dependency
+order with its serial key, NOT NULLs, defaults, unique constraints and foreign keys (ON UPDATE
+CASCADE, ON DELETE RESTRICT, or SET NULL for the two on ``transaction``).
+
+Identifiers come only from the model and are always double-quoted (``transaction`` is a
+keyword, the enum names are mixed case).
+"""
+
+from __future__ import annotations
+
+from totes.errors import TotesError
+from totes.source.model import ENUMS, TABLES, Column, Table
+
+
+class TargetNotEmpty(TotesError):
+    """The database we were asked to create the source in already holds tables."""
+
+
+def q(identifier: str) -> str:
+    """Double-quote an identifier taken from the model (never from input)."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def enum_ddl(name: str, labels: tuple[str, ...]) -> str:
+    values = ", ".join("'" + label.replace("'", "''") + "'" for label in labels)
+    return f"CREATE TYPE {q(name)} AS ENUM ({values})"
+
+
+def _column_ddl(table: Table, column: Column) -> str:
+    if column.name == table.key:
+        return f"{q(column.name)} serial NOT NULL"
+    sql_type = column.sql_type.replace("timestamp(3)", "timestamp(3) without time zone")
+    parts = [q(column.name), sql_type]
+    if column.not_null:
+        parts.append("NOT NULL")
+    if column.default is not None:
+        parts.append(f"DEFAULT {column.default}")
+    return " ".join(parts)
+
+
+def table_ddl(table: Table) -> str:
+    lines = [_column_ddl(table, c) for c in table.columns]
+    lines.append(f"CONSTRAINT {q(table.name + '_pkey')} PRIMARY KEY ({q(table.key)})")
+    lines += [
+        f"CONSTRAINT {q(f'{table.name}_{col}_key')} UNIQUE ({q(col)})" for col in table.unique
+    ]
+    lines += [
+        f"CONSTRAINT {q(f'{table.name}_{fk.column}_fkey')} FOREIGN KEY ({q(fk.column)}) "
+        f"REFERENCES {q(fk.table)} ({q(fk.ref_column)}) "
+        f"ON UPDATE {fk.on_update} ON DELETE {fk.on_delete}"
+        for fk in table.foreign_keys
+    ]
+    body = ",\n    ".join(lines)
+    return f"CREATE TABLE {q(table.name)} (\n    {body}\n)"
+
+
+def schema_statements() -> list[str]:
+    """Every statement of the source schema, in an order PostgreSQL accepts."""
+    return [enum_ddl(n, labels) for n, labels in ENUMS.items()] + [table_ddl(t) for t in TABLES]
+
+
+def user_tables(con) -> list[str]:
+    """Names of the ordinary tables in the connected database's non-system schemas."""
+    rows = con.run(
+        "SELECT table_schema || '.' || table_name FROM information_schema.tables "
+        "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') "
+        "AND table_type = 'BASE TABLE' ORDER BY 1"
+    )
+    return [r[0] for r in rows]
+
+
+def ensure_empty(con, where: str = "the target database") -> None:
+    """Refuse to create the source over existing tables: we never mix data into a database."""
+    existing = user_tables(con)
+    if existing:
+        shown = ", ".join(existing[:5]) + (" ..." if len(existing) > 5 else "")
+        raise TargetNotEmpty(
+            f"{where} is not empty ({len(existing)} table(s): {shown}); use an empty database"
+        )
+
+
+def create_schema(con) -> None:
+    """Create the enums and all eleven tables in one transaction (all or nothing)."""
+    con.run("BEGIN")
+    try:
+        for statement in schema_statements():
+            con.run(statement)
+        con.run("COMMIT")
+    except Exception:
+        con.run("ROLLBACK")
+        raise
+
+
+def reset_sequences(con) -> None:
+    """Move every serial sequence past the table's largest id, so new rows get fresh ids."""
+    for table in TABLES:
+        highest = f"SELECT max({q(table.key)}) FROM {q(table.name)}"  # noqa: S608  # nosec B608 (model names)
+        con.run(
+            f"SELECT setval(pg_get_serial_sequence(:t, :c), COALESCE(({highest}), 0) + 1, false)",
+            t=q(table.name),
+            c=table.key,
+        )
