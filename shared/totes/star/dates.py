@@ -1,0 +1,87 @@
+"""Dates and times of the star schema: splitting source timestamps, parsing the source's text
+dates, and the calendar rows of dim_date.
+
+The conventions are fixed by ``warehouse.md`` and relied on by BI queries: ISO day of week
+(1 = Monday .. 7 = Sunday), English names without padding, quarters 1..4, and times that keep
+the source's milliseconds. Names come from fixed tuples, not ``strftime``, so the output does
+not depend on the machine's locale.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+MONTH_NAMES = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+
+# A calendar day never changes, so every dim_date row carries the same (earliest) version.
+DATE_SOURCE_VERSION = datetime(1970, 1, 1)
+
+TEXT_DATE_FORMAT = "%Y-%m-%d"
+
+
+def date_part(stamps: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """The calendar date of each source timestamp (no zone: the source clock's own date)."""
+    return pc.cast(stamps, pa.date32())
+
+
+def time_part(stamps: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """The time of day of each timestamp, to the millisecond (TIME(3) in the warehouse)."""
+    return pc.cast(pc.cast(stamps, pa.timestamp("ms")), pa.time32("ms"))
+
+
+def parse_text_date(text: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """The source's ``YYYY-MM-DD`` text dates as dates; raises ArrowInvalid on anything else
+    (the quality gates find such rows first and quarantine the batch)."""
+    return pc.cast(text, pa.date32())
+
+
+def unparseable_text_dates(text: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """A mask of the non-null values that are not valid ``YYYY-MM-DD`` dates."""
+    parsed = pc.strptime(text, format=TEXT_DATE_FORMAT, unit="s", error_is_null=True)
+    well_formed = pc.match_substring_regex(text, r"^\d{4}-\d{2}-\d{2}$")
+    return pc.and_(pc.is_valid(text), pc.invert(pc.and_(pc.is_valid(parsed), well_formed)))
+
+
+def calendar(*date_columns: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """One dim_date row per distinct non-null date found in any of the columns, in date order."""
+    chunks = [
+        chunk
+        for column in date_columns
+        for chunk in (column.chunks if isinstance(column, pa.ChunkedArray) else [column])
+    ]
+    days = pc.unique(pa.chunked_array(chunks, pa.date32()).combine_chunks().drop_null())
+    days = pc.take(days, pc.sort_indices(days))
+    day_of_week = pc.day_of_week(days, count_from_zero=False, week_start=1)
+    month = pc.month(days)
+    return pa.table(
+        {
+            "date_id": days,
+            "year": pc.year(days),
+            "month": month,
+            "day": pc.day(days),
+            "day_of_week": day_of_week,
+            "day_name": pc.take(pa.array(DAY_NAMES), pc.subtract(day_of_week, 1)),
+            "month_name": pc.take(pa.array(MONTH_NAMES), pc.subtract(month, 1)),
+            "quarter": pc.quarter(days),
+            "source_version": pa.repeat(
+                pa.scalar(DATE_SOURCE_VERSION, pa.timestamp("ms")), len(days)
+            ),
+        }
+    )
