@@ -1,0 +1,637 @@
+"""The deployed chain run on one machine: the same three handlers, the same S3 notifications,
+the same retry rule, with moto standing in for AWS.
+
+On AWS, EventBridge Scheduler invokes ingest; S3 ``ObjectCreated`` notifications on each
+bucket's ``manifests/*.json`` invoke transform and load asynchronously; the template's async
+config retries a failed event twice (three attempts) and then sends it to the on-failure
+destination. moto cannot run Lambda code without Docker, so here the buckets notify SQS
+queues (with the template's filters) and :class:`LocalChain` hands each queued S3 event to
+the handler in-process, applying the same retry rule and sending exhausted events to the
+local failure queue. Everything a handler reads (settings, secrets, the idempotency table)
+comes from the emulator exactly as it would on AWS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import unquote_plus
+
+from totes.db import DbCredentials, connect
+from totes.errors import SchemaDrift, TotesError
+from totes.lake import Lake, Manifest, batch_id_from_manifest_key, manifest_key
+from totes.local.aws import (
+    REGION,
+    StackNames,
+    aws_environment,
+    client,
+    create_stack_resources,
+    moto_server,
+)
+from totes.observability import logger
+from totes.source.model import TABLES
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+FUNCTIONS_DIR = REPO_ROOT / "functions"
+SCHEDULE_EVENT = REPO_ROOT / "sam" / "events" / "ingest_schedule.json"
+
+STAGES = ("ingest", "transform", "load")
+# The template's EventInvokeConfig: MaximumRetryAttempts 2, i.e. up to three attempts.
+MAX_ATTEMPTS = 3
+# Longer than any function's timeout, so a slow handler never sees its event redelivered.
+VISIBILITY_TIMEOUT_SECONDS = 15 * 60
+FUNCTION_TIMEOUT_SECONDS = {"ingest": 900, "transform": 900, "load": 900}
+FUNCTION_MEMORY_MB = {"ingest": 1769, "transform": 1769, "load": 1024}
+ACCOUNT = "123456789012"
+
+Handler = Callable[[dict, object], object]
+
+
+@dataclass
+class LambdaContext:
+    """What Powertools reads from the Lambda context (logger keys, idempotency deadline)."""
+
+    function_name: str
+    memory_limit_in_mb: int = 1024
+    timeout_seconds: float = 900.0
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_version: str = "$LATEST"
+    log_group_name: str = "local"
+    log_stream_name: str = "local"
+    _started: float = field(default_factory=time.monotonic)
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        left = self.timeout_seconds - (time.monotonic() - self._started)
+        return max(0, int(left * 1000))
+
+
+def context_for(stage: str) -> LambdaContext:
+    return LambdaContext(
+        function_name=f"totes-{stage}-local",
+        memory_limit_in_mb=FUNCTION_MEMORY_MB[stage],
+        timeout_seconds=FUNCTION_TIMEOUT_SECONDS[stage],
+    )
+
+
+def load_handler(stage: str) -> Handler:
+    """``functions/<stage>/app.py:handler``, imported by path (``functions`` is no package)."""
+    path = FUNCTIONS_DIR / stage / "app.py"
+    if not path.is_file():
+        raise TotesError(f"the {stage} handler is missing: {path}")
+    spec = importlib.util.spec_from_file_location(f"totes_local_{stage}_app", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.handler
+
+
+def schedule_event(now: datetime | None = None) -> dict:
+    """The event EventBridge Scheduler sends ingest (``sam/events`` holds the template's)."""
+    if SCHEDULE_EVENT.is_file():
+        event = json.loads(SCHEDULE_EVENT.read_text())
+    else:
+        event = {
+            "version": "0",
+            "id": "",
+            "detail-type": "Scheduled Event",
+            "source": "aws.scheduler",
+            "account": ACCOUNT,
+            "time": "",
+            "region": REGION,
+            "resources": [f"arn:aws:scheduler:{REGION}:{ACCOUNT}:schedule/default/totes-ingest"],
+            "detail": "{}",
+        }
+    now = now or datetime.now(UTC)
+    event["id"] = str(uuid.uuid4())
+    event["time"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return event
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One S3 event taken from a notification queue."""
+
+    stage: str
+    event: dict
+    receipt: str | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        return [unquote_plus(r["s3"]["object"]["key"]) for r in self.event.get("Records", ())]
+
+    @property
+    def batch_id(self) -> str:
+        ids = []
+        for key in self.keys:
+            try:
+                ids.append(batch_id_from_manifest_key(key))
+            except ValueError:
+                ids.append(key)
+        return ",".join(ids) or "?"
+
+
+@dataclass
+class Failure:
+    stage: str
+    batch_id: str
+    attempts: int
+    error: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.stage} failed for batch {self.batch_id} after {self.attempts} attempt(s):"
+            f" {self.error}"
+        )
+
+
+@dataclass
+class Metric:
+    """One metric value a handler emitted (parsed from its EMF output)."""
+
+    name: str
+    value: float
+    dimensions: dict[str, str]
+
+
+@dataclass
+class StageReport:
+    invocations: int = 0
+    batches: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    metrics: list[Metric] = field(default_factory=list)
+
+    def add_rows(self, counts: Mapping[str, int]) -> None:
+        for table, n in counts.items():
+            self.rows[table] = self.rows.get(table, 0) + int(n)
+
+    def metric_total(self, name: str) -> dict[str, float]:
+        """Sum of one metric per ``table`` dimension ("" when it has none)."""
+        out: dict[str, float] = {}
+        for m in self.metrics:
+            if m.name == name:
+                table = m.dimensions.get("table", "")
+                out[table] = out.get(table, 0.0) + m.value
+        return out
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did: per stage batches, rows per table and seconds; failures."""
+
+    stages: dict[str, StageReport] = field(
+        default_factory=lambda: {s: StageReport() for s in STAGES}
+    )
+    failures: list[Failure] = field(default_factory=list)
+    freshness_seconds: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def format(self) -> str:
+        lines = [f"cycle: {self.seconds:.2f} s" + ("" if self.ok else " (with failures)")]
+        for stage in STAGES:
+            report = self.stages[stage]
+            extra = f", {len(report.quarantined)} quarantined" if report.quarantined else ""
+            lines.append(
+                f"  {stage:<9} {len(report.batches)} batch(es){extra}, {report.seconds:.2f} s,"
+                f" {sum(report.rows.values())} rows"
+            )
+            merged = {
+                name: sum(report.metric_total(f"LoadRows{name.title()}").values())
+                for name in ("inserted", "updated", "skipped")
+            }
+            if stage == "load" and any(merged.values()):
+                lines.append("    " + ", ".join(f"{k} {int(v)}" for k, v in merged.items()))
+            for table, n in sorted(report.rows.items()):
+                lines.append(f"    {table:<22} {n:>10}")
+        if self.freshness_seconds is not None:
+            lines.append(f"  warehouse freshness: {self.freshness_seconds:.1f} s")
+        lines.extend(f"  FAILED: {failure}" for failure in self.failures)
+        return "\n".join(lines)
+
+
+def parse_emf(text: str) -> list[Metric]:
+    """The metric values in Powertools' EMF lines; other lines are ignored."""
+    metrics: list[Metric] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            blob = json.loads(line)
+        except ValueError:
+            continue
+        aws = blob.get("_aws") if isinstance(blob, dict) else None
+        if not aws:
+            continue
+        for directive in aws.get("CloudWatchMetrics", ()):
+            dim_names = {d for group in directive.get("Dimensions", ()) for d in group}
+            dims = {d: str(blob[d]) for d in dim_names if d in blob}
+            for definition in directive.get("Metrics", ()):
+                values = blob.get(definition["Name"])
+                for value in values if isinstance(values, list) else [values]:
+                    if isinstance(value, int | float):
+                        metrics.append(Metric(definition["Name"], float(value), dims))
+    return metrics
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a block, then restore them exactly."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class LocalChain:
+    """The stack's resources in one emulator plus the three handlers, driven like AWS drives them.
+
+    ``handlers`` replaces any stage's handler (tests inject faults this way) and ``deliver``
+    may reorder or repeat the S3 events taken from a queue before they are handed over, as
+    S3 and Lambda are allowed to. ``env`` adds function environment (e.g. batch sizes).
+    """
+
+    def __init__(
+        self,
+        endpoint_url: str,
+        names: StackNames,
+        source: DbCredentials,
+        warehouse: DbCredentials,
+        *,
+        lag_seconds: float | None = None,
+        overlap_seconds: float | None = None,
+        env: Mapping[str, str] | None = None,
+        handlers: Mapping[str, Handler] | None = None,
+        deliver: Callable[[str, list[Delivery]], list[Delivery]] | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
+    ):
+        self.endpoint_url = endpoint_url
+        self.names = names
+        self.source = source
+        self.warehouse = warehouse
+        self.env = dict(env or {})
+        if lag_seconds is not None:
+            self.env["INGEST_LAG_SECONDS"] = str(lag_seconds)
+        if overlap_seconds is not None:
+            self.env["INGEST_OVERLAP_SECONDS"] = str(overlap_seconds)
+        self._handlers = dict(handlers or {})
+        self.deliver = deliver or (lambda stage, deliveries: deliveries)
+        self.max_attempts = max_attempts
+        self.s3 = client("s3", endpoint_url)
+        self.sqs = client("sqs", endpoint_url)
+        self.raw = Lake(self.s3, names.raw_bucket)
+        self.processed = Lake(self.s3, names.processed_bucket)
+        self._queue_urls: dict[str, str] = {}
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def prepare(self, *, migrate: bool = True) -> None:
+        """Create whatever resources are missing (secrets updated) and migrate the warehouse."""
+        create_stack_resources(self.endpoint_url, self.names, self.source, self.warehouse)
+        self._fresh_clients()
+        if migrate:
+            self.migrate()
+
+    def migrate(self) -> list:
+        from totes.warehouse.migrations import migrate
+
+        con = connect(self.warehouse, application_name="totes-migrate")
+        try:
+            return migrate(con)
+        finally:
+            con.close()
+
+    @staticmethod
+    def _fresh_clients() -> None:
+        """Drop clients and secrets cached in-process by an earlier chain (another emulator,
+        other secrets): a Lambda container never outlives its stack, a local process may."""
+        from aws_lambda_powertools.utilities import parameters
+
+        from totes.stages import trigger
+
+        parameters.clear_caches()
+        trigger._persistence.cache_clear()
+
+    def handler(self, stage: str) -> Handler:
+        if stage not in self._handlers:
+            self._handlers[stage] = load_handler(stage)
+        return self._handlers[stage]
+
+    def function_env(self, stage: str) -> dict[str, str]:
+        return {
+            **self.names.function_env(),
+            "POWERTOOLS_SERVICE_NAME": stage,
+            "AWS_LAMBDA_FUNCTION_NAME": f"totes-{stage}-local",
+            **self.env,
+        }
+
+    # -- one cycle ----------------------------------------------------------------------------
+
+    def run_cycle(self) -> CycleReport:
+        """Ingest once on a scheduler event, then route notifications until none is pending."""
+        report = CycleReport()
+        started = time.monotonic()
+        self.ingest(report)
+        self.drain(report)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def ingest(self, report: CycleReport | None = None) -> CycleReport:
+        report = report or CycleReport()
+        before = set(self.raw.manifest_keys())
+        outcome = self._invoke("ingest", schedule_event(), "next window", report)
+        stage = report.stages["ingest"]
+        for key in sorted(set(self.raw.manifest_keys()) - before):
+            manifest = self.raw.get_manifest(key)
+            stage.batches.append(manifest.batch_id)
+            stage.add_rows(manifest.row_counts)
+        if outcome is _FAILED:
+            logger.warning("ingest failed", extra={"failure": str(report.failures[-1])})
+        return report
+
+    def drain(self, report: CycleReport | None = None) -> CycleReport:
+        """Hand queued S3 events to transform and load until both queues are empty."""
+        report = report or CycleReport()
+        while True:
+            handled = 0
+            for stage, queue in (
+                ("transform", self.names.transform_queue),
+                ("load", self.names.load_queue),
+            ):
+                deliveries = self.deliver(stage, self.receive(stage, queue))
+                for delivery in deliveries:
+                    self._handle(delivery, report)
+                    handled += 1
+            if not handled:
+                return report
+
+    def receive(self, stage: str, queue: str) -> list[Delivery]:
+        """Every S3 event waiting on ``queue`` (moto's ``s3:TestEvent`` dropped)."""
+        url = self._queue_url(queue)
+        out: list[Delivery] = []
+        while True:
+            messages = self.sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=10,
+                VisibilityTimeout=VISIBILITY_TIMEOUT_SECONDS,
+                WaitTimeSeconds=0,
+            ).get("Messages", [])
+            if not messages:
+                return out
+            for message in messages:
+                body = json.loads(message["Body"])
+                if body.get("Event") == "s3:TestEvent" or not body.get("Records"):
+                    self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+                    continue
+                out.append(Delivery(stage, body, message["ReceiptHandle"]))
+
+    def pending(self) -> dict[str, int]:
+        """Messages waiting (visible or in flight) per notification queue."""
+        out = {}
+        for queue in (self.names.transform_queue, self.names.load_queue):
+            attrs = self.sqs.get_queue_attributes(
+                QueueUrl=self._queue_url(queue),
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                ],
+            )["Attributes"]
+            out[queue] = sum(int(v) for v in attrs.values())
+        return out
+
+    def failures(self) -> list[dict]:
+        """The records on the local failure queue (the on-failure destination), consumed."""
+        url = self._queue_url(self.names.failure_queue)
+        out = []
+        while True:
+            messages = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get(
+                "Messages", []
+            )
+            if not messages:
+                return out
+            for message in messages:
+                out.append(json.loads(message["Body"]))
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+    # -- invocation ---------------------------------------------------------------------------
+
+    def _handle(self, delivery: Delivery, report: CycleReport) -> None:
+        stage = report.stages[delivery.stage]
+        result = self._invoke(delivery.stage, delivery.event, delivery.batch_id, report)
+        if delivery.receipt is not None:
+            with contextlib.suppress(Exception):  # a repeated delivery was already deleted
+                self.sqs.delete_message(
+                    QueueUrl=self._queue_url(self._queue_of(delivery.stage)),
+                    ReceiptHandle=delivery.receipt,
+                )
+        if result is _FAILED:
+            return
+        stage.batches.append(delivery.batch_id)
+        if isinstance(result, dict) and result.get("quarantined"):
+            stage.quarantined.append(delivery.batch_id)
+            return
+        for key in delivery.keys:
+            batch_id = batch_id_from_manifest_key(key)
+            manifest = self._manifest(self.processed, manifest_key(batch_id))
+            if manifest is None:
+                continue
+            stage.add_rows(manifest.row_counts)
+            hi_utc = manifest.extra.get("hi_utc")
+            if delivery.stage == "load" and hi_utc:
+                report.freshness_seconds = (
+                    datetime.now(UTC) - datetime.fromisoformat(hi_utc)
+                ).total_seconds()
+
+    def _invoke(self, stage: str, event: dict, batch_id: str, report: CycleReport) -> object:
+        """Up to ``max_attempts`` invocations; then a record on the failure queue."""
+        stage_report = report.stages[stage]
+        handler = self.handler(stage)
+        error = ""
+        for attempt in range(1, self.max_attempts + 1):
+            context = context_for(stage)
+            captured = io.StringIO()
+            started = time.monotonic()
+            try:
+                with environment(self.function_env(stage)), contextlib.redirect_stdout(captured):
+                    result = handler(event, context)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                logger.warning(
+                    "handler failed",
+                    extra={"stage": stage, "batch": batch_id, "attempt": attempt, "error": error},
+                )
+                last_exc = exc
+            else:
+                return result
+            finally:
+                stage_report.invocations += 1
+                stage_report.seconds += time.monotonic() - started
+                self._passthrough(captured.getvalue(), stage_report)
+        self._send_failure(stage, event, context, attempt, last_exc)
+        report.failures.append(Failure(stage, batch_id, attempt, error))
+        return _FAILED
+
+    @staticmethod
+    def _passthrough(text: str, stage_report: StageReport) -> None:
+        """Keep the metrics a handler printed; anything else it printed goes on to stdout."""
+        metrics = parse_emf(text)
+        stage_report.metrics.extend(metrics)
+        if metrics:
+            text = "\n".join(line for line in text.splitlines() if '"_aws"' not in line)
+        if text.strip():
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+    def _send_failure(
+        self, stage: str, event: dict, context: LambdaContext, attempts: int, exc: Exception
+    ) -> None:
+        """The record Lambda's on-failure destination receives for an exhausted async event."""
+        record = {
+            "version": "1.0",
+            "timestamp": datetime.now(UTC).isoformat(),
+            "requestContext": {
+                "requestId": context.aws_request_id,
+                "functionArn": f"{context.invoked_function_arn}:$LATEST",
+                "condition": "RetriesExhausted",
+                "approximateInvokeCount": attempts,
+            },
+            "requestPayload": event,
+            "responseContext": {
+                "statusCode": 200,
+                "executedVersion": "$LATEST",
+                "functionError": "Unhandled",
+            },
+            "responsePayload": {
+                "errorMessage": str(exc),
+                "errorType": type(exc).__name__,
+                "stackTrace": traceback.format_exception(exc)[-3:],
+            },
+        }
+        self.sqs.send_message(
+            QueueUrl=self._queue_url(self.names.failure_queue),
+            MessageBody=json.dumps(record, default=str),
+        )
+
+    def _queue_of(self, stage: str) -> str:
+        return self.names.transform_queue if stage == "transform" else self.names.load_queue
+
+    def _queue_url(self, queue: str) -> str:
+        if queue not in self._queue_urls:
+            self._queue_urls[queue] = self.sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+        return self._queue_urls[queue]
+
+    @staticmethod
+    def _manifest(lake: Lake, key: str) -> Manifest | None:
+        try:
+            return lake.get_manifest(key)
+        except lake.s3.exceptions.NoSuchKey:
+            return None
+
+
+_FAILED = object()
+
+
+# -- checks before anything is touched ---------------------------------------------------------
+
+
+def check_source(creds: DbCredentials) -> None:
+    """The source is reachable and holds every totesys table, so a wrong database fails
+    before a bucket, a secret or the warehouse is touched."""
+    con = connect(creds, application_name="totes-run-check")
+    try:
+        present = {
+            row[0]
+            for row in con.run(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = current_schema() AND table_name = ANY(:names)",
+                names=[t.name for t in TABLES],
+            )
+        }
+        missing = [t.name for t in TABLES if t.name not in present]
+        if len(missing) == len(TABLES):
+            raise SchemaDrift(
+                f"source {creds.where} holds none of the totesys tables: is it the right database?"
+            )
+        if missing:
+            raise SchemaDrift(f"source {creds.where} lacks table(s): {', '.join(missing)}")
+    finally:
+        con.close()
+
+
+def check_source_has_rows(creds: DbCredentials) -> None:
+    """A first run over a source with no rows at all is a mistake worth stopping on."""
+    con = connect(creds, application_name="totes-run-check")
+    try:
+        # Table names come from the source model only.
+        exists = " OR ".join(f'EXISTS (SELECT 1 FROM "{t.name}")' for t in TABLES)  # noqa: S608 # nosec B608
+        if not con.run(f"SELECT {exists}")[0][0]:
+            raise TotesError(f"source {creds.where} is empty: every totesys table has no rows")
+    finally:
+        con.close()
+
+
+def check_warehouse(creds: DbCredentials) -> None:
+    connect(creds, application_name="totes-run-check").close()
+
+
+# -- the CLI --------------------------------------------------------------------------------
+
+
+def run_command(args) -> int:
+    """``python -m totes run``: one cycle of the deployed chain against the user's databases."""
+    if not os.environ.get("POWERTOOLS_LOG_LEVEL"):
+        logger.setLevel("ERROR")
+    source = DbCredentials.from_url(args.source_url)
+    warehouse = DbCredentials.from_url(args.warehouse_url)
+    check_source(source)
+    check_warehouse(warehouse)
+    with contextlib.ExitStack() as stack:
+        endpoint = args.endpoint_url or stack.enter_context(moto_server())
+        stack.enter_context(aws_environment(endpoint))
+        chain = LocalChain(
+            endpoint,
+            StackNames(),
+            source,
+            warehouse,
+            lag_seconds=args.lag,
+            overlap_seconds=args.overlap,
+        )
+        if not _has_manifest(chain):
+            check_source_has_rows(source)
+        chain.prepare()
+        report = chain.run_cycle()
+    print(report.format(), flush=True)
+    for failure in report.failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _has_manifest(chain: LocalChain) -> bool:
+    try:
+        return bool(chain.raw.manifest_keys())
+    except chain.s3.exceptions.NoSuchBucket:
+        return False
