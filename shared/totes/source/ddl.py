@@ -39,25 +39,40 @@ def _column_ddl(table: Table, column: Column) -> str:
     return " ".join(parts)
 
 
-def table_ddl(table: Table) -> str:
+def foreign_key_clause(table: Table, fk) -> str:
+    return (
+        f"CONSTRAINT {q(f'{table.name}_{fk.column}_fkey')} FOREIGN KEY ({q(fk.column)}) "
+        f"REFERENCES {q(fk.table)} ({q(fk.ref_column)}) "
+        f"ON UPDATE {fk.on_update} ON DELETE {fk.on_delete}"
+    )
+
+
+def table_ddl(table: Table, foreign_keys: bool = True) -> str:
     lines = [_column_ddl(table, c) for c in table.columns]
     lines.append(f"CONSTRAINT {q(table.name + '_pkey')} PRIMARY KEY ({q(table.key)})")
     lines += [
         f"CONSTRAINT {q(f'{table.name}_{col}_key')} UNIQUE ({q(col)})" for col in table.unique
     ]
-    lines += [
-        f"CONSTRAINT {q(f'{table.name}_{fk.column}_fkey')} FOREIGN KEY ({q(fk.column)}) "
-        f"REFERENCES {q(fk.table)} ({q(fk.ref_column)}) "
-        f"ON UPDATE {fk.on_update} ON DELETE {fk.on_delete}"
-        for fk in table.foreign_keys
-    ]
+    if foreign_keys:
+        lines += [foreign_key_clause(table, fk) for fk in table.foreign_keys]
     body = ",\n    ".join(lines)
     return f"CREATE TABLE {q(table.name)} (\n    {body}\n)"
 
 
-def schema_statements() -> list[str]:
+def schema_statements(foreign_keys: bool = True) -> list[str]:
     """Every statement of the source schema, in an order PostgreSQL accepts."""
-    return [enum_ddl(n, labels) for n, labels in ENUMS.items()] + [table_ddl(t) for t in TABLES]
+    enums = [enum_ddl(n, labels) for n, labels in ENUMS.items()]
+    return enums + [table_ddl(t, foreign_keys) for t in TABLES]
+
+
+def foreign_key_statements() -> list[str]:
+    """The foreign keys as ALTER TABLE statements: adding them after a bulk load validates
+    each one with a single set-based join instead of a check per inserted row."""
+    return [
+        f"ALTER TABLE {q(t.name)} ADD {foreign_key_clause(t, fk)}"
+        for t in TABLES
+        for fk in t.foreign_keys
+    ]
 
 
 def user_tables(con) -> list[str]:
@@ -80,16 +95,22 @@ def ensure_empty(con, where: str = "the target database") -> None:
         )
 
 
-def create_schema(con) -> None:
-    """Create the enums and all eleven tables in one transaction (all or nothing)."""
+def create_schema(con, foreign_keys: bool = True) -> None:
+    """Create the enums and all eleven tables in one transaction (all or nothing).
+
+    ``foreign_keys=False`` is for bulk loaders, which call ``add_foreign_keys`` afterwards."""
     con.run("BEGIN")
     try:
-        for statement in schema_statements():
-            con.run(statement)
+        run_statements(con, schema_statements(foreign_keys))
         con.run("COMMIT")
     except Exception:
         con.run("ROLLBACK")
         raise
+
+
+def run_statements(con, statements: list[str]) -> None:
+    for statement in statements:
+        con.run(statement)
 
 
 def reset_sequences(con) -> None:

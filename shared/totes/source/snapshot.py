@@ -19,10 +19,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from pg8000.exceptions import DatabaseError
 
 from totes.errors import SchemaDrift
 from totes.observability import logger
-from totes.source.ddl import create_schema, q, reset_sequences
+from totes.source.ddl import (
+    foreign_key_statements,
+    q,
+    reset_sequences,
+    run_statements,
+    schema_statements,
+)
 from totes.source.model import ENUMS, TABLES, Column, Table
 
 _DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
@@ -178,16 +185,24 @@ def has_source_schema(con) -> bool:
 
 def load_tables(con, tables: dict[str, pa.Table]) -> dict[str, int]:
     """Create the schema if absent, COPY every table in dependency order, move the sequences;
-    one transaction, so a failure leaves nothing half-loaded."""
-    if not has_source_schema(con):
-        create_schema(con)
+    one transaction, so a failure leaves nothing half-loaded. On a fresh database the foreign
+    keys are added after the rows (one set-based validation each, not a check per row)."""
+    fresh = not has_source_schema(con)
     counts = {}
     con.run("BEGIN")
     try:
+        if fresh:
+            run_statements(con, schema_statements(foreign_keys=False))
         for table in TABLES:
             counts[table.name] = copy_table(con, table, tables[table.name])
         reset_sequences(con)
+        if fresh:
+            run_statements(con, foreign_key_statements())
         con.run("COMMIT")
+    except DatabaseError as exc:
+        con.run("ROLLBACK")
+        detail = exc.args[0].get("M", exc) if exc.args and isinstance(exc.args[0], dict) else exc
+        raise SnapshotMismatch(f"the source data was refused by the database: {detail}") from None
     except Exception:
         con.run("ROLLBACK")
         raise
