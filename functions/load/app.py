@@ -1,0 +1,13 @@
+"""Load Lambda: a processed-batch manifest landed; merge that batch into the warehouse."""
+
+from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
+
+from totes.observability import logger, metrics
+from totes.stages import load_batch
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics(capture_cold_start_metric=True)
+@event_source(data_class=S3Event)
+def handler(event: S3Event, context) -> dict:
+    return load_batch.from_s3_event(event, context)

@@ -1,0 +1,157 @@
+"""The load stage: one processed batch (named by its manifest) merged into the warehouse.
+
+Reads the processed manifest and its Parquet files, refuses files that do not match the
+manifest (row count, schema fingerprint) or the star model, applies pending warehouse
+migrations once per process, and merges the batch in one transaction
+(``totes.warehouse.merge``). Powertools idempotency sits in front (``run_once``); the
+warehouse's batch ledger sits behind it, so a redelivered event changes nothing even after
+its idempotency record has expired.
+
+Failures are raised, naming the batch, table and cause: the batch rolled back, so the async
+retry or the failure destination can take over safely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import UTC, datetime
+
+import boto3
+import pyarrow as pa
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from botocore.exceptions import ClientError
+
+from totes.db import DbCredentials, connect, credentials_from_secret_store
+from totes.errors import DatabaseUnavailable
+from totes.lake import Lake, Manifest, batch_id_from_manifest_key, schema_fingerprint
+from totes.observability import NAMESPACE, logger, metrics
+from totes.settings import LoadSettings
+from totes.stages.trigger import ObjectRef, manifest_refs, run_once
+from totes.warehouse.merge import LoadFailed, LoadResult, expected_fingerprint, load_batch
+from totes.warehouse.migrations import migrate
+
+_migrated: set[tuple[str, str]] = set()  # databases whose schema this process has checked
+
+
+def read_batch(lake: Lake, manifest: Manifest) -> dict[str, pa.Table]:
+    """Every table of the batch, each checked against its manifest entry and the model."""
+    batch = manifest.batch_id
+    parts: dict[str, list[pa.Table]] = {}
+    for entry in manifest.files:
+        where = f"batch {batch}: table {entry.table} ({entry.key})"
+        try:
+            expected = expected_fingerprint(entry.table)
+        except KeyError:
+            raise LoadFailed(f"{where}: not a star table") from None
+        try:
+            table = lake.get_table(entry.key)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "?")
+            raise LoadFailed(f"{where}: cannot read the file ({code})") from None
+        except (pa.ArrowException, OSError) as exc:
+            raise LoadFailed(f"{where}: not a readable Parquet file: {exc}") from None
+        if table.num_rows != entry.rows:
+            raise LoadFailed(
+                f"{where}: file has {table.num_rows} rows, the manifest says {entry.rows}"
+            )
+        actual = schema_fingerprint(table.schema)
+        if actual != entry.fingerprint:
+            raise LoadFailed(
+                f"{where}: schema fingerprint {actual} differs from the manifest's"
+                f" {entry.fingerprint}"
+            )
+        if actual != expected:
+            raise LoadFailed(
+                f"{where}: schema fingerprint {actual} is not the star model's {expected}"
+                f" (columns: {table.schema.names})"
+            )
+        parts.setdefault(entry.table, []).append(table)
+    return {name: pa.concat_tables(tables) for name, tables in parts.items()}
+
+
+def _ensure_schema(con, creds: DbCredentials) -> None:
+    """Apply pending migrations once per process (a cold start), not once per batch."""
+    target = (creds.where, creds.user)
+    if target not in _migrated:
+        migrate(con)
+        _migrated.add(target)
+
+
+def _emit(result: LoadResult, manifest: Manifest, seconds: float) -> float | None:
+    for name, counts in result.row_counts().items():
+        for metric_name, key in (
+            ("LoadRowsInserted", "inserted"),
+            ("LoadRowsUpdated", "updated"),
+            ("LoadRowsSkipped", "skipped"),
+        ):
+            with single_metric(
+                name=metric_name, unit=MetricUnit.Count, value=counts[key], namespace=NAMESPACE
+            ) as metric:
+                metric.add_dimension(name="table", value=name)
+    metrics.add_metric(name="LoadDurationSeconds", unit=MetricUnit.Seconds, value=seconds)
+    hi_utc = (manifest.extra or {}).get("hi_utc")
+    if not hi_utc:
+        logger.warning("manifest carries no hi_utc; freshness not measured")
+        return None
+    freshness = (datetime.now(UTC) - datetime.fromisoformat(hi_utc)).total_seconds()
+    metrics.add_metric(name="WarehouseFreshnessSeconds", unit=MetricUnit.Seconds, value=freshness)
+    return freshness
+
+
+def load(processed_manifest_key: str, settings: LoadSettings, s3_client, creds) -> dict:
+    """Merge the processed batch named by ``processed_manifest_key`` into the warehouse."""
+    started = time.monotonic()
+    batch_id = batch_id_from_manifest_key(processed_manifest_key)
+    logger.set_correlation_id(batch_id)
+    lake = Lake(s3_client, settings.processed_bucket)
+    try:
+        manifest = lake.get_manifest(processed_manifest_key)
+    except (ValueError, TypeError) as exc:
+        raise LoadFailed(f"batch {batch_id}: unreadable manifest: {exc}") from None
+    if manifest.batch_id != batch_id or manifest.stage != "processed":
+        raise LoadFailed(
+            f"batch {batch_id}: {processed_manifest_key} holds a {manifest.stage!r} manifest"
+            f" of batch {manifest.batch_id!r}"
+        )
+    tables = read_batch(lake, manifest)
+    try:
+        con = connect(creds, application_name="totes-load")
+    except DatabaseUnavailable as exc:
+        raise DatabaseUnavailable(f"batch {batch_id}: {exc}") from None
+    try:
+        _ensure_schema(con, creds)
+        result = load_batch(con, manifest, tables)
+    finally:
+        with contextlib.suppress(Exception):  # a broken connection cannot close politely
+            con.close()
+    if not result.loaded:
+        logger.info("batch already in the warehouse ledger; nothing to do")
+        return {"status": "already_loaded", "batch_id": batch_id}
+    freshness = _emit(result, manifest, time.monotonic() - started)
+    rows = result.row_counts()
+    logger.info("batch loaded", extra={"rows": rows, "freshness_seconds": freshness})
+    return {"status": "loaded", "batch_id": batch_id, "rows": rows}
+
+
+def from_s3_event(event, context=None, settings: LoadSettings | None = None) -> dict:
+    """The handler's work: each processed manifest the event names, loaded at most once per
+    (bucket, key, eTag) by idempotency, and at most once per batch by the ledger."""
+    settings = settings or LoadSettings.from_env()
+    s3_client = boto3.client("s3")
+
+    def stage(ref: ObjectRef) -> dict:
+        if ref.bucket != settings.processed_bucket:
+            logger.warning("manifest from an unexpected bucket", extra={"bucket": ref.bucket})
+            return {"status": "ignored", "bucket": ref.bucket, "key": ref.key}
+        creds = credentials_from_secret_store(settings.warehouse_secret_id)
+        try:
+            return load(ref.key, settings, s3_client, creds)
+        except Exception:
+            logger.exception("batch load failed; rolled back", extra={"key": ref.key})
+            raise
+
+    results = [
+        run_once(stage, ref, settings.idempotency_table, context) for ref in manifest_refs(event)
+    ]
+    return {"results": results}
