@@ -1,0 +1,184 @@
+"""The ingest stage: one scheduled run turns everything that changed in totesys since the last
+committed batch into one or more self-contained raw batches (Parquet parts, manifest last).
+
+The state is the lake itself: the newest manifest in the raw bucket holds the previous ``hi``.
+A manifest is written only after every data file of its batch is stored, so a crash at any
+point leaves the state where it was, and the next run re-reads the same rows. Keys derive from
+the batch id (the window's ``hi`` plus a part number), so a re-run of a window overwrites the
+same objects with the same content.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from datetime import datetime, timedelta
+
+import boto3
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+from totes import extract
+from totes.db import DbCredentials, connect, credentials_from_secret_store
+from totes.extract import Window
+from totes.lake import RAW_PREFIX, Lake, Manifest, ManifestFile, batch_id_for, data_key
+from totes.lake import schema_fingerprint as fingerprint_of
+from totes.observability import NAMESPACE, logger, metrics
+from totes.settings import IngestSettings
+from totes.source.model import TABLES
+
+STAGE = "raw"
+
+
+def _window_after(previous: Manifest | None, hi: datetime, overlap_seconds: float) -> Window:
+    if previous is None:
+        return Window(None, hi)
+    lo = datetime.fromisoformat(previous.window_hi) - timedelta(seconds=overlap_seconds)
+    return Window(min(lo, hi), hi)
+
+
+def _nothing_new(con, previous: Manifest | None, window: Window) -> bool:
+    """True when no row version landed in the window since the previous batch was cut.
+
+    Rows stamped before the previous ``hi`` are re-read on purpose (the overlap); they count as
+    new only if the region's fingerprint changed, i.e. something committed there late.
+    """
+    if previous is None:
+        return False
+    previous_hi = datetime.fromisoformat(previous.window_hi)
+    if previous_hi >= window.hi:
+        return True
+    if extract.has_changes(con, Window(previous_hi, window.hi)):
+        return False
+    remembered = previous.extra.get("tail_fingerprint")
+    region = Window(window.lo, previous_hi)
+    return remembered is not None and remembered == extract.region_fingerprint(con, region)
+
+
+def _write_batch(
+    con, lake: Lake, batch_id: str, window: Window, settings: IngestSettings
+) -> list[ManifestFile]:
+    """Every table's rows for ``window`` as Parquet parts of at most ``chunk_rows`` rows."""
+    extract.set_window(con, window)
+    files: list[ManifestFile] = []
+    for table in TABLES:
+        fingerprint = fingerprint_of(table.arrow_schema)
+
+        def put(chunk, table=table, fingerprint=fingerprint) -> None:
+            part = len([f for f in files if f.table == table.name])
+            key = data_key(RAW_PREFIX, table.name, batch_id, part)
+            size = lake.put_table(key, chunk)
+            files.append(ManifestFile(table.name, key, chunk.num_rows, fingerprint, size))
+
+        extract.copy_table(con, table, settings.chunk_rows, put)
+    return files
+
+
+def ingest(settings: IngestSettings, creds: DbCredentials, s3_client) -> list[Manifest]:
+    """Extract every change since the last committed batch; return the manifests written
+    (none when nothing changed). Raises ``DatabaseUnavailable`` / ``SchemaDrift`` before any
+    object is written when the source is unreachable or not the schema we know."""
+    lake = Lake(s3_client, settings.raw_bucket)
+    previous = lake.latest_manifest()
+    con = connect(creds, application_name="totes-ingest")
+    try:
+        with extract.snapshot(con):
+            extract.check_schema(con)
+            clock = extract.read_clock(con, settings.lag_seconds)
+            window = _window_after(previous, clock.hi, settings.overlap_seconds)
+            if _nothing_new(con, previous, window):
+                logger.info("no changes at the source", extra={"window_hi": window.hi_iso})
+                return []
+            plan = extract.plan_windows(con, window, settings.max_batch_rows)
+            if not plan:
+                logger.info("no rows at the source", extra={"window_hi": window.hi_iso})
+                return []
+            tail = extract.region_fingerprint(
+                con, Window(window.hi - timedelta(seconds=settings.overlap_seconds), window.hi)
+            )
+            manifests = []
+            for part, (piece, changed_rows) in enumerate(plan):
+                batch_id = batch_id_for(window.hi, part)
+                logger.set_correlation_id(batch_id)
+                files = _write_batch(con, lake, batch_id, piece, settings)
+                manifest = Manifest(
+                    batch_id=batch_id,
+                    stage=STAGE,
+                    window_lo=piece.lo_iso,
+                    window_hi=piece.hi_iso,
+                    files=tuple(files),
+                    extra={
+                        "hi_utc": extract.to_utc(con, piece.hi).isoformat(),
+                        "source_tables": [t.name for t in TABLES],
+                        "source_now": extract.iso(clock.now),
+                        "previous_hi": previous.window_hi if previous else None,
+                        "changed_rows": changed_rows,
+                        "part": part,
+                        "parts": len(plan),
+                        "lag_seconds": settings.lag_seconds,
+                        "overlap_seconds": settings.overlap_seconds,
+                        # Only the newest manifest's value is ever read (see _nothing_new).
+                        "tail_fingerprint": tail if part == len(plan) - 1 else None,
+                    },
+                )
+                lake.put_manifest(manifest)
+                logger.info(
+                    "raw batch written",
+                    extra={
+                        "batch_id": batch_id,
+                        "window_lo": manifest.window_lo,
+                        "window_hi": manifest.window_hi,
+                        "rows": manifest.row_counts,
+                        "files": len(files),
+                    },
+                )
+                manifests.append(manifest)
+            return manifests
+    finally:
+        con.close()
+
+
+@functools.cache
+def settings() -> IngestSettings:
+    """Read once per container (a missing variable fails the cold start with its name)."""
+    return IngestSettings.from_env()
+
+
+@functools.cache
+def _s3():
+    return boto3.client("s3")
+
+
+def _emit(name: str, value: float, unit: MetricUnit, table: str | None = None) -> None:
+    if table is None:
+        metrics.add_metric(name=name, unit=unit, value=value)
+        return
+    with single_metric(name=name, unit=unit, value=value, namespace=NAMESPACE) as metric:
+        metric.add_dimension(name="table", value=table)
+
+
+def _seconds_between(later: str, earlier: str) -> float:
+    return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
+
+
+def from_schedule_event(event: dict, context=None) -> dict:
+    """The Lambda's work: credentials from Secrets Manager, one ingest run, its metrics."""
+    config = settings()
+    creds = credentials_from_secret_store(config.source_secret_id)
+    started = time.monotonic()
+    manifests = ingest(config, creds, _s3())
+    _emit("IngestDurationSeconds", time.monotonic() - started, MetricUnit.Seconds)
+    if not manifests:
+        _emit("IngestEmptyRuns", 1, MetricUnit.Count)
+        return {"batches": [], "rows": {}}
+    rows: dict[str, int] = {}
+    for manifest in manifests:
+        for table, n in manifest.row_counts.items():
+            rows[table] = rows.get(table, 0) + n
+    for table, n in sorted(rows.items()):
+        _emit("IngestRows", n, MetricUnit.Count, table)
+    _emit("IngestBytes", sum(f.bytes for m in manifests for f in m.files), MetricUnit.Bytes)
+    first = manifests[0].extra
+    if first.get("previous_hi"):
+        lag = _seconds_between(first["source_now"], first["previous_hi"])
+        _emit("IngestWindowLagSeconds", lag, MetricUnit.Seconds)
+    return {"batches": [m.batch_id for m in manifests], "rows": rows}
