@@ -238,8 +238,10 @@ def gate(
             problems.extend(column_problems.values())  # one per column, not one per file
             continue
         table = pa.concat_tables([t for t, _ in conformed])
-        problems.extend(check_values(model, table))
-        source[name] = table
+        value_problems = check_values(model, table)
+        problems.extend(value_problems)
+        if not value_problems:
+            source[name] = table.cast(model.arrow_schema)
 
     if not problems:
         problems = check_references(source)

@@ -47,16 +47,17 @@ def time_part(stamps: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
 
 
 def parse_text_date(text: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
-    """The source's ``YYYY-MM-DD`` text dates as dates; raises ArrowInvalid on anything else
-    (the quality gates find such rows first and quarantine the batch)."""
-    return pc.cast(text, pa.date32())
+    """The source's ``YYYY-MM-DD`` text dates as dates. Values must be valid (the quality gates
+    quarantine a batch with any that are not, see ``unparseable_text_dates``)."""
+    return pc.cast(pc.strptime(text, format=TEXT_DATE_FORMAT, unit="s"), pa.date32())
 
 
 def unparseable_text_dates(text: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
-    """A mask of the non-null values that are not valid ``YYYY-MM-DD`` dates."""
+    """A mask of the non-null values that are not real ``YYYY-MM-DD`` dates. Parsing alone is
+    lenient ("2024-02-30" becomes March 1st), so a value must also print back unchanged."""
     parsed = pc.strptime(text, format=TEXT_DATE_FORMAT, unit="s", error_is_null=True)
-    well_formed = pc.match_substring_regex(text, r"^\d{4}-\d{2}-\d{2}$")
-    return pc.and_(pc.is_valid(text), pc.invert(pc.and_(pc.is_valid(parsed), well_formed)))
+    printed = pc.strftime(parsed, format=TEXT_DATE_FORMAT)
+    return pc.and_(pc.is_valid(text), pc.invert(pc.fill_null(pc.equal(printed, text), False)))
 
 
 def calendar(*date_columns: pa.ChunkedArray | pa.Array) -> pa.Table:
