@@ -328,18 +328,23 @@ class LocalChain:
 
     @staticmethod
     def _fresh_clients() -> None:
-        """Drop clients and secrets cached in-process by an earlier chain (another emulator,
-        other secrets): a Lambda container never outlives its stack, a local process may."""
+        """A cold start: forget the settings, clients and secrets the stages cached in this
+        process. A Lambda container never outlives its stack; a local process may drive
+        several stacks (tests) or emulators one after another."""
         from aws_lambda_powertools.utilities import parameters
 
-        from totes.stages import trigger
-
         parameters.clear_caches()
-        trigger._persistence.cache_clear()
+        for name, module in list(sys.modules.items()):
+            if not name.startswith("totes.stages."):
+                continue
+            for value in list(vars(module).values()):
+                if callable(getattr(value, "cache_clear", None)):
+                    value.cache_clear()
 
     def handler(self, stage: str) -> Handler:
         if stage not in self._handlers:
-            self._handlers[stage] = load_handler(stage)
+            with environment(self.function_env(stage)):  # a handler may read it at import
+                self._handlers[stage] = load_handler(stage)
         return self._handlers[stage]
 
     def function_env(self, stage: str) -> dict[str, str]:
@@ -363,6 +368,7 @@ class LocalChain:
 
     def ingest(self, report: CycleReport | None = None) -> CycleReport:
         report = report or CycleReport()
+        self._fresh_clients()
         before = set(self.raw.manifest_keys())
         outcome = self._invoke("ingest", schedule_event(), "next window", report)
         stage = report.stages["ingest"]
@@ -377,6 +383,7 @@ class LocalChain:
     def drain(self, report: CycleReport | None = None) -> CycleReport:
         """Hand queued S3 events to transform and load until both queues are empty."""
         report = report or CycleReport()
+        self._fresh_clients()
         while True:
             handled = 0
             for stage, queue in (
@@ -452,7 +459,7 @@ class LocalChain:
         if result is _FAILED:
             return
         stage.batches.append(delivery.batch_id)
-        if isinstance(result, dict) and result.get("quarantined"):
+        if _quarantined(result):
             stage.quarantined.append(delivery.batch_id)
             return
         for key in delivery.keys:
@@ -553,6 +560,14 @@ class LocalChain:
 
 
 _FAILED = object()
+
+
+def _quarantined(result: object) -> bool:
+    """Transform answers a quarantined batch normally (status "quarantined"), per manifest."""
+    if not isinstance(result, dict):
+        return False
+    results = result.get("results", [result])
+    return any(isinstance(r, dict) and r.get("status") == "quarantined" for r in results)
 
 
 # -- checks before anything is touched ---------------------------------------------------------
