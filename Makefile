@@ -10,7 +10,7 @@ REQS := requirements/runtime.txt requirements/dev.txt requirements/lock.txt pypr
 SCALE ?= 1000000
 PYTEST_ARGS ?=
 
-.PHONY: help demo test lint format security check build bench clean venv
+.PHONY: help demo test lint format security check build bench clean venv sam-venv
 
 help:
 	@echo "make demo | test | lint | format | security | check | build | bench [SCALE=N] | clean"
@@ -50,8 +50,11 @@ security: $(STAMP)
 
 check: lint security test
 
+sam-venv: $(SAM_STAMP)
+
+# sam build only copies (no requirements.txt anywhere): offline, no Docker, no local python3.13.
 build: $(SAM_STAMP)
-	$(VENV_SAM)/bin/sam build --template-file template.yaml
+	SAM_CLI_TELEMETRY=0 $(VENV_SAM)/bin/sam build --template-file template.yaml
 
 bench: $(STAMP)
 	$(BIN)/python -m totes bench --scale $(SCALE) --output bench-results.json

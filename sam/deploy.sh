@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Deploy the already built stack (.aws-sam/build, from `make build`) to one samconfig
+# environment. Used by the GitHub workflow and by hand:
+#
+#   SOURCE_SECRET_ARN=arn:... WAREHOUSE_SECRET_ARN=arn:... sam/deploy.sh dev
+#
+# Optional: ALARM_EMAIL, SUBNET_IDS and SECURITY_GROUP_IDS (comma-separated), SAM (the sam
+# binary, default .venv-sam/bin/sam). A --parameter-overrides on the command line replaces
+# samconfig's list, so this passes the environment's list from samconfig.toml plus these.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+env_name="${1:?usage: sam/deploy.sh <default|dev|prod>}"
+sam="${SAM:-.venv-sam/bin/sam}"
+: "${SOURCE_SECRET_ARN:?SOURCE_SECRET_ARN is required}"
+: "${WAREHOUSE_SECRET_ARN:?WAREHOUSE_SECRET_ARN is required}"
+
+overrides="$(python3 - "$env_name" <<'PY'
+import sys
+import tomllib
+
+with open("samconfig.toml", "rb") as f:
+    print(tomllib.load(f)[sys.argv[1]]["deploy"]["parameters"]["parameter_overrides"])
+PY
+)"
+
+export SAM_CLI_TELEMETRY=0
+"$sam" deploy --config-env "$env_name" --no-confirm-changeset --no-fail-on-empty-changeset \
+  --parameter-overrides "$overrides" \
+  "SourceSecretArn=\"${SOURCE_SECRET_ARN}\"" \
+  "WarehouseSecretArn=\"${WAREHOUSE_SECRET_ARN}\"" \
+  "AlarmEmail=\"${ALARM_EMAIL:-}\"" \
+  "SubnetIds=\"${SUBNET_IDS:-}\"" \
+  "SecurityGroupIds=\"${SECURITY_GROUP_IDS:-}\""
