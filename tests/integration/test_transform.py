@@ -1,0 +1,350 @@
+"""The transform stage against the emulated lake (moto): the real snapshot as one raw batch
+becomes the full star schema, checked against SQL on the same snapshot in PostgreSQL; bad
+batches end in quarantine with a reason that names the problem; the handler runs once per
+manifest eTag."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from totes.lake import (
+    RAW_PREFIX,
+    Lake,
+    Manifest,
+    ManifestFile,
+    data_key,
+    manifest_key,
+    schema_fingerprint,
+    table_to_parquet_bytes,
+)
+from totes.local.chain import context_for, load_handler
+from totes.settings import TransformSettings
+from totes.source.model import TABLES_BY_NAME
+from totes.source.snapshot import load_snapshot, read_snapshot
+from totes.stages.transform_batch import transform
+from totes.star.model import FACTS, STAR_TABLES_BY_NAME
+
+BATCH = "20241115T120000000000-000"
+WINDOW_HI = "2024-11-15T12:00:00"
+HI_UTC = "2024-11-15T12:00:00+00:00"
+
+
+@pytest.fixture(scope="module")
+def snapshot(snapshot_dir) -> dict[str, pa.Table]:
+    return read_snapshot(snapshot_dir)
+
+
+@pytest.fixture
+def lakes(stack) -> tuple[Lake, Lake, TransformSettings]:
+    s3 = boto3.client("s3")
+    settings = TransformSettings.from_env()
+    return Lake(s3, settings.raw_bucket), Lake(s3, settings.processed_bucket), settings
+
+
+def put_raw_batch(raw: Lake, tables: dict[str, pa.Table], parts: int = 1, **rows) -> str:
+    """Write a raw batch as ingest does: each table's rows in ``parts`` files, manifest last."""
+    files = []
+    for name, table in tables.items():
+        size = -(-table.num_rows // parts)
+        for part in range(parts):
+            chunk = table.slice(part * size, size)
+            if chunk.num_rows == 0:
+                continue
+            key = data_key(RAW_PREFIX, name, BATCH, part)
+            raw.put_bytes(key, table_to_parquet_bytes(chunk), "application/vnd.apache.parquet")
+            fingerprint = schema_fingerprint(TABLES_BY_NAME[name].arrow_schema)
+            files.append(ManifestFile(name, key, rows.get(name, chunk.num_rows), fingerprint))
+    manifest = Manifest(
+        BATCH,
+        "raw",
+        None,
+        WINDOW_HI,
+        tuple(files),
+        extra={"hi_utc": HI_UTC, "source_tables": sorted(tables)},
+    )
+    return raw.put_manifest(manifest)
+
+
+def small_batch(snapshot) -> dict[str, pa.Table]:
+    """Fifty sales orders and every dimension row they can point at."""
+    names = ("address", "counterparty", "currency", "department", "design", "staff")
+    return {**{n: snapshot[n] for n in names}, "sales_order": snapshot["sales_order"].slice(0, 50)}
+
+
+def read_processed(processed: Lake) -> tuple[Manifest, dict[str, pa.Table]]:
+    manifest = processed.get_manifest(manifest_key(BATCH))
+    return manifest, {f.table: processed.get_table(f.key) for f in manifest.files}
+
+
+def sql_rows(con, sql: str) -> list[tuple]:
+    return [tuple(r) for r in con.run(sql)]
+
+
+def test_the_real_snapshot_becomes_every_star_table(
+    lakes, snapshot, snapshot_dir, source_db, pg_connect
+):
+    raw, processed, settings = lakes
+    key = put_raw_batch(raw, snapshot, parts=3)
+
+    result = transform(key, settings, raw.s3)
+    manifest, tables = read_processed(processed)
+
+    assert result == {
+        "status": "processed",
+        "batch_id": BATCH,
+        "manifest_key": manifest_key(BATCH),
+        "rows": manifest.row_counts,
+    }
+    assert (
+        manifest.stage,
+        manifest.source_batch_id,
+        manifest.window_lo,
+        manifest.window_hi,
+        manifest.extra,
+    ) == (
+        "processed",
+        BATCH,
+        None,
+        WINDOW_HI,
+        {"hi_utc": HI_UTC, "source_tables": sorted(snapshot)},
+    )
+
+    con = pg_connect(source_db)
+    load_snapshot(con, snapshot_dir)
+    con.run(FACT_DATES_VIEW)
+    [[distinct_dates]] = con.run("SELECT count(*) FROM fact_dates")
+    assert manifest.row_counts == {
+        "dim_date": distinct_dates,
+        "dim_staff": 20,
+        "dim_location": 30,
+        "dim_currency": 3,
+        "dim_design": 473,
+        "dim_counterparty": 20,
+        "dim_transaction": 15_836,
+        "dim_payment_type": 4,
+        "fact_sales_order": 11_187,
+        "fact_purchase_order": 4_649,
+        "fact_payment": 15_836,
+    }
+    for entry in manifest.files:
+        expected = STAR_TABLES_BY_NAME[entry.table].arrow_schema
+        assert tables[entry.table].schema == expected, entry.table
+        assert entry.fingerprint == schema_fingerprint(expected)
+        assert entry.key == f"processed/{entry.table}/{BATCH}/part-0000.parquet"
+
+    # Every fact reference resolves inside the output.
+    for fact in FACTS:
+        for column, dimension in fact.references:
+            keys = tables[dimension][STAR_TABLES_BY_NAME[dimension].key]
+            dangling = pc.sum(pc.invert(pc.is_in(tables[fact.name][column], value_set=keys)))
+            assert dangling.as_py() == 0, f"{fact.name}.{column} -> {dimension}"
+
+    # Spot values, computed independently by SQL on the same snapshot.
+    dim_date = tables["dim_date"]
+    assert dim_date["date_id"].to_pylist() == [
+        r[0] for r in con.run("SELECT d FROM fact_dates ORDER BY d")
+    ]
+    assert _rows(tables["dim_counterparty"], 3) == sql_rows(con, COUNTERPARTY_SQL)
+    assert _rows(tables["dim_staff"], 3) == sql_rows(con, STAFF_SQL)
+    assert _rows(tables["fact_payment"].filter(pc.is_in(
+        tables["fact_payment"]["payment_id"], pa.array([1, 2, 9648, 15836], pa.int32())
+    )), None) == sql_rows(con, PAYMENT_SQL)  # fmt: skip
+    assert _revenue_by_currency(tables) == sql_rows(con, REVENUE_SQL)
+    sunday = dim_date.filter(pc.equal(dim_date["day_of_week"], 7)).slice(0, 1).to_pylist()
+    [[first_sunday]] = con.run("SELECT min(d) FROM fact_dates WHERE extract(isodow FROM d) = 7")
+    assert (sunday[0]["date_id"], sunday[0]["day_name"]) == (first_sunday, "Sunday")
+
+
+def _rows(table: pa.Table, limit: int | None) -> list[tuple]:
+    table = table.drop_columns(["source_version"])
+    if limit is not None:
+        table = table.slice(0, limit)
+    return [tuple(r.values()) for r in table.to_pylist()]
+
+
+def _revenue_by_currency(tables) -> list[tuple]:
+    facts = tables["fact_sales_order"]
+    revenue = pc.multiply(pc.cast(facts["units_sold"], pa.decimal128(20, 2)), facts["unit_price"])
+    joined = (
+        pa.table({"currency_id": facts["currency_id"], "revenue": revenue})
+        .group_by("currency_id")
+        .aggregate([("revenue", "sum")])
+        .join(tables["dim_currency"], "currency_id")
+    )
+    rows = joined.select(["currency_code", "currency_name", "revenue_sum"]).to_pylist()
+    return sorted(tuple(r.values()) for r in rows)
+
+
+FACT_DATES_VIEW = """
+    CREATE TEMP VIEW fact_dates (d) AS
+    SELECT created_at::date FROM sales_order UNION SELECT last_updated::date FROM sales_order
+    UNION SELECT agreed_delivery_date::date FROM sales_order
+    UNION SELECT agreed_payment_date::date FROM sales_order
+    UNION SELECT created_at::date FROM purchase_order
+    UNION SELECT last_updated::date FROM purchase_order
+    UNION SELECT agreed_delivery_date::date FROM purchase_order
+    UNION SELECT agreed_payment_date::date FROM purchase_order
+    UNION SELECT created_at::date FROM payment UNION SELECT last_updated::date FROM payment
+    UNION SELECT payment_date::date FROM payment
+"""
+COUNTERPARTY_SQL = """
+    SELECT c.counterparty_id, c.counterparty_legal_name, a.address_line_1, a.address_line_2,
+           a.district, a.city, a.postal_code, a.country, a.phone
+    FROM counterparty c JOIN address a ON a.address_id = c.legal_address_id
+    ORDER BY c.counterparty_id LIMIT 3
+"""
+STAFF_SQL = """
+    SELECT s.staff_id, s.first_name, s.last_name, d.department_name, d.location, s.email_address
+    FROM staff s JOIN department d USING (department_id) ORDER BY s.staff_id LIMIT 3
+"""
+PAYMENT_SQL = """
+    SELECT payment_id, created_at::date, created_at::time, last_updated::date,
+           last_updated::time, transaction_id, counterparty_id, payment_amount, currency_id,
+           payment_type_id, paid, payment_date::date
+    FROM payment WHERE payment_id IN (1, 2, 9648, 15836) ORDER BY payment_id
+"""
+REVENUE_SQL = """
+    SELECT c.currency_code,
+           CASE c.currency_code WHEN 'GBP' THEN 'Pound Sterling' WHEN 'USD' THEN 'US Dollar'
+                WHEN 'EUR' THEN 'Euro' END,
+           sum(s.units_sold * s.unit_price)
+    FROM sales_order s JOIN currency c USING (currency_id) GROUP BY c.currency_code ORDER BY 1
+"""
+
+
+def quarantined(raw: Lake, processed: Lake, result: dict) -> dict:
+    """The quarantine record, after checking what every quarantine must leave behind."""
+    assert result["status"] == "quarantined"
+    assert result["reason_key"] == f"quarantine/{BATCH}/reason.json"
+    reason = json.loads(raw.get_bytes(result["reason_key"]))
+    assert raw.keys("manifests/") == [manifest_key(BATCH)]  # ingest's watermark state stays
+    assert f"quarantine/{BATCH}/{manifest_key(BATCH)}" in raw.keys("quarantine/")
+    assert processed.keys("") == []  # nothing processed, no processed manifest
+    return reason
+
+
+def test_a_corrupt_parquet_file_is_quarantined(lakes, snapshot):
+    raw, processed, settings = lakes
+    key = put_raw_batch(raw, small_batch(snapshot))
+    raw.put_bytes(data_key(RAW_PREFIX, "design", BATCH), b"PAR1 not really", "x")
+
+    reason = quarantined(raw, processed, transform(key, settings, raw.s3))
+
+    [problem] = reason["problems"]
+    assert (problem["check"], problem["table"], problem["key"]) == (
+        "unreadable_file",
+        "design",
+        data_key(RAW_PREFIX, "design", BATCH),
+    )
+    assert reason["rejected_rows"] == sum(t.num_rows for t in small_batch(snapshot).values())
+    copies = raw.keys(f"quarantine/{BATCH}/raw/")
+    assert copies == sorted(f"quarantine/{BATCH}/{k}" for k in raw.keys("raw/"))
+
+
+def test_a_missing_column_is_quarantined(lakes, snapshot):
+    raw, processed, settings = lakes
+    batch = small_batch(snapshot)
+    batch["staff"] = batch["staff"].drop_columns(["email_address"])
+    key = put_raw_batch(raw, batch)
+
+    reason = quarantined(raw, processed, transform(key, settings, raw.s3))
+
+    problems = [(p["check"], p["table"], p.get("column")) for p in reason["problems"]]
+    assert problems == [
+        ("manifest_fingerprint", "staff", None),  # the file is not what ingest described
+        ("missing_column", "staff", "email_address"),
+    ]
+
+
+def test_a_dangling_reference_is_quarantined_with_example_rows(lakes, snapshot):
+    raw, processed, settings = lakes
+    batch = small_batch(snapshot)
+    batch["design"] = batch["design"].filter(pc.not_equal(batch["design"]["design_id"], 9))
+    key = put_raw_batch(raw, batch)
+
+    reason = quarantined(raw, processed, transform(key, settings, raw.s3))
+
+    [problem] = reason["problems"]
+    assert (problem["check"], problem["table"], problem["column"]) == (
+        "dangling_reference",
+        "sales_order",
+        "design_id",
+    )
+    assert {e["design_id"] for e in problem["examples"]} == {9}
+
+
+def test_a_manifest_whose_counts_disagree_is_quarantined(lakes, snapshot):
+    raw, processed, settings = lakes
+    key = put_raw_batch(raw, small_batch(snapshot), sales_order=51)
+
+    reason = quarantined(raw, processed, transform(key, settings, raw.s3))
+
+    assert reason["problems"] == [
+        {
+            "check": "manifest_rows",
+            "table": "sales_order",
+            "key": data_key(RAW_PREFIX, "sales_order", BATCH),
+            "message": "file has 50 rows, manifest says 51",
+            "rows": 50,
+        }
+    ]
+
+
+def test_a_rerun_of_a_batch_rewrites_the_same_objects_with_equal_content(lakes, snapshot):
+    raw, processed, settings = lakes
+    key = put_raw_batch(raw, small_batch(snapshot))
+    transform(key, settings, raw.s3)
+    first = {k: processed.get_bytes(k) for k in processed.keys("")}
+    transform(key, settings, raw.s3)
+    assert {k: processed.get_bytes(k) for k in processed.keys("")} == first
+    assert sorted(first) == sorted(
+        [manifest_key(BATCH)]
+        + [f"processed/{t}/{BATCH}/part-0000.parquet" for t in SMALL_BATCH_TABLES]
+    )
+
+
+SMALL_BATCH_TABLES = (
+    "dim_date",
+    "dim_staff",
+    "dim_location",
+    "dim_currency",
+    "dim_design",
+    "dim_counterparty",
+    "fact_sales_order",
+)
+
+
+def s3_event(bucket: str, key: str, etag: str) -> dict:
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                    "object": {"key": key.replace("/", "%2F"), "eTag": etag, "size": 1},
+                },
+            }
+        ]
+    }
+
+
+def test_the_handler_transforms_a_manifest_once_per_etag(lakes, snapshot):
+    raw, processed, settings = lakes
+    key = put_raw_batch(raw, small_batch(snapshot))
+    etag = raw.s3.head_object(Bucket=settings.raw_bucket, Key=key)["ETag"]
+    handler = load_handler("transform")
+
+    first = handler(s3_event(settings.raw_bucket, key, etag), context_for("transform"))
+    processed.s3.delete_object(Bucket=settings.processed_bucket, Key=manifest_key(BATCH))
+    again = handler(s3_event(settings.raw_bucket, key, etag), context_for("transform"))
+
+    assert first == again
+    assert first["results"][0]["status"] == "processed"
+    assert manifest_key(BATCH) not in processed.keys("manifests/")  # the redelivery did nothing
