@@ -23,7 +23,7 @@ import contextlib
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -143,9 +143,10 @@ def read_clock(con, lag_seconds: float) -> Clock:
 def to_utc(con, value: datetime) -> datetime:
     """The instant a source-clock timestamp names, as an aware UTC datetime (the source's
     TimeZone setting, daylight saving included, decides the offset)."""
-    return con.run(
+    instant = con.run(
         "SELECT CAST(:ts AS timestamp) AT TIME ZONE current_setting('TimeZone')", ts=iso(value)
     )[0][0]
+    return instant.astimezone(UTC)
 
 
 def set_window(con, window: Window) -> None:

@@ -1,0 +1,456 @@
+# ruff: noqa: S608  (SQL identifiers below come from the model only)
+"""Ingest against a real PostgreSQL (the real snapshot) and moto S3: complete first runs,
+bounded batches, nothing lost with ties and late commits, crash safety, self-contained
+batches for every kind of change, clear failures that leave the state alone."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from itertools import pairwise
+
+import boto3
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from totes.db import DbCredentials, connect
+from totes.errors import DatabaseUnavailable, SchemaDrift
+from totes.lake import RAW_PREFIX, Lake, Manifest, schema_fingerprint
+from totes.settings import IngestSettings
+from totes.source.ddl import q
+from totes.source.model import TABLES, TABLES_BY_NAME
+from totes.source.snapshot import load_snapshot, read_snapshot
+from totes.stages.ingest_batch import ingest
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def settings_for(stack, **overrides) -> IngestSettings:
+    base = IngestSettings(
+        raw_bucket=stack.raw_bucket,
+        source_secret_id=stack.source_secret,
+        lag_seconds=0.0,
+        overlap_seconds=0.0,
+        max_batch_rows=1_000_000,
+        chunk_rows=100_000,
+    )
+    return replace(base, **overrides)
+
+
+def batch_tables(lake: Lake, manifest: Manifest) -> dict[str, pa.Table]:
+    """The batch's rows per table, read back from the lake using the manifest alone."""
+    out = {}
+    for table in manifest.tables:
+        parts = [lake.get_table(f.key) for f in manifest.files_for(table)]
+        out[table] = pa.concat_tables(parts)
+    return out
+
+
+def ids(tables: dict[str, pa.Table]) -> dict[str, set[int]]:
+    return {
+        name: set(t.column(TABLES_BY_NAME[name].key).to_pylist())
+        for name, t in tables.items()
+        if t.num_rows
+    }
+
+
+def versions_in_lake(lake: Lake) -> set[tuple[str, int, object]]:
+    seen = set()
+    for key in lake.manifest_keys():
+        for name, t in batch_tables(lake, lake.get_manifest(key)).items():
+            key_col = TABLES_BY_NAME[name].key
+            seen |= {
+                (name, r[key_col], r["last_updated"])
+                for r in t.select([key_col, "last_updated"]).to_pylist()
+            }
+    return seen
+
+
+def versions_in_source(con) -> set[tuple[str, int, object]]:
+    return {
+        (t.name, row[0], row[1])
+        for t in TABLES
+        for row in con.run(f"SELECT {q(t.key)}, last_updated FROM {q(t.name)}")
+    }
+
+
+def wait_for_source_clock(con, past, lag: float) -> None:
+    """Poll the source clock until ``now - lag`` is beyond ``past`` (no wall-clock asserts)."""
+    while con.run(
+        "SELECT localtimestamp - make_interval(secs => CAST(:lag AS float8)) <= :past",
+        lag=lag,
+        past=past,
+    )[0][0]:
+        time.sleep(0.05)
+
+
+def insert_sales_orders(con, n: int) -> list[int]:
+    """``n`` new sales orders in one statement: they share one last_updated (a tie)."""
+    rows = con.run(
+        "INSERT INTO sales_order (design_id, staff_id, counterparty_id, units_sold, unit_price, "
+        "currency_id, agreed_delivery_date, agreed_payment_date, agreed_delivery_location_id, "
+        "created_at, last_updated) "
+        "SELECT 1 + g % 400, 1 + g % 20, 1 + g % 20, 1000 + g, 2.50, 1 + g % 3, "
+        "'2024-12-01', '2024-12-02', 1 + g % 30, localtimestamp, localtimestamp "
+        "FROM generate_series(1, CAST(:n AS int)) g RETURNING sales_order_id",
+        n=n,
+    )
+    return [r[0] for r in rows]
+
+
+@pytest.fixture
+def source(source_db, pg_connect, snapshot_dir) -> DbCredentials:
+    load_snapshot(pg_connect(source_db), snapshot_dir)
+    return source_db
+
+
+@pytest.fixture
+def lake(stack) -> Lake:
+    return Lake(boto3.client("s3"), stack.raw_bucket)
+
+
+# --- complete and bounded ----------------------------------------------------------------
+
+
+def test_first_run_takes_every_row_with_the_raw_schema(stack, source, lake, snapshot_dir):
+    manifests = ingest(settings_for(stack), source, lake.s3)
+
+    assert len(manifests) == 1
+    manifest = manifests[0]
+    assert (manifest.stage, manifest.window_lo) == ("raw", None)
+    assert set(manifest.extra["source_tables"]) == {t.name for t in TABLES}
+    assert lake.get_manifest(f"manifests/{manifest.batch_id}.json") == manifest
+    got = batch_tables(lake, manifest)
+    expected = read_snapshot(snapshot_dir)
+    for table in TABLES:
+        key = table.key
+        assert got[table.name].schema == table.arrow_schema
+        assert got[table.name].sort_by(key).equals(expected[table.name].sort_by(key)), table.name
+    assert {(f.table, f.fingerprint) for f in manifest.files} == {
+        (t.name, schema_fingerprint(t.arrow_schema)) for t in TABLES
+    }
+    assert all(
+        f.key.startswith(f"{RAW_PREFIX}/{f.table}/{manifest.batch_id}/") for f in manifest.files
+    )
+
+
+def test_hi_utc_names_the_same_instant_as_hi_in_a_non_utc_source_zone(stack, source, lake):
+    con = connect(source)
+    con.run(f"ALTER DATABASE {q(source.dbname)} SET timezone = 'America/New_York'")
+    con.close()
+    manifest = ingest(settings_for(stack), source, lake.s3)[0]
+
+    con = connect(source)
+    expected = con.run(
+        "SELECT CAST(:hi AS timestamp) AT TIME ZONE 'America/New_York'", hi=manifest.window_hi
+    )[0][0]
+    con.close()
+    assert manifest.extra["hi_utc"].endswith("+00:00")
+    assert manifest.extra["hi_utc"] == expected.astimezone(UTC).isoformat()
+
+
+def test_a_run_with_no_changes_writes_no_batch(stack, source, lake, pg_connect):
+    settings = settings_for(stack, overlap_seconds=600.0)
+    first = ingest(settings, source, lake.s3)
+    keys = lake.keys("")
+
+    assert ingest(settings, source, lake.s3) == []
+    assert lake.keys("") == keys
+    assert lake.latest_manifest() == first[-1]
+
+
+def changed_rows_in_window(tables: dict[str, pa.Table], manifest: Manifest) -> int:
+    """Rows of the batch stamped inside its own window (the rest are referenced context)."""
+    hi = pa.scalar(datetime.fromisoformat(manifest.window_hi), pa.timestamp("ms"))
+    lo = manifest.window_lo and pa.scalar(
+        datetime.fromisoformat(manifest.window_lo), pa.timestamp("ms")
+    )
+    count = 0
+    for t in tables.values():
+        inside = pc.less(t.column("last_updated"), hi)
+        if lo is not None:
+            inside = pc.and_(inside, pc.greater_equal(t.column("last_updated"), lo))
+        count += pc.sum(inside).as_py() or 0
+    return count
+
+
+def test_a_large_backlog_splits_into_bounded_batches_at_timestamp_boundaries(
+    stack, source, lake, pg_connect
+):
+    bound, chunk = 5_000, 2_000
+    settings = settings_for(stack, max_batch_rows=bound, chunk_rows=chunk)
+
+    manifests = ingest(settings, source, lake.s3)
+
+    assert len(manifests) >= 8
+    windows = [(m.window_lo, m.window_hi) for m in manifests]
+    assert windows[0][0] is None
+    assert all(a[1] == b[0] for a, b in pairwise(windows))
+    assert [m.batch_id for m in manifests] == sorted(m.batch_id for m in manifests)
+    assert max(f.rows for m in manifests for f in m.files) <= chunk
+    changed = [changed_rows_in_window(batch_tables(lake, m), m) for m in manifests]
+    assert changed == [m.extra["changed_rows"] for m in manifests]
+    assert max(changed) < 2 * bound  # the bound plus the rows tied on the last timestamp
+    assert sum(changed) == len(versions_in_source(pg_connect(source)))
+    assert versions_in_lake(lake) == versions_in_source(pg_connect(source))
+
+
+def test_one_timestamp_holding_more_rows_than_the_bound_stays_one_batch(
+    stack, source, lake, pg_connect
+):
+    settings = settings_for(stack, max_batch_rows=100)
+    ingest(replace(settings, max_batch_rows=1_000_000), source, lake.s3)
+    con = pg_connect(source)
+    tie = set(insert_sales_orders(con, 250))
+
+    manifests = ingest(settings, source, lake.s3)
+
+    assert len(manifests) == 1
+    assert ids(batch_tables(lake, manifests[0]))["sales_order"] == tie
+
+
+# --- nothing lost ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lag", "overlap", "lost"),
+    [
+        pytest.param(2.0, 0.0, False, id="lag-covers-the-late-commit"),
+        pytest.param(0.0, 30.0, False, id="overlap-covers-the-late-commit"),
+        pytest.param(0.0, 0.0, True, id="without-lag-and-overlap-the-late-row-is-lost"),
+    ],
+)
+def test_every_version_reaches_a_batch_with_ties_and_a_late_commit(
+    stack, source, lake, pg_connect, lag, overlap, lost
+):
+    settings = settings_for(stack, lag_seconds=lag, overlap_seconds=overlap)
+    ingest(settings, source, lake.s3)
+    late, live = pg_connect(source), pg_connect(source)
+    late.run("BEGIN")
+    late_ids = insert_sales_orders(late, 1)  # stamped with its transaction's (early) start
+    tie_ids = insert_sales_orders(live, 40)  # committed, stamped later, one shared timestamp
+    ingest(settings, source, lake.s3)  # runs while the late transaction is still open
+    late.run("COMMIT")
+    newest = live.run("SELECT max(last_updated) FROM sales_order")[0][0]
+    wait_for_source_clock(live, newest, lag)
+
+    ingest(settings, source, lake.s3)
+
+    missing = versions_in_source(live) - versions_in_lake(lake)
+    assert {(t, i) for t, i, _ in missing} == ({("sales_order", late_ids[0])} if lost else set())
+    extracted = {i for t, i, _ in versions_in_lake(lake) if t == "sales_order"}
+    assert set(tie_ids) <= extracted
+
+
+# --- crash safety ------------------------------------------------------------------------
+
+
+class CrashingS3:
+    """An S3 client that fails after ``allowed`` data files, like a Lambda killed mid-run."""
+
+    def __init__(self, real, allowed: int):
+        self.real = real
+        self.allowed = allowed
+
+    def put_object(self, **kwargs):
+        if kwargs["Key"].startswith(RAW_PREFIX + "/"):
+            if self.allowed == 0:
+                raise ConnectionError("simulated crash while writing data files")
+            self.allowed -= 1
+        return self.real.put_object(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_a_crash_before_the_manifest_leaves_the_state_and_the_retry_is_complete(
+    stack, source, lake, pg_connect
+):
+    settings = settings_for(stack, chunk_rows=3_000)
+    first = ingest(settings, source, lake.s3)[-1]
+    con = pg_connect(source)
+    con.run(
+        "UPDATE payment SET paid = NOT paid, last_updated = localtimestamp WHERE payment_id <= 9000"
+    )
+    new_orders = set(insert_sales_orders(con, 5))
+
+    with pytest.raises(ConnectionError):
+        ingest(settings, source, CrashingS3(lake.s3, allowed=4))
+    assert lake.latest_manifest() == first
+
+    retry = ingest(settings, source, lake.s3)
+    assert len(retry) == 1
+    got = batch_tables(lake, retry[0])
+    assert ids(got)["payment"] == set(range(1, 9001))
+    assert ids(got)["sales_order"] == new_orders
+    assert retry[0].window_lo == first.window_hi
+    assert all(lake.keys(f.key) == [f.key] for f in retry[0].files)
+
+
+# --- self-containment --------------------------------------------------------------------
+
+
+def source_frames(con) -> dict[str, dict[int, dict]]:
+    out = {}
+    for t in TABLES:
+        cols = t.column_names
+        rows = con.run(f"SELECT {', '.join(q(c) for c in cols)} FROM {q(t.name)}")
+        out[t.name] = {r[0]: dict(zip(cols, r, strict=True)) for r in rows}
+    return out
+
+
+def expected_closure(src: dict[str, dict[int, dict]], changed: dict[str, set[int]]):
+    """The rows a batch must carry, written independently of the extraction SQL."""
+    sel = {t.name: set(changed.get(t.name, ())) for t in TABLES}
+
+    def refs(table, column):
+        return {src[table][i][column] for i in sel[table]} - {None}
+
+    sel["staff"] |= {
+        i for i, r in src["staff"].items() if r["department_id"] in changed.get("department", ())
+    }
+    sel["counterparty"] |= {
+        i
+        for i, r in src["counterparty"].items()
+        if r["legal_address_id"] in changed.get("address", ())
+    }
+    for fact in ("sales_order", "purchase_order"):
+        sel["staff"] |= refs(fact, "staff_id")
+        sel["address"] |= refs(fact, "agreed_delivery_location_id")
+    for fact in ("sales_order", "purchase_order", "payment"):
+        sel["counterparty"] |= refs(fact, "counterparty_id")
+        sel["currency"] |= refs(fact, "currency_id")
+    sel["design"] |= refs("sales_order", "design_id")
+    sel["payment_type"] |= refs("payment", "payment_type_id")
+    sel["transaction"] |= refs("payment", "transaction_id")
+    sel["address"] |= refs("counterparty", "legal_address_id")
+    sel["department"] |= refs("staff", "department_id")
+    return {k: v for k, v in sel.items() if v}
+
+
+def dangling_references(tables: dict[str, pa.Table]) -> list[str]:
+    """Warehouse references that the batch cannot resolve from its own rows."""
+    have = ids(tables)
+    needs = [
+        ("sales_order", "design_id", "design"),
+        ("sales_order", "staff_id", "staff"),
+        ("sales_order", "counterparty_id", "counterparty"),
+        ("sales_order", "currency_id", "currency"),
+        ("sales_order", "agreed_delivery_location_id", "address"),
+        ("purchase_order", "staff_id", "staff"),
+        ("purchase_order", "counterparty_id", "counterparty"),
+        ("purchase_order", "currency_id", "currency"),
+        ("purchase_order", "agreed_delivery_location_id", "address"),
+        ("payment", "transaction_id", "transaction"),
+        ("payment", "counterparty_id", "counterparty"),
+        ("payment", "currency_id", "currency"),
+        ("payment", "payment_type_id", "payment_type"),
+        ("staff", "department_id", "department"),
+        ("counterparty", "legal_address_id", "address"),
+    ]
+    out = []
+    for table, column, target in needs:
+        if table in tables:
+            missing = set(tables[table].column(column).to_pylist()) - have.get(target, set())
+            if missing:
+                out.append(f"{table}.{column} -> {target} {sorted(missing)}")
+    return out
+
+
+def _stamp(table: str, where: str, sets: str) -> str:
+    return (
+        f"UPDATE {q(table)} SET {sets}, last_updated = localtimestamp "
+        f"WHERE {where} RETURNING {q(table + '_id')}"
+    )
+
+
+CHANGES = {
+    "address": _stamp(
+        "address",
+        "address_id IN (SELECT legal_address_id FROM counterparty LIMIT 1)",
+        "city = 'Leeds'",
+    ),
+    "counterparty": _stamp("counterparty", "counterparty_id = 7", "delivery_contact = 'Ann'"),
+    "department": _stamp("department", "department_id = 2", "location = 'Hull'"),
+    "staff": _stamp("staff", "staff_id = 5", "email_address = 'x@example.com'"),
+    "design": _stamp("design", "design_id = 11", "design_name = 'Steel'"),
+    "currency": _stamp("currency", "currency_id = 2", "currency_code = 'USD'"),
+    "payment_type": _stamp(
+        "payment_type", "payment_type_id = 3", "payment_type_name = payment_type_name"
+    ),
+    "transaction": _stamp(
+        "transaction", "transaction_id IN (12, 13)", "transaction_type = transaction_type"
+    ),
+    "sales_order": None,  # a new order
+    "purchase_order": _stamp(
+        "purchase_order", "purchase_order_id IN (3, 4000)", "item_quantity = item_quantity + 1"
+    ),
+    "payment": _stamp("payment", "payment_id IN (5, 777, 15000)", "paid = NOT paid"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CHANGES))
+def test_a_batch_carries_every_row_its_changes_reference(stack, source, lake, pg_connect, kind):
+    settings = settings_for(stack)
+    ingest(settings, source, lake.s3)
+    con = pg_connect(source)
+    if CHANGES[kind] is None:
+        changed = set(insert_sales_orders(con, 3))
+    else:
+        changed = {r[0] for r in con.run(CHANGES[kind])}
+    assert changed
+
+    manifests = ingest(settings, source, lake.s3)
+
+    assert len(manifests) == 1
+    got = batch_tables(lake, manifests[0])
+    assert dangling_references(got) == []
+    assert ids(got) == expected_closure(source_frames(con), {kind: changed})
+
+
+# --- clear failures ----------------------------------------------------------------------
+
+
+def test_an_unreachable_source_fails_clearly_and_writes_nothing(stack, source, lake):
+    ingest(settings_for(stack), source, lake.s3)
+    keys = lake.keys("")
+    nowhere = DbCredentials(
+        user="u", password="secret-pw", host="127.0.0.1", port=1, dbname="totesys"
+    )
+
+    with pytest.raises(
+        DatabaseUnavailable, match=re.escape("cannot reach database 'totesys' at 127.0.0.1:1")
+    ) as err:
+        ingest(settings_for(stack), nowhere, lake.s3)
+    assert "secret-pw" not in str(err.value)
+    assert lake.keys("") == keys
+
+
+@pytest.mark.parametrize(
+    ("ddl", "message"),
+    [
+        ("ALTER TABLE payment DROP COLUMN paid", "column payment.paid is missing"),
+        ("DROP TABLE payment", "table 'payment' is missing"),
+        (
+            "ALTER TABLE sales_order ALTER COLUMN unit_price TYPE text",
+            "column sales_order.unit_price has type text, expected numeric(10,2)",
+        ),
+    ],
+)
+def test_schema_drift_names_what_is_wrong_and_leaves_the_state(
+    stack, source, lake, pg_connect, ddl, message
+):
+    first = ingest(settings_for(stack), source, lake.s3)[-1]
+    con = pg_connect(source)
+    con.run(ddl)
+    insert = "UPDATE currency SET last_updated = localtimestamp"
+    con.run(insert)
+    keys = lake.keys("")
+
+    with pytest.raises(SchemaDrift, match=re.escape(message)):
+        ingest(settings_for(stack), source, lake.s3)
+    assert lake.keys("") == keys
+    assert lake.latest_manifest() == first
