@@ -1,0 +1,509 @@
+"""What the expanded template deploys: triggers, schedule, functions, least-privilege roles,
+bucket hygiene, alarms and dashboard. All offline (aws-sam-translator, no AWS calls)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from sam_template import REPO_ROOT, as_list, render, resources_of
+
+from totes.lake import MANIFEST_PREFIX, MANIFEST_SUFFIX
+from totes.settings import IngestSettings, LoadSettings, TransformSettings
+
+RAW = "arn:aws:s3:::STACK-raw-ACCOUNT-REGION"
+PROCESSED = "arn:aws:s3:::STACK-processed-ACCOUNT-REGION"
+STAGES = ("Ingest", "Transform", "Load")
+
+MANIFEST_FILTER = {
+    "S3Key": {
+        "Rules": [
+            {"Name": "prefix", "Value": MANIFEST_PREFIX},
+            {"Name": "suffix", "Value": MANIFEST_SUFFIX},
+        ]
+    }
+}
+
+# (role, action) pairs allowed a "*" resource, with the reason. Empty: metrics are EMF log
+# lines (no cloudwatch:PutMetricData), there is no X-Ray tracing, and the VPC network-interface
+# permissions come from AWS's managed AWSLambdaVPCAccessExecutionRole only when SubnetIds is set.
+WILDCARD_RESOURCE_ALLOWED: dict[tuple[str, str], str] = {}
+
+
+def grants(role: dict) -> set[tuple]:
+    """Every (action, resource, condition) an IAM role's inline policies allow, rendered."""
+    out = set()
+    for policy in role["Properties"].get("Policies", []):
+        for stmt in as_list(policy["PolicyDocument"]["Statement"]):
+            assert stmt["Effect"] == "Allow"
+            condition = json.dumps(render(stmt.get("Condition")), sort_keys=True)
+            for action in as_list(stmt["Action"]):
+                for resource in as_list(render(stmt["Resource"])):
+                    out.add((action, resource, condition))
+    return out
+
+
+def test_raw_bucket_notifies_transform_and_processed_bucket_notifies_load_on_manifests_only(
+    expanded,
+):
+    res = expanded["Resources"]
+    for bucket, function in (
+        ("RawBucket", "TransformFunction"),
+        ("ProcessedBucket", "LoadFunction"),
+    ):
+        assert res[bucket]["Properties"]["NotificationConfiguration"] == {
+            "LambdaConfigurations": [
+                {
+                    "Event": "s3:ObjectCreated:*",
+                    "Filter": MANIFEST_FILTER,
+                    "Function": {"Fn::GetAtt": [function, "Arn"]},
+                }
+            ]
+        }
+    permissions = {
+        render(p["Properties"]["FunctionName"]): p["Properties"]
+        for p in resources_of(expanded, "AWS::Lambda::Permission").values()
+    }
+    assert {fn: (p["Principal"], p["Action"]) for fn, p in permissions.items()} == {
+        "<TransformFunction>": ("s3.amazonaws.com", "lambda:InvokeFunction"),
+        "<LoadFunction>": ("s3.amazonaws.com", "lambda:InvokeFunction"),
+    }
+
+
+def test_ingest_runs_on_the_schedule_at_the_rate_parameter_one_at_a_time(template, expanded):
+    schedules = resources_of(expanded, "AWS::Scheduler::Schedule")
+    assert len(schedules) == 1
+    (schedule,) = schedules.values()
+    props = schedule["Properties"]
+    assert props["ScheduleExpression"] == {"Fn::Sub": "rate(${IngestScheduleRate})"}
+    assert props["Target"]["Arn"] == {"Fn::GetAtt": ["IngestFunction", "Arn"]}
+    assert props["State"] == {"Ref": "IngestScheduleState"}
+    rate = template["Parameters"]["IngestScheduleRate"]
+    assert rate["Default"] == "5 minutes"
+    pattern = re.compile(rate["AllowedPattern"])
+    accepted = ["5 minutes", "1 minute", "2 hours", "1 day", "15 minutes"]
+    rejected = ["1 minutes", "0 minutes", "5 mins", "5", "rate(5 minutes)"]
+    assert [bool(pattern.match(v)) for v in accepted + rejected] == [True] * 5 + [False] * 5
+    assert (
+        expanded["Resources"]["IngestFunction"]["Properties"]["ReservedConcurrentExecutions"] == 1
+    )
+
+
+def test_the_schedule_sends_the_event_shape_of_the_sam_ingest_event(expanded):
+    (schedule,) = resources_of(expanded, "AWS::Scheduler::Schedule").values()
+    sent = json.loads(schedule["Properties"]["Target"]["Input"])
+    example = json.loads((REPO_ROOT / "sam" / "events" / "ingest_schedule.json").read_text())
+    assert sorted(sent) == sorted(example)
+    assert sent["source"] == example["source"] == "aws.scheduler"
+
+
+def test_functions_run_python313_on_arm64_with_the_three_layers_and_their_own_log_group(
+    expanded,
+):
+    res = expanded["Resources"]
+    (layer_name,) = resources_of(expanded, "AWS::Lambda::LayerVersion")
+    sizes = {}
+    for stage in STAGES:
+        props = res[f"{stage}Function"]["Properties"]
+        assert (props["Runtime"], props["Architectures"], props["Handler"]) == (
+            "python3.13",
+            ["arm64"],
+            "app.handler",
+        )
+        assert props["Layers"] == [
+            {"Ref": "PandasLayerArn"},
+            {"Ref": "PowertoolsLayerArn"},
+            {"Ref": layer_name},
+        ]
+        assert props["Role"] == {"Fn::GetAtt": [f"{stage}Role", "Arn"]}
+        assert props["LoggingConfig"] == {"LogGroup": {"Ref": f"{stage}LogGroup"}}
+        log_group = res[f"{stage}LogGroup"]["Properties"]
+        assert render(log_group["LogGroupName"]) == "/aws/lambda/" + render(props["FunctionName"])
+        assert log_group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+        sizes[stage] = (props["MemorySize"], props["Timeout"])
+    assert sizes == {"Ingest": (1769, 900), "Transform": (3008, 900), "Load": (1769, 900)}
+    layer = res[layer_name]["Properties"]
+    assert (layer["CompatibleRuntimes"], layer["CompatibleArchitectures"]) == (
+        ["python3.13"],
+        ["arm64"],
+    )
+
+
+def test_layer_defaults_are_the_pinned_managed_layers(template):
+    params = template["Parameters"]
+    assert {
+        p: (params[p]["Type"], params[p]["Default"])
+        for p in ("PandasLayerArn", "PowertoolsLayerArn")
+    } == {
+        "PandasLayerArn": (
+            "AWS::SSM::Parameter::Value<String>",
+            "/aws/service/aws-sdk-pandas/3.16.1/py3.13/arm64/layer-arn",
+        ),
+        "PowertoolsLayerArn": (
+            "AWS::SSM::Parameter::Value<String>",
+            "/aws/service/powertools/python/arm64/python3.13/3.37.0",
+        ),
+    }
+
+
+def test_each_function_gets_exactly_the_environment_its_settings_read(expanded):
+    res = expanded["Resources"]
+    env = {
+        stage: render(res[f"{stage}Function"]["Properties"]["Environment"]["Variables"])
+        for stage in STAGES
+    }
+    raw_name = render(res["RawBucket"]["Properties"]["BucketName"])
+    processed_name = render(res["ProcessedBucket"]["Properties"]["BucketName"])
+    common = {"POWERTOOLS_METRICS_NAMESPACE": "TerrificTotes"}
+    assert env == {
+        "Ingest": {
+            **common,
+            "POWERTOOLS_SERVICE_NAME": "ingest",
+            "RAW_BUCKET": raw_name,
+            "SOURCE_SECRET_ID": "<SourceSecretArn>",
+            "INGEST_LAG_SECONDS": "<IngestLagSeconds>",
+            "INGEST_OVERLAP_SECONDS": "<IngestOverlapSeconds>",
+            "INGEST_MAX_BATCH_ROWS": "<IngestMaxBatchRows>",
+        },
+        "Transform": {
+            **common,
+            "POWERTOOLS_SERVICE_NAME": "transform",
+            "RAW_BUCKET": raw_name,
+            "PROCESSED_BUCKET": processed_name,
+            "IDEMPOTENCY_TABLE": "<IdempotencyTable>",
+        },
+        "Load": {
+            **common,
+            "POWERTOOLS_SERVICE_NAME": "load",
+            "PROCESSED_BUCKET": processed_name,
+            "IDEMPOTENCY_TABLE": "<IdempotencyTable>",
+            "WAREHOUSE_SECRET_ID": "<WarehouseSecretArn>",
+        },
+    }
+
+
+def test_the_template_environment_satisfies_each_stage_settings_at_cold_start(template, expanded):
+    """Parameters take their defaults (secret ARNs a sample), so a cold start would not fail."""
+    values = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
+    values["SourceSecretArn"] = "arn:aws:secretsmanager:eu-west-2:123456789012:secret:src-AbCdEf"
+    values["WarehouseSecretArn"] = "arn:aws:secretsmanager:eu-west-2:123456789012:secret:wh-AbCdEf"
+    values["IdempotencyTable"] = "STACK-IdempotencyTable-XYZ"
+
+    def env_of(stage):
+        variables = render(
+            expanded["Resources"][f"{stage}Function"]["Properties"]["Environment"]["Variables"]
+        )
+        return {k: re.sub(r"<(\w+)>", lambda m: values[m[1]], v) for k, v in variables.items()}
+
+    assert IngestSettings.from_env(env_of("Ingest")) == IngestSettings(
+        raw_bucket="STACK-raw-ACCOUNT-REGION",
+        source_secret_id=values["SourceSecretArn"],
+        lag_seconds=2.0,
+        overlap_seconds=600.0,
+        max_batch_rows=500_000,
+    )
+    assert TransformSettings.from_env(env_of("Transform")) == TransformSettings(
+        raw_bucket="STACK-raw-ACCOUNT-REGION",
+        processed_bucket="STACK-processed-ACCOUNT-REGION",
+        idempotency_table="STACK-IdempotencyTable-XYZ",
+    )
+    assert LoadSettings.from_env(env_of("Load")) == LoadSettings(
+        processed_bucket="STACK-processed-ACCOUNT-REGION",
+        idempotency_table="STACK-IdempotencyTable-XYZ",
+        warehouse_secret_id=values["WarehouseSecretArn"],
+    )
+
+
+def test_failed_async_events_are_retried_twice_then_sent_to_the_failure_queue(expanded):
+    configs = {
+        render(c["Properties"]["FunctionName"]): c["Properties"]
+        for c in resources_of(expanded, "AWS::Lambda::EventInvokeConfig").values()
+    }
+    expected = {
+        "DestinationConfig": {
+            "OnFailure": {"Destination": {"Fn::GetAtt": ["FailureQueue", "Arn"]}}
+        },
+        "MaximumEventAgeInSeconds": 3600,
+        "MaximumRetryAttempts": 2,
+        "Qualifier": "$LATEST",
+    }
+    assert configs == {
+        f"<{stage}Function>": {**expected, "FunctionName": {"Ref": f"{stage}Function"}}
+        for stage in STAGES
+    }
+
+
+def test_the_local_chain_retries_like_the_template(expanded):
+    chain = pytest.importorskip("totes.local.chain")
+    retries = {
+        c["Properties"]["MaximumRetryAttempts"]
+        for c in resources_of(expanded, "AWS::Lambda::EventInvokeConfig").values()
+    }
+    assert {r + 1 for r in retries} == {chain.MAX_ATTEMPTS}
+
+
+def test_each_role_reaches_only_its_own_buckets_prefixes_secret_table_and_log_group(expanded):
+    res = expanded["Resources"]
+    no_condition = "null"
+    logs = lambda stage: {  # noqa: E731
+        ("logs:CreateLogStream", f"<{stage}LogGroup.Arn>", no_condition),
+        ("logs:PutLogEvents", f"<{stage}LogGroup.Arn>", no_condition),
+    }
+    failure = {("sqs:SendMessage", "<FailureQueue.Arn>", no_condition)}
+    idempotency = {
+        (a, "<IdempotencyTable.Arn>", no_condition)
+        for a in (
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:DeleteItem",
+        )
+    }
+    manifests_only = json.dumps({"StringLike": {"s3:prefix": ["manifests/*"]}}, sort_keys=True)
+    assert grants(res["IngestRole"]) == logs("Ingest") | failure | {
+        ("s3:ListBucket", RAW, manifests_only),
+        ("s3:GetObject", f"{RAW}/manifests/*", no_condition),
+        ("s3:PutObject", f"{RAW}/raw/*", no_condition),
+        ("s3:PutObject", f"{RAW}/manifests/*", no_condition),
+        ("secretsmanager:GetSecretValue", "<SourceSecretArn>", no_condition),
+    }
+    assert grants(res["TransformRole"]) == logs("Transform") | failure | idempotency | {
+        ("s3:ListBucket", RAW, no_condition),
+        ("s3:GetObject", f"{RAW}/raw/*", no_condition),
+        ("s3:GetObject", f"{RAW}/manifests/*", no_condition),
+        ("s3:PutObject", f"{RAW}/quarantine/*", no_condition),
+        ("s3:PutObject", f"{PROCESSED}/processed/*", no_condition),
+        ("s3:PutObject", f"{PROCESSED}/manifests/*", no_condition),
+    }
+    assert grants(res["LoadRole"]) == logs("Load") | failure | idempotency | {
+        ("s3:ListBucket", PROCESSED, no_condition),
+        ("s3:GetObject", f"{PROCESSED}/processed/*", no_condition),
+        ("s3:GetObject", f"{PROCESSED}/manifests/*", no_condition),
+        ("secretsmanager:GetSecretValue", "<WarehouseSecretArn>", no_condition),
+    }
+    assert grants(res["IngestFunctionScheduleRole"]) == {
+        ("lambda:InvokeFunction", "<IngestFunction.Arn>", no_condition)
+    }
+
+
+def test_no_role_allows_wildcard_actions_or_resources(expanded):
+    found = []
+    for name, role in resources_of(expanded, "AWS::IAM::Role").items():
+        for action, resource, _ in grants(role):
+            if action == "*" or action.endswith(":*"):
+                found.append((name, action, resource))
+            if resource == "*" and (name, action) not in WILDCARD_RESOURCE_ALLOWED:
+                found.append((name, action, resource))
+    assert found == []
+    assert not resources_of(expanded, "AWS::IAM::Policy")
+    assert not resources_of(expanded, "AWS::IAM::ManagedPolicy")
+
+
+def test_the_only_managed_policy_is_vpc_access_and_only_when_subnets_are_given(expanded):
+    attached = {
+        name: role["Properties"].get("ManagedPolicyArns")
+        for name, role in resources_of(expanded, "AWS::IAM::Role").items()
+    }
+    vpc = {
+        "Fn::If": [
+            "HasVpc",
+            [
+                {
+                    "Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/"
+                    "AWSLambdaVPCAccessExecutionRole"
+                }
+            ],
+            {"Ref": "AWS::NoValue"},
+        ]
+    }
+    assert attached == {
+        "IngestRole": vpc,
+        "TransformRole": None,
+        "LoadRole": vpc,
+        "IngestFunctionScheduleRole": None,
+    }
+    vpc_config = {
+        stage: expanded["Resources"][f"{stage}Function"]["Properties"].get("VpcConfig")
+        for stage in STAGES
+    }
+    in_vpc = {
+        "Fn::If": [
+            "HasVpc",
+            {"SubnetIds": {"Ref": "SubnetIds"}, "SecurityGroupIds": {"Ref": "SecurityGroupIds"}},
+            {"Ref": "AWS::NoValue"},
+        ]
+    }
+    assert vpc_config == {"Ingest": in_vpc, "Transform": None, "Load": in_vpc}
+
+
+def test_every_bucket_blocks_public_access_encrypts_versions_and_denies_plain_http(expanded):
+    policies = {
+        p["Properties"]["Bucket"]["Ref"]: p["Properties"]["PolicyDocument"]["Statement"]
+        for p in resources_of(expanded, "AWS::S3::BucketPolicy").values()
+    }
+    buckets = resources_of(expanded, "AWS::S3::Bucket")
+    assert sorted(buckets) == ["ProcessedBucket", "RawBucket"]
+    for name, bucket in buckets.items():
+        props = bucket["Properties"]
+        assert props["PublicAccessBlockConfiguration"] == dict.fromkeys(
+            ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"),
+            True,
+        )
+        assert props["BucketEncryption"] == {
+            "ServerSideEncryptionConfiguration": [
+                {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+            ]
+        }
+        assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+        assert render(policies[name]) == [
+            {
+                "Sid": "DenyInsecureTransport",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [f"<{name}.Arn>", f"<{name}.Arn>/*"],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        ]
+
+
+def test_quarantine_and_old_versions_expire_by_lifecycle(expanded):
+    rules = {
+        name: expanded["Resources"][name]["Properties"]["LifecycleConfiguration"]["Rules"]
+        for name in ("RawBucket", "ProcessedBucket")
+    }
+    noncurrent = {
+        "Id": "ExpireNoncurrentVersions",
+        "Status": "Enabled",
+        "NoncurrentVersionExpiration": {
+            "NoncurrentDays": {"Ref": "NoncurrentVersionRetentionDays"}
+        },
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
+    }
+    assert rules == {
+        "RawBucket": [
+            {
+                "Id": "ExpireQuarantine",
+                "Status": "Enabled",
+                "Prefix": "quarantine/",
+                "ExpirationInDays": {"Ref": "QuarantineRetentionDays"},
+            },
+            noncurrent,
+        ],
+        "ProcessedBucket": [noncurrent],
+    }
+
+
+def test_the_idempotency_table_is_keyed_on_id_with_ttl_on_demand(expanded):
+    (table,) = resources_of(expanded, "AWS::DynamoDB::Table").values()
+    assert table["Properties"] == {
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+        "TimeToLiveSpecification": {"AttributeName": "expiration", "Enabled": True},
+        "SSESpecification": {"SSEEnabled": True},
+    }
+
+
+def _watched(alarm: dict) -> tuple:
+    props = alarm["Properties"]
+    if "Metrics" in props:
+        return ("insights", props["Metrics"][0]["Expression"])
+    dims = tuple(render(d["Value"]) for d in props["Dimensions"])
+    return (props["Namespace"], props["MetricName"], *dims)
+
+
+def test_every_alarm_notifies_the_topic_and_the_set_covers_the_pipeline(expanded):
+    alarms = resources_of(expanded, "AWS::CloudWatch::Alarm")
+    actions = {n: a["Properties"]["AlarmActions"] for n, a in alarms.items()}
+    assert actions == {n: [{"Ref": "AlarmTopic"}] for n in alarms}
+    assert {_watched(a) for a in alarms.values()} == {
+        *(("AWS/Lambda", m, f"<{s}Function>") for s in STAGES for m in ("Errors", "Throttles")),
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "<FailureQueue.QueueName>"),
+        ("insights", "SELECT SUM(QuarantinedBatches) FROM TerrificTotes"),
+        ("insights", "SELECT MIN(WarehouseFreshnessSeconds) FROM TerrificTotes"),
+    }
+
+
+def test_freshness_alarm_breaches_above_the_threshold_or_when_loads_stop(template, expanded):
+    props = expanded["Resources"]["FreshnessAlarm"]["Properties"]
+    assert (
+        props["Threshold"],
+        props["ComparisonOperator"],
+        props["TreatMissingData"],
+        props["EvaluationPeriods"] * props["Metrics"][0]["Period"],
+    ) == ({"Ref": "FreshnessThresholdSeconds"}, "GreaterThanThreshold", "breaching", 1800)
+    assert template["Parameters"]["FreshnessThresholdSeconds"]["Default"] == 1800
+    quarantine = expanded["Resources"]["QuarantineAlarm"]["Properties"]
+    assert (quarantine["Threshold"], quarantine["ComparisonOperator"]) == (
+        0,
+        "GreaterThanThreshold",
+    )
+
+
+def test_the_email_subscription_exists_only_when_an_address_is_given(template, expanded):
+    (name, sub) = next(iter(resources_of(expanded, "AWS::SNS::Subscription").items()))
+    assert (name, sub["Condition"], sub["Properties"]) == (
+        "AlarmEmailSubscription",
+        "HasAlarmEmail",
+        {"TopicArn": {"Ref": "AlarmTopic"}, "Protocol": "email", "Endpoint": {"Ref": "AlarmEmail"}},
+    )
+    assert template["Parameters"]["AlarmEmail"]["Default"] == ""
+
+
+DASHBOARD_METRICS = {
+    "IngestRows",
+    "TransformRows",
+    "LoadRowsInserted",
+    "LoadRowsUpdated",
+    "LoadRowsSkipped",
+    "IngestDurationSeconds",
+    "TransformDurationSeconds",
+    "LoadDurationSeconds",
+    "WarehouseFreshnessSeconds",
+    "QuarantinedBatches",
+    "TransformRejectedRows",
+    "IngestWindowLagSeconds",
+    "IngestEmptyRuns",
+}
+
+
+def _dashboard(expanded) -> dict:
+    body = expanded["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    samples = {"FreshnessThresholdSeconds": "1800"}
+    return json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: samples.get(m[1], "x"), body))
+
+
+def test_dashboard_shows_rows_per_stage_and_table_durations_errors_freshness_quarantine(
+    expanded,
+):
+    dashboard = _dashboard(expanded)
+    text = json.dumps(dashboard)
+    shown = set(re.findall(r'MetricName=\\"(\w+)\\"', text))
+    assert shown == DASHBOARD_METRICS
+    lambda_metrics = {
+        tuple(m[:2])
+        for w in dashboard["widgets"]
+        for m in w["properties"].get("metrics", [])
+        if isinstance(m[0], str)
+    }
+    assert lambda_metrics == {
+        ("AWS/Lambda", "Errors"),
+        ("AWS/Lambda", "Throttles"),
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+    }
+    (alarm_widget,) = [w for w in dashboard["widgets"] if w["type"] == "alarm"]
+    assert len(alarm_widget["properties"]["alarms"]) == len(
+        resources_of(expanded, "AWS::CloudWatch::Alarm")
+    )
+
+
+def test_every_metric_the_alarms_and_dashboard_watch_is_emitted_by_the_stages():
+    """A renamed metric in the code would leave an alarm silently watching nothing."""
+    source = "\n".join(
+        p.read_text() for p in Path(REPO_ROOT, "shared", "totes", "stages").glob("*.py")
+    )
+    emitted = set(re.findall(r'"([A-Z][A-Za-z]+)"', source))
+    assert DASHBOARD_METRICS - emitted == set()
