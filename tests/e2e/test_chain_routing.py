@@ -48,7 +48,7 @@ class FakeStages:
         return Lake(boto3.client("s3"), os.environ[bucket_var])
 
     def ingest(self, event, context):
-        assert event["detail-type"] == "Scheduled Event"
+        assert event["source"] == "aws.scheduler"
         self.envs.append({k: os.environ.get(k) for k in ("POWERTOOLS_SERVICE_NAME", "RAW_BUCKET")})
         lake = self._lake("RAW_BUCKET")
         ids = []

@@ -116,8 +116,14 @@ def schedule_event(now: datetime | None = None) -> dict:
             "detail": "{}",
         }
     now = now or datetime.now(UTC)
-    event["id"] = str(uuid.uuid4())
-    event["time"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Whichever shape the template uses (EventBridge event, or the Scheduler target input
+    # with its context attributes), stamp this invocation's time and id.
+    for key in ("time", "scheduled-time"):
+        if key in event:
+            event[key] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for key in ("id", "execution-id"):
+        if key in event:
+            event[key] = str(uuid.uuid4())
     return event
 
 
@@ -200,6 +206,7 @@ class CycleReport:
     failures: list[Failure] = field(default_factory=list)
     freshness_seconds: float | None = None
     seconds: float = 0.0
+    replayed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -207,6 +214,8 @@ class CycleReport:
 
     def format(self) -> str:
         lines = [f"cycle: {self.seconds:.2f} s" + ("" if self.ok else " (with failures)")]
+        if self.replayed:
+            lines.append(f"  redriven from the failure queue: {self.replayed} event(s)")
         for stage in STAGES:
             report = self.stages[stage]
             extra = f", {len(report.quarantined)} quarantined" if report.quarantined else ""
@@ -358,9 +367,11 @@ class LocalChain:
     # -- one cycle ----------------------------------------------------------------------------
 
     def run_cycle(self) -> CycleReport:
-        """Ingest once on a scheduler event, then route notifications until none is pending."""
+        """Redrive earlier failed events, ingest once on a scheduler event, then route
+        notifications until none is pending."""
         report = CycleReport()
         started = time.monotonic()
+        self.replay_failures(report)
         self.ingest(report)
         self.drain(report)
         report.seconds = time.monotonic() - started
@@ -396,6 +407,23 @@ class LocalChain:
                     handled += 1
             if not handled:
                 return report
+
+    def replay_failures(self, report: CycleReport | None = None) -> CycleReport:
+        """Redrive the S3 events on the failure queue (what an operator does after fixing the
+        cause): each goes to its stage again under the same retry rule. Failed scheduled
+        ingests are dropped: the next run covers their window, the watermark never moved."""
+        report = report or CycleReport()
+        self._fresh_clients()
+        stage_of = {self.names.raw_bucket: "transform", self.names.processed_bucket: "load"}
+        for record in self.failures():
+            event = record.get("requestPayload") or {}
+            buckets = {r["s3"]["bucket"]["name"] for r in event.get("Records", ())}
+            stages = {stage_of.get(b) for b in buckets}
+            if len(stages) != 1 or None in stages:
+                continue
+            report.replayed += 1
+            self._handle(Delivery(stages.pop(), event), report)
+        return report
 
     def receive(self, stage: str, queue: str) -> list[Delivery]:
         """Every S3 event waiting on ``queue`` (moto's ``s3:TestEvent`` dropped)."""
