@@ -42,6 +42,7 @@ LOAD_LOCK_KEY = 0x70746573_6C6F6164
 LEDGER = "etl_batch_ledger"
 BULK_FACT_ROWS = 100_000
 CSV_CHUNK_ROWS = 65_536
+ANALYZE_ROWS = 10_000
 FK_CHECKS = ("auto", "per-row", "set-based")
 
 _PG_TYPE = {"TIME": "TIME(3)", "TIMESTAMP": "TIMESTAMP(3)"}
@@ -165,7 +166,8 @@ def _conform(batch: str, table: StarTable, data: pa.Table) -> pa.Table:
     ]
     if wrong:
         raise LoadFailed(f"batch {batch}: table {table.name} has wrong types: {'; '.join(wrong)}")
-    return data.cast(schema)
+    # Nullability is the warehouse's to enforce: its NOT NULL errors name table and column.
+    return data.cast(pa.schema([f.with_nullable(True) for f in schema]))
 
 
 def _claim(con, manifest: Manifest) -> bool:
@@ -199,7 +201,8 @@ def _stage(con, table: StarTable, data: pa.Table) -> None:
         f"COPY {name} ({', '.join(_columns(table))}) FROM STDIN WITH (FORMAT csv)",
         stream=csv_chunks(data),
     )
-    con.run(f"ANALYZE {name}")
+    if data.num_rows >= ANALYZE_ROWS:  # temp tables get no autovacuum statistics
+        con.run(f"ANALYZE {name}")
 
 
 def csv_chunks(data: pa.Table, rows: int = CSV_CHUNK_ROWS) -> Iterator[bytes]:
