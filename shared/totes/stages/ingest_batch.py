@@ -19,6 +19,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from totes import extract
 from totes.db import DbCredentials, connect, credentials_from_secret_store
+from totes.errors import TotesError
 from totes.extract import Window
 from totes.lake import RAW_PREFIX, Lake, Manifest, ManifestFile, batch_id_for, data_key
 from totes.lake import schema_fingerprint as fingerprint_of
@@ -163,9 +164,13 @@ def _seconds_between(later: str, earlier: str) -> float:
 def from_schedule_event(event: dict, context=None) -> dict:
     """The Lambda's work: credentials from Secrets Manager, one ingest run, its metrics."""
     config = settings()
-    creds = credentials_from_secret_store(config.source_secret_id)
     started = time.monotonic()
-    manifests = ingest(config, creds, _s3())
+    try:
+        creds = credentials_from_secret_store(config.source_secret_id)
+        manifests = ingest(config, creds, _s3())
+    except TotesError as exc:  # operator-grade message, no credentials; the state is untouched
+        logger.error("ingest failed", extra={"error": str(exc), "kind": type(exc).__name__})
+        raise
     _emit("IngestDurationSeconds", time.monotonic() - started, MetricUnit.Seconds)
     if not manifests:
         _emit("IngestEmptyRuns", 1, MetricUnit.Count)

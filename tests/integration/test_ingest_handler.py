@@ -1,0 +1,107 @@
+"""The ingest Lambda handler on a scheduler event: credentials from (local) Secrets Manager,
+a batch in the raw bucket, its metrics as EMF with the agreed names, the batch id as the
+correlation id, no credentials in any output; a run with nothing new says so in a metric."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import boto3
+import pytest
+from aws_lambda_powertools.utilities import parameters
+
+from totes.lake import Lake
+from totes.local.chain import context_for, load_handler, schedule_event
+from totes.observability import logger
+from totes.source.snapshot import load_snapshot
+from totes.stages import ingest_batch
+
+
+@pytest.fixture
+def handler(stack, source_db, pg_connect, snapshot_dir, monkeypatch):
+    load_snapshot(pg_connect(source_db), snapshot_dir)
+    monkeypatch.setenv("INGEST_LAG_SECONDS", "0")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "ingest")
+    # A cold start for this stack: forget what earlier tests' invocations cached.
+    parameters.clear_caches()
+    ingest_batch.settings.cache_clear()
+    ingest_batch._s3.cache_clear()
+    return load_handler("ingest")
+
+
+@pytest.fixture
+def log_lines(monkeypatch) -> io.StringIO:
+    """What the shared Powertools logger writes (its handler keeps the stream it was born with)."""
+    buffer = io.StringIO()
+    monkeypatch.setattr(logger.registered_handler, "stream", buffer)
+    return buffer
+
+
+def emitted(output: str) -> tuple[list[dict], list[dict]]:
+    """(EMF metric documents, log records) printed by one invocation."""
+    docs = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return [d for d in docs if "_aws" in d], [d for d in docs if "_aws" not in d]
+
+
+def metric_values(docs: list[dict]) -> dict[tuple[str, str | None], float]:
+    out = {}
+    for doc in docs:
+        for directive in doc["_aws"]["CloudWatchMetrics"]:
+            for metric in directive["Metrics"]:
+                value = doc[metric["Name"]]
+                out[metric["Name"], doc.get("table")] = (
+                    value[0] if isinstance(value, list) else value
+                )
+    return out
+
+
+def test_the_handler_writes_a_batch_and_reports_rows_bytes_and_duration(
+    handler, stack, capsys, log_lines
+):
+    result = handler(schedule_event(), context_for("ingest"))
+
+    docs, _ = emitted(capsys.readouterr().out)
+    _, logs = emitted(log_lines.getvalue())
+    lake = Lake(boto3.client("s3"), stack.raw_bucket)
+    manifest = lake.latest_manifest()
+    assert result == {"batches": [manifest.batch_id], "rows": manifest.row_counts}
+    values = metric_values(docs)
+    assert {table: values["IngestRows", table] for table in manifest.row_counts} == (
+        manifest.row_counts
+    )
+    assert values["IngestBytes", None] == sum(f.bytes for f in manifest.files)
+    assert values["IngestDurationSeconds", None] > 0
+    assert ("IngestEmptyRuns", None) not in values
+    written = [r for r in logs if r.get("message") == "raw batch written"]
+    assert [r["correlation_id"] for r in written] == [manifest.batch_id]
+
+
+def test_a_run_with_nothing_new_emits_an_empty_run_metric(handler, stack, capsys):
+    handler(schedule_event(), context_for("ingest"))
+    capsys.readouterr()
+
+    result = handler(schedule_event(), context_for("ingest"))
+
+    docs, _ = emitted(capsys.readouterr().out)
+    values = metric_values(docs)
+    assert result == {"batches": [], "rows": {}}
+    assert values["IngestEmptyRuns", None] == 1
+    assert not [k for k in values if k[0] == "IngestRows"]
+
+
+def test_no_credential_appears_in_any_output(handler, stack, capsys, log_lines):
+    sm = boto3.client("secretsmanager")
+    secret = json.loads(sm.get_secret_value(SecretId=stack.source_secret)["SecretString"])
+    secret["password"] = "pw-that-must-not-leak"
+    secret["host"], secret["port"] = "127.0.0.1", 1  # unreachable: the error path logs too
+    sm.put_secret_value(SecretId=stack.source_secret, SecretString=json.dumps(secret))
+
+    with pytest.raises(Exception, match="cannot reach database") as err:
+        handler(schedule_event(), context_for("ingest"))
+
+    out = capsys.readouterr()
+    everything = out.out + out.err + log_lines.getvalue() + str(err.value)
+    assert "cannot reach database" in log_lines.getvalue() + out.out
+    assert "pw-that-must-not-leak" not in everything
+    assert Lake(boto3.client("s3"), stack.raw_bucket).manifest_keys() == []
