@@ -1,13 +1,21 @@
-"""The end-to-end fixtures: a local chain over fresh databases and a fresh stack per test."""
+"""The end-to-end fixtures: a local chain over fresh databases and a fresh stack per test.
+
+The helper modules beside this file (``e2e_reference``) are put on ``sys.path`` here, since
+pytest runs in importlib mode and does not do it itself.
+"""
 
 from __future__ import annotations
 
 import itertools
+import sys
+from pathlib import Path
 
 import pytest
 
 from totes.local.aws import StackNames
 from totes.local.chain import LocalChain
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 _seq = itertools.count()
 
@@ -24,6 +32,12 @@ def stack_names(tag: str = "e2e") -> StackNames:
         source_secret=f"{tag}-source-db-{n}",
         warehouse_secret=f"{tag}-warehouse-db-{n}",
     )
+
+
+@pytest.fixture(scope="session")
+def new_stack_names():
+    """A factory of unique stack names, so stacks in one emulator never share a resource."""
+    return stack_names
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-from conftest import stack_names
-from warehouse_reference import expected_warehouse, source_state, warehouse_problems
+from e2e_reference import expected_warehouse, source_state, warehouse_problems
 
 from totes.db import connect
 from totes.lake import Lake
@@ -36,11 +35,16 @@ def source(pg_cluster):
 
 
 @pytest.fixture(scope="module")
-def fault_free(source, pg_cluster, moto_endpoint):
+def fault_free(source, pg_cluster, moto_endpoint, new_stack_names):
     """Checksums of the warehouse a fault-free run builds (itself checked against SQL)."""
     with pg_cluster.database("faults_ref") as warehouse, aws_environment(moto_endpoint):
         chain = LocalChain(
-            moto_endpoint, stack_names("ref"), source, warehouse, lag_seconds=0, env=SMALL_BATCHES
+            moto_endpoint,
+            new_stack_names("ref"),
+            source,
+            warehouse,
+            lag_seconds=0,
+            env=SMALL_BATCHES,
         )
         chain.prepare()
         report = chain.run_cycle()

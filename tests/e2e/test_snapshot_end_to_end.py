@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from warehouse_reference import expected_warehouse, source_state, warehouse_problems
+from e2e_reference import expected_warehouse, source_state, warehouse_problems
 
 from totes.source.snapshot import load_snapshot
 

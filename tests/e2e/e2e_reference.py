@@ -11,6 +11,8 @@ import calendar
 from collections import Counter
 from datetime import date
 
+import pycountry
+
 from totes.star.model import DIMENSIONS, FACTS, STAR_TABLES_BY_NAME
 
 # One query per table, columns in the warehouse's order.
@@ -23,11 +25,8 @@ SOURCE_SQL = {
         SELECT address_id, address_line_1, address_line_2, district, city, postal_code,
                country, phone
         FROM address""",
-    "dim_currency": """
-        SELECT currency_id, currency_code,
-               CASE currency_code WHEN 'GBP' THEN 'Pound Sterling' WHEN 'USD' THEN 'US Dollar'
-                                  WHEN 'EUR' THEN 'Euro' END
-        FROM currency""",
+    # currency_name is added from pycountry's ISO 4217 data below
+    "dim_currency": "SELECT currency_id, currency_code FROM currency",
     "dim_design": "SELECT design_id, design_name, file_location, file_name FROM design",
     "dim_counterparty": """
         SELECT c.counterparty_id, c.counterparty_legal_name, a.address_line_1,
@@ -80,8 +79,16 @@ def warehouse_rows(con, table: str) -> Counter:
     return Counter(tuple(r) for r in con.run(f"SELECT {columns} FROM {table}"))  # noqa: S608
 
 
+def iso_4217_name(code: str) -> str | None:
+    currency = pycountry.currencies.get(alpha_3=code)
+    return currency.name if currency else None
+
+
 def source_rows(con, table: str) -> Counter:
-    return Counter(tuple(r) for r in con.run(SOURCE_SQL[table]))
+    rows = [tuple(r) for r in con.run(SOURCE_SQL[table])]
+    if table == "dim_currency":
+        rows = [(cid, code, iso_4217_name(code)) for cid, code in rows]
+    return Counter(rows)
 
 
 def source_state(con) -> dict[str, Counter]:
