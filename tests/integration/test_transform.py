@@ -26,6 +26,7 @@ from totes.local.chain import context_for, load_handler
 from totes.settings import TransformSettings
 from totes.source.model import TABLES_BY_NAME
 from totes.source.snapshot import load_snapshot, read_snapshot
+from totes.stages import transform_batch
 from totes.stages.transform_batch import transform
 from totes.star.model import FACTS, STAR_TABLES_BY_NAME
 
@@ -340,6 +341,8 @@ def test_the_handler_transforms_a_manifest_once_per_etag(lakes, snapshot):
     key = put_raw_batch(raw, small_batch(snapshot))
     etag = raw.s3.head_object(Bucket=settings.raw_bucket, Key=key)["ETag"]
     handler = load_handler("transform")
+    transform_batch.settings.cache_clear()  # a cold start in this test's stack
+    transform_batch._s3.cache_clear()
 
     first = handler(s3_event(settings.raw_bucket, key, etag), context_for("transform"))
     processed.s3.delete_object(Bucket=settings.processed_bucket, Key=manifest_key(BATCH))
@@ -348,3 +351,12 @@ def test_the_handler_transforms_a_manifest_once_per_etag(lakes, snapshot):
     assert first == again
     assert first["results"][0]["status"] == "processed"
     assert manifest_key(BATCH) not in processed.keys("manifests/")  # the redelivery did nothing
+
+
+def test_a_manifest_that_is_not_json_is_quarantined(lakes):
+    raw, processed, settings = lakes
+    raw.put_bytes(manifest_key(BATCH), b"{not json", "application/json")
+
+    reason = quarantined(raw, processed, transform(manifest_key(BATCH), settings, raw.s3))
+
+    assert [p["check"] for p in reason["problems"]] == ["unreadable_manifest"]

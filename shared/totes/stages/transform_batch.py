@@ -13,6 +13,7 @@ where it is, because ingest reads its watermark from the newest raw manifest.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -162,19 +163,30 @@ def transform(raw_manifest_key: str, settings: TransformSettings, s3_client) -> 
     }
 
 
-def from_s3_event(event, context=None, settings: TransformSettings | None = None) -> dict:
+@functools.cache
+def settings() -> TransformSettings:
+    """Read once per container (a missing variable fails the cold start with its name)."""
+    return TransformSettings.from_env()
+
+
+@functools.cache
+def _s3():
+    return boto3.client("s3")
+
+
+def from_s3_event(event, context=None) -> dict:
     """The handler's work: each raw manifest the event names, transformed at most once per
     (bucket, key, eTag)."""
-    settings = settings or TransformSettings.from_env()
-    s3_client = boto3.client("s3")
+    config = settings()
+    s3_client = _s3()
 
     def stage(ref: ObjectRef) -> dict:
-        if ref.bucket != settings.raw_bucket:
+        if ref.bucket != config.raw_bucket:
             logger.warning("manifest from an unexpected bucket", extra={"bucket": ref.bucket})
             return {"status": "ignored", "bucket": ref.bucket, "key": ref.key}
-        return transform(ref.key, settings, s3_client)
+        return transform(ref.key, config, s3_client)
 
     results = [
-        run_once(stage, ref, settings.idempotency_table, context) for ref in manifest_refs(event)
+        run_once(stage, ref, config.idempotency_table, context) for ref in manifest_refs(event)
     ]
     return {"results": results}
