@@ -47,28 +47,38 @@ def foreign_key_clause(table: Table, fk) -> str:
     )
 
 
-def table_ddl(table: Table, foreign_keys: bool = True) -> str:
-    lines = [_column_ddl(table, c) for c in table.columns]
-    lines.append(f"CONSTRAINT {q(table.name + '_pkey')} PRIMARY KEY ({q(table.key)})")
-    lines += [
+def key_clauses(table: Table) -> list[str]:
+    primary = f"CONSTRAINT {q(table.name + '_pkey')} PRIMARY KEY ({q(table.key)})"
+    unique = [
         f"CONSTRAINT {q(f'{table.name}_{col}_key')} UNIQUE ({q(col)})" for col in table.unique
     ]
-    if foreign_keys:
+    return [primary, *unique]
+
+
+def table_ddl(table: Table, constraints: bool = True) -> str:
+    lines = [_column_ddl(table, c) for c in table.columns]
+    if constraints:
+        lines += key_clauses(table)
         lines += [foreign_key_clause(table, fk) for fk in table.foreign_keys]
     body = ",\n    ".join(lines)
     return f"CREATE TABLE {q(table.name)} (\n    {body}\n)"
 
 
-def schema_statements(foreign_keys: bool = True) -> list[str]:
-    """Every statement of the source schema, in an order PostgreSQL accepts."""
+def schema_statements(constraints: bool = True) -> list[str]:
+    """Every statement of the source schema, in an order PostgreSQL accepts.
+
+    ``constraints=False`` leaves out keys and foreign keys, for bulk loaders that add them
+    with ``constraint_statements`` after the rows are in."""
     enums = [enum_ddl(n, labels) for n, labels in ENUMS.items()]
-    return enums + [table_ddl(t, foreign_keys) for t in TABLES]
+    return enums + [table_ddl(t, constraints) for t in TABLES]
 
 
-def foreign_key_statements() -> list[str]:
-    """The foreign keys as ALTER TABLE statements: adding them after a bulk load validates
-    each one with a single set-based join instead of a check per inserted row."""
-    return [
+def constraint_statements() -> list[str]:
+    """Primary and unique keys, then foreign keys, as ALTER TABLE statements. After a bulk
+    load each index is built by one sort and each foreign key validated by one set-based join,
+    instead of index inserts and a check per row."""
+    keys = [f"ALTER TABLE {q(t.name)} ADD {clause}" for t in TABLES for clause in key_clauses(t)]
+    return keys + [
         f"ALTER TABLE {q(t.name)} ADD {foreign_key_clause(t, fk)}"
         for t in TABLES
         for fk in t.foreign_keys
@@ -95,13 +105,11 @@ def ensure_empty(con, where: str = "the target database") -> None:
         )
 
 
-def create_schema(con, foreign_keys: bool = True) -> None:
-    """Create the enums and all eleven tables in one transaction (all or nothing).
-
-    ``foreign_keys=False`` is for bulk loaders, which call ``add_foreign_keys`` afterwards."""
+def create_schema(con) -> None:
+    """Create the enums and all eleven tables in one transaction (all or nothing)."""
     con.run("BEGIN")
     try:
-        run_statements(con, schema_statements(foreign_keys))
+        run_statements(con, schema_statements())
         con.run("COMMIT")
     except Exception:
         con.run("ROLLBACK")

@@ -19,8 +19,8 @@ The shape it copies from the snapshot (see its README and ``totesys-source.md``)
 
 Everything comes from numpy generators seeded with ``(seed, part)``, so the same seed gives
 the same database, byte for byte. Rows reach PostgreSQL through Arrow CSV and ``COPY FROM
-STDIN`` in bounded chunks, with the foreign keys added after the load (one set-based
-validation each); there is no per-row Python.
+STDIN`` in bounded chunks, with keys and foreign keys added after the load (one sort per
+index, one set-based validation per foreign key); there is no per-row Python.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from pg8000.exceptions import DatabaseError
 from totes.errors import ConfigurationError, TotesError
 from totes.observability import logger
 from totes.source.ddl import (
+    constraint_statements,
     ensure_empty,
-    foreign_key_statements,
     q,
     reset_sequences,
     run_statements,
@@ -510,11 +510,11 @@ def generate(con, scale: int, seed: int = 42) -> dict[str, int]:
     counts = dict.fromkeys(TABLES_BY_NAME, 0)
     con.run("BEGIN")
     try:
-        run_statements(con, schema_statements(foreign_keys=False))
+        run_statements(con, schema_statements(constraints=False))
         for name, chunk in plan.tables():
             counts[name] += copy_table(con, TABLES_BY_NAME[name], chunk)
         reset_sequences(con)
-        run_statements(con, foreign_key_statements())
+        run_statements(con, constraint_statements())
         con.run("COMMIT")
     except DatabaseError as exc:
         con.run("ROLLBACK")

@@ -24,7 +24,7 @@ from pg8000.exceptions import DatabaseError
 from totes.errors import SchemaDrift
 from totes.observability import logger
 from totes.source.ddl import (
-    foreign_key_statements,
+    constraint_statements,
     q,
     reset_sequences,
     run_statements,
@@ -185,19 +185,20 @@ def has_source_schema(con) -> bool:
 
 def load_tables(con, tables: dict[str, pa.Table]) -> dict[str, int]:
     """Create the schema if absent, COPY every table in dependency order, move the sequences;
-    one transaction, so a failure leaves nothing half-loaded. On a fresh database the foreign
-    keys are added after the rows (one set-based validation each, not a check per row)."""
+    one transaction, so a failure leaves nothing half-loaded. On a fresh database keys
+    and foreign keys are added after the rows (one index build or set-based validation
+    each, not work per row)."""
     fresh = not has_source_schema(con)
     counts = {}
     con.run("BEGIN")
     try:
         if fresh:
-            run_statements(con, schema_statements(foreign_keys=False))
+            run_statements(con, schema_statements(constraints=False))
         for table in TABLES:
             counts[table.name] = copy_table(con, table, tables[table.name])
         reset_sequences(con)
         if fresh:
-            run_statements(con, foreign_key_statements())
+            run_statements(con, constraint_statements())
         con.run("COMMIT")
     except DatabaseError as exc:
         con.run("ROLLBACK")
