@@ -78,7 +78,8 @@ def _ensure_schema(con, creds: DbCredentials) -> None:
         _migrated.add(target)
 
 
-def _emit(result: LoadResult, manifest: Manifest, seconds: float) -> float | None:
+def _emit(result: LoadResult, manifest: Manifest) -> float | None:
+    """Rows per table and outcome; freshness is now minus the batch's ``hi`` (UTC)."""
     for name, counts in result.row_counts().items():
         for metric_name, key in (
             ("LoadRowsInserted", "inserted"),
@@ -89,7 +90,6 @@ def _emit(result: LoadResult, manifest: Manifest, seconds: float) -> float | Non
                 name=metric_name, unit=MetricUnit.Count, value=counts[key], namespace=NAMESPACE
             ) as metric:
                 metric.add_dimension(name="table", value=name)
-    metrics.add_metric(name="LoadDurationSeconds", unit=MetricUnit.Seconds, value=seconds)
     hi_utc = (manifest.extra or {}).get("hi_utc")
     if not hi_utc:
         logger.warning("manifest carries no hi_utc; freshness not measured")
@@ -125,10 +125,12 @@ def load(processed_manifest_key: str, settings: LoadSettings, s3_client, creds) 
     finally:
         with contextlib.suppress(Exception):  # a broken connection cannot close politely
             con.close()
+    seconds = time.monotonic() - started
+    metrics.add_metric(name="LoadDurationSeconds", unit=MetricUnit.Seconds, value=seconds)
     if not result.loaded:
         logger.info("batch already in the warehouse ledger; nothing to do")
         return {"status": "already_loaded", "batch_id": batch_id}
-    freshness = _emit(result, manifest, time.monotonic() - started)
+    freshness = _emit(result, manifest)
     rows = result.row_counts()
     logger.info("batch loaded", extra={"rows": rows, "freshness_seconds": freshness})
     return {"status": "loaded", "batch_id": batch_id, "rows": rows}

@@ -1,0 +1,187 @@
+"""The load Lambda's handler against moto and a real PostgreSQL: a processed manifest in the
+bucket becomes warehouse rows once, however often its event is delivered, and failures name
+the batch, table and cause and leave nothing behind."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from totes.db import connect
+from totes.errors import DatabaseUnavailable
+from totes.lake import Lake, ManifestFile, data_key
+from totes.local.aws import free_port, receive_s3_events
+from totes.warehouse.checksums import table_checksums
+from totes.warehouse.merge import LoadFailed
+from totes.warehouse.synthetic import processed_manifest, put_processed_batch, star_batch
+
+APP = Path(__file__).resolve().parents[2] / "functions" / "load" / "app.py"
+
+
+def load_handler():
+    spec = importlib.util.spec_from_file_location(f"load_app_{uuid.uuid4().hex}", APP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.handler
+
+
+class Context:
+    function_name = "load"
+    function_version = "$LATEST"
+    memory_limit_in_mb = 1024
+    invoked_function_arn = "arn:aws:lambda:eu-west-2:123456789012:function:load"
+
+    def __init__(self):
+        self.aws_request_id = str(uuid.uuid4())
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 600_000
+
+
+@pytest.fixture
+def processed(stack) -> Lake:
+    return Lake(boto3.client("s3"), stack.processed_bucket)
+
+
+def one_event(aws, stack) -> dict:
+    [(event, _)] = receive_s3_events(aws, stack.load_queue)
+    return event
+
+
+def rows(creds) -> dict[str, int]:
+    con = connect(creds)
+    try:
+        return {name: count for name, (count, _) in table_checksums(con).items()}
+    finally:
+        con.close()
+
+
+def test_a_processed_manifest_becomes_warehouse_rows_with_metrics(
+    aws, stack, processed, warehouse_db, capsys
+):
+    tables = star_batch(sales=30, purchases=10, payments_=20)
+    put_processed_batch(processed, "20240101T000000000000-000", tables)
+    result = load_handler()(one_event(aws, stack), Context())
+    [outcome] = result["results"]
+    assert outcome["status"] == "loaded"
+    assert outcome["rows"]["fact_sales_order"] == {
+        "staged": 30, "inserted": 30, "updated": 0, "skipped": 0
+    }  # fmt: skip
+    assert rows(warehouse_db) == {name: table.num_rows for name, table in tables.items()}
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    names = {
+        m["Name"] for blob in emf for d in blob["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]
+    }
+    assert {"LoadRowsInserted", "LoadRowsUpdated", "LoadRowsSkipped"} <= names
+    assert {"LoadDurationSeconds", "WarehouseFreshnessSeconds"} <= names
+    per_table = {
+        blob["table"]: blob["LoadRowsInserted"] for blob in emf if "LoadRowsInserted" in blob
+    }
+    assert per_table == {name: [float(table.num_rows)] for name, table in tables.items()}
+
+
+def test_a_duplicate_event_loads_nothing_even_after_its_idempotency_record_expired(
+    aws, stack, processed, warehouse_db
+):
+    tables = star_batch(sales=30, purchases=10, payments_=20)
+    put_processed_batch(processed, "20240101T000000000000-000", tables)
+    event = one_event(aws, stack)
+    handler = load_handler()
+    first = handler(event, Context())
+    after_one = rows(warehouse_db)
+    assert handler(event, Context()) == first  # answered from the idempotency record
+
+    ddb = boto3.client("dynamodb")
+    for item in ddb.scan(TableName=stack.idempotency_table)["Items"]:
+        ddb.delete_item(TableName=stack.idempotency_table, Key={"id": item["id"]})
+    again = handler(event, Context())
+    assert again == {
+        "results": [{"status": "already_loaded", "batch_id": "20240101T000000000000-000"}]
+    }
+    assert rows(warehouse_db) == after_one
+    con = connect(warehouse_db)
+    try:
+        assert con.run("SELECT batch_id FROM etl_batch_ledger") == [["20240101T000000000000-000"]]
+    finally:
+        con.close()
+
+
+def test_a_file_that_does_not_match_its_manifest_fails_naming_batch_and_table(
+    aws, stack, processed, warehouse_db
+):
+    batch = "20240102T000000000000-000"
+    tables = star_batch(sales=30)
+    put_processed_batch(processed, batch, tables)
+    manifest = processed_manifest(batch, tables)
+    files = tuple(
+        ManifestFile(f.table, f.key, f.rows + 1, f.fingerprint)
+        if f.table == "fact_sales_order"
+        else f
+        for f in manifest.files
+    )
+    processed.put_manifest(type(manifest)(**{**manifest.__dict__, "files": files}))
+    receive_s3_events(aws, stack.load_queue)  # the first manifest's event is superseded
+    event = {
+        "Records": [
+            {
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": stack.processed_bucket},
+                    "object": {"key": f"manifests/{batch}.json", "eTag": "x", "size": 1},
+                },
+            }
+        ]
+    }
+    with pytest.raises(LoadFailed) as failure:
+        load_handler()(event, Context())
+    assert str(failure.value) == (
+        f"batch {batch}: table fact_sales_order"
+        f" ({data_key('processed', 'fact_sales_order', batch)}):"
+        " file has 30 rows, the manifest says 31"
+    )
+    assert set(rows_if_migrated(warehouse_db).values()) <= {0}
+
+
+def rows_if_migrated(creds) -> dict[str, int]:
+    con = connect(creds)
+    try:
+        if con.run("SELECT to_regclass('dim_date')") == [[None]]:
+            return {}
+    finally:
+        con.close()
+    return rows(creds)
+
+
+def test_a_missing_file_fails_naming_batch_table_and_key(aws, stack, processed):
+    batch = "20240103T000000000000-000"
+    tables = star_batch(sales=5)
+    put_processed_batch(processed, batch, tables)
+    key = data_key("processed", "dim_design", batch)
+    boto3.client("s3").delete_object(Bucket=stack.processed_bucket, Key=key)
+    with pytest.raises(LoadFailed) as failure:
+        load_handler()(one_event(aws, stack), Context())
+    assert str(failure.value) == (
+        f"batch {batch}: table dim_design ({key}): cannot read the file (NoSuchKey)"
+    )
+
+
+def test_an_unreachable_warehouse_fails_naming_the_batch(aws, stack, processed, warehouse_db):
+    batch = "20240104T000000000000-000"
+    unreachable = warehouse_db.__class__(
+        user="nobody", dbname="warehouse", host="127.0.0.1", port=free_port(), sslmode="disable"
+    )
+    boto3.client("secretsmanager").put_secret_value(
+        SecretId=stack.warehouse_secret, SecretString=unreachable.to_secret()
+    )
+    put_processed_batch(processed, batch, star_batch(sales=5))
+    with pytest.raises(DatabaseUnavailable) as failure:
+        load_handler()(one_event(aws, stack), Context())
+    assert str(failure.value).startswith(
+        f"batch {batch}: cannot reach database 'warehouse' at 127.0.0.1:"
+    )
