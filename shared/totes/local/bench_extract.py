@@ -1,0 +1,177 @@
+"""Extraction throughput and memory, measured on a generated totesys.
+
+``python -m totes.local.bench_extract throughput --scale 1000000`` generates a source (on an
+embedded PostgreSQL unless ``--url`` names a populated one), then in the same run times
+1. ``COPY (SELECT ...) TO STDOUT`` into typed Arrow chunks (the ingest path), per table,
+2. a plain ``SELECT *`` fetched whole through pg8000 (the naive baseline), per table,
+3. a whole first ``ingest()`` run (closure SQL, Arrow, Parquet, bounded batches) into an S3
+   stand-in that keeps only manifests,
+and prints one JSON document of rows/s.
+
+``python -m totes.local.bench_extract memory --url URL`` runs one ``ingest()`` of a populated
+source in this process and prints its peak RSS growth; the memory test runs it in a child
+process for a small and a large source and compares.
+
+Not part of the test suite: numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+
+from totes import extract
+from totes.db import DbCredentials, connect
+from totes.lake import MANIFEST_PREFIX
+from totes.settings import IngestSettings
+from totes.source.model import TABLES_BY_NAME
+
+BIG_TABLES = ("sales_order", "purchase_order", "transaction", "payment")
+
+
+@dataclass
+class ManifestOnlyS3:
+    """An S3 client stand-in that counts data bytes and keeps only manifests, so memory and
+    time measure extraction, not an emulator holding every object."""
+
+    objects: dict[str, bytes] = field(default_factory=dict)
+    data_bytes: int = 0
+    data_objects: int = 0
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes, **_) -> dict:
+        if Key.startswith(MANIFEST_PREFIX):
+            self.objects[Key] = Body
+        else:
+            self.data_bytes += len(Body)
+            self.data_objects += 1
+        return {}
+
+    def get_object(self, Bucket: str, Key: str) -> dict:
+        import io
+
+        return {"Body": io.BytesIO(self.objects[Key])}
+
+    def get_paginator(self, _name: str):
+        objects = self.objects
+
+        class _Pages:
+            @staticmethod
+            def paginate(Bucket: str, Prefix: str = "", **_):
+                yield {"Contents": [{"Key": k} for k in sorted(objects) if k.startswith(Prefix)]}
+
+        return _Pages()
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def settings(max_batch_rows: int, chunk_rows: int) -> IngestSettings:
+    return IngestSettings(
+        raw_bucket="bench",
+        source_secret_id="unused",  # noqa: S106  # nosec B106 (a name; never read)
+        lag_seconds=0.0,
+        overlap_seconds=0.0,
+        max_batch_rows=max_batch_rows,
+        chunk_rows=chunk_rows,
+    )
+
+
+def measure_ingest(creds: DbCredentials, max_batch_rows: int, chunk_rows: int) -> dict:
+    """One first ingest run of everything: rows, batches, seconds and peak RSS growth."""
+    from totes.stages.ingest_batch import ingest
+
+    s3 = ManifestOnlyS3()
+    before = _peak_rss_mb()
+    started = time.perf_counter()
+    manifests = ingest(settings(max_batch_rows, chunk_rows), creds, s3)
+    seconds = time.perf_counter() - started
+    rows = sum(sum(m.row_counts.values()) for m in manifests)
+    return {
+        "rows": rows,
+        "batches": len(manifests),
+        "files": s3.data_objects,
+        "parquet_bytes": s3.data_bytes,
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(rows / seconds),
+        "peak_rss_before_mb": round(before, 1),
+        "peak_rss_growth_mb": round(_peak_rss_mb() - before, 1),
+    }
+
+
+def _copy_rate(con, table_name: str, chunk_rows: int) -> dict:
+    table = TABLES_BY_NAME[table_name]
+    with extract.snapshot(con):
+        extract.set_window(con, extract.Window(None, extract.read_clock(con, 0).hi))
+        started = time.perf_counter()
+        rows = extract.copy_table(con, table, chunk_rows, lambda chunk: None)
+        seconds = time.perf_counter() - started
+    return {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds)}
+
+
+def _fetch_rate(con, table_name: str) -> dict:
+    started = time.perf_counter()
+    rows = len(con.run(f'SELECT * FROM "{table_name}"'))  # noqa: S608  # nosec B608 (model name)
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds)}
+
+
+def throughput(creds: DbCredentials, chunk_rows: int, max_batch_rows: int) -> dict:
+    con = connect(creds, application_name="totes-bench")
+    try:
+        results = {
+            "copy_to_arrow": {t: _copy_rate(con, t, chunk_rows) for t in BIG_TABLES},
+            "select_fetchall": {t: _fetch_rate(con, t) for t in BIG_TABLES},
+        }
+    finally:
+        con.close()
+    for kind in ("copy_to_arrow", "select_fetchall"):
+        rows = sum(r["rows"] for r in results[kind].values())
+        seconds = sum(r["seconds"] for r in results[kind].values())
+        results[kind]["total"] = {"rows": rows, "rows_per_s": round(rows / seconds)}
+    results["ingest_first_run"] = measure_ingest(creds, max_batch_rows, chunk_rows)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m totes.local.bench_extract")
+    parser.add_argument("mode", choices=("throughput", "memory"))
+    parser.add_argument("--url", help="a populated totesys (else one is generated)")
+    parser.add_argument("--scale", type=int, default=1_000_000)
+    parser.add_argument("--chunk-rows", type=int, default=100_000)
+    parser.add_argument("--max-batch-rows", type=int, default=500_000)
+    args = parser.parse_args(argv)
+
+    if args.url:
+        result = _run(args, DbCredentials.from_url(args.url))
+    else:
+        from totes.local.postgres import postgres_cluster
+        from totes.source.generator import generate
+
+        with postgres_cluster() as cluster, cluster.database("bench_src") as creds:
+            con = connect(creds)
+            started = time.perf_counter()
+            counts = generate(con, args.scale)
+            con.close()
+            result = {
+                "source_rows": counts,
+                "generate_seconds": round(time.perf_counter() - started, 1),
+                **_run(args, creds),
+            }
+    json.dump(result, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+def _run(args, creds: DbCredentials) -> dict:
+    if args.mode == "memory":
+        return measure_ingest(creds, args.max_batch_rows, args.chunk_rows)
+    return throughput(creds, args.chunk_rows, args.max_batch_rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
