@@ -171,7 +171,8 @@ def from_schedule_event(event: dict, context=None) -> dict:
     except TotesError as exc:  # operator-grade message, no credentials; the state is untouched
         logger.error("ingest failed", extra={"error": str(exc), "kind": type(exc).__name__})
         raise
-    _emit("IngestDurationSeconds", time.monotonic() - started, MetricUnit.Seconds)
+    finally:
+        _emit("IngestDurationSeconds", time.monotonic() - started, MetricUnit.Seconds)
     if not manifests:
         _emit("IngestEmptyRuns", 1, MetricUnit.Count)
         return {"batches": [], "rows": {}}
