@@ -177,7 +177,18 @@ def connect(creds: DbCredentials, *, application_name: str = "totes", timeout: f
     try:
         return pg8000.native.Connection(**kwargs)
     except InterfaceError as exc:
-        raise DatabaseUnavailable(f"cannot reach {creds.where}: {_clean(exc, creds)}") from None
+        refused = _refusal(exc)
+        if refused is None:
+            raise DatabaseUnavailable(f"cannot reach {creds.where}: {_clean(exc, creds)}") from None
+        exc = refused
+        code = exc.args[0].get("C") if exc.args and isinstance(exc.args[0], dict) else None
+        if code in _AUTH_FAILURES:
+            raise DatabaseUnavailable(
+                f"authentication failed for user {creds.user!r} on {creds.where}"
+            ) from None
+        raise DatabaseUnavailable(
+            f"cannot connect to {creds.where}: {_clean(exc, creds)}"
+        ) from None
     except DatabaseError as exc:
         code = exc.args[0].get("C") if exc.args and isinstance(exc.args[0], dict) else None
         if code in _AUTH_FAILURES:
@@ -189,6 +200,18 @@ def connect(creds: DbCredentials, *, application_name: str = "totes", timeout: f
         ) from None
     except OSError as exc:
         raise DatabaseUnavailable(f"cannot reach {creds.where}: {exc.strerror or exc}") from None
+
+
+def _refusal(exc: BaseException) -> DatabaseError | None:
+    """The server's refusal hidden behind a "network error": when the server rejects the
+    start-up (wrong password) and closes at once, pg8000's polite Terminate hits the closed
+    socket and that error replaces the server's; the refusal is still in the chain."""
+    seen = exc.__context__
+    while seen is not None:
+        if isinstance(seen, DatabaseError):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def connect_url(url: str, **kwargs):
