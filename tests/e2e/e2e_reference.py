@@ -71,6 +71,7 @@ REFERENCED_DATES_SQL = """
         UNION SELECT payment_date::date FROM payment
     ) AS dates"""
 
+FACT_TABLES = [t.name for t in FACTS]
 STAR_WITHOUT_CALENDAR = [t.name for t in (*DIMENSIONS, *FACTS) if t.name != "dim_date"]
 
 

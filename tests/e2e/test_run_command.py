@@ -146,9 +146,7 @@ def password_role(pg_cluster, source_db):
     role = f"totes_pw_{uuid.uuid4().hex[:8]}"
     admin.run(f"CREATE ROLE {role} LOGIN PASSWORD 'right-password'")
     original = hba.read_text()
-    hba.write_text(
-        f"local all {role} password\nhost all {role} 127.0.0.1/32 password\n" + original
-    )
+    hba.write_text(f"local all {role} password\nhost all {role} 127.0.0.1/32 password\n" + original)
     admin.run("SELECT pg_reload_conf()")
     try:
         yield DbCredentials(**{**source_db.__dict__, "user": role, "password": "right-password"})
