@@ -115,7 +115,10 @@ def measure(creds: DbCredentials, fact_rows: int = 1_000_000, sample_rows: int =
         sample = min(sample_rows, fact_rows)
         results["row_by_row_insert"] = _rate(sample, _row_by_row(con, batch, sample))
         con.run(f"TRUNCATE {_WAREHOUSE_TABLES} RESTART IDENTITY")
-        results["auto_threshold_fact_rows"] = merge.BULK_FACT_ROWS
+        results["auto_set_based_from"] = {
+            "fact_rows": merge.BULK_FACT_ROWS,
+            "share_of_stored": merge.BULK_FACT_SHARE,
+        }
         return results
     finally:
         con.close()
