@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import logging
 import os
 import sys
 import time
@@ -391,16 +392,17 @@ class LocalChain:
             logger.warning("ingest failed", extra={"failure": str(report.failures[-1])})
         return report
 
-    def drain(self, report: CycleReport | None = None) -> CycleReport:
-        """Hand queued S3 events to transform and load until both queues are empty."""
+    def drain(
+        self, report: CycleReport | None = None, stages: tuple[str, ...] = ("transform", "load")
+    ) -> CycleReport:
+        """Hand queued S3 events to ``stages`` (default: transform and load) until their
+        queues are empty."""
         report = report or CycleReport()
         self._fresh_clients()
         while True:
             handled = 0
-            for stage, queue in (
-                ("transform", self.names.transform_queue),
-                ("load", self.names.load_queue),
-            ):
+            for stage in stages:
+                queue = self._queue_of(stage)
                 deliveries = self.deliver(stage, self.receive(stage, queue))
                 for delivery in deliveries:
                     self._handle(delivery, report)
@@ -648,6 +650,7 @@ def run_command(args) -> int:
     """``python -m totes run``: one cycle of the deployed chain against the user's databases."""
     if not os.environ.get("POWERTOOLS_LOG_LEVEL"):
         logger.setLevel("ERROR")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulator's request log
     source = DbCredentials.from_url(args.source_url)
     warehouse = DbCredentials.from_url(args.warehouse_url)
     check_source(source)

@@ -1,0 +1,172 @@
+"""``make demo``: the whole chain on this machine with nothing configured.
+
+An embedded PostgreSQL holds a generated totesys and an empty warehouse; an in-process moto
+server stands in for AWS. The chain runs the initial load, then a few rounds of live business
+activity (the simulator) each followed by an incremental cycle, and finally asks the star
+schema the questions a BI dashboard would. Everything it started is stopped and deleted when
+it ends, on success, on error or on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+
+from totes.db import DbCredentials, connect
+from totes.local.aws import StackNames, aws_environment, moto_server
+from totes.local.chain import CycleReport, LocalChain
+from totes.local.postgres import embedded_postgres
+from totes.observability import logger
+
+STEPS_PER_ROUND = 25
+
+# Facts keep every version of an order; BI questions about orders read the latest one.
+QUESTIONS = {
+    "Revenue by month and currency (latest 6 months)": """
+        WITH s AS (SELECT DISTINCT ON (sales_order_id) * FROM fact_sales_order
+                   ORDER BY sales_order_id, last_updated_date DESC, last_updated_time DESC),
+        by_month AS (
+            SELECT d.year, d.month, d.month_name, c.currency_code,
+                   sum(s.units_sold * s.unit_price) AS revenue, count(*) AS orders
+            FROM s JOIN dim_date d ON d.date_id = s.created_date
+                   JOIN dim_currency c ON c.currency_id = s.currency_id
+            GROUP BY d.year, d.month, d.month_name, c.currency_code)
+        SELECT year, month_name, currency_code, revenue, orders FROM by_month
+        WHERE (year, month) IN (SELECT DISTINCT year, month FROM by_month
+                                ORDER BY year DESC, month DESC LIMIT 6)
+        ORDER BY year DESC, month DESC, currency_code""",
+    "Top 5 designs by units sold": """
+        WITH s AS (SELECT DISTINCT ON (sales_order_id) * FROM fact_sales_order
+                   ORDER BY sales_order_id, last_updated_date DESC, last_updated_time DESC)
+        SELECT d.design_name, sum(s.units_sold) AS units, count(*) AS orders
+        FROM s JOIN dim_design d ON d.design_id = s.design_id
+        GROUP BY d.design_name ORDER BY units DESC LIMIT 5""",
+    "Sales by counterparty country (top 8, all currencies)": """
+        WITH s AS (SELECT DISTINCT ON (sales_order_id) * FROM fact_sales_order
+                   ORDER BY sales_order_id, last_updated_date DESC, last_updated_time DESC)
+        SELECT cp.counterparty_legal_country AS country, count(*) AS orders,
+               sum(s.units_sold) AS units
+        FROM s JOIN dim_counterparty cp ON cp.counterparty_id = s.counterparty_id
+        GROUP BY cp.counterparty_legal_country ORDER BY units DESC LIMIT 8""",
+    "Payments: paid vs unpaid (latest version of each)": """
+        WITH p AS (SELECT DISTINCT ON (payment_id) * FROM fact_payment
+                   ORDER BY payment_id, last_updated_date DESC, last_updated_time DESC)
+        SELECT t.payment_type_name, p.paid, count(*) AS payments
+        FROM p JOIN dim_payment_type t ON t.payment_type_id = p.payment_type_id
+        GROUP BY t.payment_type_name, p.paid ORDER BY 1, 2""",
+}
+
+
+def _say(started: float, text: str) -> None:
+    print(f"[{time.monotonic() - started:6.1f}s] {text}", flush=True)
+
+
+def _cycle_line(report: CycleReport) -> str:
+    rows = {s: sum(r.rows.values()) for s, r in report.stages.items()}
+    load = report.stages["load"]
+    new, changed = (
+        int(sum(load.metric_total(name).values()))
+        for name in ("LoadRowsInserted", "LoadRowsUpdated")
+    )
+    fresh = report.freshness_seconds
+    return (
+        f"ingest {rows['ingest']:,} rows in {len(report.stages['ingest'].batches)} batch(es),"
+        f" transform {rows['transform']:,}, load {rows['load']:,} ({new:,} new rows,"
+        f" {changed:,} dimension rows updated); {report.seconds:.1f} s"
+        + (f"; warehouse freshness {fresh:.1f} s" if fresh is not None else "")
+    )
+
+
+def _table(rows: list, headers: list[str]) -> str:
+    cells = [headers, *[[_fmt(v, h) for v, h in zip(row, headers, strict=True)] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join("    " + line for line in lines)
+
+
+def _fmt(value, header: str = "") -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and header != "year":
+        return f"{value:,}"
+    if hasattr(value, "quantize"):  # Decimal money
+        return f"{value:,.2f}"
+    return str(value)
+
+
+def answers(warehouse: DbCredentials) -> str:
+    """The BI questions, asked of the star schema only."""
+    con = connect(warehouse, application_name="totes-demo-bi")
+    out = []
+    try:
+        for question, sql in QUESTIONS.items():
+            rows = con.run(sql)
+            headers = [c["name"] for c in con.columns]
+            out.append(f"  {question}\n{_table(rows, headers)}")
+    finally:
+        con.close()
+    return "\n\n".join(out)
+
+
+def _fail(report: CycleReport) -> None:
+    if not report.ok:
+        raise SystemExit("demo: the chain failed:\n" + "\n".join(map(str, report.failures)))
+
+
+def main(args) -> int:
+    """Run the demo; ``args.scale`` sales orders, ``args.rounds`` incremental rounds."""
+    from totes.source.generator import generate
+    from totes.source.simulator import Simulator
+
+    if not os.environ.get("POWERTOOLS_LOG_LEVEL"):
+        logger.setLevel("ERROR")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulator's request log
+    started = time.monotonic()
+    _say(started, "starting an embedded PostgreSQL and a local AWS emulator")
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(embedded_postgres())
+        endpoint = stack.enter_context(moto_server())
+        stack.enter_context(aws_environment(endpoint))
+        source = cluster.create_database("totesys")
+        warehouse = cluster.create_database("warehouse")
+
+        con = stack.enter_context(contextlib.closing(connect(source)))
+        counts = generate(con, args.scale, seed=42)
+        _say(
+            started,
+            f"generated totesys: {sum(counts.values()):,} rows"
+            f" ({counts['sales_order']:,} sales orders, {counts['payment']:,} payments)",
+        )
+
+        chain = LocalChain(endpoint, StackNames(), source, warehouse, lag_seconds=0)
+        chain.prepare()
+        _say(started, "local stack ready (buckets, queues, secrets); warehouse migrated")
+        report = chain.run_cycle()
+        _fail(report)
+        _say(started, "initial load: " + _cycle_line(report))
+
+        simulator = Simulator(con, seed=7)
+        for n in range(1, args.rounds + 1):
+            written: dict[str, int] = {}
+            steps = [simulator.step() for _ in range(STEPS_PER_ROUND)]
+            if n == 1:  # 200 orders sharing one timestamp: ties no batch may split or lose
+                steps.append(simulator.tie_burst(200))
+            for step in steps:
+                for kind in ("inserted", "updated"):
+                    for table, ids in step[kind].items():
+                        written[table] = written.get(table, 0) + len(ids)
+            activity = ", ".join(f"{t} {k}" for t, k in sorted(written.items()))
+            _say(started, f"round {n}: the business wrote {activity}")
+            report = chain.run_cycle()
+            _fail(report)
+            _say(started, f"round {n}: " + _cycle_line(report))
+
+        print("\nWhat the warehouse can answer now:\n", flush=True)
+        print(answers(warehouse), flush=True)
+        print()
+        _say(started, "done; stopping PostgreSQL and the emulator and deleting their data")
+    _say(started, "nothing left running")
+    return 0
