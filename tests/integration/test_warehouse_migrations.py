@@ -88,7 +88,7 @@ def test_each_fact_version_is_unique(warehouse_db, pg_connect):
             "SELECT c.conrelid::regclass::text, string_agg(a.attname, ',' ORDER BY k.n)"
             " FROM pg_constraint c, unnest(c.conkey) WITH ORDINALITY AS k(attnum, n),"
             " pg_attribute a WHERE c.contype = 'u' AND a.attrelid = c.conrelid"
-                " AND c.connamespace = 'public'::regnamespace"
+            " AND c.connamespace = 'public'::regnamespace"
             " AND a.attnum = k.attnum GROUP BY c.oid, c.conrelid"
         )
     }
