@@ -31,6 +31,10 @@ from totes.stages.trigger import ObjectRef, manifest_refs, run_once
 from totes.warehouse.merge import LoadFailed, LoadResult, expected_fingerprint, load_batch
 from totes.warehouse.migrations import migrate
 
+# pg8000's timeout bounds every socket wait, not just connecting: a bulk merge statement or a
+# wait for the load lock answers nothing for a long time. Bounded by the function's timeout.
+SOCKET_TIMEOUT_SECONDS = 880.0
+
 _migrated: set[tuple[str, str]] = set()  # databases whose schema this process has checked
 
 
@@ -116,7 +120,7 @@ def load(processed_manifest_key: str, settings: LoadSettings, s3_client, creds) 
         )
     tables = read_batch(lake, manifest)
     try:
-        con = connect(creds, application_name="totes-load")
+        con = connect(creds, application_name="totes-load", timeout=SOCKET_TIMEOUT_SECONDS)
     except DatabaseUnavailable as exc:
         raise DatabaseUnavailable(f"batch {batch_id}: {exc}") from None
     try:
