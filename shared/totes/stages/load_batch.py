@@ -32,7 +32,8 @@ from totes.warehouse.merge import LoadFailed, LoadResult, expected_fingerprint, 
 from totes.warehouse.migrations import migrate
 
 # pg8000's timeout bounds every socket wait, not just connecting: a bulk merge statement or a
-# wait for the load lock answers nothing for a long time. Bounded by the function's timeout.
+# wait for the load lock answers nothing for a long time. So connect with the short default,
+# then let statements run up to (just under) the function's timeout.
 SOCKET_TIMEOUT_SECONDS = 880.0
 
 _migrated: set[tuple[str, str]] = set()  # databases whose schema this process has checked
@@ -120,9 +121,10 @@ def load(processed_manifest_key: str, settings: LoadSettings, s3_client, creds) 
         )
     tables = read_batch(lake, manifest)
     try:
-        con = connect(creds, application_name="totes-load", timeout=SOCKET_TIMEOUT_SECONDS)
+        con = connect(creds, application_name="totes-load")
     except DatabaseUnavailable as exc:
         raise DatabaseUnavailable(f"batch {batch_id}: {exc}") from None
+    con._usock.settimeout(SOCKET_TIMEOUT_SECONDS)  # pg8000 1.31 exposes no public setter
     try:
         _ensure_schema(con, creds)
         result = load_batch(con, manifest, tables)
