@@ -252,6 +252,8 @@ def plan_windows(con, window: Window, max_batch_rows: int) -> list[tuple[Window,
         "GROUP BY before / CAST(:bound AS bigint) ORDER BY 1",
         bound=int(max_batch_rows),
     )
+    if not rows:  # every table empty: nothing to plan
+        return []
     starts = [window.lo] + [r[0] for r in rows[1:]]
     ends = [r[0] for r in rows[1:]] + [window.hi]
     return [(Window(lo, hi), n) for lo, hi, (_, n) in zip(starts, ends, rows, strict=True)]
