@@ -223,3 +223,13 @@ def test_a_bad_warehouse_is_refused_before_anything_is_ingested(small_source, en
     assert done.returncode != 0
     assert "cannot reach database 'dw' at 127.0.0.1:9" in done.stderr
     assert lake_objects(endpoint) == lake_before
+
+
+def test_an_unreachable_local_aws_endpoint_is_refused_clearly(small_source, warehouse_db):
+    done = totes_run(
+        small_source.to_url(), warehouse_db.to_url(), "--endpoint-url", "http://127.0.0.1:9"
+    )
+
+    assert done.returncode != 0
+    assert "cannot reach the local AWS endpoint http://127.0.0.1:9" in done.stderr
+    assert tables_of(warehouse_db) == []

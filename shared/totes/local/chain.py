@@ -658,6 +658,8 @@ def run_command(args) -> int:
     with contextlib.ExitStack() as stack:
         endpoint = args.endpoint_url or stack.enter_context(moto_server())
         stack.enter_context(aws_environment(endpoint))
+        if args.endpoint_url:
+            _check_endpoint(endpoint)
         chain = LocalChain(
             endpoint,
             StackNames(),
@@ -674,6 +676,18 @@ def run_command(args) -> int:
     for failure in report.failures:
         print(f"error: {failure}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _check_endpoint(endpoint: str) -> None:
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        client("sqs", endpoint).list_queues()
+    except BotoCoreError as exc:
+        raise TotesError(
+            f"cannot reach the local AWS endpoint {endpoint} ({type(exc).__name__}):"
+            " is `python -m totes local-aws` running there?"
+        ) from None
 
 
 def _has_manifest(chain: LocalChain) -> bool:

@@ -1,0 +1,73 @@
+"""``make demo`` and ``make bench`` keep working: both run end to end at a tiny scale, in
+their own processes, finish cleanly and leave nothing running behind them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def totes(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run ``python -m totes ARGS`` with its temporary files under ``tmp_path``, and check that
+    nothing it started (PostgreSQL under that directory, bench children) outlives it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "shared"), "TMPDIR": str(tmp_path)}
+    env.pop("AWS_ENDPOINT_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "totes", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    leftovers = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        if str(tmp_path) in cmdline or "totes.local.bench --child" in cmdline:
+            leftovers.append(cmdline)
+    assert leftovers == [], f"left running: {leftovers}"
+    assert [p.name for p in tmp_path.glob("totes-pg-*")] == []
+    return done
+
+
+def test_the_demo_loads_runs_incremental_rounds_and_answers_bi_questions(tmp_path):
+    done = totes(tmp_path, "demo", "--scale", "400", "--rounds", "2")
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "initial load: ingest" in out
+    assert "round 2: ingest" in out
+    assert "warehouse freshness" in out
+    for question in ("Revenue by month and currency", "Top 5 designs", "counterparty country"):
+        assert question in out
+    assert out.rstrip().endswith("nothing left running")
+
+
+def test_the_bench_reports_every_stage_baselines_and_ratios_as_json(tmp_path):
+    output = tmp_path / "bench.json"
+
+    done = totes(tmp_path, "bench", "--scale", "400", "--output", str(output))
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(output.read_text())
+    for cycle in ("initial", "incremental"):
+        assert sorted(results[cycle]) == ["ingest", "load", "transform"]
+        for stage in results[cycle].values():
+            assert stage["failures"] == []
+            assert stage["rows"] > 0
+            assert stage["peak_rss_mb"] > 0
+    assert results["initial"]["ingest"]["rows"] == results["source_rows"]
+    assert set(results["ratios"]) == {
+        "ingest_vs_select_fetchall",
+        "ingest_vs_copy_floor",
+        "load_vs_row_by_row_insert",
+        "load_vs_copy_floor",
+    }
+    assert "ratios:" in done.stdout
