@@ -23,7 +23,7 @@ REGION = "eu-west-2"
 # Dummy credentials for the emulator only; they are not secrets.
 LOCAL_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",  # nosec B105 - the emulator's dummy key
+    "AWS_SECRET_ACCESS_KEY": "testing",  # nosec B105
     "AWS_DEFAULT_REGION": REGION,
     "AWS_REGION": REGION,
 }
