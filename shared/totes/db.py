@@ -180,26 +180,21 @@ def connect(creds: DbCredentials, *, application_name: str = "totes", timeout: f
         refused = _refusal(exc)
         if refused is None:
             raise DatabaseUnavailable(f"cannot reach {creds.where}: {_clean(exc, creds)}") from None
-        exc = refused
-        code = exc.args[0].get("C") if exc.args and isinstance(exc.args[0], dict) else None
-        if code in _AUTH_FAILURES:
-            raise DatabaseUnavailable(
-                f"authentication failed for user {creds.user!r} on {creds.where}"
-            ) from None
-        raise DatabaseUnavailable(
-            f"cannot connect to {creds.where}: {_clean(exc, creds)}"
-        ) from None
+        raise _refused(refused, creds) from None
     except DatabaseError as exc:
-        code = exc.args[0].get("C") if exc.args and isinstance(exc.args[0], dict) else None
-        if code in _AUTH_FAILURES:
-            raise DatabaseUnavailable(
-                f"authentication failed for user {creds.user!r} on {creds.where}"
-            ) from None
-        raise DatabaseUnavailable(
-            f"cannot connect to {creds.where}: {_clean(exc, creds)}"
-        ) from None
+        raise _refused(exc, creds) from None
     except OSError as exc:
         raise DatabaseUnavailable(f"cannot reach {creds.where}: {exc.strerror or exc}") from None
+
+
+def _refused(exc: DatabaseError, creds: DbCredentials) -> DatabaseUnavailable:
+    """The server answered and said no: name an authentication failure as such."""
+    code = exc.args[0].get("C") if exc.args and isinstance(exc.args[0], dict) else None
+    if code in _AUTH_FAILURES:
+        return DatabaseUnavailable(
+            f"authentication failed for user {creds.user!r} on {creds.where}"
+        )
+    return DatabaseUnavailable(f"cannot connect to {creds.where}: {_clean(exc, creds)}")
 
 
 def _refusal(exc: BaseException) -> DatabaseError | None:

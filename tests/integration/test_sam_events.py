@@ -14,8 +14,8 @@ import json
 import pytest
 
 from totes.lake import Manifest, manifest_key
-from totes.local.aws import StackNames
-from totes.local.chain import REPO_ROOT, LocalChain, context_for, environment
+from totes.local.aws import StackNames, environment
+from totes.local.chain import REPO_ROOT, LocalChain, context_for
 from totes.source.generator import generate
 from totes.star.model import STAR_TABLES
 

@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import boto3
@@ -76,9 +76,15 @@ def moto_server(port: int | None = None) -> Iterator[str]:
 @contextlib.contextmanager
 def aws_environment(endpoint_url: str) -> Iterator[None]:
     """Point every boto3 client (ours and Powertools') at the emulator, then restore."""
-    saved = {k: os.environ.get(k) for k in [*LOCAL_ENV, "AWS_ENDPOINT_URL"]}
-    os.environ.update(LOCAL_ENV)
-    os.environ["AWS_ENDPOINT_URL"] = endpoint_url
+    with environment({**LOCAL_ENV, "AWS_ENDPOINT_URL": endpoint_url}):
+        yield
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a block, then restore them exactly."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:

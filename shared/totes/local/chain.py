@@ -23,7 +23,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +38,7 @@ from totes.local.aws import (
     aws_environment,
     client,
     create_stack_resources,
+    environment,
     moto_server,
 )
 from totes.observability import logger
@@ -261,21 +262,6 @@ def parse_emf(text: str) -> list[Metric]:
                     if isinstance(value, int | float):
                         metrics.append(Metric(definition["Name"], float(value), dims))
     return metrics
-
-
-@contextlib.contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of a block, then restore them exactly."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class LocalChain:
