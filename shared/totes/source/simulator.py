@@ -159,11 +159,16 @@ _EDITS = {
         SELECT code, {STAMP}, {STAMP} FROM unnest(CAST(:codes AS text[])) WITH ORDINALITY c(code, n)
         WHERE code NOT IN (SELECT currency_code FROM currency) ORDER BY n LIMIT 1
         RETURNING currency_id""",  # nosec B608
+    "currency_touch": f"""
+        UPDATE currency SET last_updated = {STAMP}
+        WHERE currency_id = {_pick("currency", ":r")} RETURNING currency_id""",  # nosec B608
     "payment_type": f"""
         UPDATE payment_type SET last_updated = {STAMP}
         WHERE payment_type_id = {_pick("payment_type", ":r")} RETURNING payment_type_id""",  # nosec B608
 }
-EDIT_ORDER = tuple(_EDITS)
+EDIT_ORDER = tuple(k for k in _EDITS if k != "currency_touch")
+# A new currency is rare in a real business: most currency edits only re-save a row.
+NEW_CURRENCY_PROBABILITY = 0.15
 
 
 @dataclass
@@ -201,7 +206,10 @@ class Simulator:
             self.new_sales(activity, int(self.rng.integers(1, 5)))
             self.new_purchases(activity, int(self.rng.integers(1, 3)))
             self.flip_payments(activity, int(self.rng.integers(1, 4)))
-            self.edit(activity, EDIT_ORDER[self.steps % len(EDIT_ORDER)])
+            kind = EDIT_ORDER[self.steps % len(EDIT_ORDER)]
+            if kind == "currency" and self.rng.random() >= NEW_CURRENCY_PROBABILITY:
+                kind = "currency_touch"
+            self.edit(activity, kind)
         self.steps += 1
         return _as_dict(activity)
 
@@ -272,7 +280,7 @@ class Simulator:
             params["text"] = str(words[int(r.integers(0, len(words)))])
         rows = self.con.run(sql, **params)
         kind = "inserted" if table == "currency" else "updated"
-        activity.add(kind, table, (row[0] for row in rows))
+        activity.add(kind, table.removesuffix("_touch"), (row[0] for row in rows))
 
     # --- internals ----------------------------------------------------------------------
 
