@@ -19,6 +19,7 @@ COMMANDS = {
     ("warehouse", "migrate"): "totes.warehouse.commands:migrate",
     ("local-aws",): "totes.local.commands:local_aws",
     ("run",): "totes.local.commands:run",
+    ("replay",): "totes.replay:command",
     ("demo",): "totes.local.demo:main",
     ("bench",): "totes.local.bench:main",
 }
@@ -57,6 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--endpoint-url", default=None, help="a running `totes local-aws`")
     run.add_argument("--lag", type=float, default=None, help="watermark safety lag, seconds")
     run.add_argument("--overlap", type=float, default=None, help="watermark overlap, seconds")
+
+    replay = sub.add_parser(
+        "replay", help="re-run a raw batch (e.g. quarantined, then repaired) through the chain"
+    )
+    replay.add_argument("--batch", required=True, metavar="BATCH_ID", help="the raw batch id")
+    replay.add_argument(
+        "--endpoint-url", default=None, help="a running `totes local-aws` (default: AWS)"
+    )
+    replay.add_argument(
+        "--bucket", default=None, help="the raw bucket (default: $RAW_BUCKET, or the local one)"
+    )
+    replay.add_argument(
+        "--recount",
+        action="store_true",
+        help="describe the files again (rows, schema) when the repair changed them",
+    )
 
     demo = sub.add_parser("demo", help="the whole chain on an embedded PostgreSQL, with answers")
     demo.add_argument("--scale", type=int, default=20_000)
