@@ -5,6 +5,8 @@ from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 from totes.observability import logger, metrics
 from totes.stages import transform_batch
 
+transform_batch.settings()  # a missing or malformed variable fails the cold start, naming it
+
 
 @logger.inject_lambda_context
 @metrics.log_metrics(capture_cold_start_metric=True)

@@ -16,6 +16,7 @@ from totes.db import connect
 from totes.errors import DatabaseUnavailable
 from totes.lake import Lake, ManifestFile, data_key
 from totes.local.aws import free_port, receive_s3_events
+from totes.stages import load_batch
 from totes.warehouse.checksums import table_checksums
 from totes.warehouse.merge import LoadFailed
 from totes.warehouse.synthetic import processed_manifest, put_processed_batch, star_batch
@@ -24,6 +25,9 @@ APP = Path(__file__).resolve().parents[2] / "functions" / "load" / "app.py"
 
 
 def load_handler():
+    """A cold start in this test's stack: the module reads its settings at import."""
+    load_batch.settings.cache_clear()
+    load_batch._s3.cache_clear()
     spec = importlib.util.spec_from_file_location(f"load_app_{uuid.uuid4().hex}", APP)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

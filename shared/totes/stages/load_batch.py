@@ -14,6 +14,7 @@ retry or the failure destination can take over safely.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from datetime import UTC, datetime
 
@@ -142,24 +143,35 @@ def load(processed_manifest_key: str, settings: LoadSettings, s3_client, creds) 
     return {"status": "loaded", "batch_id": batch_id, "rows": rows}
 
 
-def from_s3_event(event, context=None, settings: LoadSettings | None = None) -> dict:
+@functools.cache
+def settings() -> LoadSettings:
+    """Read once per container (a missing variable fails the cold start with its name)."""
+    return LoadSettings.from_env()
+
+
+@functools.cache
+def _s3():
+    return boto3.client("s3")
+
+
+def from_s3_event(event, context=None, config: LoadSettings | None = None) -> dict:
     """The handler's work: each processed manifest the event names, loaded at most once per
     (bucket, key, eTag) by idempotency, and at most once per batch by the ledger."""
-    settings = settings or LoadSettings.from_env()
-    s3_client = boto3.client("s3")
+    config = config or settings()
+    s3_client = _s3()
 
     def stage(ref: ObjectRef) -> dict:
-        if ref.bucket != settings.processed_bucket:
+        if ref.bucket != config.processed_bucket:
             logger.warning("manifest from an unexpected bucket", extra={"bucket": ref.bucket})
             return {"status": "ignored", "bucket": ref.bucket, "key": ref.key}
-        creds = credentials_from_secret_store(settings.warehouse_secret_id)
+        creds = credentials_from_secret_store(config.warehouse_secret_id)
         try:
-            return load(ref.key, settings, s3_client, creds)
+            return load(ref.key, config, s3_client, creds)
         except Exception:
             logger.exception("batch load failed; rolled back", extra={"key": ref.key})
             raise
 
     results = [
-        run_once(stage, ref, settings.idempotency_table, context) for ref in manifest_refs(event)
+        run_once(stage, ref, config.idempotency_table, context) for ref in manifest_refs(event)
     ]
     return {"results": results}

@@ -1,0 +1,80 @@
+"""Each Lambda handler reads its settings when its module is imported, so a function deployed
+with a missing or malformed environment variable fails its cold start with the variable's
+name, before any event is taken (and before any data is touched)."""
+
+from __future__ import annotations
+
+import importlib.util
+import uuid
+from pathlib import Path
+
+import pytest
+
+from totes.errors import ConfigurationError
+from totes.stages import ingest_batch, load_batch, transform_batch
+
+FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
+STAGE_MODULES = {"ingest": ingest_batch, "transform": transform_batch, "load": load_batch}
+# What each function's environment in template.yaml must provide.
+REQUIRED = {
+    "ingest": ["RAW_BUCKET", "SOURCE_SECRET_ID"],
+    "transform": ["RAW_BUCKET", "PROCESSED_BUCKET", "IDEMPOTENCY_TABLE"],
+    "load": ["PROCESSED_BUCKET", "IDEMPOTENCY_TABLE", "WAREHOUSE_SECRET_ID"],
+}
+ALL_VARIABLES = sorted({name for names in REQUIRED.values() for name in names})
+
+
+@pytest.fixture
+def cold(monkeypatch):
+    """No function variables set and no settings cached, before and after the test."""
+    for name in ALL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for module in STAGE_MODULES.values():
+        module.settings.cache_clear()
+    yield monkeypatch
+    for module in STAGE_MODULES.values():
+        module.settings.cache_clear()
+
+
+def import_handler(stage: str):
+    path = FUNCTIONS / stage / "app.py"
+    spec = importlib.util.spec_from_file_location(f"{stage}_app_{uuid.uuid4().hex}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("stage", "missing"), [(s, name) for s, names in REQUIRED.items() for name in names]
+)
+def test_a_handler_imported_without_a_required_variable_fails_naming_it(cold, stage, missing):
+    for name in REQUIRED[stage]:
+        if name != missing:
+            cold.setenv(name, f"some-{name.lower()}")
+
+    with pytest.raises(ConfigurationError) as raised:
+        import_handler(stage)
+
+    assert str(raised.value) == f"environment variable {missing} is required but not set"
+
+
+def test_a_handler_imported_with_a_malformed_variable_fails_naming_it(cold):
+    for name in REQUIRED["ingest"]:
+        cold.setenv(name, "x")
+    cold.setenv("INGEST_MAX_BATCH_ROWS", "0")
+
+    with pytest.raises(ConfigurationError, match="INGEST_MAX_BATCH_ROWS='0' is malformed"):
+        import_handler("ingest")
+
+
+@pytest.mark.parametrize("stage", sorted(REQUIRED))
+def test_a_handler_imported_with_its_variables_reads_them_once(cold, stage):
+    for name in REQUIRED[stage]:
+        cold.setenv(name, f"some-{name.lower()}")
+
+    module = import_handler(stage)
+
+    assert callable(module.handler)
+    read = STAGE_MODULES[stage].settings()
+    cold.setenv(REQUIRED[stage][0], "changed-after-the-cold-start")
+    assert STAGE_MODULES[stage].settings() is read
