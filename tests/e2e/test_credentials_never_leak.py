@@ -1,0 +1,123 @@
+"""No credential ever leaves Secrets Manager: a full local run, including its failure paths,
+writes the database passwords into no log line, metric, event, manifest, lake object,
+idempotency record, failure record, ledger row or error message.
+
+The embedded server trusts its unix socket, so the passwords are never checked by it; they
+are still what the secrets hold and what every stage reads, which is what could leak. Each
+password is a distinctive string that no other output could contain by chance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from dataclasses import replace
+
+import boto3
+import pytest
+
+from totes.db import connect
+from totes.observability import logger
+from totes.source.generator import generate
+
+SOURCE_PASSWORD = "src-Pa55-7f3c91e0-never-logged"
+WAREHOUSE_PASSWORD = "wh-Pa55-b2d84a17-never-logged"
+
+
+@contextlib.contextmanager
+def connections_refused(pg_cluster, creds):
+    """The database refuses every new connection (and drops current ones) inside the block."""
+    admin = connect(pg_cluster.admin)
+    try:
+        admin.run(f'ALTER DATABASE "{creds.dbname}" WITH ALLOW_CONNECTIONS false')
+        admin.run(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db",
+            db=creds.dbname,
+        )
+        yield
+    finally:
+        admin.run(f'ALTER DATABASE "{creds.dbname}" WITH ALLOW_CONNECTIONS true')
+        admin.close()
+
+
+@pytest.fixture
+def log_lines(monkeypatch) -> io.StringIO:
+    """Everything the shared Powertools logger writes, at DEBUG (its handler keeps the stream
+    it was born with, so redirecting stdout alone would miss it)."""
+    buffer = io.StringIO()
+    monkeypatch.setattr(logger.registered_handler, "stream", buffer)
+    level = logger.log_level
+    logger.setLevel(logging.DEBUG)
+    yield buffer
+    logger.setLevel(level)
+
+
+def peek_failures(chain) -> str:
+    """The failure queue's records, left on the queue for the next cycle to redrive."""
+    url = chain._queue_url(chain.names.failure_queue)
+    messages = chain.sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0
+    ).get("Messages", [])
+    return "\n".join(m["Body"] for m in messages)
+
+
+def everything_stored(chain) -> str:
+    """Every object in both buckets, every idempotency record and every warehouse ledger row."""
+    s3 = chain.s3
+    texts = []
+    for lake in (chain.raw, chain.processed):
+        for key in lake.keys(""):
+            body = s3.get_object(Bucket=lake.bucket, Key=key)["Body"].read()
+            texts.append(f"{key}\n{body.decode('latin-1')}")
+    dynamo = boto3.client("dynamodb", endpoint_url=chain.endpoint_url)
+    items = dynamo.scan(TableName=chain.names.idempotency_table)["Items"]
+    texts.append(json.dumps(items, default=str))
+    con = connect(chain.warehouse)
+    try:
+        texts.append(repr(con.run("SELECT * FROM etl_batch_ledger")))
+    finally:
+        con.close()
+    return "\n".join(texts)
+
+
+def test_no_password_appears_in_any_output_of_a_full_run_with_failures(
+    make_chain, fresh_db, pg_cluster, capsys, caplog, log_lines
+):
+    caplog.set_level(logging.INFO)
+    source = replace(fresh_db("leak_src"), password=SOURCE_PASSWORD)
+    warehouse = replace(fresh_db("leak_wh"), password=WAREHOUSE_PASSWORD)
+    con = connect(source)
+    generate(con, 30, seed=5)
+    con.close()
+    chain = make_chain(source, warehouse)
+    sm = boto3.client("secretsmanager", endpoint_url=chain.endpoint_url)
+    secrets = [
+        json.loads(sm.get_secret_value(SecretId=name)["SecretString"])["password"]
+        for name in (chain.names.source_secret, chain.names.warehouse_secret)
+    ]
+    assert secrets == [SOURCE_PASSWORD, WAREHOUSE_PASSWORD]  # the stages do read them
+
+    with connections_refused(pg_cluster, warehouse):
+        load_down = chain.run_cycle()
+    failure_records = peek_failures(chain)
+    with connections_refused(pg_cluster, source):
+        source_down = chain.run_cycle()  # redrives the loads, then fails to ingest
+
+    batches = load_down.stages["ingest"].batches
+    assert {(f.stage, f.batch_id) for f in load_down.failures} == {("load", b) for b in batches}
+    assert [f.stage for f in source_down.failures] == ["ingest"]
+    assert (source_down.replayed, source_down.stages["load"].batches) == (len(batches), batches)
+    out = capsys.readouterr()
+    logs = log_lines.getvalue()
+    reports = [r.format() for r in (load_down, source_down)]
+    errors = [str(f) for r in (load_down, source_down) for f in r.failures]
+    # The failure paths were exercised and reported, so their messages are in the haystack.
+    assert "not currently accepting connections" in logs
+    assert "not currently accepting connections" in failure_records
+    assert '"ingest failed"' in logs
+    outputs = [logs, caplog.text, out.out, out.err, failure_records, everything_stored(chain)]
+    haystack = "\n".join([*outputs, *reports, *errors])
+    leaks = [pw for pw in (SOURCE_PASSWORD, WAREHOUSE_PASSWORD) if pw in haystack]
+    assert leaks == []
