@@ -22,7 +22,7 @@ from totes.lake import (
     schema_fingerprint,
     table_to_parquet_bytes,
 )
-from totes.local.chain import context_for, load_handler
+from totes.local.chain import context_for, load_handler, parse_emf
 from totes.settings import TransformSettings
 from totes.source.model import TABLES_BY_NAME
 from totes.source.snapshot import load_snapshot, read_snapshot
@@ -47,7 +47,9 @@ def lakes(stack) -> tuple[Lake, Lake, TransformSettings]:
     return Lake(s3, settings.raw_bucket), Lake(s3, settings.processed_bucket), settings
 
 
-def put_raw_batch(raw: Lake, tables: dict[str, pa.Table], parts: int = 1, **rows) -> str:
+def put_raw_batch(
+    raw: Lake, tables: dict[str, pa.Table], parts: int = 1, batch: str = BATCH, **rows
+) -> str:
     """Write a raw batch as ingest does: each table's rows in ``parts`` files, manifest last."""
     files = []
     for name, table in tables.items():
@@ -56,12 +58,12 @@ def put_raw_batch(raw: Lake, tables: dict[str, pa.Table], parts: int = 1, **rows
             chunk = table.slice(part * size, size)
             if chunk.num_rows == 0:
                 continue
-            key = data_key(RAW_PREFIX, name, BATCH, part)
+            key = data_key(RAW_PREFIX, name, batch, part)
             raw.put_bytes(key, table_to_parquet_bytes(chunk), "application/vnd.apache.parquet")
             fingerprint = schema_fingerprint(TABLES_BY_NAME[name].arrow_schema)
             files.append(ManifestFile(name, key, rows.get(name, chunk.num_rows), fingerprint))
     manifest = Manifest(
-        BATCH,
+        batch,
         "raw",
         None,
         WINDOW_HI,
@@ -360,3 +362,48 @@ def test_a_manifest_that_is_not_json_is_quarantined(lakes):
     reason = quarantined(raw, processed, transform(manifest_key(BATCH), settings, raw.s3))
 
     assert [p["check"] for p in reason["problems"]] == ["unreadable_manifest"]
+
+
+def test_a_quarantined_batch_is_counted_and_the_next_batch_still_transforms(
+    lakes, snapshot, capsys
+):
+    raw, processed, settings = lakes
+    later = "20241115T130000000000-000"
+    bad_key = put_raw_batch(raw, small_batch(snapshot))
+    raw.put_bytes(data_key(RAW_PREFIX, "design", BATCH), b"PAR1 not really", "x")
+    good_key = put_raw_batch(raw, small_batch(snapshot), batch=later)
+    handler = load_handler("transform")
+    transform_batch.settings.cache_clear()
+    transform_batch._s3.cache_clear()
+    capsys.readouterr()
+
+    results, emitted = [], []
+    for key in (bad_key, good_key):
+        etag = raw.s3.head_object(Bucket=settings.raw_bucket, Key=key)["ETag"]
+        results += handler(s3_event(settings.raw_bucket, key, etag), context_for("transform"))[
+            "results"
+        ]
+        emitted.append(
+            {
+                (m.name, m.dimensions.get("table")): m.value
+                for m in parse_emf(capsys.readouterr().out)
+            }
+        )
+
+    assert [(r["status"], r["batch_id"]) for r in results] == [
+        ("quarantined", BATCH),
+        ("processed", later),
+    ]
+    rejected = sum(t.num_rows for t in small_batch(snapshot).values())
+    bad, good = emitted
+    assert (bad[("QuarantinedBatches", None)], bad[("TransformRejectedRows", None)]) == (
+        1,
+        rejected,
+    )
+    assert not [name for name, _ in bad if name == "TransformRows"]
+    assert ("QuarantinedBatches", None) not in good
+    assert {t: good["TransformRows", t] for t in SMALL_BATCH_TABLES} == (
+        processed.get_manifest(manifest_key(later)).row_counts
+    )
+    assert processed.keys("manifests/") == [manifest_key(later)]
+    assert raw.keys("manifests/") == sorted([manifest_key(BATCH), manifest_key(later)])
