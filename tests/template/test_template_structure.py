@@ -123,7 +123,7 @@ def test_functions_run_python313_on_arm64_with_the_three_layers_and_their_own_lo
         assert render(log_group["LogGroupName"]) == "/aws/lambda/" + render(props["FunctionName"])
         assert log_group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
         sizes[stage] = (props["MemorySize"], props["Timeout"])
-    assert sizes == {"Ingest": (1769, 900), "Transform": (3008, 900), "Load": (1769, 900)}
+    assert sizes == {"Ingest": (1769, 900), "Transform": (1769, 300), "Load": (1024, 900)}
     layer = res[layer_name]["Properties"]
     assert (layer["CompatibleRuntimes"], layer["CompatibleArchitectures"]) == (
         ["python3.13"],

@@ -50,11 +50,13 @@ SCHEDULE_EVENT = REPO_ROOT / "sam" / "events" / "ingest_schedule.json"
 
 STAGES = ("ingest", "transform", "load")
 # The template's EventInvokeConfig: MaximumRetryAttempts 2, i.e. up to three attempts.
-MAX_ATTEMPTS = 3
+MAX_RETRY_ATTEMPTS = 2
+MAX_ATTEMPTS = MAX_RETRY_ATTEMPTS + 1
+# The template's Timeout and MemorySize per function (tests/template checks they agree).
+FUNCTION_TIMEOUT_SECONDS = {"ingest": 900, "transform": 300, "load": 900}
+FUNCTION_MEMORY_MB = {"ingest": 1769, "transform": 1769, "load": 1024}
 # Longer than any function's timeout, so a slow handler never sees its event redelivered.
 VISIBILITY_TIMEOUT_SECONDS = 15 * 60
-FUNCTION_TIMEOUT_SECONDS = {"ingest": 900, "transform": 900, "load": 900}
-FUNCTION_MEMORY_MB = {"ingest": 1769, "transform": 1769, "load": 1024}
 ACCOUNT = "123456789012"
 
 Handler = Callable[[dict, object], object]
