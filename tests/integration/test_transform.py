@@ -407,3 +407,35 @@ def test_a_quarantined_batch_is_counted_and_the_next_batch_still_transforms(
     )
     assert processed.keys("manifests/") == [manifest_key(later)]
     assert raw.keys("manifests/") == sorted([manifest_key(BATCH), manifest_key(later)])
+
+
+def test_the_processed_manifest_is_written_last_and_a_crash_before_it_leaves_none(
+    lakes, snapshot, monkeypatch
+):
+    raw, processed, settings = lakes
+    key = put_raw_batch(raw, small_batch(snapshot))
+    put_bytes = Lake.put_bytes
+    writes, crash = [], ["processed/fact_sales_order/"]
+
+    def watched(lake, object_key, body, content_type):
+        if lake.bucket == settings.processed_bucket:
+            writes.append(object_key)
+            if crash and object_key.startswith(crash[0]):
+                raise RuntimeError("transform killed while writing its data files")
+        return put_bytes(lake, object_key, body, content_type)
+
+    monkeypatch.setattr(Lake, "put_bytes", watched)
+    with pytest.raises(RuntimeError, match="killed"):
+        transform(key, settings, raw.s3)
+    assert processed.keys("manifests/") == []  # load never sees half a batch
+
+    crash.clear()
+    writes.clear()
+    result = transform(key, settings, raw.s3)
+
+    manifest = processed.get_manifest(manifest_key(BATCH))
+    assert result["status"] == "processed"
+    assert (sorted(writes[:-1]), writes[-1]) == (
+        sorted(f.key for f in manifest.files),
+        manifest_key(BATCH),
+    )
