@@ -236,16 +236,33 @@ def test_a_client_crash_mid_copy_leaves_nothing_of_the_batch(
     assert load(con, "b1", batches["b1"]).loaded
 
 
-def test_a_fact_pointing_at_a_missing_dimension_row_fails_naming_it(warehouse, batches):
+def _schema_objects(con) -> dict[str, list]:
+    """Every foreign key (with its validation state) and every index, as the catalog holds them."""
+    return {
+        "foreign_keys": con.run(
+            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated"
+            " FROM pg_constraint WHERE contype = 'f' ORDER BY 1, 2"
+        ),
+        "indexes": con.run(
+            "SELECT tablename, indexname, indexdef FROM pg_indexes"
+            " WHERE schemaname = 'public' ORDER BY 1, 2"
+        ),
+    }
+
+
+@pytest.mark.parametrize("fk_check", ["per-row", "set-based"])
+def test_a_fact_pointing_at_a_missing_dimension_row_fails_naming_it(warehouse, batches, fk_check):
+    before = _schema_objects(warehouse)
     tables = dict(batches["b1"])
     tables["fact_sales_order"] = changed(tables["fact_sales_order"], 3, EPOCH, design_id=999)
     with pytest.raises(LoadFailed) as failure:
-        load(warehouse, "bad", tables)
+        load(warehouse, "bad", tables, fk_check=fk_check)
     assert str(failure.value) == (
         "batch bad: table fact_sales_order: design_id references 1 dim_design row(s) that are"
         " neither in the warehouse nor in the batch, e.g. ['999']"
     )
     assert set(_all_rows(warehouse).values()) == {0}
+    assert _schema_objects(warehouse) == before
 
 
 def test_a_constraint_violation_rolls_back_and_names_table_and_column(warehouse, batches):
@@ -269,22 +286,37 @@ def test_a_table_with_the_wrong_types_is_refused_before_any_write(warehouse, bat
     assert set(_all_rows(warehouse).values()) == {0}
 
 
-def test_set_based_reference_checks_give_the_same_warehouse_and_keep_the_foreign_keys(
+def test_the_bulk_path_gives_the_same_warehouse_and_keeps_every_foreign_key_and_index(
     batches, fresh_db, pg_connect
 ):
-    def constraints(con):
-        return con.run(
-            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated"
-            " FROM pg_constraint WHERE contype = 'f' ORDER BY 1, 2"
-        )
-
+    """Bulk (foreign keys and BI indexes dropped, rebuilt and re-validated) and per-row loads
+    of the same history, redelivery included (the bulk path then rebuilds nothing)."""
     outcomes = []
     for fk_check in ("per-row", "set-based"):
         con = pg_connect(fresh_db(fk_check.replace("-", "")))
         migrate(con)
-        before = constraints(con)
-        for batch_id in ("b1", "b2", "b3"):
+        before = _schema_objects(con)
+        results = [
             load(con, batch_id, batches[batch_id], fk_check=fk_check)
-        assert constraints(con) == before
+            for batch_id in ("b1", "b2", "b3", "b2x")
+        ]
+        assert _schema_objects(con) == before
+        assert results[-1].tables["fact_payment"] == TableResult(staged=10, inserted=0)
+        outcomes.append((table_checksums(con), [r.row_counts() for r in results], ledger(con)))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_batch_repeating_a_fact_version_stores_it_once_on_both_paths(
+    batches, fresh_db, pg_connect
+):
+    tables = dict(batches["b1"])
+    facts = tables["fact_sales_order"]
+    tables["fact_sales_order"] = pa.concat_tables([facts, facts.slice(0, 7)])
+    outcomes = []
+    for fk_check in ("per-row", "set-based"):
+        con = pg_connect(fresh_db(f"dup{fk_check.replace('-', '')}"))
+        migrate(con)
+        result = load(con, "b1", tables, fk_check=fk_check)
+        assert result.tables["fact_sales_order"] == TableResult(staged=47, inserted=40)
         outcomes.append(table_checksums(con))
     assert outcomes[0] == outcomes[1]
