@@ -20,12 +20,14 @@ identifiers come only from ``totes.source.model``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from totes.errors import SchemaDrift
@@ -177,40 +179,161 @@ def _is_window_only(table: Table) -> bool:
     return table.name not in EMBEDDED_PARENTS and not _pullers(table)
 
 
-def selected_keys_sql(table: Table, depth: int = 0) -> str:
-    """A query of the keys of ``table`` the batch carries: rows changed in the window, rows
-    whose embedded parent changed, and rows that other selected rows reference."""
-    t = f"t{depth}"
-    parts = [f"SELECT {t}.{q(table.key)} FROM {q(table.name)} {t} WHERE {_changed(t)}"]  # noqa: S608  # nosec B608
-    fk_column = EMBEDDED_PARENTS.get(table.name)
-    if fk_column:
-        parent = TABLES_BY_NAME[next(f.table for f in table.foreign_keys if f.column == fk_column)]
-        p = f"p{depth}"
-        parts.append(
-            f"SELECT {t}.{q(table.key)} FROM {q(table.name)} {t} "  # noqa: S608  # nosec B608
-            f"JOIN {q(parent.name)} {p} ON {p}.{q(parent.key)} = {t}.{q(fk_column)} "
-            f"WHERE {_changed(p)}"
-        )
-    for child, column in _pullers(table):
-        c = f"c{depth}"
-        if _is_window_only(child):
-            where = _changed(c)
-        else:
-            where = f"{c}.{q(child.key)} IN ({selected_keys_sql(child, depth + 1)})"
-        parts.append(
-            f"SELECT {c}.{q(column)} FROM {q(child.name)} {c} "  # noqa: S608  # nosec B608
-            f"WHERE {c}.{q(column)} IS NOT NULL AND {where}"
-        )
-    return "\nUNION ".join(parts)
+def _extra_setting(table: Table) -> str:
+    return f"totes.extra_{table.name}"
+
+
+def _extra_keys(table: Table) -> str:
+    """The published extra keys of ``table`` as a one-column set (a hashed subplan)."""
+    return f"(SELECT unnest(CAST(current_setting('{_extra_setting(table)}') AS integer[])))"
+
+
+def _pulled_setting(table: Table) -> str:
+    return f"totes.pulled_{table.name}"
+
+
+def _pulled_keys(table: Table) -> str:
+    return f"CAST(current_setting('{_pulled_setting(table)}') AS integer[])"
+
+
+def _key_columns(table: Table) -> list[str]:
+    return [table.key, *(fk.column for fk in table.foreign_keys)]
+
+
+def closure_sql() -> str:
+    """One statement that publishes, for the published window, every closure table's extra
+    keys (rows not changed themselves that the batch still carries: referenced by selected
+    rows, or embedding a changed parent) as transaction-local settings.
+
+    References from window-only tables (the big fact tables) come from the keys
+    ``copy_batch`` collected from their rows as it copied them (``totes.pulled_<table>``), so
+    no fact table is scanned twice; what remains reads only the small dimension tables, and
+    the key sets never leave the server. The per-table COPY then reads
+    ``changed OR key IN extra``: one scan of its table.
+    """
+    closure = [t for t in TABLES if not _is_window_only(t)]
+    changed_needed: list[Table] = []
+    # Closures that follow a closure table's own rows need its whole key set.
+    full_sets_needed = {
+        child.name
+        for table in closure
+        for child, _ in _pullers(table)
+        if not _is_window_only(child)
+    }
+    derived: list[str] = []
+
+    def changed_cte(table: Table) -> str:
+        if table not in changed_needed:
+            changed_needed.append(table)
+        return f"c_{table.name}"
+
+    # Children come after their parents in TABLES: build the closures children first.
+    for table in reversed(closure):
+        parts = []
+        fk_column = EMBEDDED_PARENTS.get(table.name)
+        if fk_column:
+            parent = TABLES_BY_NAME[
+                next(f.table for f in table.foreign_keys if f.column == fk_column)
+            ]
+            parts.append(
+                f"SELECT t.{q(table.key)} AS k FROM {q(table.name)} t "  # noqa: S608  # nosec B608
+                f"JOIN {changed_cte(parent)} p ON p.{q(parent.key)} = t.{q(fk_column)}"
+            )
+        if any(_is_window_only(child) for child, _ in _pullers(table)):
+            parts.append(f"SELECT unnest({_pulled_keys(table)}) AS k")
+        for child, column in _pullers(table):
+            if _is_window_only(child):
+                continue
+            else:
+                parts.append(
+                    f"SELECT c.{q(column)} AS k FROM {q(child.name)} c "  # noqa: S608  # nosec B608
+                    f"WHERE c.{q(column)} IS NOT NULL AND c.{q(child.key)} IN "
+                    f"(SELECT k FROM k_{child.name})"
+                )
+        derived.append(f"e_{table.name} AS (" + " UNION ".join(parts) + ")")
+        if table.name in full_sets_needed:
+            derived.append(
+                f"k_{table.name} AS (SELECT {q(table.key)} AS k FROM {changed_cte(table)} "  # noqa: S608  # nosec B608
+                f"UNION SELECT k FROM e_{table.name})"
+            )
+    changed = [
+        f"c_{t.name} AS MATERIALIZED (SELECT "  # noqa: S608  # nosec B608
+        + ", ".join(f"s.{q(c)}" for c in _key_columns(t))
+        + f" FROM {q(t.name)} s WHERE {_changed('s')})"
+        for t in TABLES
+        if t in changed_needed
+    ]
+    publish = ", ".join(
+        f"set_config('{_extra_setting(t)}', "  # noqa: S608  # nosec B608
+        f"(SELECT COALESCE(CAST(array_agg(DISTINCT k) AS text), '{{}}') FROM e_{t.name}), true)"
+        for t in closure
+    )
+    return "WITH " + ",\n".join(changed + derived) + "\nSELECT " + publish
+
+
+def _key_set_text(keys: list[pa.ChunkedArray | pa.Array]) -> str:
+    """Distinct non-null integer keys as a PostgreSQL array literal, built by Arrow."""
+    chunks = [c for k in keys for c in (k.chunks if isinstance(k, pa.ChunkedArray) else [k])]
+    if not chunks:
+        return "{}"
+    distinct = pc.unique(pa.concat_arrays(chunks)).drop_null()
+    if not len(distinct):
+        return "{}"
+    text = distinct.cast(pa.string())
+    joined = pc.binary_join(pa.ListArray.from_arrays([0, len(text)], text), ",")[0]
+    return "{" + joined.as_py() + "}"
+
+
+def copy_batch(
+    con, window: Window, chunk_rows: int, on_chunk: Callable[[Table, pa.Table], None]
+) -> dict[str, int]:
+    """Copy every table's rows of the self-contained batch for ``window``; returns the rows
+    per table.
+
+    Window-only tables go first; the keys their rows reference in closure tables are
+    collected from the Arrow chunks on the way (vectorised, bounded by the batch's distinct
+    keys) and published, then ``closure_sql`` completes each closure and the closure tables
+    are copied. Everything reads the one snapshot of the enclosing transaction.
+    """
+    set_window(con, window)
+    closure = [t for t in TABLES if not _is_window_only(t)]
+    pulled: dict[str, list] = {t.name: [] for t in closure}
+    references = {
+        child.name: [(t.name, column) for t in closure for c, column in _pullers(t) if c == child]
+        for child in TABLES
+    }
+    rows: dict[str, int] = {}
+
+    def collect(table: Table, chunk: pa.Table) -> None:
+        for target, column in references[table.name]:
+            pulled[target].append(pc.unique(chunk.column(column)))
+        on_chunk(table, chunk)
+
+    for table in TABLES:
+        if _is_window_only(table):
+            rows[table.name] = copy_table(con, table, chunk_rows, functools.partial(collect, table))
+    names = [_pulled_setting(t) for t in closure]
+    params = {f"p{i}": _key_set_text(pulled[t.name]) for i, t in enumerate(closure)}
+    con.run(
+        "SELECT " + ", ".join(f"set_config('{name}', :p{i}, true)" for i, name in enumerate(names)),
+        **params,
+    )
+    con.run(closure_sql())
+    for table in TABLES:
+        if not _is_window_only(table):
+            rows[table.name] = copy_table(
+                con, table, chunk_rows, functools.partial(on_chunk, table)
+            )
+    return rows
 
 
 def selection_sql(table: Table) -> str:
-    """The self-contained SELECT of one table's rows for the published window."""
+    """The self-contained SELECT of one table's rows for the published window and closure
+    (``copy_batch``): changed rows, plus the extra keys its closure published."""
     columns = ", ".join(f"s.{q(c)}" for c in table.column_names)
-    if _is_window_only(table):
-        where = _changed("s")
-    else:
-        where = f"s.{q(table.key)} IN ({selected_keys_sql(table)})"
+    where = _changed("s")
+    if not _is_window_only(table):
+        where = f"({where}) OR s.{q(table.key)} IN {_extra_keys(table)}"
     return f"SELECT {columns} FROM {q(table.name)} s WHERE {where}"  # noqa: S608  # nosec B608
 
 
@@ -272,17 +395,32 @@ def region_fingerprint(con, window: Window) -> str:
     return f"{n}:{x}"
 
 
-class _CsvChunks:
-    """The ``stream`` pg8000 writes COPY data into: PostgreSQL sends one CopyData message per
-    row, so every ``chunk_rows`` writes are parsed into one typed Arrow table and handed on,
-    and the buffer never holds more than one chunk."""
+# Bytes pg8000's per-row writes are gathered into (in C) before Python sees them.
+COPY_BLOCK_BYTES = 2**20
+
+
+class _CsvChunks(io.RawIOBase):
+    """The raw sink under ``COPY ... TO STDOUT``: it receives the CSV in blocks, parses every
+    complete row of a block into one typed Arrow table, and hands rows on in chunks of exactly
+    ``chunk_rows`` (the last one smaller); it never holds more than about one chunk and one
+    block.
+
+    PostgreSQL sends one CopyData message per row and pg8000 calls ``write`` once per
+    message; ``copy_table`` puts an ``io.BufferedWriter`` in front so those calls stay in C
+    and this class sees one call per block. A block ends anywhere, so only the rows up to the
+    last newline outside a quoted value are parsed (in PostgreSQL's CSV every ``"`` opens,
+    closes or doubles inside a quoted value, so a newline is a row end exactly when an even
+    number of quotes precede it); the rest waits for the next block.
+    """
 
     def __init__(self, table: Table, chunk_rows: int, on_chunk: Callable[[pa.Table], None]):
+        super().__init__()
         self.schema = table.arrow_schema
         self.chunk_rows = chunk_rows
         self.on_chunk = on_chunk
         self.buffer = bytearray()
-        self.pending = 0
+        self.parsed: list[pa.Table] = []
+        self.parsed_rows = 0
         self.rows = 0
         self.read_options = pacsv.ReadOptions(column_names=self.schema.names)
         self.parse_options = pacsv.ParseOptions(newlines_in_values=True)
@@ -295,31 +433,59 @@ class _CsvChunks:
             false_values=["f"],
         )
 
-    def write(self, data: bytes) -> None:
-        self.buffer += data
-        self.pending += 1
-        if self.pending >= self.chunk_rows:
-            self.flush()
+    def writable(self) -> bool:
+        return True
 
-    def flush(self) -> None:
-        if not self.pending:
-            return
+    def write(self, data) -> int:
+        self.buffer += data
+        end = self._complete_rows_end()
+        if end:
+            self._parse(self.buffer[:end])
+            del self.buffer[:end]
+        return len(data)
+
+    def _complete_rows_end(self) -> int:
+        """Length of the buffer's prefix made of complete rows (the buffer starts a row)."""
+        end = self.buffer.rfind(b"\n")
+        while end >= 0 and self.buffer.count(b'"', 0, end) % 2:
+            end = self.buffer.rfind(b"\n", 0, end)
+        return end + 1
+
+    def _parse(self, data: bytes | bytearray) -> None:
         parsed = pacsv.read_csv(
-            io.BytesIO(self.buffer),
+            io.BytesIO(data),
             read_options=self.read_options,
             parse_options=self.parse_options,
             convert_options=self.convert_options,
-        )
-        self.buffer = bytearray()
-        self.rows += self.pending
-        self.pending = 0
-        self.on_chunk(parsed.cast(self.schema))
+        ).cast(self.schema)
+        self.parsed.append(parsed)
+        self.parsed_rows += parsed.num_rows
+        while self.parsed_rows >= self.chunk_rows:
+            self._hand_on(self.chunk_rows)
+
+    def _hand_on(self, rows: int) -> None:
+        parsed = pa.concat_tables(self.parsed)
+        rest = parsed.slice(rows)
+        self.parsed = [rest] if rest.num_rows else []
+        self.parsed_rows = rest.num_rows
+        self.rows += rows
+        self.on_chunk(parsed.slice(0, rows))
+
+    def finish(self) -> None:
+        """Parse what is left and hand on the last, smaller chunk."""
+        if self.buffer:
+            self._parse(bytes(self.buffer))
+            self.buffer = bytearray()
+        if self.parsed_rows:
+            self._hand_on(self.parsed_rows)
 
 
 def copy_table(con, table: Table, chunk_rows: int, on_chunk: Callable[[pa.Table], None]) -> int:
-    """Stream the published window's rows of ``table`` through ``COPY ... TO STDOUT`` into
+    """Stream the published batch's rows of ``table`` through ``COPY ... TO STDOUT`` into
     Arrow tables of at most ``chunk_rows`` rows with the raw lake schema; returns the rows."""
     sink = _CsvChunks(table, chunk_rows, on_chunk)
-    con.run(copy_sql(table), stream=sink)
-    sink.flush()
+    blocks = io.BufferedWriter(sink, buffer_size=COPY_BLOCK_BYTES)
+    con.run(copy_sql(table), stream=blocks)
+    blocks.flush()
+    sink.finish()
     return sink.rows

@@ -34,7 +34,7 @@ def stream(table_name: str, rows: list[bytes], chunk_rows: int) -> list[pa.Table
     sink = extract._CsvChunks(TABLES_BY_NAME[table_name], chunk_rows, chunks.append)
     for row in rows:  # pg8000 writes one CopyData message (one row) per call
         sink.write(row)
-    sink.flush()
+    sink.finish()
     assert sink.rows == len(rows)
     return chunks
 
@@ -122,3 +122,33 @@ def test_selection_sql_uses_only_model_identifiers_and_facts_use_the_window_alon
         assert sql.endswith(") TO STDOUT WITH (FORMAT csv, HEADER false)")
     for fact in extract.FACT_TABLES:
         assert " IN (" not in extract.selection_sql(TABLES_BY_NAME[fact])
+
+
+def test_blocks_cut_anywhere_even_inside_a_quoted_newline_give_the_same_rows():
+    data = b"".join(ADDRESS_ROWS * 3)
+    whole = stream("address", ADDRESS_ROWS * 3, chunk_rows=100)[0]
+
+    for cut in range(1, len(data)):
+        chunks: list[pa.Table] = []
+        sink = extract._CsvChunks(TABLES_BY_NAME["address"], 4, chunks.append)
+        sink.write(data[:cut])
+        sink.write(memoryview(data)[cut:])  # io.BufferedWriter hands the sink memoryviews
+        sink.finish()
+        assert [c.num_rows for c in chunks] == [4, 2], cut
+        assert pa.concat_tables(chunks).equals(whole), cut
+
+
+def test_copy_table_streams_through_a_buffer_into_chunks_of_chunk_rows():
+    class Connection:
+        """Stands in for pg8000: one write per CopyData message (one row)."""
+
+        def run(self, sql, stream):
+            for row in PAYMENT_ROWS * 7:
+                stream.write(row)
+
+    chunks: list[pa.Table] = []
+    rows = extract.copy_table(Connection(), TABLES_BY_NAME["payment"], 5, chunks.append)
+
+    assert rows == 21
+    assert [c.num_rows for c in chunks] == [5, 5, 5, 5, 1]
+    assert pa.concat_tables(chunks).equals(stream("payment", PAYMENT_ROWS * 7, chunk_rows=100)[0])

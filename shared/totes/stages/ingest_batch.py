@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import boto3
@@ -58,19 +59,33 @@ def _nothing_new(con, previous: Manifest | None, window: Window) -> bool:
 def _write_batch(
     con, lake: Lake, batch_id: str, window: Window, settings: IngestSettings
 ) -> list[ManifestFile]:
-    """Every table's rows for ``window`` as Parquet parts of at most ``chunk_rows`` rows."""
-    extract.set_window(con, window)
+    """Every table's rows for ``window`` as Parquet parts of at most ``chunk_rows`` rows.
+
+    Encoding a part and storing it (Arrow and the S3 upload release the GIL) run on one
+    background thread while the next chunk is read from the source; at most one part is in
+    flight, so memory stays at about three chunks, and parts are stored in order.
+    """
     files: list[ManifestFile] = []
-    for table in TABLES:
-        fingerprint = fingerprint_of(table.arrow_schema)
+    parts: dict[str, int] = {}
+    in_flight: list[Future] = []
 
-        def put(chunk, table=table, fingerprint=fingerprint) -> None:
-            part = len([f for f in files if f.table == table.name])
-            key = data_key(RAW_PREFIX, table.name, batch_id, part)
-            size = lake.put_table(key, chunk)
-            files.append(ManifestFile(table.name, key, chunk.num_rows, fingerprint, size))
+    def store(table, key: str, chunk) -> None:
+        size = lake.put_table(key, chunk)
+        files.append(
+            ManifestFile(table.name, key, chunk.num_rows, fingerprint_of(table.arrow_schema), size)
+        )
 
-        extract.copy_table(con, table, settings.chunk_rows, put)
+    def put(table, chunk) -> None:
+        part = parts[table.name] = parts.get(table.name, -1) + 1
+        key = data_key(RAW_PREFIX, table.name, batch_id, part)
+        while in_flight:
+            in_flight.pop().result()  # re-raises a failed upload here, before the manifest
+        in_flight.append(writer.submit(store, table, key, chunk))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="raw-writer") as writer:
+        extract.copy_batch(con, window, settings.chunk_rows, put)
+        while in_flight:
+            in_flight.pop().result()
     return files
 
 
