@@ -173,7 +173,9 @@ def connect(creds: DbCredentials, *, application_name: str = "totes", timeout: f
     if creds.unix_socket_dir:
         kwargs["unix_sock"] = os.path.join(creds.unix_socket_dir, f".s.PGSQL.{creds.port}")
     else:
-        kwargs.update(host=creds.host, port=creds.port, ssl_context=creds.ssl_context())
+        # pg8000 reads ssl_context=None as "try TLS unverified, else plaintext", so no TLS
+        # (loopback, or an explicit sslmode=disable) must be said with False.
+        kwargs.update(host=creds.host, port=creds.port, ssl_context=creds.ssl_context() or False)
     try:
         return pg8000.native.Connection(**kwargs)
     except InterfaceError as exc:

@@ -24,6 +24,7 @@ from totes.db import DbCredentials, connect
 from totes.errors import DatabaseUnavailable
 
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+STARTUP_V3 = struct.pack("!i", 196608)
 HOST = socket.gethostname()
 PASSWORD = "tls-test-Pa55-5e1d"
 
@@ -94,11 +95,25 @@ def self_signed(tmp_path) -> tuple[Path, Path]:
 def test_a_remote_host_is_asked_for_tls_before_anything_else_and_a_refusal_fails():
     server = FakeServer(b"N")
     try:
-        with pytest.raises(DatabaseUnavailable, match=f"{HOST}"):
+        with pytest.raises(DatabaseUnavailable, match=f"{HOST}.*refuses SSL"):
             connect(server.creds(), timeout=5)
     finally:
         server.close()
     assert server.first_packet == SSL_REQUEST
+
+
+@pytest.mark.parametrize(
+    ("host", "query"), [("127.0.0.1", ""), (HOST, "?sslmode=disable")], ids=["loopback", "disabled"]
+)
+def test_loopback_or_an_explicit_disable_asks_for_no_tls(host, query):
+    server = FakeServer(b"")  # reads the first packet and hangs up
+    creds = DbCredentials.from_url(f"postgresql://u:{PASSWORD}@{host}:{server.port}/db{query}")
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            connect(creds, timeout=5)
+    finally:
+        server.close()
+    assert server.first_packet[4:8] == STARTUP_V3  # the start-up message, no SSLRequest
 
 
 def test_an_unverifiable_certificate_is_refused(self_signed):
