@@ -154,3 +154,25 @@ def test_the_migrate_command_reports_what_it_applied(warehouse_db, capsys):
     ]
     assert cli_main(["warehouse", "migrate", "--url", url]) == 0
     assert capsys.readouterr().out == "warehouse schema is up to date\n"
+
+
+def test_fact_date_references_are_brin_indexed_and_the_other_references_b_tree(
+    warehouse_db, pg_connect
+):
+    con = pg_connect(warehouse_db)
+    migrate(con)
+    methods = {
+        (table, column): method
+        for table, column, method in con.run(
+            "SELECT i.indrelid::regclass::text, a.attname, am.amname"
+            " FROM pg_index i JOIN pg_attribute a"
+            " ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+            " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam"
+            " WHERE i.indrelid::regclass::text LIKE 'fact%' AND NOT i.indisunique"
+        )
+    }
+    assert methods == {
+        (f.name, column): "brin" if dim == "dim_date" else "btree"
+        for f in FACTS
+        for column, dim in f.references
+    }

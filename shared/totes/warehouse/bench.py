@@ -6,10 +6,12 @@
 1. ``raw_copy``: the batch's CSV stream ``COPY``-ed into an empty table with no keys (the floor);
 2. ``merge_per_row_fk``: ``load_batch`` of the whole batch (staging, dimension upserts,
    reference pre-check, fact insert) into an empty warehouse, foreign keys checked per row;
-3. ``merge_set_based_fk``: the same, with the fact table's foreign keys dropped and re-added
-   (one set-based validation each) inside the batch's transaction;
-4. ``redelivery``: the same rows again under another batch id (every fact row a conflict);
-5. ``row_by_row_insert``: one autocommitted ``INSERT`` per row through pg8000, on a sample.
+3. ``merge_set_based_fk``: the same on the bulk path: the fact table's foreign keys and BI
+   indexes dropped, rebuilt (one sort each) and re-validated inside the batch's transaction;
+4. ``redelivery``: the same rows again under another batch id (every fact row already stored);
+5. ``incremental``: ``--increment`` new fact rows (with the whole dimension set) on top of the
+   stored batch, the path ``auto`` chooses for them (per-row);
+6. ``row_by_row_insert``: one autocommitted ``INSERT`` per row through pg8000, on a sample.
 
 It prints one JSON document of seconds and rows/s. Not part of the test suite: the numbers
 depend on the machine. ``measure`` is what a wider benchmark (``make bench``) can call.
@@ -84,7 +86,12 @@ def _row_by_row(con, batch: dict[str, pa.Table], sample: int) -> float:
     return _timed(insert_all)
 
 
-def measure(creds: DbCredentials, fact_rows: int = 1_000_000, sample_rows: int = 5_000) -> dict:
+def measure(
+    creds: DbCredentials,
+    fact_rows: int = 1_000_000,
+    sample_rows: int = 5_000,
+    increment: int = 10_000,
+) -> dict:
     """Every measurement above on the (empty or bench-owned) database ``creds`` names."""
     batch = synthetic_batch(fact_rows)
     total = sum(t.num_rows for t in batch.values())
@@ -111,6 +118,17 @@ def measure(creds: DbCredentials, fact_rows: int = 1_000_000, sample_rows: int =
             results[label] = _rate(total, seconds)
         again = processed_manifest("bench-redelivery", batch)
         results["redelivery"] = _rate(total, _timed(lambda: merge.load_batch(con, again, batch)))
+        con.run("ANALYZE fact_sales_order")
+        dims = {name: table for name, table in batch.items() if name != "fact_sales_order"}
+        new = with_calendar(
+            {
+                **dims,
+                "fact_sales_order": sales_orders(increment, batch, seed=8, first_id=fact_rows + 1),
+            }
+        )
+        more = processed_manifest("bench-incremental", new)
+        rows = sum(t.num_rows for t in new.values())
+        results["incremental"] = _rate(rows, _timed(lambda: merge.load_batch(con, more, new)))
         con.run(f"TRUNCATE {_WAREHOUSE_TABLES} RESTART IDENTITY")
         sample = min(sample_rows, fact_rows)
         results["row_by_row_insert"] = _rate(sample, _row_by_row(con, batch, sample))
@@ -128,15 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m totes.warehouse.bench", description=__doc__)
     parser.add_argument("--scale", type=int, default=1_000_000, help="fact rows in the batch")
     parser.add_argument("--sample", type=int, default=5_000, help="rows for the INSERT loop")
+    parser.add_argument("--increment", type=int, default=10_000, help="incremental fact rows")
     parser.add_argument("--url", default=None, help="an empty database (default: embedded)")
     args = parser.parse_args(argv)
     if args.url:
-        results = measure(DbCredentials.from_url(args.url), args.scale, args.sample)
+        results = measure(DbCredentials.from_url(args.url), args.scale, args.sample, args.increment)
     else:
         from totes.local.postgres import embedded_postgres
 
         with embedded_postgres() as cluster, cluster.database("bench") as creds:
-            results = measure(creds, args.scale, args.sample)
+            results = measure(creds, args.scale, args.sample, args.increment)
     json.dump(results, sys.stdout, indent=1)
     print()
     return 0
