@@ -18,7 +18,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import scramp
 
 from totes.db import DbCredentials, connect
 from totes.errors import DatabaseUnavailable
@@ -66,17 +65,6 @@ class FakeServer:
     def close(self) -> None:
         self.thread.join(timeout=10)
         self.listener.close()
-
-
-# pg8000 1.31.5 calls scramp.make_channel_binding once TLS is up; scramp 1.5.0 (the lock's
-# pin) no longer has it, so every TLS connection fails with AttributeError before start-up.
-# Known defect of the pinned pair (scramp 1.4.6 passes); the marker lapses once it is fixed.
-SCRAMP_BREAKS_TLS = pytest.mark.xfail(
-    not hasattr(scramp, "make_channel_binding"),
-    reason="scramp>=1.5 removed make_channel_binding, which pg8000 1.31.5 calls after TLS",
-    raises=AttributeError,
-    strict=True,
-)
 
 
 @pytest.fixture
@@ -128,7 +116,6 @@ def test_an_unverifiable_certificate_is_refused(self_signed):
     assert PASSWORD not in str(refused.value)
 
 
-@SCRAMP_BREAKS_TLS
 def test_verification_is_relaxed_only_when_the_configuration_says_so(self_signed):
     server = FakeServer(b"S", self_signed)
     try:
@@ -139,7 +126,6 @@ def test_verification_is_relaxed_only_when_the_configuration_says_so(self_signed
     assert (server.first_packet, server.handshake) == (SSL_REQUEST, "completed")
 
 
-@SCRAMP_BREAKS_TLS
 def test_the_named_ca_bundle_verifies_the_certificate(self_signed):
     cert, _ = self_signed
     server = FakeServer(b"S", self_signed)
