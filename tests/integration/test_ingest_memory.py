@@ -1,4 +1,4 @@
-"""Bounded memory: a first ingest of a source eight times larger, far beyond the chunk size,
+"""Bounded memory: a first ingest of a source sixteen times larger, far beyond the chunk size,
 splits into several batches and keeps peak memory roughly where the small one had it.
 
 Each run happens in a fresh child process (``totes.local.bench_extract memory``) so its peak
@@ -38,18 +38,19 @@ def ingest_in_child(creds) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_peak_memory_stays_flat_while_the_source_grows_eightfold(fresh_db, pg_connect):
+def test_peak_memory_stays_flat_while_the_source_grows_sixteenfold(fresh_db, pg_connect):
     small, large = fresh_db("mem_small"), fresh_db("mem_large")
     generate(pg_connect(small), 10_000)
-    generate(pg_connect(large), 80_000)
+    generate(pg_connect(large), 160_000)
 
     small_run = ingest_in_child(small)
     large_run = ingest_in_child(large)
 
-    assert large_run["rows"] > 8 * small_run["rows"] > 50 * CHUNK_ROWS
+    assert large_run["rows"] > 16 * small_run["rows"] > 50 * CHUNK_ROWS
     assert large_run["batches"] >= 6
     assert small_run["batches"] == 1
-    # ~300k more rows (~40 MB of CSV, more as Arrow) would show up here if anything held
-    # a whole table; bounded extraction adds at most a few chunks' worth.
+    # ~650k more rows (~80 MB of CSV, more as Arrow) would show up here if anything held a
+    # whole table; bounded extraction adds a few chunks' worth plus allocator noise (measured
+    # 8-17 MB between runs), so the bound sits well between the two.
     growth = large_run["peak_rss_growth_mb"] - small_run["peak_rss_growth_mb"]
-    assert growth < 15, (small_run, large_run)
+    assert growth < 30, (small_run, large_run)
