@@ -383,13 +383,16 @@ def plan_windows(con, window: Window, max_batch_rows: int) -> list[tuple[Window,
 
 
 def region_fingerprint(con, window: Window) -> str:
-    """A fingerprint of every row version stamped in ``window`` (count and xmin sum per
-    table): any commit landing there since, late or not, changes it."""
+    """A fingerprint of every row version stamped in ``window``: the count, and the sum of a
+    64-bit hash of each version's (table, ctid, xmin). Any commit landing there since, late or
+    not, changes it; a plain sum of xmins could cancel out (two updates whose old xmins sit
+    symmetrically around the new one), a sum of hashes cannot in practice."""
     set_window(con, window)
     parts = "\nUNION ALL ".join(
-        f"SELECT count(*) AS n, COALESCE(sum(CAST(CAST(s.xmin AS text) AS bigint)), 0) AS x "  # noqa: S608  # nosec B608
+        f"SELECT count(*) AS n, COALESCE(sum(CAST(hashtextextended("  # noqa: S608  # nosec B608
+        f"CAST(s.ctid AS text) || ':' || CAST(s.xmin AS text), {seed}) AS numeric)), 0) AS x "
         f"FROM {q(t.name)} s WHERE {_changed('s')}"
-        for t in TABLES
+        for seed, t in enumerate(TABLES)
     )
     n, x = con.run(f"SELECT CAST(sum(n) AS bigint), CAST(sum(x) AS numeric) FROM ({parts}) f")[0]  # noqa: S608  # nosec B608
     return f"{n}:{x}"
