@@ -10,7 +10,7 @@ REQS := requirements/runtime.txt requirements/dev.txt requirements/lock.txt pypr
 SCALE ?= 1000000
 PYTEST_ARGS ?=
 
-.PHONY: help demo test lint format security check build bench clean venv sam-venv
+.PHONY: help demo test lint format security check build bench clean venv rds-ca sam-venv
 
 help:
 	@echo "make demo | test | lint | format | security | check | build | bench [SCALE=N] | clean"
@@ -55,6 +55,12 @@ sam-venv: $(SAM_STAMP)
 # sam build only copies (no requirements.txt anywhere): offline, no Docker, no local python3.13.
 build: $(SAM_STAMP)
 	SAM_CLI_TELEMETRY=0 $(VENV_SAM)/bin/sam build --template-file template.yaml
+
+# The Amazon RDS CA bundle, shipped in the layer so verified TLS to RDS works in Lambda
+# (needs internet; run once before `make build` when the warehouse or source is on RDS).
+rds-ca:
+	curl -fsSL https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem \
+		-o shared/totes/certs/rds-global-bundle.pem
 
 bench: $(STAMP)
 	$(BIN)/python -m totes bench --scale $(SCALE) --output bench-results.json

@@ -11,6 +11,7 @@ import json
 import os
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pg8000.native
@@ -20,6 +21,9 @@ from totes.errors import ConfigurationError, DatabaseUnavailable
 from totes.observability import logger
 
 SSL_MODES = ("verify-full", "require", "disable")
+CERTS_DIR = Path(__file__).resolve().parent / "certs"
+RDS_BUNDLE = "rds-global-bundle.pem"
+RDS_HOST_SUFFIX = ".rds.amazonaws.com"
 _AUTH_FAILURES = {"28P01", "28000"}
 
 
@@ -144,13 +148,31 @@ class DbCredentials:
         except ValueError:
             return False
 
+    def ca_arguments(self) -> dict[str, str]:
+        """Which CAs verify the server. ``sslrootcert`` may be PEM text (fits a secret), an
+        absolute path, or a file name in ``totes/certs/`` (shipped in the layer); an RDS host
+        with none named uses ``certs/rds-global-bundle.pem`` when present (``make rds-ca``),
+        since the Lambda runtime's system store does not hold the RDS CAs."""
+        root = self.sslrootcert
+        if root is None and (self.host or "").endswith(RDS_HOST_SUFFIX):
+            bundled = CERTS_DIR / RDS_BUNDLE
+            return {"cafile": str(bundled)} if bundled.is_file() else {}
+        if root is None:
+            return {}
+        if root.lstrip().startswith("-----BEGIN"):
+            return {"cadata": root}
+        path = Path(root) if os.path.isabs(root) else CERTS_DIR / root
+        if not path.is_file():
+            raise ConfigurationError(f"sslrootcert {root!r} is not a file (looked at {path})")
+        return {"cafile": str(path)}
+
     def ssl_context(self) -> ssl.SSLContext | None:
         """TLS for every remote host, verified unless the configuration relaxes it explicitly."""
         if self.is_local or self.sslmode == "disable":
             if not self.is_local:
                 logger.warning("TLS disabled by explicit sslmode=disable", extra={"db": self.where})
             return None
-        context = ssl.create_default_context(cafile=self.sslrootcert)
+        context = ssl.create_default_context(**self.ca_arguments())
         if self.sslmode == "require":
             logger.warning(
                 "TLS certificate verification relaxed by explicit sslmode=require",

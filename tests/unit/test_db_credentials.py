@@ -59,3 +59,40 @@ def test_bad_urls_are_explained(url, message):
 def test_secret_missing_keys_are_named():
     with pytest.raises(ConfigurationError, match="host"):
         DbCredentials.from_secret({"username": "u", "dbname": "d"})
+
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def test_sslrootcert_may_hold_the_pem_text_itself():
+    creds = DbCredentials.from_secret(
+        {"host": "db.example.com", "username": "u", "dbname": "d", "sslrootcert": PEM}
+    )
+    assert creds.ca_arguments() == {"cadata": PEM}
+
+
+def test_sslrootcert_file_name_resolves_in_the_layer_certs_folder(tmp_path, monkeypatch):
+    import totes.db
+
+    monkeypatch.setattr(totes.db, "CERTS_DIR", tmp_path)
+    (tmp_path / "private-ca.pem").write_text(PEM)
+    creds = DbCredentials.from_url("postgresql://u@db.example.com/d?sslrootcert=private-ca.pem")
+    assert creds.ca_arguments() == {"cafile": str(tmp_path / "private-ca.pem")}
+
+
+def test_a_missing_sslrootcert_file_is_named():
+    creds = DbCredentials.from_url("postgresql://u@db.example.com/d?sslrootcert=nope.pem")
+    with pytest.raises(ConfigurationError, match=r"nope\.pem"):
+        creds.ca_arguments()
+
+
+def test_rds_hosts_use_the_bundled_rds_cas_when_present(tmp_path, monkeypatch):
+    import totes.db
+
+    monkeypatch.setattr(totes.db, "CERTS_DIR", tmp_path)
+    rds = DbCredentials.from_url("postgresql://u@wh.abc123.eu-west-2.rds.amazonaws.com/d")
+    assert rds.ca_arguments() == {}  # no bundle shipped: the system store, verification on
+    (tmp_path / totes.db.RDS_BUNDLE).write_text(PEM)
+    assert rds.ca_arguments() == {"cafile": str(tmp_path / totes.db.RDS_BUNDLE)}
+    other = DbCredentials.from_url("postgresql://u@db.example.com/d")
+    assert other.ca_arguments() == {}
