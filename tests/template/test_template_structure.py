@@ -26,17 +26,47 @@ MANIFEST_FILTER = {
     }
 }
 
-# (role, action) pairs allowed a "*" resource, with the reason. Empty: metrics are EMF log
-# lines (no cloudwatch:PutMetricData), there is no X-Ray tracing, and the VPC network-interface
-# permissions come from AWS's managed AWSLambdaVPCAccessExecutionRole only when SubnetIds is set.
-WILDCARD_RESOURCE_ALLOWED: dict[tuple[str, str], str] = {}
+# Lambda creates, describes and deletes a VPC function's network interfaces with the
+# function's role; EC2 supports no resource-level restriction for these actions.
+ENI_ACTIONS = (
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+)
+VPC_ROLES = ("IngestRole", "LoadRole")
+
+# (role, action) pairs allowed a "*" resource, with the reason. Metrics are EMF log lines (no
+# cloudwatch:PutMetricData) and there is no X-Ray tracing; only the VPC ENI actions remain.
+WILDCARD_RESOURCE_ALLOWED: dict[tuple[str, str], str] = {
+    (role, action): "Lambda manages the function's VPC network interfaces; EC2 has no "
+    "resource-level permission for these actions"
+    for role in VPC_ROLES
+    for action in ENI_ACTIONS
+}
 
 
-def grants(role: dict) -> set[tuple]:
+def statements(policy: dict, has_vpc: bool) -> list[dict]:
+    """A policy's statements as deployed with or without SubnetIds: ``!If [HasVpc, s, NoValue]``
+    resolved (HasVpc is the only condition a statement may carry)."""
+    out = []
+    for stmt in as_list(policy["PolicyDocument"]["Statement"]):
+        if "Fn::If" in stmt:
+            condition, when_true, when_false = stmt["Fn::If"]
+            assert condition == "HasVpc"
+            stmt = when_true if has_vpc else when_false
+            if stmt == {"Ref": "AWS::NoValue"}:
+                continue
+        out.append(stmt)
+    return out
+
+
+def grants(role: dict, has_vpc: bool = False) -> set[tuple]:
     """Every (action, resource, condition) an IAM role's inline policies allow, rendered."""
     out = set()
     for policy in role["Properties"].get("Policies", []):
-        for stmt in as_list(policy["PolicyDocument"]["Statement"]):
+        for stmt in statements(policy, has_vpc):
             assert stmt["Effect"] == "Allow"
             condition = json.dumps(render(stmt.get("Condition")), sort_keys=True)
             for action in as_list(stmt["Action"]):
@@ -291,7 +321,7 @@ def test_each_role_reaches_only_its_own_buckets_prefixes_secret_table_and_log_gr
 def test_no_role_allows_wildcard_actions_or_resources(expanded):
     found = []
     for name, role in resources_of(expanded, "AWS::IAM::Role").items():
-        for action, resource, _ in grants(role):
+        for action, resource, _ in grants(role, has_vpc=False) | grants(role, has_vpc=True):
             if action == "*" or action.endswith(":*"):
                 found.append((name, action, resource))
             if resource == "*" and (name, action) not in WILDCARD_RESOURCE_ALLOWED:
@@ -301,29 +331,46 @@ def test_no_role_allows_wildcard_actions_or_resources(expanded):
     assert not resources_of(expanded, "AWS::IAM::ManagedPolicy")
 
 
-def test_the_only_managed_policy_is_vpc_access_and_only_when_subnets_are_given(expanded):
-    attached = {
-        name: role["Properties"].get("ManagedPolicyArns")
-        for name, role in resources_of(expanded, "AWS::IAM::Role").items()
-    }
-    vpc = {
-        "Fn::If": [
-            "HasVpc",
-            [
-                {
-                    "Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/"
-                    "AWSLambdaVPCAccessExecutionRole"
-                }
-            ],
-            {"Ref": "AWS::NoValue"},
+def test_in_a_vpc_roles_gain_only_the_eni_actions_and_no_managed_policy(expanded):
+    """AWSLambdaVPCAccessExecutionRole would also allow logs on every log group, undoing the
+    own-log-group-only grants; the roles carry a conditional ENI statement instead."""
+    roles = resources_of(expanded, "AWS::IAM::Role")
+    managed = {name: role["Properties"].get("ManagedPolicyArns") for name, role in roles.items()}
+    assert managed == dict.fromkeys(roles)
+    eni = {(action, "*", "null") for action in ENI_ACTIONS}
+    assert {
+        name: grants(role, has_vpc=True) - grants(role, has_vpc=False)
+        for name, role in roles.items()
+    } == {name: eni if name in VPC_ROLES else set() for name in roles}
+    for name in VPC_ROLES:
+        conditional = [
+            stmt
+            for policy in roles[name]["Properties"]["Policies"]
+            for stmt in as_list(policy["PolicyDocument"]["Statement"])
+            if "Fn::If" in stmt
         ]
-    }
-    assert attached == {
-        "IngestRole": vpc,
-        "TransformRole": None,
-        "LoadRole": vpc,
-        "IngestFunctionScheduleRole": None,
-    }
+        assert conditional == [
+            {
+                "Fn::If": [
+                    "HasVpc",
+                    {
+                        "Sid": "VpcNetworkInterfaces",
+                        "Effect": "Allow",
+                        "Action": list(ENI_ACTIONS),
+                        "Resource": "*",
+                    },
+                    {"Ref": "AWS::NoValue"},
+                ]
+            }
+        ]
+    assert all(
+        not action.startswith("logs:") or resource != "*"
+        for role in roles.values()
+        for action, resource, _ in grants(role, has_vpc=True)
+    )
+
+
+def test_functions_join_the_vpc_only_when_subnets_are_given(expanded):
     vpc_config = {
         stage: expanded["Resources"][f"{stage}Function"]["Properties"].get("VpcConfig")
         for stage in STAGES
@@ -336,6 +383,28 @@ def test_the_only_managed_policy_is_vpc_access_and_only_when_subnets_are_given(e
         ]
     }
     assert vpc_config == {"Ingest": in_vpc, "Transform": None, "Load": in_vpc}
+
+
+def test_a_deploy_with_subnets_but_no_security_groups_is_refused_before_any_resource(expanded):
+    """Lambda would reject the VpcConfig mid-deploy; the template Rule fails the stack first.
+    An empty CommaDelimitedList parameter is the list [""]."""
+    assert expanded["Rules"] == {
+        "VpcNeedsSecurityGroups": {
+            "RuleCondition": {"Fn::Not": [{"Fn::EachMemberEquals": [{"Ref": "SubnetIds"}, ""]}]},
+            "Assertions": [
+                {
+                    "Assert": {
+                        "Fn::Not": [{"Fn::EachMemberEquals": [{"Ref": "SecurityGroupIds"}, ""]}]
+                    },
+                    "AssertDescription": "SecurityGroupIds must name at least one security group "
+                    "when SubnetIds is set.",
+                }
+            ],
+        }
+    }
+    assert expanded["Conditions"]["HasVpc"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "SubnetIds"}]}, ""]}]
+    }
 
 
 def test_every_bucket_blocks_public_access_encrypts_versions_and_denies_plain_http(expanded):
