@@ -17,7 +17,7 @@ from totes.errors import DatabaseUnavailable
 from totes.lake import Lake, ManifestFile, data_key
 from totes.local.aws import free_port, receive_s3_events
 from totes.stages import load_batch
-from totes.star.model import SOURCE_VERSION, STAR_TABLES_BY_NAME
+from totes.star.model import STAR_TABLES_BY_NAME
 from totes.warehouse.checksums import table_checksums
 from totes.warehouse.merge import LoadFailed
 from totes.warehouse.synthetic import processed_manifest, put_processed_batch, star_batch
@@ -70,7 +70,7 @@ def stored_columns(name: str) -> list[str]:
     """The processed schema's columns the warehouse keeps (dim_date, a calendar, keeps no
     source version)."""
     table = STAR_TABLES_BY_NAME[name]
-    return table.column_names + ([] if name == "dim_date" else [SOURCE_VERSION])
+    return table.column_names + ([] if name == "dim_date" else list(table.lineage))
 
 
 def warehouse_rows(creds, names) -> dict[str, list[tuple]]:

@@ -12,12 +12,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from totes.star.model import SOURCE_VERSION, STAR_TABLES_BY_NAME
+from totes.star.model import OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
 from totes.warehouse import merge
 from totes.warehouse.checksums import table_checksums
 from totes.warehouse.merge import LoadFailed, TableResult, load_batch
 from totes.warehouse.migrations import migrate
-from totes.warehouse.synthetic import EPOCH, processed_manifest, star_batch, with_calendar
+from totes.warehouse.synthetic import (
+    EPOCH,
+    dimensions,
+    processed_manifest,
+    star_batch,
+    with_calendar,
+)
 
 V1 = EPOCH + timedelta(days=300)
 V2 = EPOCH + timedelta(days=301)
@@ -156,6 +162,51 @@ def test_batches_in_every_order_give_the_same_warehouse(warehouse, batches):
         assert (staff_1, party_2) == ([["Bea"]], [["Renamed Ltd"]]), order
     assert len(outcomes) == 24
     assert len({tuple(sorted(c.items())) for c in outcomes.values()}) == 1
+
+
+def _restamped(table: pa.Table, newest, oldest=None, **values) -> pa.Table:
+    """Every row of ``table`` with ``values`` and the given lineage stamps."""
+    stamps = {SOURCE_VERSION: newest} | ({OLDEST_VERSION: oldest} if oldest else {})
+    rows = [{**row, **values, **stamps} for row in table.to_pylist()]
+    return pa.Table.from_pylist(rows, schema=table.schema)
+
+
+def test_a_joined_dimension_tied_on_source_version_ends_with_the_later_snapshot_in_both_orders(
+    warehouse,
+):
+    """Counterparty 1 changed at t20, its legal address at t10: batch "a". A transaction that
+    began at t15 changed the address and committed after batch a's snapshot, so the overlap's
+    batch "b" rebuilds the counterparty with the new address, again at source_version t20.
+    Likewise staff 1 (its department changed at t20) with a late staff row stamped t15. The
+    older stamp breaks the tie: either order ends with batch b's content."""
+    t10, t15, t20 = (EPOCH + timedelta(minutes=m) for m in (10, 15, 20))
+    dims = dimensions(staff=1, locations=1, designs=0, counterparties=1)
+    a = {
+        "dim_location": _restamped(dims["dim_location"], t10),
+        "dim_counterparty": _restamped(dims["dim_counterparty"], t20, t10),
+        "dim_staff": _restamped(dims["dim_staff"], t20, t10),
+    }
+    b = {
+        "dim_location": _restamped(dims["dim_location"], t15, address_line_1="9 New Road"),
+        "dim_counterparty": _restamped(
+            dims["dim_counterparty"], t20, t15, counterparty_legal_address_line_1="9 New Road"
+        ),
+        "dim_staff": _restamped(dims["dim_staff"], t20, t15, first_name="Late"),
+    }
+    outcomes = []
+    for order in (("a", a), ("b", b)), (("b", b), ("a", a)):
+        _empty(warehouse)
+        for batch_id, tables in order:
+            load(warehouse, batch_id, tables)
+        outcomes.append(
+            warehouse.run(
+                "SELECT l.address_line_1, c.counterparty_legal_address_line_1,"
+                " c.source_version, c.oldest_version, s.first_name, s.oldest_version"
+                " FROM dim_location l, dim_counterparty c, dim_staff s"
+            )
+        )
+    newer = [["9 New Road", "9 New Road", t20, t15, "Late", t15]]
+    assert outcomes == [newer, newer]
 
 
 def test_a_dimension_never_moves_back_to_an_older_version(warehouse, batches):

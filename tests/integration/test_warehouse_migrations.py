@@ -45,6 +45,9 @@ def _expected_columns(table) -> list[tuple]:
     if table.name != "dim_date":
         out.append((SOURCE_VERSION, "timestamp without time zone", False, None, None, 3))
         out.append(("loaded_batch_id", "character varying", False, None, None, None))
+        # Later lineage columns were added by a migration, so they follow loaded_batch_id.
+        for stamp in table.lineage[1:]:
+            out.append((stamp, "timestamp without time zone", False, None, None, 3))
     return out
 
 

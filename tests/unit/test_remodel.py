@@ -126,7 +126,42 @@ def test_dim_counterparty_takes_the_changed_legal_address_and_its_newer_version(
             "counterparty_legal_country": "United Kingdom",
             "counterparty_legal_phone_number": "0113 000000",
             "source_version": T1,
+            "oldest_version": T0,  # the counterparty row's own stamp
         }
+    ]
+
+
+def test_the_joined_dimensions_carry_the_older_stamp_as_a_tie_breaker_the_others_do_not():
+    lineage = {t.name: t.lineage for t in star.DIMENSIONS if len(t.lineage) > 1}
+    assert lineage == {
+        "dim_staff": ("source_version", "oldest_version"),
+        "dim_counterparty": ("source_version", "oldest_version"),
+    }
+    # Two snapshots of one counterparty that tie on the newest stamp (the counterparty's, T2)
+    # but hold different addresses get different lineage; the later snapshot's is greater.
+    counterparty = raw(
+        "counterparty",
+        {
+            "counterparty_id": 7,
+            "counterparty_legal_name": "Fahey and Sons",
+            "legal_address_id": 3,
+            "commercial_contact": "Ann",
+            "delivery_contact": None,
+            "last_updated": T2,
+        },
+    )
+    before = {"counterparty": counterparty, "address": raw("address", address(3))}
+    after = {
+        "counterparty": counterparty,
+        "address": raw("address", address(3, city="York", last_updated=T1)),
+    }
+    versions = [
+        remodel.dim_counterparty(b).select(["source_version", "oldest_version"]).to_pylist()
+        for b in (before, after)
+    ]
+    assert versions == [
+        [{"source_version": T2, "oldest_version": T0}],
+        [{"source_version": T2, "oldest_version": T1}],
     ]
 
 
@@ -172,6 +207,7 @@ def test_dim_staff_follows_a_department_that_moved():
             "location": None,
             "email_address": "deron.beier@terrifictotes.com",
             "source_version": T0,
+            "oldest_version": T0,
         },
         {
             "staff_id": 2,
@@ -181,6 +217,7 @@ def test_dim_staff_follows_a_department_that_moved():
             "location": "Leeds",
             "email_address": "jeremie.franey@terrifictotes.com",
             "source_version": T2,  # the department's move is newer than the staff row
+            "oldest_version": T1,  # the staff row's own stamp
         },
     ]
 

@@ -4,8 +4,13 @@ columns to the processed lake) and load (which merges them into PostgreSQL).
 Column names and meanings are fixed by ``warehouse.md``. Every processed table also carries
 ``source_version``: the source ``last_updated`` it was built from (for a joined dimension, the
 newest of the joined rows), which load uses to keep facts unique per version and to move
-dimensions only forward. Fact surrogate keys (``*_record_id``) are assigned by the warehouse
-and are not part of the processed files.
+dimensions only forward. A dimension joined from two source rows also carries
+``oldest_version``, the older of their ``last_updated``: two snapshots of the pair can tie on
+the newest stamp while differing in content (a row changed by a transaction that committed
+late), and the pair (newest, oldest) breaks that tie. Both stamps only grow across consistent
+snapshots, so (newest, oldest) grows lexicographically, and equal pairs mean equal source rows.
+Fact surrogate keys (``*_record_id``) are assigned by the warehouse and are not part of the
+processed files.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 SOURCE_VERSION = "source_version"
+OLDEST_VERSION = "oldest_version"
 
 _ARROW = {
     "DATE": pa.date32(),
@@ -47,6 +53,8 @@ class StarTable:
     key: str  # dimension primary key, or the fact's natural id
     record_id: str | None = None  # fact surrogate key (SERIAL, assigned by the warehouse)
     references: tuple[tuple[str, str], ...] = ()  # (column, dimension table)
+    # Version stamps after the columns, compared in this order to move a dimension forward.
+    lineage: tuple[str, ...] = (SOURCE_VERSION,)
 
     @property
     def column_names(self) -> list[str]:
@@ -55,7 +63,8 @@ class StarTable:
     @property
     def arrow_schema(self) -> pa.Schema:
         fields = [pa.field(c.name, c.arrow_type, nullable=c.nullable) for c in self.columns]
-        return pa.schema([*fields, pa.field(SOURCE_VERSION, pa.timestamp("ms"), nullable=False)])
+        stamps = [pa.field(name, pa.timestamp("ms"), nullable=False) for name in self.lineage]
+        return pa.schema([*fields, *stamps])
 
 
 def _cols(spec: str) -> tuple[StarColumn, ...]:
@@ -84,6 +93,7 @@ DIM_STAFF = StarTable(
         " location VARCHAR, email_address VARCHAR!"
     ),
     key="staff_id",
+    lineage=(SOURCE_VERSION, OLDEST_VERSION),
 )
 DIM_LOCATION = StarTable(
     "dim_location",
@@ -117,6 +127,7 @@ DIM_COUNTERPARTY = StarTable(
         " counterparty_legal_phone_number VARCHAR!"
     ),
     key="counterparty_id",
+    lineage=(SOURCE_VERSION, OLDEST_VERSION),
 )
 DIM_TRANSACTION = StarTable(
     "dim_transaction",

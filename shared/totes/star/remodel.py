@@ -5,7 +5,8 @@ One function per warehouse table, each answering "how is this table built" in on
 
 Every output row carries ``source_version``: facts their own ``last_updated`` (a fact row is
 one version of a source row), dimensions the newest ``last_updated`` of the source rows they
-were built from (so a counterparty whose address changed gets a newer version than before).
+were built from (so a counterparty whose address changed gets a newer version than before);
+the two joined dimensions also carry ``oldest_version``, the older stamp, as a tie-breaker.
 Load uses it to keep facts unique per version and to move dimensions only forward.
 
 A batch is self-contained (the quality gates check it), so joins are inner joins inside the
@@ -92,6 +93,16 @@ def _joined(left: pa.Table, right: pa.Table, left_key: str, right_key: str) -> p
     return left.join(right, keys=left_key, right_keys=f"r_{right_key}", join_type="inner")
 
 
+def _joined_versions(rows: pa.Table) -> dict[str, pa.ChunkedArray]:
+    """A joined dimension's lineage: the newest and the oldest ``last_updated`` of its two
+    source rows (the pair that tells two snapshots of a joined row apart, see the model)."""
+    stamps = (rows[LAST_UPDATED], rows["r_last_updated"])
+    return {
+        star.SOURCE_VERSION: pc.max_element_wise(*stamps),
+        star.OLDEST_VERSION: pc.min_element_wise(*stamps),
+    }
+
+
 # -- dimensions ----------------------------------------------------------------------------
 
 
@@ -108,7 +119,7 @@ def dim_staff(source: Source) -> pa.Table:
             "department_name": rows["r_department_name"],
             "location": rows["r_location"],
             "email_address": rows["email_address"],
-            "source_version": pc.max_element_wise(rows[LAST_UPDATED], rows["r_last_updated"]),
+            **_joined_versions(rows),
         },
         star.DIM_STAFF,
     ).sort_by("staff_id")
@@ -170,7 +181,7 @@ def dim_counterparty(source: Source) -> pa.Table:
             f"{legal}postal_code": rows["r_postal_code"],
             f"{legal}country": rows["r_country"],
             f"{legal}phone_number": rows["r_phone"],
-            "source_version": pc.max_element_wise(rows[LAST_UPDATED], rows["r_last_updated"]),
+            **_joined_versions(rows),
         },
         star.DIM_COUNTERPARTY,
     ).sort_by("counterparty_id")

@@ -4,13 +4,13 @@ arrival order, so they are left out; every other column, lineage included, count
 
 from __future__ import annotations
 
-from totes.star.model import SOURCE_VERSION, STAR_TABLES, StarTable
+from totes.star.model import STAR_TABLES, StarTable
 
 
 def content_columns(table: StarTable) -> list[str]:
     if table.name == "dim_date":
         return table.column_names
-    return [*table.column_names, SOURCE_VERSION]
+    return [*table.column_names, *table.lineage]
 
 
 def table_checksums(con) -> dict[str, tuple[int, str]]:

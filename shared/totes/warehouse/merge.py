@@ -4,7 +4,8 @@ Every table of the batch is bulk-copied (``COPY ... FROM STDIN``, CSV written by
 temporary staging table, then merged with one set-based statement per table:
 
 - dimensions: upsert that moves only forward (the stored row changes only when the incoming
-  ``source_version`` is newer), so batches applied in any order converge;
+  lineage, ``source_version`` then ``oldest_version`` for the joined dimensions, is newer
+  compared as a row), so batches applied in any order converge;
 - ``dim_date``: inserted where missing (a calendar row never changes);
 - facts: inserted where that version (natural id, last_updated) is not stored yet, so both the
   original and every changed version stay, each exactly once.
@@ -44,7 +45,7 @@ from pg8000.exceptions import DatabaseError, InterfaceError
 
 from totes.errors import DatabaseUnavailable, TotesError
 from totes.lake import Manifest, schema_fingerprint
-from totes.star.model import SOURCE_VERSION, STAR_TABLES, STAR_TABLES_BY_NAME, StarTable
+from totes.star.model import STAR_TABLES, STAR_TABLES_BY_NAME, StarTable
 
 # An arbitrary, fixed 64-bit key: "totes warehouse load". One warehouse writer at a time.
 LOAD_LOCK_KEY = 0x70746573_6C6F6164
@@ -209,14 +210,15 @@ def _claim(con, manifest: Manifest) -> bool:
 
 
 def _columns(table: StarTable) -> list[str]:
-    return [*table.column_names, SOURCE_VERSION]
+    return [*table.column_names, *table.lineage]
 
 
 def _stage(con, table: StarTable, data: pa.Table) -> None:
     """COPY the rows into an unconstrained temporary table that lives until commit."""
     defs = ", ".join(f"{c.name} {_PG_TYPE.get(c.sql_type, c.sql_type)}" for c in table.columns)
     name = staging_name(table)
-    con.run(f"CREATE TEMP TABLE {name} ({defs}, {SOURCE_VERSION} TIMESTAMP(3)) ON COMMIT DROP")
+    stamps = ", ".join(f"{stamp} TIMESTAMP(3)" for stamp in table.lineage)
+    con.run(f"CREATE TEMP TABLE {name} ({defs}, {stamps}) ON COMMIT DROP")
     con.run(
         f"COPY {name} ({', '.join(_columns(table))}) FROM STDIN WITH (FORMAT csv)",
         stream=csv_chunks(data),
@@ -236,16 +238,22 @@ def csv_chunks(data: pa.Table, rows: int = CSV_CHUNK_ROWS) -> Iterator[bytes]:
 
 
 def _merge_dimension(con, batch: str, table: StarTable, staged: int) -> TableResult:
+    """Upsert the newest staged row per key, replacing a stored row only when the incoming
+    lineage is greater as a row: ``(source_version, oldest_version)`` for the joined
+    dimensions, whose newest stamp alone can tie between two different snapshots."""
     cols = _columns(table)
     names = ", ".join(cols)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in [*cols[1:], "loaded_batch_id"])
+    newest_first = ", ".join(f"{stamp} DESC" for stamp in table.lineage)
+    stored = ", ".join(f"target.{stamp}" for stamp in table.lineage)
+    incoming = ", ".join(f"EXCLUDED.{stamp}" for stamp in table.lineage)
     [[inserted, updated]] = con.run(
         f"WITH merged AS ("  # noqa: S608  # nosec B608
         f" INSERT INTO {table.name} AS target ({names}, loaded_batch_id)"
         f" SELECT DISTINCT ON ({table.key}) {names}, CAST(:batch AS varchar)"
-        f" FROM {staging_name(table)} ORDER BY {table.key}, {SOURCE_VERSION} DESC"
+        f" FROM {staging_name(table)} ORDER BY {table.key}, {newest_first}"
         f" ON CONFLICT ({table.key}) DO UPDATE SET {updates}"
-        f" WHERE target.{SOURCE_VERSION} < EXCLUDED.{SOURCE_VERSION}"
+        f" WHERE ROW({stored}) < ROW({incoming})"
         f" RETURNING (xmax = 0) AS inserted)"
         f" SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)"
         f" FROM merged",

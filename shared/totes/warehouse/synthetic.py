@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from totes.lake import PROCESSED_PREFIX, Lake, Manifest, ManifestFile, data_key
-from totes.star.model import SOURCE_VERSION, STAR_TABLES_BY_NAME
+from totes.star.model import OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
 
 EPOCH = datetime(2024, 1, 1, 9, 0, 0)
 _DAY_NAMES = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
@@ -76,6 +76,7 @@ def dimensions(
             "staff_id": s, "first_name": _labels("First", s), "last_name": _labels("Last", s),
             "department_name": _labels("Dept", s % 8 + 1), "location": _labels("Site", s % 3),
             "email_address": _labels("staff@", s), SOURCE_VERSION: _versions(len(s), version),
+            OLDEST_VERSION: _versions(len(s), version),
         }),
         "dim_location": star_table("dim_location", {
             "location_id": lo, "address_line_1": _labels("Street ", lo),
@@ -104,6 +105,7 @@ def dimensions(
             "counterparty_legal_country": _labels("Country ", cp % 5),
             "counterparty_legal_phone_number": _labels("0200 ", cp),
             SOURCE_VERSION: _versions(len(cp), version),
+            OLDEST_VERSION: _versions(len(cp), version),
         }),
         "dim_payment_type": star_table("dim_payment_type", {
             "payment_type_id": [1, 2, 3, 4],
