@@ -9,7 +9,6 @@ password is a distinctive string that no other output could contain by chance.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
@@ -24,22 +23,6 @@ from totes.source.generator import generate
 
 SOURCE_PASSWORD = "src-Pa55-7f3c91e0-never-logged"
 WAREHOUSE_PASSWORD = "wh-Pa55-b2d84a17-never-logged"
-
-
-@contextlib.contextmanager
-def connections_refused(pg_cluster, creds):
-    """The database refuses every new connection (and drops current ones) inside the block."""
-    admin = connect(pg_cluster.admin)
-    try:
-        admin.run(f'ALTER DATABASE "{creds.dbname}" WITH ALLOW_CONNECTIONS false')
-        admin.run(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db",
-            db=creds.dbname,
-        )
-        yield
-    finally:
-        admin.run(f'ALTER DATABASE "{creds.dbname}" WITH ALLOW_CONNECTIONS true')
-        admin.close()
 
 
 @pytest.fixture
@@ -99,10 +82,10 @@ def test_no_password_appears_in_any_output_of_a_full_run_with_failures(
     ]
     assert secrets == [SOURCE_PASSWORD, WAREHOUSE_PASSWORD]  # the stages do read them
 
-    with connections_refused(pg_cluster, warehouse):
+    with pg_cluster.refusing_connections(warehouse):
         load_down = chain.run_cycle()
     failure_records = peek_failures(chain)
-    with connections_refused(pg_cluster, source):
+    with pg_cluster.refusing_connections(source):
         source_down = chain.run_cycle()  # redrives the loads, then fails to ingest
 
     batches = load_down.stages["ingest"].batches

@@ -8,8 +8,6 @@ order, repetition and partial failure have something to act on.
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 from e2e_reference import expected_warehouse, source_state, warehouse_problems
 
@@ -82,22 +80,6 @@ def ledger(chain: LocalChain) -> list[str]:
         return [r[0] for r in con.run("SELECT batch_id FROM etl_batch_ledger ORDER BY 1")]
     finally:
         con.close()
-
-
-@contextlib.contextmanager
-def connections_refused(pg_cluster, creds):
-    """The database refuses every new connection (and drops current ones) inside the block."""
-    admin = connect(pg_cluster.admin)
-    try:
-        admin.run(f'ALTER DATABASE "{creds.dbname}" WITH ALLOW_CONNECTIONS false')
-        admin.run(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db",
-            db=creds.dbname,
-        )
-        yield
-    finally:
-        admin.run(f'ALTER DATABASE "{creds.dbname}" WITH ALLOW_CONNECTIONS true')
-        admin.close()
 
 
 def test_every_event_delivered_twice_gives_the_fault_free_warehouse(chain_for, fault_free):
@@ -205,7 +187,7 @@ def test_a_source_unreachable_for_one_cycle_delays_but_changes_nothing(
 ):
     chain = chain_for()
 
-    with connections_refused(pg_cluster, source):
+    with pg_cluster.refusing_connections(source):
         down = chain.run_cycle()
 
     assert [(f.stage, f.attempts) for f in down.failures] == [("ingest", 3)]
@@ -223,7 +205,7 @@ def test_a_warehouse_unreachable_for_one_cycle_is_redriven_from_the_failure_queu
 ):
     chain = chain_for()
 
-    with connections_refused(pg_cluster, chain.warehouse):
+    with pg_cluster.refusing_connections(chain.warehouse):
         down = chain.run_cycle()
 
     batches = down.stages["ingest"].batches

@@ -46,6 +46,22 @@ class PostgresCluster:
             con.close()
 
     @contextlib.contextmanager
+    def refusing_connections(self, creds: DbCredentials) -> Iterator[None]:
+        """Inside the block the database refuses new connections and has dropped current ones:
+        an outage to inject, without touching the server others use."""
+        admin = connect(self.admin)
+        try:
+            admin.run(f'ALTER DATABASE "{creds.dbname}" WITH ALLOW_CONNECTIONS false')
+            admin.run(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db",
+                db=creds.dbname,
+            )
+            yield
+        finally:
+            admin.run(f'ALTER DATABASE "{creds.dbname}" WITH ALLOW_CONNECTIONS true')
+            admin.close()
+
+    @contextlib.contextmanager
     def database(self, prefix: str = "totes") -> Iterator[DbCredentials]:
         creds = self.create_database(prefix)
         try:
