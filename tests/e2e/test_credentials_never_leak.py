@@ -2,9 +2,10 @@
 writes the database passwords into no log line, metric, event, manifest, lake object,
 idempotency record, failure record, ledger row or error message.
 
-The embedded server trusts its unix socket, so the passwords are never checked by it; they
-are still what the secrets hold and what every stage reads, which is what could leak. Each
-password is a distinctive string that no other output could contain by chance.
+Each database belongs to a role whose password is a distinctive string that no other output
+could contain by chance. A server that checks passwords (TOTES_TEST_DATABASE_URL) checks these;
+the embedded one trusts its unix socket, but the passwords are still what the secrets hold and
+what every stage reads, which is what could leak.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import uuid
 from dataclasses import replace
 
 import boto3
@@ -65,12 +67,40 @@ def everything_stored(chain) -> str:
     return "\n".join(texts)
 
 
+@pytest.fixture
+def owned_with_password(pg_cluster):
+    """Give a fresh database to a new login role with the given password; both are dropped
+    after the test (the database first, so the role owns nothing left)."""
+    made = []
+
+    def make(creds, password: str):
+        role = f"leak_{uuid.uuid4().hex[:12]}"
+        admin = connect(pg_cluster.admin)
+        try:
+            # Utility statements take no parameters; role and password are this test's own.
+            admin.run(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+            admin.run(f'ALTER DATABASE "{creds.dbname}" OWNER TO {role}')
+        finally:
+            admin.close()
+        made.append((creds, role))
+        return replace(creds, user=role, password=password)
+
+    yield make
+    for creds, role in made:
+        pg_cluster.drop_database(creds)
+        admin = connect(pg_cluster.admin)
+        try:
+            admin.run(f"DROP ROLE IF EXISTS {role}")
+        finally:
+            admin.close()
+
+
 def test_no_password_appears_in_any_output_of_a_full_run_with_failures(
-    make_chain, fresh_db, pg_cluster, capsys, caplog, log_lines
+    make_chain, fresh_db, pg_cluster, owned_with_password, capsys, caplog, log_lines
 ):
     caplog.set_level(logging.INFO)
-    source = replace(fresh_db("leak_src"), password=SOURCE_PASSWORD)
-    warehouse = replace(fresh_db("leak_wh"), password=WAREHOUSE_PASSWORD)
+    source = owned_with_password(fresh_db("leak_src"), SOURCE_PASSWORD)
+    warehouse = owned_with_password(fresh_db("leak_wh"), WAREHOUSE_PASSWORD)
     con = connect(source)
     generate(con, 30, seed=5)
     con.close()
