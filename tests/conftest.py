@@ -18,6 +18,20 @@ from totes.local.postgres import PostgresCluster, postgres_cluster
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT_DIR = REPO_ROOT.parent / "shared" / "data" / "totesys-2024-11-15"
 REQUIRE_SHARED_ENV = "TOTES_REQUIRE_SHARED_DATA"
+# Row counts the snapshot's README states: the expectation, written once.
+SNAPSHOT_README_COUNTS = {
+    "address": 30,
+    "counterparty": 20,
+    "currency": 3,
+    "department": 8,
+    "design": 473,
+    "payment": 15_836,
+    "payment_type": 4,
+    "purchase_order": 4_649,
+    "sales_order": 11_187,
+    "staff": 20,
+    "transaction": 15_836,
+}
 
 _stack_seq = itertools.count()
 
@@ -111,3 +125,30 @@ def snapshot_dir() -> Path:
             pytest.fail(f"{SNAPSHOT_DIR} is missing but {REQUIRE_SHARED_ENV} is set (CI)")
         pytest.skip(f"real snapshot not present at {SNAPSHOT_DIR} (only beside the repo)")
     return SNAPSHOT_DIR
+
+
+@pytest.fixture(scope="session")
+def snapshot_counts() -> dict[str, int]:
+    return dict(SNAPSHOT_README_COUNTS)
+
+
+@pytest.fixture(scope="session")
+def generated_source(pg_cluster):
+    """``with generated_source(prefix, scale, seed=S) as creds``: a database holding a
+    generated totesys, dropped afterwards (for module-scoped sources)."""
+    from totes.source.generator import generate
+
+    @contextlib.contextmanager
+    def make(prefix: str, scale: int, seed: int):
+        creds = pg_cluster.create_database(prefix)
+        con = connect(creds)
+        try:
+            generate(con, scale, seed=seed)
+        finally:
+            con.close()
+        try:
+            yield creds
+        finally:
+            pg_cluster.drop_database(creds)
+
+    return make

@@ -15,7 +15,6 @@ from totes.db import connect
 from totes.lake import Lake
 from totes.local.aws import aws_environment
 from totes.local.chain import LocalChain
-from totes.source.generator import generate
 from totes.warehouse import merge
 from totes.warehouse.checksums import table_checksums
 
@@ -23,13 +22,9 @@ SMALL_BATCHES = {"INGEST_MAX_BATCH_ROWS": "400"}
 
 
 @pytest.fixture(scope="module")
-def source(pg_cluster):
-    creds = pg_cluster.create_database("faults_src")
-    con = connect(creds)
-    generate(con, 250, seed=11)
-    con.close()
-    yield creds
-    pg_cluster.drop_database(creds)
+def source(generated_source):
+    with generated_source("faults_src", 250, seed=11) as creds:
+        yield creds
 
 
 @pytest.fixture(scope="module")

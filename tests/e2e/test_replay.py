@@ -15,18 +15,13 @@ from totes.cli import main
 from totes.db import connect
 from totes.lake import manifest_key
 from totes.local.chain import LocalChain
-from totes.source.generator import generate
 from totes.warehouse.checksums import table_checksums
 
 
 @pytest.fixture(scope="module")
-def source(pg_cluster):
-    creds = pg_cluster.create_database("replay_src")
-    con = connect(creds)
-    generate(con, 120, seed=7)
-    con.close()
-    yield creds
-    pg_cluster.drop_database(creds)
+def source(generated_source):
+    with generated_source("replay_src", 120, seed=7) as creds:
+        yield creds
 
 
 def replay(chain: LocalChain, batch_id: str, *flags: str) -> int:
