@@ -45,7 +45,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 security: $(STAMP)
-	$(BIN)/bandit -q -c pyproject.toml -r shared functions
+	$(BIN)/bandit -q -c pyproject.toml -r shared tools functions
 	$(BIN)/pip-audit --strict --no-deps --disable-pip -r requirements/lock.txt
 
 check: lint security test

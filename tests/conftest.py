@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from totes.db import DbCredentials, connect
-from totes.local.aws import StackNames, aws_environment, create_stack_resources, moto_server
-from totes.local.postgres import PostgresCluster, postgres_cluster
+from totes_tools.local.aws import StackNames, aws_environment, create_stack_resources, moto_server
+from totes_tools.local.postgres import PostgresCluster, postgres_cluster
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT_DIR = REPO_ROOT.parent / "shared" / "data" / "totesys-2024-11-15"
@@ -136,7 +136,7 @@ def snapshot_counts() -> dict[str, int]:
 def generated_source(pg_cluster):
     """``with generated_source(prefix, scale, seed=S) as creds``: a database holding a
     generated totesys, dropped afterwards (for module-scoped sources)."""
-    from totes.source.generator import generate
+    from totes_tools.source.generator import generate
 
     @contextlib.contextmanager
     def make(prefix: str, scale: int, seed: int):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from totes.local.aws import StackNames
-from totes.local.chain import LocalChain
+from totes_tools.local.aws import StackNames
+from totes_tools.local.chain import LocalChain
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -13,8 +13,8 @@ import pytest
 
 from totes.db import DbCredentials
 from totes.lake import Lake, Manifest, ManifestFile, batch_id_from_manifest_key
-from totes.local.aws import StackNames, environment
-from totes.local.chain import LocalChain, context_for, parse_emf
+from totes_tools.local.aws import StackNames, environment
+from totes_tools.local.chain import LocalChain, context_for, parse_emf
 
 _seq = itertools.count()
 DUMMY = DbCredentials(user="u", dbname="d", host="127.0.0.1", password="p")

@@ -21,7 +21,7 @@ import pytest
 
 from totes.db import connect
 from totes.observability import logger
-from totes.source.generator import generate
+from totes_tools.source.generator import generate
 
 SOURCE_PASSWORD = "src-Pa55-7f3c91e0-never-logged"
 WAREHOUSE_PASSWORD = "wh-Pa55-b2d84a17-never-logged"

@@ -12,12 +12,14 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[2]
+# The checkout's two packages first, so the subprocess runs this tree's code.
+PYTHONPATH = os.pathsep.join(str(REPO / d) for d in ("shared", "tools"))
 
 
 def totes(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """Run ``python -m totes ARGS`` with its temporary files under ``tmp_path``, and check that
     nothing it started (PostgreSQL under that directory, bench children) outlives it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "shared"), "TMPDIR": str(tmp_path)}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TMPDIR": str(tmp_path)}
     env.pop("AWS_ENDPOINT_URL", None)
     done = subprocess.run(
         [sys.executable, "-m", "totes", *args],
@@ -30,7 +32,7 @@ def totes(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     leftovers = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or ())
-        if str(tmp_path) in cmdline or "totes.local.bench --child" in cmdline:
+        if str(tmp_path) in cmdline or "totes_tools.local.bench --child" in cmdline:
             leftovers.append(cmdline)
     assert leftovers == [], f"left running: {leftovers}"
     assert [p.name for p in tmp_path.glob("totes-pg-*")] == []

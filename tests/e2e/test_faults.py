@@ -13,10 +13,10 @@ from e2e_reference import expected_warehouse, source_state, warehouse_problems
 
 from totes.db import connect
 from totes.lake import Lake
-from totes.local.aws import aws_environment
-from totes.local.chain import LocalChain
 from totes.warehouse import merge
-from totes.warehouse.checksums import table_checksums
+from totes_tools.local.aws import aws_environment
+from totes_tools.local.chain import LocalChain
+from totes_tools.warehouse.checksums import table_checksums
 
 SMALL_BATCHES = {"INGEST_MAX_BATCH_ROWS": "400"}
 

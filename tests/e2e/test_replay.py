@@ -11,11 +11,11 @@ import pyarrow as pa
 import pytest
 from e2e_reference import expected_warehouse, source_state, warehouse_problems
 
-from totes.cli import main
 from totes.db import connect
 from totes.lake import manifest_key
-from totes.local.chain import LocalChain
-from totes.warehouse.checksums import table_checksums
+from totes_tools.cli import main
+from totes_tools.local.chain import LocalChain
+from totes_tools.warehouse.checksums import table_checksums
 
 
 @pytest.fixture(scope="module")

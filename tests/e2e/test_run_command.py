@@ -16,16 +16,18 @@ import boto3
 import pytest
 
 from totes.db import DbCredentials, connect
-from totes.local.aws import StackNames, free_port
-from totes.source.ddl import create_schema
-from totes.source.generator import generate
-from totes.source.simulator import Simulator
+from totes_tools.local.aws import StackNames, free_port
+from totes_tools.source.ddl import create_schema
+from totes_tools.source.generator import generate
+from totes_tools.source.simulator import Simulator
 
 REPO = Path(__file__).resolve().parents[2]
+# The checkout's two packages first, so the subprocess runs this tree's code.
+PYTHONPATH = os.pathsep.join(str(REPO / d) for d in ("shared", "tools"))
 
 
 def totes_run(source: str, warehouse: str, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "shared")}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
     for key in ("AWS_ENDPOINT_URL", "RAW_BUCKET", "PROCESSED_BUCKET"):
         env.pop(key, None)
     return subprocess.run(
@@ -49,7 +51,7 @@ def local_aws() -> Iterator[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "shared")},
+        env={**os.environ, "PYTHONPATH": PYTHONPATH},
     )
     try:
         line = proc.stdout.readline()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from e2e_reference import expected_warehouse, source_state, warehouse_problems
 
-from totes.source.snapshot import load_snapshot
+from totes_tools.source.snapshot import load_snapshot
 
 
 def test_the_snapshot_reaches_the_warehouse_as_sql_over_the_source_and_changes_add_versions(
@@ -22,7 +22,7 @@ def test_the_snapshot_reaches_the_warehouse_as_sql_over_the_source_and_changes_a
     assert first.stages["ingest"].rows == snapshot_counts
     assert warehouse_problems(source, warehouse, expected_warehouse(before)) == []
 
-    from totes.source.simulator import Simulator
+    from totes_tools.source.simulator import Simulator
 
     simulator = Simulator(source, seed=7)
     for _ in range(40):

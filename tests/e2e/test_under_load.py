@@ -11,8 +11,8 @@ import threading
 from e2e_reference import FACT_TABLES, SOURCE_SQL, source_state, warehouse_problems, warehouse_rows
 
 from totes.db import connect
-from totes.source.generator import generate
-from totes.source.simulator import Simulator, late_commit
+from totes_tools.source.generator import generate
+from totes_tools.source.simulator import Simulator, late_commit
 
 SOURCE_OF = {
     "fact_sales_order": "sales_order",

@@ -3,7 +3,7 @@ and a moto S3 whose bucket notifications honour the template's filters."""
 
 import json
 
-from totes.local.aws import client, receive_s3_events
+from totes_tools.local.aws import client, receive_s3_events
 
 
 def test_embedded_server_answers_sql(source_db, pg_connect):

@@ -20,11 +20,11 @@ from totes.db import DbCredentials, connect
 from totes.errors import DatabaseUnavailable, SchemaDrift
 from totes.lake import RAW_PREFIX, Lake, Manifest, schema_fingerprint
 from totes.settings import IngestSettings
-from totes.source.ddl import q
 from totes.source.model import TABLES, TABLES_BY_NAME
-from totes.source.simulator import Simulator, late_commit
-from totes.source.snapshot import load_snapshot, read_snapshot
 from totes.stages.ingest_batch import ingest
+from totes_tools.source.ddl import q
+from totes_tools.source.simulator import Simulator, late_commit
+from totes_tools.source.snapshot import load_snapshot, read_snapshot
 
 # --- helpers -----------------------------------------------------------------------------
 

@@ -12,10 +12,10 @@ import pytest
 from aws_lambda_powertools.utilities import parameters
 
 from totes.lake import Lake
-from totes.local.chain import context_for, load_handler, schedule_event
 from totes.observability import logger
-from totes.source.snapshot import load_snapshot
 from totes.stages import ingest_batch
+from totes_tools.local.chain import context_for, load_handler, schedule_event
+from totes_tools.source.snapshot import load_snapshot
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Bounded memory: a first ingest of a source sixteen times larger, far beyond the chunk size,
 splits into several batches and keeps peak memory roughly where the small one had it.
 
-Each run happens in a fresh child process (``totes.local.bench_extract memory``) so its peak
+Each run happens in a fresh child process (``totes_tools.local.bench_extract memory``) so its peak
 RSS measures that run alone, with an S3 stand-in that keeps no data objects."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 
-from totes.source.generator import generate
+from totes_tools.source.generator import generate
 
 CHUNK_ROWS = 5_000
 MAX_BATCH_ROWS = 50_000
@@ -21,7 +21,7 @@ def ingest_in_child(creds) -> dict:
         [
             sys.executable,
             "-m",
-            "totes.local.bench_extract",
+            "totes_tools.local.bench_extract",
             "memory",
             "--url",
             creds.to_url(),

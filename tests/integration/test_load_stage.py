@@ -15,12 +15,12 @@ import pytest
 from totes.db import connect
 from totes.errors import DatabaseUnavailable
 from totes.lake import Lake, ManifestFile, data_key
-from totes.local.aws import free_port, receive_s3_events
 from totes.stages import load_batch
 from totes.star.model import STAR_TABLES_BY_NAME
-from totes.warehouse.checksums import table_checksums
 from totes.warehouse.merge import LoadFailed
-from totes.warehouse.synthetic import processed_manifest, put_processed_batch, star_batch
+from totes_tools.local.aws import free_port, receive_s3_events
+from totes_tools.warehouse.checksums import table_checksums
+from totes_tools.warehouse.synthetic import processed_manifest, put_processed_batch, star_batch
 
 APP = Path(__file__).resolve().parents[2] / "functions" / "load" / "app.py"
 

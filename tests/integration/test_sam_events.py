@@ -14,10 +14,10 @@ import json
 import pytest
 
 from totes.lake import Manifest, manifest_key
-from totes.local.aws import StackNames, environment
-from totes.local.chain import REPO_ROOT, LocalChain, context_for
-from totes.source.generator import generate
 from totes.star.model import STAR_TABLES
+from totes_tools.local.aws import StackNames, environment
+from totes_tools.local.chain import REPO_ROOT, LocalChain, context_for
+from totes_tools.source.generator import generate
 
 EVENTS = REPO_ROOT / "sam" / "events"
 _seq = itertools.count()

@@ -1,4 +1,4 @@
-"""``python -m totes source create|simulate`` through ``totes.cli.main``: success paths print
+"""``python -m totes source create|simulate`` through ``totes_tools.cli.main``: success paths print
 what was built, and every operator mistake exits 2 with a one-line message naming it."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import shutil
 
 import pyarrow.parquet as pq
 
-from totes.cli import main
 from totes.db import connect
+from totes_tools.cli import main
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

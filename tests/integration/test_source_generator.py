@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from totes.source.ddl import TargetNotEmpty
-from totes.source.generator import content_checksum, generate
+from totes_tools.source.ddl import TargetNotEmpty
+from totes_tools.source.generator import content_checksum, generate
 
 
 def test_same_seed_gives_the_same_database_and_another_seed_does_not(fresh_db, pg_connect):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from totes.source.ddl import create_schema
+from totes_tools.source.ddl import create_schema
 
 TS = "timestamp without time zone"
 STAMPS = [("created_at", TS, False), ("last_updated", TS, False)]

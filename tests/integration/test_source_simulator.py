@@ -9,10 +9,10 @@ import datetime as dt
 
 import pytest
 
-from totes.source.ddl import q
-from totes.source.generator import generate
 from totes.source.model import TABLES
-from totes.source.simulator import EDIT_ORDER, Simulator, late_commit
+from totes_tools.source.ddl import q
+from totes_tools.source.generator import generate
+from totes_tools.source.simulator import EDIT_ORDER, Simulator, late_commit
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_a_late_commit_can_carry_an_explicit_early_stamp_and_rolls_back_on_error
 
 
 def test_simulating_a_loaded_snapshot_works_on_its_real_ids(source_db, pg_connect, snapshot_dir):
-    from totes.source.snapshot import load_snapshot
+    from totes_tools.source.snapshot import load_snapshot
 
     con = pg_connect(source_db)
     load_snapshot(con, snapshot_dir)

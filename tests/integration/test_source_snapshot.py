@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from totes.source.ddl import q
 from totes.source.model import TABLES
-from totes.source.snapshot import SnapshotMismatch, load_snapshot, read_snapshot
+from totes_tools.source.ddl import q
+from totes_tools.source.snapshot import SnapshotMismatch, load_snapshot, read_snapshot
 
 
 @pytest.fixture

@@ -22,13 +22,13 @@ from totes.lake import (
     schema_fingerprint,
     table_to_parquet_bytes,
 )
-from totes.local.chain import context_for, load_handler, parse_emf
 from totes.settings import TransformSettings
 from totes.source.model import TABLES_BY_NAME
-from totes.source.snapshot import load_snapshot, read_snapshot
 from totes.stages import transform_batch
 from totes.stages.transform_batch import transform
 from totes.star.model import FACTS, OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
+from totes_tools.local.chain import context_for, load_handler, parse_emf
+from totes_tools.source.snapshot import load_snapshot, read_snapshot
 
 BATCH = "20241115T120000000000-000"
 WINDOW_HI = "2024-11-15T12:00:00"

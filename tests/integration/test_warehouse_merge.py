@@ -14,10 +14,10 @@ import pytest
 
 from totes.star.model import OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
 from totes.warehouse import merge
-from totes.warehouse.checksums import table_checksums
 from totes.warehouse.merge import LoadFailed, TableResult, load_batch
 from totes.warehouse.migrations import migrate
-from totes.warehouse.synthetic import (
+from totes_tools.warehouse.checksums import table_checksums
+from totes_tools.warehouse.synthetic import (
     EPOCH,
     dimensions,
     processed_manifest,

@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from totes.cli import main as cli_main
 from totes.star.model import FACTS, SOURCE_VERSION, STAR_TABLES
 from totes.warehouse.migrations import available, migrate
+from totes_tools.cli import main as cli_main
 
 _PG_TYPES = {
     "DATE": "date",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from sam_template import render, resources_of
 
-chain = pytest.importorskip("totes.local.chain")
+chain = pytest.importorskip("totes_tools.local.chain")
 load_batch = pytest.importorskip("totes.stages.load_batch")
 
 FUNCTIONS = {"ingest": "IngestFunction", "transform": "TransformFunction", "load": "LoadFunction"}

@@ -266,7 +266,7 @@ def test_failed_async_events_are_retried_twice_then_sent_to_the_failure_queue(ex
 
 
 def test_the_local_chain_retries_like_the_template(expanded):
-    chain = pytest.importorskip("totes.local.chain")
+    chain = pytest.importorskip("totes_tools.local.chain")
     retries = {
         c["Properties"]["MaximumRetryAttempts"]
         for c in resources_of(expanded, "AWS::Lambda::EventInvokeConfig").values()

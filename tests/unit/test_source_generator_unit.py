@@ -11,9 +11,9 @@ import pyarrow.compute as pc
 import pytest
 
 from totes.errors import ConfigurationError
-from totes.source.generator import Plan
 from totes.source.model import TABLES
-from totes.source.snapshot import read_snapshot
+from totes_tools.source.generator import Plan
+from totes_tools.source.snapshot import read_snapshot
 
 
 def generated(scale: int, seed: int = 42, chunk_rows: int = 200_000) -> dict[str, pa.Table]:

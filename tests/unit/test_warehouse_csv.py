@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from totes.star.model import STAR_TABLES_BY_NAME
 from totes.warehouse.merge import csv_chunks
-from totes.warehouse.synthetic import calendar
+from totes_tools.warehouse.synthetic import calendar
 
 
 def test_csv_keeps_empty_strings_apart_from_nulls_and_keeps_milliseconds():

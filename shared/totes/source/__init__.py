@@ -1,1 +1,1 @@
-"""The source side: the totesys OLTP model, its loader, generator and live simulator."""
+"""The source side: the totesys OLTP model that extraction and the quality gates derive from."""

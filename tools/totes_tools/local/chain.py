@@ -26,13 +26,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from urllib.parse import unquote_plus
 
 from totes.db import DbCredentials, connect
 from totes.errors import SchemaDrift, TotesError
 from totes.lake import Lake, Manifest, batch_id_from_manifest_key, manifest_key
-from totes.local.aws import (
+from totes.observability import logger
+from totes.source.model import TABLES
+from totes_tools.local.aws import (
     REGION,
     StackNames,
     aws_environment,
@@ -41,12 +42,7 @@ from totes.local.aws import (
     environment,
     moto_server,
 )
-from totes.observability import logger
-from totes.source.model import TABLES
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-FUNCTIONS_DIR = REPO_ROOT / "functions"
-SCHEDULE_EVENT = REPO_ROOT / "sam" / "events" / "ingest_schedule.json"
+from totes_tools.repository import functions_dir, sam_dir
 
 STAGES = ("ingest", "transform", "load")
 # The template's EventInvokeConfig: MaximumRetryAttempts 2, i.e. up to three attempts.
@@ -94,7 +90,7 @@ def context_for(stage: str) -> LambdaContext:
 
 def load_handler(stage: str) -> Handler:
     """``functions/<stage>/app.py:handler``, imported by path (``functions`` is no package)."""
-    path = FUNCTIONS_DIR / stage / "app.py"
+    path = functions_dir() / stage / "app.py"
     if not path.is_file():
         raise TotesError(f"the {stage} handler is missing: {path}")
     spec = importlib.util.spec_from_file_location(f"totes_local_{stage}_app", path)
@@ -105,8 +101,9 @@ def load_handler(stage: str) -> Handler:
 
 def schedule_event(now: datetime | None = None) -> dict:
     """The event EventBridge Scheduler sends ingest (``sam/events`` holds the template's)."""
-    if SCHEDULE_EVENT.is_file():
-        event = json.loads(SCHEDULE_EVENT.read_text())
+    template_event = sam_dir() / "events" / "ingest_schedule.json"
+    if template_event.is_file():
+        event = json.loads(template_event.read_text())
     else:
         event = {
             "version": "0",

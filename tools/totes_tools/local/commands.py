@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from totes.local.aws import moto_server
+from totes_tools.local.aws import moto_server
 
 
 def local_aws(args) -> int:
@@ -20,6 +20,6 @@ def local_aws(args) -> int:
 
 
 def run(args) -> int:
-    from totes.local.chain import run_command
+    from totes_tools.local.chain import run_command
 
     return run_command(args)

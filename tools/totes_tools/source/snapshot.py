@@ -23,14 +23,14 @@ from pg8000.exceptions import DatabaseError
 
 from totes.errors import SchemaDrift
 from totes.observability import logger
-from totes.source.ddl import (
+from totes.source.model import ENUMS, TABLES, Column, Table
+from totes_tools.source.ddl import (
     constraint_statements,
     q,
     reset_sequences,
     run_statements,
     schema_statements,
 )
-from totes.source.model import ENUMS, TABLES, Column, Table
 
 _DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 _DATE_COLUMNS = ("agreed_delivery_date", "agreed_payment_date", "payment_date")

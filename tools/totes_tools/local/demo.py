@@ -15,10 +15,10 @@ import os
 import time
 
 from totes.db import DbCredentials, connect
-from totes.local.aws import StackNames, aws_environment, moto_server
-from totes.local.chain import CycleReport, LocalChain
-from totes.local.postgres import embedded_postgres
 from totes.observability import logger
+from totes_tools.local.aws import StackNames, aws_environment, moto_server
+from totes_tools.local.chain import CycleReport, LocalChain
+from totes_tools.local.postgres import embedded_postgres
 
 STEPS_PER_ROUND = 25
 
@@ -118,8 +118,8 @@ def _fail(report: CycleReport) -> None:
 
 def main(args) -> int:
     """Run the demo; ``args.scale`` sales orders, ``args.rounds`` incremental rounds."""
-    from totes.source.generator import generate
-    from totes.source.simulator import Simulator
+    from totes_tools.source.generator import generate
+    from totes_tools.source.simulator import Simulator
 
     if not os.environ.get("POWERTOOLS_LOG_LEVEL"):
         logger.setLevel("ERROR")

@@ -14,10 +14,10 @@ from collections import Counter
 
 from totes.db import DbCredentials, connect
 from totes.errors import ConfigurationError, SchemaDrift
-from totes.source.ddl import ensure_empty
-from totes.source.generator import generate
-from totes.source.simulator import Simulator
-from totes.source.snapshot import has_source_schema, load_tables, read_snapshot
+from totes_tools.source.ddl import ensure_empty
+from totes_tools.source.generator import generate
+from totes_tools.source.simulator import Simulator
+from totes_tools.source.snapshot import has_source_schema, load_tables, read_snapshot
 
 
 def create(args) -> int:

@@ -1,6 +1,6 @@
 """Extraction throughput and memory, measured on a generated totesys.
 
-``python -m totes.local.bench_extract throughput --scale 1000000`` generates a source (on an
+``python -m totes_tools.local.bench_extract throughput --scale 1000000`` generates a source (on an
 embedded PostgreSQL unless ``--url`` names a populated one), then in the same run times
 1. ``COPY (SELECT ...) TO STDOUT`` into typed Arrow chunks (the ingest path), one
    self-contained batch of every table, chunks dropped,
@@ -9,7 +9,7 @@ embedded PostgreSQL unless ``--url`` names a populated one), then in the same ru
    stand-in that keeps only manifests,
 and prints one JSON document of rows/s.
 
-``python -m totes.local.bench_extract memory --url URL`` runs one ``ingest()`` of a populated
+``python -m totes_tools.local.bench_extract memory --url URL`` runs one ``ingest()`` of a populated
 source in this process and prints its peak RSS growth; the memory test runs it in a child
 process for a small and a large source and compares.
 
@@ -181,7 +181,7 @@ def throughput(creds: DbCredentials, chunk_rows: int, max_batch_rows: int) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m totes.local.bench_extract")
+    parser = argparse.ArgumentParser(prog="python -m totes_tools.local.bench_extract")
     parser.add_argument("mode", choices=("throughput", "memory"))
     parser.add_argument("--url", help="a populated totesys (else one is generated)")
     parser.add_argument("--scale", type=int, default=1_000_000)
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         result = _run(args, DbCredentials.from_url(args.url))
     else:
-        from totes.local.postgres import postgres_cluster
-        from totes.source.generator import generate
+        from totes_tools.local.postgres import postgres_cluster
+        from totes_tools.source.generator import generate
 
         with postgres_cluster() as cluster, cluster.database("bench_src") as creds:
             con = connect(creds)

@@ -14,14 +14,14 @@ from totes.errors import TotesError
 
 # command path -> "module:function"; each function takes the parsed args and returns an exit code.
 COMMANDS = {
-    ("source", "create"): "totes.source.commands:create",
-    ("source", "simulate"): "totes.source.commands:simulate",
-    ("warehouse", "migrate"): "totes.warehouse.commands:migrate",
-    ("local-aws",): "totes.local.commands:local_aws",
-    ("run",): "totes.local.commands:run",
-    ("replay",): "totes.replay:command",
-    ("demo",): "totes.local.demo:main",
-    ("bench",): "totes.local.bench:main",
+    ("source", "create"): "totes_tools.source.commands:create",
+    ("source", "simulate"): "totes_tools.source.commands:simulate",
+    ("warehouse", "migrate"): "totes_tools.warehouse.commands:migrate",
+    ("local-aws",): "totes_tools.local.commands:local_aws",
+    ("run",): "totes_tools.local.commands:run",
+    ("replay",): "totes_tools.replay:command",
+    ("demo",): "totes_tools.local.demo:main",
+    ("bench",): "totes_tools.local.bench:main",
 }
 
 

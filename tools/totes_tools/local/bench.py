@@ -32,12 +32,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from totes.db import DbCredentials, connect
-from totes.local.aws import StackNames, aws_environment, moto_server
-from totes.local.bench_extract import RssSampler, _copy_rate, _fetch_rate
-from totes.local.chain import LocalChain
 from totes.observability import logger
 from totes.star.model import FACT_SALES_ORDER, SOURCE_VERSION
-from totes.warehouse.bench import _raw_copy
+from totes_tools.local.aws import StackNames, aws_environment, moto_server
+from totes_tools.local.bench_extract import RssSampler, _copy_rate, _fetch_rate
+from totes_tools.local.chain import LocalChain
+from totes_tools.warehouse.bench import _raw_copy
 
 CHILD_ENV = "TOTES_BENCH_CHILD"
 STAGES = ("ingest", "transform", "load")
@@ -109,7 +109,7 @@ def run_stages(endpoint: str, source: DbCredentials, warehouse: DbCredentials) -
     for stage in STAGES:
         started = time.perf_counter()
         done = subprocess.run(  # noqa: S603  # nosec B603 - our own module, fixed arguments
-            [sys.executable, "-m", "totes.local.bench", "--child", stage],
+            [sys.executable, "-m", "totes_tools.local.bench", "--child", stage],
             env=env,
             capture_output=True,
             text=True,
@@ -264,8 +264,8 @@ def _print(results: dict) -> None:
 
 def main(args) -> int:
     """``python -m totes bench``: see the module docstring."""
-    from totes.source.generator import generate
-    from totes.source.simulator import Simulator
+    from totes_tools.source.generator import generate
+    from totes_tools.source.simulator import Simulator
 
     _quiet()
     with contextlib.ExitStack() as stack:
@@ -273,7 +273,7 @@ def main(args) -> int:
             source = DbCredentials.from_url(args.source_url)
             warehouse = DbCredentials.from_url(args.warehouse_url)
         else:
-            from totes.local.postgres import embedded_postgres
+            from totes_tools.local.postgres import embedded_postgres
 
             cluster = stack.enter_context(embedded_postgres())
             source = cluster.create_database("bench_totesys")

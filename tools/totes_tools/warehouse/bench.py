@@ -1,6 +1,6 @@
 """Load throughput, measured on a synthetic batch of ``fact_sales_order`` rows.
 
-``python -m totes.warehouse.bench --scale 1000000`` (on an embedded PostgreSQL unless
+``python -m totes_tools.warehouse.bench --scale 1000000`` (on an embedded PostgreSQL unless
 ``--url`` names an empty database it may fill and empty) times, in the same run and database:
 
 1. ``raw_copy``: the batch's CSV stream ``COPY``-ed into an empty table with no keys (the floor);
@@ -30,7 +30,12 @@ from totes.db import DbCredentials, connect
 from totes.star.model import FACT_SALES_ORDER, SOURCE_VERSION, STAR_TABLES
 from totes.warehouse import merge
 from totes.warehouse.migrations import migrate
-from totes.warehouse.synthetic import dimensions, processed_manifest, sales_orders, with_calendar
+from totes_tools.warehouse.synthetic import (
+    dimensions,
+    processed_manifest,
+    sales_orders,
+    with_calendar,
+)
 
 _WAREHOUSE_TABLES = ", ".join([*(t.name for t in STAR_TABLES), merge.LEDGER])
 
@@ -143,7 +148,9 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m totes.warehouse.bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m totes_tools.warehouse.bench", description=__doc__
+    )
     parser.add_argument("--scale", type=int, default=1_000_000, help="fact rows in the batch")
     parser.add_argument("--sample", type=int, default=5_000, help="rows for the INSERT loop")
     parser.add_argument("--increment", type=int, default=10_000, help="incremental fact rows")
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         results = measure(DbCredentials.from_url(args.url), args.scale, args.sample, args.increment)
     else:
-        from totes.local.postgres import embedded_postgres
+        from totes_tools.local.postgres import embedded_postgres
 
         with embedded_postgres() as cluster, cluster.database("bench") as creds:
             results = measure(creds, args.scale, args.sample, args.increment)

@@ -106,7 +106,7 @@ def _raw_bucket(args) -> str:
     if bucket:
         return bucket
     if args.endpoint_url:
-        from totes.local.aws import StackNames
+        from totes_tools.local.aws import StackNames
 
         return StackNames().raw_bucket  # the bucket `python -m totes run` uses locally
     raise ConfigurationError(
@@ -121,7 +121,7 @@ def command(args) -> int:
 
     bucket = _raw_bucket(args)
     if args.endpoint_url:
-        from totes.local.aws import LOCAL_ENV, client, environment
+        from totes_tools.local.aws import LOCAL_ENV, client, environment
 
         with environment(LOCAL_ENV):  # the emulator's dummy credentials
             return _replay_and_report(client("s3", args.endpoint_url), bucket, args)

@@ -36,7 +36,8 @@ from pg8000.exceptions import DatabaseError
 
 from totes.errors import ConfigurationError, TotesError
 from totes.observability import logger
-from totes.source.ddl import (
+from totes.source.model import TABLES, TABLES_BY_NAME
+from totes_tools.source.ddl import (
     constraint_statements,
     ensure_empty,
     q,
@@ -44,8 +45,7 @@ from totes.source.ddl import (
     run_statements,
     schema_statements,
 )
-from totes.source.model import TABLES, TABLES_BY_NAME
-from totes.source.snapshot import copy_table
+from totes_tools.source.snapshot import copy_table
 
 SALES_PER_WEEKDAY = 21
 PURCHASES_PER_SALE = 4_649 / 11_187
