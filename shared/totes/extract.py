@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from totes.errors import SchemaDrift
+from totes.identifiers import quote
 from totes.source.model import TABLES, TABLES_BY_NAME, Table
 
 # Source tables that become warehouse facts: their rows are selected by the window only.
@@ -55,11 +56,6 @@ _ACCEPTED_TYPES = {
     '"PaymentTypeName"': {"USER-DEFINED", "text", "character varying"},
     '"TransactionType"': {"USER-DEFINED", "text", "character varying"},
 }
-
-
-def q(identifier: str) -> str:
-    """Double-quote an identifier from the model (``transaction`` is a keyword)."""
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True)
@@ -161,7 +157,7 @@ def set_window(con, window: Window) -> None:
 
 
 def _changed(alias: str) -> str:
-    return f"{alias}.{q('last_updated')} >= {_LO} AND {alias}.{q('last_updated')} < {_HI}"
+    return f"{alias}.{quote('last_updated')} >= {_LO} AND {alias}.{quote('last_updated')} < {_HI}"
 
 
 def _pullers(table: Table) -> list[tuple[Table, str]]:
@@ -236,8 +232,8 @@ def closure_sql() -> str:
                 next(f.table for f in table.foreign_keys if f.column == fk_column)
             ]
             parts.append(
-                f"SELECT t.{q(table.key)} AS k FROM {q(table.name)} t "  # noqa: S608  # nosec B608
-                f"JOIN {changed_cte(parent)} p ON p.{q(parent.key)} = t.{q(fk_column)}"
+                f"SELECT t.{quote(table.key)} AS k FROM {quote(table.name)} t "  # noqa: S608  # nosec B608
+                f"JOIN {changed_cte(parent)} p ON p.{quote(parent.key)} = t.{quote(fk_column)}"
             )
         if any(_is_window_only(child) for child, _ in _pullers(table)):
             parts.append(f"SELECT unnest({_pulled_keys(table)}) AS k")
@@ -246,20 +242,20 @@ def closure_sql() -> str:
                 continue
             else:
                 parts.append(
-                    f"SELECT c.{q(column)} AS k FROM {q(child.name)} c "  # noqa: S608  # nosec B608
-                    f"WHERE c.{q(column)} IS NOT NULL AND c.{q(child.key)} IN "
+                    f"SELECT c.{quote(column)} AS k FROM {quote(child.name)} c "  # noqa: S608  # nosec B608
+                    f"WHERE c.{quote(column)} IS NOT NULL AND c.{quote(child.key)} IN "
                     f"(SELECT k FROM k_{child.name})"
                 )
         derived.append(f"e_{table.name} AS (" + " UNION ".join(parts) + ")")
         if table.name in full_sets_needed:
             derived.append(
-                f"k_{table.name} AS (SELECT {q(table.key)} AS k FROM {changed_cte(table)} "  # noqa: S608  # nosec B608
+                f"k_{table.name} AS (SELECT {quote(table.key)} AS k FROM {changed_cte(table)} "  # noqa: S608  # nosec B608
                 f"UNION SELECT k FROM e_{table.name})"
             )
     changed = [
         f"c_{t.name} AS MATERIALIZED (SELECT "  # noqa: S608  # nosec B608
-        + ", ".join(f"s.{q(c)}" for c in _key_columns(t))
-        + f" FROM {q(t.name)} s WHERE {_changed('s')})"
+        + ", ".join(f"s.{quote(c)}" for c in _key_columns(t))
+        + f" FROM {quote(t.name)} s WHERE {_changed('s')})"
         for t in TABLES
         if t in changed_needed
     ]
@@ -330,11 +326,11 @@ def copy_batch(
 def selection_sql(table: Table) -> str:
     """The self-contained SELECT of one table's rows for the published window and closure
     (``copy_batch``): changed rows, plus the extra keys its closure published."""
-    columns = ", ".join(f"s.{q(c)}" for c in table.column_names)
+    columns = ", ".join(f"s.{quote(c)}" for c in table.column_names)
     where = _changed("s")
     if not _is_window_only(table):
-        where = f"({where}) OR s.{q(table.key)} IN {_extra_keys(table)}"
-    return f"SELECT {columns} FROM {q(table.name)} s WHERE {where}"  # noqa: S608  # nosec B608
+        where = f"({where}) OR s.{quote(table.key)} IN {_extra_keys(table)}"
+    return f"SELECT {columns} FROM {quote(table.name)} s WHERE {where}"  # noqa: S608  # nosec B608
 
 
 def copy_sql(table: Table) -> str:
@@ -343,7 +339,7 @@ def copy_sql(table: Table) -> str:
 
 def _changed_stamps_sql() -> str:
     return "\nUNION ALL ".join(
-        f"SELECT s.{q('last_updated')} AS stamp FROM {q(t.name)} s WHERE {_changed('s')}"  # noqa: S608  # nosec B608
+        f"SELECT s.{quote('last_updated')} AS stamp FROM {quote(t.name)} s WHERE {_changed('s')}"  # noqa: S608  # nosec B608
         for t in TABLES
     )
 
@@ -391,7 +387,7 @@ def region_fingerprint(con, window: Window) -> str:
     parts = "\nUNION ALL ".join(
         f"SELECT count(*) AS n, COALESCE(sum(CAST(hashtextextended("  # noqa: S608  # nosec B608
         f"CAST(s.ctid AS text) || ':' || CAST(s.xmin AS text), {seed}) AS numeric)), 0) AS x "
-        f"FROM {q(t.name)} s WHERE {_changed('s')}"
+        f"FROM {quote(t.name)} s WHERE {_changed('s')}"
         for seed, t in enumerate(TABLES)
     )
     n, x = con.run(f"SELECT CAST(sum(n) AS bigint), CAST(sum(x) AS numeric) FROM ({parts}) f")[0]  # noqa: S608  # nosec B608

@@ -20,6 +20,7 @@ import boto3
 import pytest
 
 from totes.db import connect
+from totes.identifiers import quote
 from totes.observability import logger
 from totes_tools.source.generator import generate
 
@@ -79,7 +80,7 @@ def owned_with_password(pg_cluster):
         try:
             # Utility statements take no parameters; role and password are this test's own.
             admin.run(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
-            admin.run(f'ALTER DATABASE "{creds.dbname}" OWNER TO {role}')
+            admin.run(f"ALTER DATABASE {quote(creds.dbname)} OWNER TO {quote(role)}")
         finally:
             admin.close()
         made.append((creds, role))

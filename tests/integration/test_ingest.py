@@ -18,11 +18,11 @@ import pytest
 
 from totes.db import DbCredentials, connect
 from totes.errors import DatabaseUnavailable, SchemaDrift
+from totes.identifiers import quote
 from totes.lake import RAW_PREFIX, Lake, Manifest, schema_fingerprint
 from totes.settings import IngestSettings
 from totes.source.model import TABLES, TABLES_BY_NAME
 from totes.stages.ingest_batch import ingest
-from totes_tools.source.ddl import q
 from totes_tools.source.simulator import Simulator, late_commit
 from totes_tools.source.snapshot import load_snapshot, read_snapshot
 
@@ -74,7 +74,7 @@ def versions_in_source(con) -> set[tuple[str, int, object]]:
     return {
         (t.name, row[0], row[1])
         for t in TABLES
-        for row in con.run(f"SELECT {q(t.key)}, last_updated FROM {q(t.name)}")
+        for row in con.run(f"SELECT {quote(t.key)}, last_updated FROM {quote(t.name)}")
     }
 
 
@@ -140,7 +140,7 @@ def test_first_run_takes_every_row_with_the_raw_schema(stack, source, lake, snap
 
 def test_hi_utc_names_the_same_instant_as_hi_in_a_non_utc_source_zone(stack, source, lake):
     con = connect(source)
-    con.run(f"ALTER DATABASE {q(source.dbname)} SET timezone = 'America/New_York'")
+    con.run(f"ALTER DATABASE {quote(source.dbname)} SET timezone = 'America/New_York'")
     con.close()
     manifest = ingest(settings_for(stack), source, lake.s3)[0]
 
@@ -300,7 +300,7 @@ def source_frames(con) -> dict[str, dict[int, dict]]:
     out = {}
     for t in TABLES:
         cols = t.column_names
-        rows = con.run(f"SELECT {', '.join(q(c) for c in cols)} FROM {q(t.name)}")
+        rows = con.run(f"SELECT {', '.join(quote(c) for c in cols)} FROM {quote(t.name)}")
         out[t.name] = {r[0]: dict(zip(cols, r, strict=True)) for r in rows}
     return out
 
@@ -365,8 +365,8 @@ def dangling_references(tables: dict[str, pa.Table]) -> list[str]:
 
 def _stamp(table: str, where: str, sets: str) -> str:
     return (
-        f"UPDATE {q(table)} SET {sets}, last_updated = localtimestamp "
-        f"WHERE {where} RETURNING {q(table + '_id')}"
+        f"UPDATE {quote(table)} SET {sets}, last_updated = localtimestamp "
+        f"WHERE {where} RETURNING {quote(table + '_id')}"
     )
 
 

@@ -13,13 +13,15 @@ import json
 
 import pytest
 
+from totes.identifiers import quote
 from totes.lake import Manifest, manifest_key
 from totes.star.model import STAR_TABLES
 from totes_tools.local.aws import StackNames, environment
-from totes_tools.local.chain import REPO_ROOT, LocalChain, context_for
+from totes_tools.local.chain import LocalChain, context_for
+from totes_tools.repository import sam_dir
 from totes_tools.source.generator import generate
 
-EVENTS = REPO_ROOT / "sam" / "events"
+EVENTS = sam_dir() / "events"
 _seq = itertools.count()
 
 
@@ -130,7 +132,7 @@ def test_the_processed_put_event_loads_that_batch_into_the_warehouse(chain, pg_c
     assert {t: r["inserted"] for t, r in loaded["rows"].items()} == processed.row_counts
     con = pg_connect(chain.warehouse)
     in_warehouse = {
-        t.name: con.run(f'SELECT count(*) FROM "{t.name}"')[0][0]  # noqa: S608 - model names
+        t.name: con.run(f"SELECT count(*) FROM {quote(t.name)}")[0][0]  # noqa: S608 - model names
         for t in STAR_TABLES
     }
     assert in_warehouse == processed.row_counts

@@ -9,8 +9,8 @@ import datetime as dt
 
 import pytest
 
+from totes.identifiers import quote
 from totes.source.model import TABLES
-from totes_tools.source.ddl import q
 from totes_tools.source.generator import generate
 from totes_tools.source.simulator import EDIT_ORDER, Simulator, late_commit
 
@@ -24,7 +24,9 @@ def source(source_db, pg_connect):
 
 def versions(con) -> dict[str, set[tuple[int, dt.datetime]]]:
     return {
-        t.name: {tuple(r) for r in con.run(f"SELECT {q(t.key)}, last_updated FROM {q(t.name)}")}
+        t.name: {
+            tuple(r) for r in con.run(f"SELECT {quote(t.key)}, last_updated FROM {quote(t.name)}")
+        }
         for t in TABLES
     }
 
@@ -32,7 +34,9 @@ def versions(con) -> dict[str, set[tuple[int, dt.datetime]]]:
 def ids_stamped(con, stamp) -> dict[str, set[int]]:
     found = {}
     for t in TABLES:
-        rows = con.run(f"SELECT {q(t.key)} FROM {q(t.name)} WHERE last_updated = :s", s=stamp)
+        rows = con.run(
+            f"SELECT {quote(t.key)} FROM {quote(t.name)} WHERE last_updated = :s", s=stamp
+        )
         if rows:
             found[t.name] = {r[0] for r in rows}
     return found

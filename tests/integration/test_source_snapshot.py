@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from totes.identifiers import quote
 from totes.source.model import TABLES
-from totes_tools.source.ddl import q
 from totes_tools.source.snapshot import SnapshotMismatch, load_snapshot, read_snapshot
 
 
@@ -29,7 +29,7 @@ def _count(con, sql):
 
 def test_snapshot_loads_with_the_readme_row_counts(loaded, snapshot_counts):
     con, counts = loaded
-    in_db = {t.name: _count(con, f"SELECT count(*) FROM {q(t.name)}") for t in TABLES}
+    in_db = {t.name: _count(con, f"SELECT count(*) FROM {quote(t.name)}") for t in TABLES}
     assert counts == snapshot_counts
     assert in_db == snapshot_counts
 
@@ -41,13 +41,14 @@ def test_every_foreign_key_holds_and_ids_are_kept(loaded, snapshot_counts):
         for fk in table.foreign_keys:
             dangling[table.name, fk.column] = _count(
                 con,
-                f"SELECT count(*) FROM {q(table.name)} s WHERE s.{q(fk.column)} IS NOT NULL "
-                f"AND NOT EXISTS (SELECT 1 FROM {q(fk.table)} d "
-                f"WHERE d.{q(fk.ref_column)} = s.{q(fk.column)})",
+                f"SELECT count(*) FROM {quote(table.name)} s"
+                f" WHERE s.{quote(fk.column)} IS NOT NULL "
+                f"AND NOT EXISTS (SELECT 1 FROM {quote(fk.table)} d "
+                f"WHERE d.{quote(fk.ref_column)} = s.{quote(fk.column)})",
             )
     assert set(dangling.values()) == {0}
     ids = {
-        t.name: con.run(f"SELECT min({q(t.key)}), max({q(t.key)}) FROM {q(t.name)}")[0]
+        t.name: con.run(f"SELECT min({quote(t.key)}), max({quote(t.key)}) FROM {quote(t.name)}")[0]
         for t in TABLES
     }
     assert ids == {name: [1, n] for name, n in snapshot_counts.items()}

@@ -32,6 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from totes.db import DbCredentials, connect
+from totes.identifiers import quote
 from totes.observability import logger
 from totes.star.model import FACT_SALES_ORDER, SOURCE_VERSION
 from totes_tools.local.aws import StackNames, aws_environment, moto_server
@@ -140,9 +141,9 @@ def extraction_baselines(source: DbCredentials) -> dict:
     try:
         sink = _NullSink()
         started = time.perf_counter()
-        con.run(f'COPY "{EXTRACT_TABLE}" TO STDOUT', stream=sink)
+        con.run(f"COPY {quote(EXTRACT_TABLE)} TO STDOUT", stream=sink)
         seconds = time.perf_counter() - started
-        [[rows]] = con.run(f'SELECT count(*) FROM "{EXTRACT_TABLE}"')  # noqa: S608  # nosec B608
+        [[rows]] = con.run(f"SELECT count(*) FROM {quote(EXTRACT_TABLE)}")  # noqa: S608  # nosec B608
         copy_out = {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": _rate(rows, seconds)}
         copy_arrow = _copy_rate(con, EXTRACT_TABLE, 100_000)
         with RssSampler() as rss:

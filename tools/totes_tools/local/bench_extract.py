@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from totes import extract
 from totes.db import DbCredentials, connect
+from totes.identifiers import quote
 from totes.lake import MANIFEST_PREFIX
 from totes.settings import IngestSettings
 from totes.source.model import TABLES_BY_NAME
@@ -158,7 +159,7 @@ def _copy_batch_rate(con, chunk_rows: int) -> dict:
 
 def _fetch_rate(con, table_name: str) -> dict:
     started = time.perf_counter()
-    rows = len(con.run(f'SELECT * FROM "{table_name}"'))  # noqa: S608  # nosec B608 (model name)
+    rows = len(con.run(f"SELECT * FROM {quote(table_name)}"))  # noqa: S608  # nosec B608 (model name)
     seconds = time.perf_counter() - started
     return {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds)}
 

@@ -30,6 +30,7 @@ from urllib.parse import unquote_plus
 
 from totes.db import DbCredentials, connect
 from totes.errors import SchemaDrift, TotesError
+from totes.identifiers import quote
 from totes.lake import Lake, Manifest, batch_id_from_manifest_key, manifest_key
 from totes.observability import logger
 from totes.source.model import TABLES
@@ -617,7 +618,7 @@ def check_source_has_rows(creds: DbCredentials) -> None:
     con = connect(creds, application_name="totes-run-check")
     try:
         # Table names come from the source model only.
-        exists = " OR ".join(f'EXISTS (SELECT 1 FROM "{t.name}")' for t in TABLES)  # noqa: S608 # nosec B608
+        exists = " OR ".join(f"EXISTS (SELECT 1 FROM {quote(t.name)})" for t in TABLES)  # noqa: S608 # nosec B608
         if not con.run(f"SELECT {exists}")[0][0]:
             raise TotesError(f"source {creds.where} is empty: every totesys table has no rows")
     finally:

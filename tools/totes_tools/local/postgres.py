@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from totes.db import DbCredentials, connect
+from totes.identifiers import quote
 
 URL_ENV = "TOTES_TEST_DATABASE_URL"
 
@@ -33,7 +34,7 @@ class PostgresCluster:
         name = f"{prefix}_{os.getpid()}_{next(self._seq)}_{uuid.uuid4().hex[:8]}"
         con = connect(self.admin)
         try:
-            con.run(f'CREATE DATABASE "{name}"')  # name built here from safe parts only
+            con.run(f"CREATE DATABASE {quote(name)}")  # name built here from safe parts only
         finally:
             con.close()
         return self.admin.with_dbname(name)
@@ -41,7 +42,7 @@ class PostgresCluster:
     def drop_database(self, creds: DbCredentials) -> None:
         con = connect(self.admin)
         try:
-            con.run(f'DROP DATABASE IF EXISTS "{creds.dbname}" WITH (FORCE)')
+            con.run(f"DROP DATABASE IF EXISTS {quote(creds.dbname)} WITH (FORCE)")
         finally:
             con.close()
 
@@ -51,14 +52,14 @@ class PostgresCluster:
         an outage to inject, without touching the server others use."""
         admin = connect(self.admin)
         try:
-            admin.run(f'ALTER DATABASE "{creds.dbname}" WITH ALLOW_CONNECTIONS false')
+            admin.run(f"ALTER DATABASE {quote(creds.dbname)} WITH ALLOW_CONNECTIONS false")
             admin.run(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db",
                 db=creds.dbname,
             )
             yield
         finally:
-            admin.run(f'ALTER DATABASE "{creds.dbname}" WITH ALLOW_CONNECTIONS true')
+            admin.run(f"ALTER DATABASE {quote(creds.dbname)} WITH ALLOW_CONNECTIONS true")
             admin.close()
 
     @contextlib.contextmanager

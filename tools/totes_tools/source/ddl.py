@@ -10,6 +10,7 @@ keyword, the enum names are mixed case).
 from __future__ import annotations
 
 from totes.errors import TotesError
+from totes.identifiers import quote
 from totes.source.model import ENUMS, TABLES, Column, Table
 
 
@@ -17,21 +18,16 @@ class TargetNotEmpty(TotesError):
     """The database we were asked to create the source in already holds tables."""
 
 
-def q(identifier: str) -> str:
-    """Double-quote an identifier taken from the model (never from input)."""
-    return '"' + identifier.replace('"', '""') + '"'
-
-
 def enum_ddl(name: str, labels: tuple[str, ...]) -> str:
     values = ", ".join("'" + label.replace("'", "''") + "'" for label in labels)
-    return f"CREATE TYPE {q(name)} AS ENUM ({values})"
+    return f"CREATE TYPE {quote(name)} AS ENUM ({values})"
 
 
 def _column_ddl(table: Table, column: Column) -> str:
     if column.name == table.key:
-        return f"{q(column.name)} serial NOT NULL"
+        return f"{quote(column.name)} serial NOT NULL"
     sql_type = column.sql_type.replace("timestamp(3)", "timestamp(3) without time zone")
-    parts = [q(column.name), sql_type]
+    parts = [quote(column.name), sql_type]
     if column.not_null:
         parts.append("NOT NULL")
     if column.default is not None:
@@ -41,16 +37,17 @@ def _column_ddl(table: Table, column: Column) -> str:
 
 def foreign_key_clause(table: Table, fk) -> str:
     return (
-        f"CONSTRAINT {q(f'{table.name}_{fk.column}_fkey')} FOREIGN KEY ({q(fk.column)}) "
-        f"REFERENCES {q(fk.table)} ({q(fk.ref_column)}) "
+        f"CONSTRAINT {quote(f'{table.name}_{fk.column}_fkey')} FOREIGN KEY ({quote(fk.column)}) "
+        f"REFERENCES {quote(fk.table)} ({quote(fk.ref_column)}) "
         f"ON UPDATE {fk.on_update} ON DELETE {fk.on_delete}"
     )
 
 
 def key_clauses(table: Table) -> list[str]:
-    primary = f"CONSTRAINT {q(table.name + '_pkey')} PRIMARY KEY ({q(table.key)})"
+    primary = f"CONSTRAINT {quote(table.name + '_pkey')} PRIMARY KEY ({quote(table.key)})"
     unique = [
-        f"CONSTRAINT {q(f'{table.name}_{col}_key')} UNIQUE ({q(col)})" for col in table.unique
+        f"CONSTRAINT {quote(f'{table.name}_{col}_key')} UNIQUE ({quote(col)})"
+        for col in table.unique
     ]
     return [primary, *unique]
 
@@ -61,7 +58,7 @@ def table_ddl(table: Table, constraints: bool = True) -> str:
         lines += key_clauses(table)
         lines += [foreign_key_clause(table, fk) for fk in table.foreign_keys]
     body = ",\n    ".join(lines)
-    return f"CREATE TABLE {q(table.name)} (\n    {body}\n)"
+    return f"CREATE TABLE {quote(table.name)} (\n    {body}\n)"
 
 
 def schema_statements(constraints: bool = True) -> list[str]:
@@ -77,9 +74,11 @@ def constraint_statements() -> list[str]:
     """Primary and unique keys, then foreign keys, as ALTER TABLE statements. After a bulk
     load each index is built by one sort and each foreign key validated by one set-based join,
     instead of index inserts and a check per row."""
-    keys = [f"ALTER TABLE {q(t.name)} ADD {clause}" for t in TABLES for clause in key_clauses(t)]
+    keys = [
+        f"ALTER TABLE {quote(t.name)} ADD {clause}" for t in TABLES for clause in key_clauses(t)
+    ]
     return keys + [
-        f"ALTER TABLE {q(t.name)} ADD {foreign_key_clause(t, fk)}"
+        f"ALTER TABLE {quote(t.name)} ADD {foreign_key_clause(t, fk)}"
         for t in TABLES
         for fk in t.foreign_keys
     ]
@@ -124,9 +123,9 @@ def run_statements(con, statements: list[str]) -> None:
 def reset_sequences(con) -> None:
     """Move every serial sequence past the table's largest id, so new rows get fresh ids."""
     for table in TABLES:
-        highest = f"SELECT max({q(table.key)}) FROM {q(table.name)}"  # noqa: S608  # nosec B608 (model names)
+        highest = f"SELECT max({quote(table.key)}) FROM {quote(table.name)}"  # noqa: S608  # nosec B608 (model names)
         con.run(
             f"SELECT setval(pg_get_serial_sequence(:t, :c), COALESCE(({highest}), 0) + 1, false)",
-            t=q(table.name),
+            t=quote(table.name),
             c=table.key,
         )

@@ -35,12 +35,12 @@ import pyarrow.compute as pc
 from pg8000.exceptions import DatabaseError
 
 from totes.errors import ConfigurationError, TotesError
+from totes.identifiers import quote
 from totes.observability import logger
 from totes.source.model import TABLES, TABLES_BY_NAME
 from totes_tools.source.ddl import (
     constraint_statements,
     ensure_empty,
-    q,
     reset_sequences,
     run_statements,
     schema_statements,
@@ -532,8 +532,8 @@ def content_checksum(con) -> dict[str, str]:
     sums = {}
     for table in TABLES:
         sql = (
-            f"SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t.{q(table.key)}), '')) "  # noqa: S608  # nosec B608
-            f"FROM {q(table.name)} t"
+            f"SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t.{quote(table.key)}), '')) "  # noqa: S608  # nosec B608
+            f"FROM {quote(table.name)} t"
         )
         sums[table.name] = con.run(sql)[0][0]
     return sums

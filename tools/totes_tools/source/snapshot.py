@@ -22,11 +22,11 @@ import pyarrow.parquet as pq
 from pg8000.exceptions import DatabaseError
 
 from totes.errors import SchemaDrift
+from totes.identifiers import quote
 from totes.observability import logger
 from totes.source.model import ENUMS, TABLES, Column, Table
 from totes_tools.source.ddl import (
     constraint_statements,
-    q,
     reset_sequences,
     run_statements,
     schema_statements,
@@ -166,9 +166,9 @@ def copy_table(con, table: Table, data: pa.Table) -> int:
     buffer = io.BytesIO()
     pacsv.write_csv(data, buffer)
     buffer.seek(0)
-    columns = ", ".join(q(c) for c in table.column_names)
+    columns = ", ".join(quote(c) for c in table.column_names)
     con.run(
-        f"COPY {q(table.name)} ({columns}) FROM STDIN WITH (FORMAT csv, HEADER true)",
+        f"COPY {quote(table.name)} ({columns}) FROM STDIN WITH (FORMAT csv, HEADER true)",
         stream=buffer,
     )
     return data.num_rows
