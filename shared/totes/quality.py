@@ -34,11 +34,9 @@ from totes.star.dates import unparseable_text_dates
 
 EXAMPLE_ROWS = 5
 
-# The source's text dates, cast to DATE by the remodelling.
+# The source's text dates (declared by the model), cast to DATE by the remodelling.
 TEXT_DATE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "sales_order": ("agreed_delivery_date", "agreed_payment_date"),
-    "purchase_order": ("agreed_delivery_date", "agreed_payment_date"),
-    "payment": ("payment_date",),
+    t.name: t.text_date_columns for t in TABLES if t.text_date_columns
 }
 
 

@@ -10,9 +10,10 @@ from decimal import Decimal
 
 import pyarrow as pa
 
-from totes import extract
+from totes.extract import closure
+from totes.extract.stream import _CsvChunks, copy_table
+from totes.extract.watermark import Window, window_after
 from totes.source.model import TABLES, TABLES_BY_NAME
-from totes.stages.ingest_batch import _window_after
 
 PAYMENT_ROWS = [
     b"1,10,3,552548.62,2,3,t,2022-11-04,67305075,31622269,"
@@ -31,7 +32,7 @@ ADDRESS_ROWS = [
 
 def stream(table_name: str, rows: list[bytes], chunk_rows: int) -> list[pa.Table]:
     chunks: list[pa.Table] = []
-    sink = extract._CsvChunks(TABLES_BY_NAME[table_name], chunk_rows, chunks.append)
+    sink = _CsvChunks(TABLES_BY_NAME[table_name], chunk_rows, chunks.append)
     for row in rows:  # pg8000 writes one CopyData message (one row) per call
         sink.write(row)
     sink.finish()
@@ -105,23 +106,21 @@ def test_the_window_starts_at_the_previous_hi_minus_the_overlap_and_first_runs_t
     hi = datetime(2024, 11, 15, 12, 0, 0)
     previous = Manifest("b", "raw", None, "2024-11-15T11:55:00.250", ())
 
-    assert _window_after(None, hi, 600) == extract.Window(None, hi)
-    assert _window_after(previous, hi, 600) == extract.Window(
-        datetime(2024, 11, 15, 11, 45, 0, 250000), hi
-    )
-    assert _window_after(previous, hi, 0).lo_iso == "2024-11-15T11:55:00.250"
+    assert window_after(None, hi, 600) == Window(None, hi)
+    assert window_after(previous, hi, 600) == Window(datetime(2024, 11, 15, 11, 45, 0, 250000), hi)
+    assert window_after(previous, hi, 0).lo_iso == "2024-11-15T11:55:00.250"
 
 
 def test_selection_sql_uses_only_model_identifiers_and_facts_use_the_window_alone():
     known = {t.name for t in TABLES} | {c for t in TABLES for c in t.column_names}
     for table in TABLES:
-        sql = extract.copy_sql(table)
+        sql = closure.copy_sql(table)
         quoted = set(re.findall(r'"([^"]+)"', sql))
         assert quoted <= known, table.name
         assert sql.startswith("COPY (SELECT ")
         assert sql.endswith(") TO STDOUT WITH (FORMAT csv, HEADER false)")
-    for fact in extract.FACT_TABLES:
-        assert " IN (" not in extract.selection_sql(TABLES_BY_NAME[fact])
+    for fact in closure.FACT_TABLES:
+        assert " IN (" not in closure.selection_sql(TABLES_BY_NAME[fact])
 
 
 def test_blocks_cut_anywhere_even_inside_a_quoted_newline_give_the_same_rows():
@@ -130,7 +129,7 @@ def test_blocks_cut_anywhere_even_inside_a_quoted_newline_give_the_same_rows():
 
     for cut in range(1, len(data)):
         chunks: list[pa.Table] = []
-        sink = extract._CsvChunks(TABLES_BY_NAME["address"], 4, chunks.append)
+        sink = _CsvChunks(TABLES_BY_NAME["address"], 4, chunks.append)
         sink.write(data[:cut])
         sink.write(memoryview(data)[cut:])  # io.BufferedWriter hands the sink memoryviews
         sink.finish()
@@ -147,7 +146,7 @@ def test_copy_table_streams_through_a_buffer_into_chunks_of_chunk_rows():
                 stream.write(row)
 
     chunks: list[pa.Table] = []
-    rows = extract.copy_table(Connection(), TABLES_BY_NAME["payment"], 5, chunks.append)
+    rows = copy_table(Connection(), TABLES_BY_NAME["payment"], 5, chunks.append)
 
     assert rows == 21
     assert [c.num_rows for c in chunks] == [5, 5, 5, 5, 1]

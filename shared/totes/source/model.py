@@ -2,7 +2,11 @@
 ``totesys-source.md`` describes the real database.
 
 Everything that touches the source (DDL, loader, generator, extraction SQL, raw Arrow
-schemas) is derived from these definitions; SQL identifiers only ever come from here.
+schemas, schema checks, quality gates) is derived from these definitions; SQL identifiers only
+ever come from here. The model also owns the domain rules the other modules used to keep by
+hand: each table's role (a fact source, whose rows become warehouse facts, or a dimension
+source), its text-date columns, which ``information_schema`` types each model type accepts,
+and which parent row a dimension embeds. Supporting a new source table starts here.
 """
 
 from __future__ import annotations
@@ -16,17 +20,35 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "TransactionType": ("SALE", "PURCHASE"),
 }
 
-# SQL type -> Arrow type of the raw lake. Enums become strings, text dates stay text.
-_ARROW = {
-    "serial": pa.int32(),
-    "integer": pa.int32(),
-    "text": pa.string(),
-    "varchar(3)": pa.string(),
-    "numeric(10,2)": pa.decimal128(10, 2),
-    "boolean": pa.bool_(),
-    "timestamp(3)": pa.timestamp("ms"),
-    '"PaymentTypeName"': pa.string(),
-    '"TransactionType"': pa.string(),
+# A table's role: its rows become warehouse facts (selected by the window alone, never pulled
+# in by a reference), or they feed dimensions (pulled in whenever a selected row needs them).
+FACT_SOURCE = "fact source"
+DIMENSION_SOURCE = "dimension source"
+ROLES = (FACT_SOURCE, DIMENSION_SOURCE)
+
+
+@dataclass(frozen=True)
+class SqlType:
+    """What one model type is in the raw lake, and what the source may report it as."""
+
+    arrow: pa.DataType
+    information_schema: frozenset[str]  # accepted information_schema.columns.data_type values
+
+
+_TEXT = frozenset({"text", "character varying"})
+_ENUM = frozenset({"USER-DEFINED"}) | _TEXT
+# Model type -> raw lake type and accepted source types. Enums become strings, text dates stay
+# text.
+SQL_TYPES: dict[str, SqlType] = {
+    "serial": SqlType(pa.int32(), frozenset({"integer"})),
+    "integer": SqlType(pa.int32(), frozenset({"integer"})),
+    "text": SqlType(pa.string(), _TEXT),
+    "varchar(3)": SqlType(pa.string(), _TEXT | {"character"}),
+    "numeric(10,2)": SqlType(pa.decimal128(10, 2), frozenset({"numeric"})),
+    "boolean": SqlType(pa.bool_(), frozenset({"boolean"})),
+    "timestamp(3)": SqlType(pa.timestamp("ms"), frozenset({"timestamp without time zone"})),
+    '"PaymentTypeName"': SqlType(pa.string(), _ENUM),
+    '"TransactionType"': SqlType(pa.string(), _ENUM),
 }
 
 
@@ -36,10 +58,16 @@ class Column:
     sql_type: str
     not_null: bool = True
     default: str | None = None
+    text_date: bool = False  # a YYYY-MM-DD date kept as text (cast to DATE by the remodelling)
 
     @property
     def arrow_type(self) -> pa.DataType:
-        return _ARROW[self.sql_type]
+        return SQL_TYPES[self.sql_type].arrow
+
+    @property
+    def accepted_types(self) -> frozenset[str]:
+        """The ``information_schema`` data types the source may report for this column."""
+        return SQL_TYPES[self.sql_type].information_schema
 
     @property
     def enum(self) -> str | None:
@@ -64,10 +92,33 @@ class Table:
     columns: tuple[Column, ...]
     foreign_keys: tuple[ForeignKey, ...] = ()
     unique: tuple[str, ...] = ()
+    role: str = DIMENSION_SOURCE
+    # The foreign key column of the parent whose columns this table's dimension embeds
+    # (dim_staff carries its department's name and location): a changed parent changes it.
+    embeds: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"table {self.name}: role must be one of {ROLES}")
+        if self.embeds is not None and self.embeds not in {f.column for f in self.foreign_keys}:
+            raise ValueError(f"table {self.name}: embeds {self.embeds}, not a foreign key")
 
     @property
     def key(self) -> str:
         return f"{self.name}_id"
+
+    @property
+    def is_fact_source(self) -> bool:
+        return self.role == FACT_SOURCE
+
+    @property
+    def text_date_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.text_date)
+
+    @property
+    def embedded_parent(self) -> ForeignKey | None:
+        """The reference to the parent row this table's dimension embeds, if any."""
+        return next((f for f in self.foreign_keys if f.column == self.embeds), None)
 
     @property
     def column_names(self) -> list[str]:
@@ -83,16 +134,29 @@ class Table:
         )
 
 
-def _table(name: str, *cols: Column, fks: tuple[ForeignKey, ...] = (), unique=()) -> Table:
+def _table(
+    name: str,
+    *cols: Column,
+    fks: tuple[ForeignKey, ...] = (),
+    unique: tuple[str, ...] = (),
+    role: str = DIMENSION_SOURCE,
+    embeds: str | None = None,
+) -> Table:
     stamps = (
         Column("created_at", "timestamp(3)", default="CURRENT_TIMESTAMP"),
         Column("last_updated", "timestamp(3)"),
     )
-    return Table(name, (Column(f"{name}_id", "serial"), *cols, *stamps), fks, tuple(unique))
+    columns = (Column(f"{name}_id", "serial"), *cols, *stamps)
+    return Table(name, columns, fks, tuple(unique), role=role, embeds=embeds)
 
 
 def _c(name: str, sql_type: str = "text", nullable: bool = False) -> Column:
     return Column(name, sql_type, not_null=not nullable)
+
+
+def _date(name: str) -> Column:
+    """A text column holding a ``YYYY-MM-DD`` date (the source keeps these as text)."""
+    return Column(name, "text", text_date=True)
 
 
 ADDRESS = _table(
@@ -112,6 +176,7 @@ COUNTERPARTY = _table(
     _c("commercial_contact", nullable=True),
     _c("delivery_contact", nullable=True),
     fks=(ForeignKey("legal_address_id", "address"),),
+    embeds="legal_address_id",
 )
 CURRENCY = _table("currency", _c("currency_code", "varchar(3)"))
 DEPARTMENT = _table(
@@ -128,6 +193,7 @@ STAFF = _table(
     _c("department_id", "integer"),
     _c("email_address"),
     fks=(ForeignKey("department_id", "department"),),
+    embeds="department_id",
 )
 PAYMENT_TYPE = _table("payment_type", _c("payment_type_name", '"PaymentTypeName"'))
 SALES_ORDER = _table(
@@ -138,8 +204,8 @@ SALES_ORDER = _table(
     _c("units_sold", "integer"),
     _c("unit_price", "numeric(10,2)"),
     _c("currency_id", "integer"),
-    _c("agreed_delivery_date"),
-    _c("agreed_payment_date"),
+    _date("agreed_delivery_date"),
+    _date("agreed_payment_date"),
     _c("agreed_delivery_location_id", "integer"),
     fks=(
         ForeignKey("design_id", "design"),
@@ -148,6 +214,7 @@ SALES_ORDER = _table(
         ForeignKey("currency_id", "currency"),
         ForeignKey("agreed_delivery_location_id", "address"),
     ),
+    role=FACT_SOURCE,
 )
 PURCHASE_ORDER = _table(
     "purchase_order",
@@ -157,8 +224,8 @@ PURCHASE_ORDER = _table(
     _c("item_quantity", "integer"),
     _c("item_unit_price", "numeric(10,2)"),
     _c("currency_id", "integer"),
-    _c("agreed_delivery_date"),
-    _c("agreed_payment_date"),
+    _date("agreed_delivery_date"),
+    _date("agreed_payment_date"),
     _c("agreed_delivery_location_id", "integer"),
     fks=(
         ForeignKey("staff_id", "staff"),
@@ -166,6 +233,7 @@ PURCHASE_ORDER = _table(
         ForeignKey("currency_id", "currency"),
         ForeignKey("agreed_delivery_location_id", "address"),
     ),
+    role=FACT_SOURCE,
 )
 TRANSACTION = _table(
     "transaction",
@@ -186,7 +254,7 @@ PAYMENT = _table(
     _c("currency_id", "integer"),
     _c("payment_type_id", "integer"),
     _c("paid", "boolean"),
-    _c("payment_date"),
+    _date("payment_date"),
     _c("company_ac_number", "integer"),
     _c("counterparty_ac_number", "integer"),
     fks=(
@@ -196,6 +264,7 @@ PAYMENT = _table(
         ForeignKey("payment_type_id", "payment_type"),
     ),
     unique=("transaction_id",),
+    role=FACT_SOURCE,
 )
 
 # Dependency order: every table after the tables it references.

@@ -13,15 +13,16 @@ from __future__ import annotations
 import functools
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import boto3
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
-from totes import extract
 from totes.db import DbCredentials, connect, credentials_from_secret_store
 from totes.errors import TotesError
-from totes.extract import Window
+from totes.extract import stream, watermark
+from totes.extract.snapshot import check_schema, snapshot
+from totes.extract.watermark import Window
 from totes.lake import RAW_PREFIX, Lake, Manifest, ManifestFile, batch_id_for, data_key
 from totes.lake import schema_fingerprint as fingerprint_of
 from totes.observability import NAMESPACE, logger, metrics
@@ -29,31 +30,6 @@ from totes.settings import IngestSettings
 from totes.source.model import TABLES
 
 STAGE = "raw"
-
-
-def _window_after(previous: Manifest | None, hi: datetime, overlap_seconds: float) -> Window:
-    if previous is None:
-        return Window(None, hi)
-    lo = datetime.fromisoformat(previous.window_hi) - timedelta(seconds=overlap_seconds)
-    return Window(min(lo, hi), hi)
-
-
-def _nothing_new(con, previous: Manifest | None, window: Window) -> bool:
-    """True when no row version landed in the window since the previous batch was cut.
-
-    Rows stamped before the previous ``hi`` are re-read on purpose (the overlap); they count as
-    new only if the region's fingerprint changed, i.e. something committed there late.
-    """
-    if previous is None:
-        return False
-    previous_hi = datetime.fromisoformat(previous.window_hi)
-    if previous_hi >= window.hi:
-        return True
-    if extract.has_changes(con, Window(previous_hi, window.hi)):
-        return False
-    remembered = previous.extra.get("tail_fingerprint")
-    region = Window(window.lo, previous_hi)
-    return remembered is not None and remembered == extract.region_fingerprint(con, region)
 
 
 def _write_batch(
@@ -83,7 +59,7 @@ def _write_batch(
         in_flight.append(writer.submit(store, table, key, chunk))
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="raw-writer") as writer:
-        extract.copy_batch(con, window, settings.chunk_rows, put)
+        stream.copy_batch(con, window, settings.chunk_rows, put)
         while in_flight:
             in_flight.pop().result()
     return files
@@ -97,20 +73,18 @@ def ingest(settings: IngestSettings, creds: DbCredentials, s3_client) -> list[Ma
     previous = lake.latest_manifest()
     con = connect(creds, application_name="totes-ingest")
     try:
-        with extract.snapshot(con):
-            extract.check_schema(con)
-            clock = extract.read_clock(con, settings.lag_seconds)
-            window = _window_after(previous, clock.hi, settings.overlap_seconds)
-            if _nothing_new(con, previous, window):
+        with snapshot(con):
+            check_schema(con)
+            clock = watermark.read_clock(con, settings.lag_seconds)
+            window = watermark.window_after(previous, clock.hi, settings.overlap_seconds)
+            if watermark.nothing_new(con, previous, window):
                 logger.info("no changes at the source", extra={"window_hi": window.hi_iso})
                 return []
-            plan = extract.plan_windows(con, window, settings.max_batch_rows)
+            plan = watermark.plan_windows(con, window, settings.max_batch_rows)
             if not plan:
                 logger.info("no rows at the source", extra={"window_hi": window.hi_iso})
                 return []
-            tail = extract.region_fingerprint(
-                con, Window(window.hi - timedelta(seconds=settings.overlap_seconds), window.hi)
-            )
+            tail = watermark.tail_fingerprint(con, window, settings.overlap_seconds)
             manifests = []
             for part, (piece, changed_rows) in enumerate(plan):
                 batch_id = batch_id_for(window.hi, part)
@@ -123,16 +97,16 @@ def ingest(settings: IngestSettings, creds: DbCredentials, s3_client) -> list[Ma
                     window_hi=piece.hi_iso,
                     files=tuple(files),
                     extra={
-                        "hi_utc": extract.to_utc(con, piece.hi).isoformat(),
+                        "hi_utc": watermark.to_utc(con, piece.hi).isoformat(),
                         "source_tables": [t.name for t in TABLES],
-                        "source_now": extract.iso(clock.now),
+                        "source_now": watermark.iso(clock.now),
                         "previous_hi": previous.window_hi if previous else None,
                         "changed_rows": changed_rows,
                         "part": part,
                         "parts": len(plan),
                         "lag_seconds": settings.lag_seconds,
                         "overlap_seconds": settings.overlap_seconds,
-                        # Only the newest manifest's value is ever read (see _nothing_new).
+                        # Only the newest manifest's value is ever read (watermark.nothing_new).
                         "tail_fingerprint": tail if part == len(plan) - 1 else None,
                     },
                 )

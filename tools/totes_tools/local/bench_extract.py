@@ -26,8 +26,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from totes import extract
 from totes.db import DbCredentials, connect
+from totes.extract import stream, watermark
+from totes.extract.snapshot import snapshot
 from totes.identifiers import quote
 from totes.lake import MANIFEST_PREFIX
 from totes.settings import IngestSettings
@@ -137,21 +138,21 @@ def _copy_rate(con, table_name: str, chunk_rows: int) -> dict:
     """One window-only table (a fact table: no closure to publish) through COPY into typed
     Arrow chunks that are dropped (``make bench`` uses this for ``sales_order``)."""
     table = TABLES_BY_NAME[table_name]
-    with extract.snapshot(con):
-        extract.set_window(con, extract.Window(None, extract.read_clock(con, 0).hi))
+    with snapshot(con):
+        watermark.set_window(con, watermark.Window(None, watermark.read_clock(con, 0).hi))
         started = time.perf_counter()
-        rows = extract.copy_table(con, table, chunk_rows, lambda chunk: None)
+        rows = stream.copy_table(con, table, chunk_rows, lambda chunk: None)
         seconds = time.perf_counter() - started
     return {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds)}
 
 
 def _copy_batch_rate(con, chunk_rows: int) -> dict:
-    """One self-contained batch of everything (``extract.copy_batch``) into typed Arrow
+    """One self-contained batch of everything (``stream.copy_batch``) into typed Arrow
     chunks that are dropped: the COPY path alone, all tables."""
-    with extract.snapshot(con):
-        window = extract.Window(None, extract.read_clock(con, 0).hi)
+    with snapshot(con):
+        window = watermark.Window(None, watermark.read_clock(con, 0).hi)
         started = time.perf_counter()
-        rows = extract.copy_batch(con, window, chunk_rows, lambda table, chunk: None)
+        rows = stream.copy_batch(con, window, chunk_rows, lambda table, chunk: None)
         seconds = time.perf_counter() - started
     total = sum(rows.values())
     return {"rows": total, "seconds": round(seconds, 3), "rows_per_s": round(total / seconds)}

@@ -33,7 +33,6 @@ from totes_tools.source.ddl import (
 )
 
 _DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
-_DATE_COLUMNS = ("agreed_delivery_date", "agreed_payment_date", "payment_date")
 
 
 class SnapshotMismatch(SchemaDrift):
@@ -94,7 +93,7 @@ def _to_text(path: Path, col: Column, arr: pa.ChunkedArray) -> pa.ChunkedArray:
     ):
         raise _mismatch(path, col.name, "holds values longer than varchar(3)")
     dates_ok = lambda: pc.all(pc.match_substring_regex(present, _DATE_PATTERN)).as_py()  # noqa: E731
-    if col.name in _DATE_COLUMNS and len(present) and not dates_ok():
+    if col.text_date and len(present) and not dates_ok():
         raise _mismatch(path, col.name, "holds text that is not a YYYY-MM-DD date")
     return arr
 

@@ -1,0 +1,148 @@
+"""Which rows a self-contained batch carries, as constant SQL derived from the source model.
+
+A batch holds every row changed in its window, plus the rows those rows need: the dimension
+rows its rows reference (the counterparty, staff, currency... of a changed order), and the
+dimension rows that embed a changed parent (the staff of a changed department, the
+counterparties of a changed legal address). References to fact rows are not followed:
+dim_transaction copies the order ids as plain integers.
+
+Which tables are facts and which parents are embedded is declared by the source model
+(``Table.role``, ``Table.embeds``); the rules below are derived from it, never kept by hand.
+Window-only tables (the fact sources, nobody pulls them in) are selected by the window alone;
+the others ("closure tables") by ``changed OR key IN extra``, where the extra keys are
+published as transaction-local settings by ``closure_sql``.
+"""
+
+from __future__ import annotations
+
+from totes.extract.watermark import changed
+from totes.identifiers import quote
+from totes.source.model import TABLES, TABLES_BY_NAME, Table
+
+# Source tables that become warehouse facts: their rows are selected by the window only.
+FACT_TABLES: tuple[str, ...] = tuple(t.name for t in TABLES if t.is_fact_source)
+
+# Dimension rows that embed a parent's columns: a changed parent pulls in these children.
+EMBEDDED_PARENTS: dict[str, str] = {t.name: t.embeds for t in TABLES if t.embeds is not None}
+
+
+def pullers(table: Table) -> list[tuple[Table, str]]:
+    """(child table, fk column) pairs whose selected rows need a row of ``table``; references
+    to fact rows (transaction -> orders) are not followed: dim_transaction copies the ids."""
+    return [
+        (child, fk.column)
+        for child in TABLES
+        for fk in child.foreign_keys
+        if fk.table == table.name and table.name not in FACT_TABLES
+    ]
+
+
+def is_window_only(table: Table) -> bool:
+    return table.name not in EMBEDDED_PARENTS and not pullers(table)
+
+
+def closure_tables() -> list[Table]:
+    """The tables whose batch rows are not only their changed rows, in model order."""
+    return [t for t in TABLES if not is_window_only(t)]
+
+
+def _extra_setting(table: Table) -> str:
+    return f"totes.extra_{table.name}"
+
+
+def _extra_keys(table: Table) -> str:
+    """The published extra keys of ``table`` as a one-column set (a hashed subplan)."""
+    return f"(SELECT unnest(CAST(current_setting('{_extra_setting(table)}') AS integer[])))"
+
+
+def pulled_setting(table: Table) -> str:
+    """The setting holding the keys of ``table`` that the copied window-only rows reference."""
+    return f"totes.pulled_{table.name}"
+
+
+def _pulled_keys(table: Table) -> str:
+    return f"CAST(current_setting('{pulled_setting(table)}') AS integer[])"
+
+
+def _key_columns(table: Table) -> list[str]:
+    return [table.key, *(fk.column for fk in table.foreign_keys)]
+
+
+def closure_sql() -> str:
+    """One statement that publishes, for the published window, every closure table's extra
+    keys (rows not changed themselves that the batch still carries: referenced by selected
+    rows, or embedding a changed parent) as transaction-local settings.
+
+    References from window-only tables (the big fact tables) come from the keys
+    ``copy_batch`` collected from their rows as it copied them (``totes.pulled_<table>``), so
+    no fact table is scanned twice; what remains reads only the small dimension tables, and
+    the key sets never leave the server. The per-table COPY then reads
+    ``changed OR key IN extra``: one scan of its table.
+    """
+    closure = closure_tables()
+    changed_needed: list[Table] = []
+    # Closures that follow a closure table's own rows need its whole key set.
+    full_sets_needed = {
+        child.name for table in closure for child, _ in pullers(table) if not is_window_only(child)
+    }
+    derived: list[str] = []
+
+    def changed_cte(table: Table) -> str:
+        if table not in changed_needed:
+            changed_needed.append(table)
+        return f"c_{table.name}"
+
+    # Children come after their parents in TABLES: build the closures children first.
+    for table in reversed(closure):
+        parts = []
+        parent_fk = table.embedded_parent
+        if parent_fk is not None:
+            parent = TABLES_BY_NAME[parent_fk.table]
+            join = f"p.{quote(parent.key)} = t.{quote(parent_fk.column)}"
+            parts.append(
+                f"SELECT t.{quote(table.key)} AS k FROM {quote(table.name)} t "  # noqa: S608  # nosec B608
+                f"JOIN {changed_cte(parent)} p ON {join}"
+            )
+        if any(is_window_only(child) for child, _ in pullers(table)):
+            parts.append(f"SELECT unnest({_pulled_keys(table)}) AS k")
+        for child, column in pullers(table):
+            if is_window_only(child):
+                continue
+            parts.append(
+                f"SELECT c.{quote(column)} AS k FROM {quote(child.name)} c "  # noqa: S608  # nosec B608
+                f"WHERE c.{quote(column)} IS NOT NULL AND c.{quote(child.key)} IN "
+                f"(SELECT k FROM k_{child.name})"
+            )
+        derived.append(f"e_{table.name} AS (" + " UNION ".join(parts) + ")")
+        if table.name in full_sets_needed:
+            derived.append(
+                f"k_{table.name} AS (SELECT {quote(table.key)} AS k FROM {changed_cte(table)} "  # noqa: S608  # nosec B608
+                f"UNION SELECT k FROM e_{table.name})"
+            )
+    changed_ctes = [
+        f"c_{t.name} AS MATERIALIZED (SELECT "  # noqa: S608  # nosec B608
+        + ", ".join(f"s.{quote(c)}" for c in _key_columns(t))
+        + f" FROM {quote(t.name)} s WHERE {changed('s')})"
+        for t in TABLES
+        if t in changed_needed
+    ]
+    publish = ", ".join(
+        f"set_config('{_extra_setting(t)}', "  # noqa: S608  # nosec B608
+        f"(SELECT COALESCE(CAST(array_agg(DISTINCT k) AS text), '{{}}') FROM e_{t.name}), true)"
+        for t in closure
+    )
+    return "WITH " + ",\n".join(changed_ctes + derived) + "\nSELECT " + publish
+
+
+def selection_sql(table: Table) -> str:
+    """The self-contained SELECT of one table's rows for the published window and closure
+    (``copy_batch``): changed rows, plus the extra keys its closure published."""
+    columns = ", ".join(f"s.{quote(c)}" for c in table.column_names)
+    where = changed("s")
+    if not is_window_only(table):
+        where = f"({where}) OR s.{quote(table.key)} IN {_extra_keys(table)}"
+    return f"SELECT {columns} FROM {quote(table.name)} s WHERE {where}"  # noqa: S608  # nosec B608
+
+
+def copy_sql(table: Table) -> str:
+    return f"COPY ({selection_sql(table)}) TO STDOUT WITH (FORMAT csv, HEADER false)"

@@ -1,0 +1,58 @@
+"""The consistent view a run reads from, and the check that the source is the schema we know.
+
+Everything an ingest run reads happens inside one ``REPEATABLE READ READ ONLY`` transaction,
+so every statement sees the same snapshot of the source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from pg8000.native import Connection
+
+from totes.errors import SchemaDrift
+from totes.source.model import TABLES
+
+
+@contextlib.contextmanager
+def snapshot(con: Connection) -> Iterator[None]:
+    """One read-only repeatable-read transaction: every statement inside sees one snapshot."""
+    con.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    try:
+        con.run("SET LOCAL DateStyle = 'ISO, YMD'")
+        yield
+    finally:
+        con.run("ROLLBACK")
+
+
+def check_schema(con: Connection) -> None:
+    """Raise ``SchemaDrift`` naming every missing table, missing column or changed type.
+
+    Extra source columns are ignored: extraction names its columns explicitly. Which source
+    types each model type accepts is the model's (``Column.accepted_types``).
+    """
+    rows = con.run(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = ANY(:names)",
+        names=[t.name for t in TABLES],
+    )
+    found: dict[str, dict[str, str]] = {}
+    for table_name, column_name, data_type in rows:
+        found.setdefault(table_name, {})[column_name] = data_type
+    problems = []
+    for table in TABLES:
+        columns = found.get(table.name)
+        if columns is None:
+            problems.append(f"table {table.name!r} is missing")
+            continue
+        for col in table.columns:
+            actual = columns.get(col.name)
+            if actual is None:
+                problems.append(f"column {table.name}.{col.name} is missing")
+            elif actual not in col.accepted_types:
+                problems.append(
+                    f"column {table.name}.{col.name} has type {actual}, expected {col.sql_type}"
+                )
+    if problems:
+        raise SchemaDrift("source schema drift: " + "; ".join(problems))

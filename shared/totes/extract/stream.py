@@ -1,0 +1,183 @@
+"""The bulk path of a batch: ``COPY ... TO STDOUT`` streamed into typed Arrow chunks.
+
+``copy_batch`` copies every table of the self-contained batch for a window in closure order
+(window-only tables first, collecting the keys their rows reference, then the closure tables);
+``copy_table`` streams one table's rows through a bounded CSV -> Arrow sink, so memory stays
+at about one chunk whatever the table size.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from pg8000.native import Connection
+
+from totes.extract.closure import (
+    closure_sql,
+    closure_tables,
+    copy_sql,
+    is_window_only,
+    pulled_setting,
+    pullers,
+)
+from totes.extract.watermark import Window, set_window
+from totes.source.model import TABLES, Table
+
+
+def _key_set_text(keys: list[pa.ChunkedArray | pa.Array]) -> str:
+    """Distinct non-null integer keys as a PostgreSQL array literal, built by Arrow."""
+    chunks = [c for k in keys for c in (k.chunks if isinstance(k, pa.ChunkedArray) else [k])]
+    if not chunks:
+        return "{}"
+    distinct = pc.unique(pa.concat_arrays(chunks)).drop_null()
+    if not len(distinct):
+        return "{}"
+    text = distinct.cast(pa.string())
+    joined = pc.binary_join(pa.ListArray.from_arrays([0, len(text)], text), ",")[0]
+    return "{" + joined.as_py() + "}"
+
+
+def copy_batch(
+    con: Connection, window: Window, chunk_rows: int, on_chunk: Callable[[Table, pa.Table], None]
+) -> dict[str, int]:
+    """Copy every table's rows of the self-contained batch for ``window``; returns the rows
+    per table.
+
+    Window-only tables go first; the keys their rows reference in closure tables are
+    collected from the Arrow chunks on the way (vectorised, bounded by the batch's distinct
+    keys) and published, then ``closure_sql`` completes each closure and the closure tables
+    are copied. Everything reads the one snapshot of the enclosing transaction.
+    """
+    set_window(con, window)
+    closure = closure_tables()
+    pulled: dict[str, list] = {t.name: [] for t in closure}
+    references = {
+        child.name: [(t.name, column) for t in closure for c, column in pullers(t) if c == child]
+        for child in TABLES
+    }
+    rows: dict[str, int] = {}
+
+    def collect(table: Table, chunk: pa.Table) -> None:
+        for target, column in references[table.name]:
+            pulled[target].append(pc.unique(chunk.column(column)))
+        on_chunk(table, chunk)
+
+    for table in TABLES:
+        if is_window_only(table):
+            rows[table.name] = copy_table(con, table, chunk_rows, functools.partial(collect, table))
+    names = [pulled_setting(t) for t in closure]
+    params = {f"p{i}": _key_set_text(pulled[t.name]) for i, t in enumerate(closure)}
+    con.run(
+        "SELECT " + ", ".join(f"set_config('{name}', :p{i}, true)" for i, name in enumerate(names)),
+        **params,
+    )
+    con.run(closure_sql())
+    for table in TABLES:
+        if not is_window_only(table):
+            rows[table.name] = copy_table(
+                con, table, chunk_rows, functools.partial(on_chunk, table)
+            )
+    return rows
+
+
+# Bytes pg8000's per-row writes are gathered into (in C) before Python sees them.
+COPY_BLOCK_BYTES = 2**20
+
+
+class _CsvChunks(io.RawIOBase):
+    """The raw sink under ``COPY ... TO STDOUT``: it receives the CSV in blocks, parses every
+    complete row of a block into one typed Arrow table, and hands rows on in chunks of exactly
+    ``chunk_rows`` (the last one smaller); it never holds more than about one chunk and one
+    block.
+
+    PostgreSQL sends one CopyData message per row and pg8000 calls ``write`` once per
+    message; ``copy_table`` puts an ``io.BufferedWriter`` in front so those calls stay in C
+    and this class sees one call per block. A block ends anywhere, so only the rows up to the
+    last newline outside a quoted value are parsed (in PostgreSQL's CSV every ``"`` opens,
+    closes or doubles inside a quoted value, so a newline is a row end exactly when an even
+    number of quotes precede it); the rest waits for the next block.
+    """
+
+    def __init__(self, table: Table, chunk_rows: int, on_chunk: Callable[[pa.Table], None]):
+        super().__init__()
+        self.schema = table.arrow_schema
+        self.chunk_rows = chunk_rows
+        self.on_chunk = on_chunk
+        self.buffer = bytearray()
+        self.parsed: list[pa.Table] = []
+        self.parsed_rows = 0
+        self.rows = 0
+        self.read_options = pacsv.ReadOptions(column_names=self.schema.names)
+        self.parse_options = pacsv.ParseOptions(newlines_in_values=True)
+        self.convert_options = pacsv.ConvertOptions(
+            column_types={f.name: f.type for f in self.schema},
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            true_values=["t"],
+            false_values=["f"],
+        )
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.buffer += data
+        end = self._complete_rows_end()
+        if end:
+            self._parse(self.buffer[:end])
+            del self.buffer[:end]
+        return len(data)
+
+    def _complete_rows_end(self) -> int:
+        """Length of the buffer's prefix made of complete rows (the buffer starts a row)."""
+        end = self.buffer.rfind(b"\n")
+        while end >= 0 and self.buffer.count(b'"', 0, end) % 2:
+            end = self.buffer.rfind(b"\n", 0, end)
+        return end + 1
+
+    def _parse(self, data: bytes | bytearray) -> None:
+        parsed = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=self.read_options,
+            parse_options=self.parse_options,
+            convert_options=self.convert_options,
+        ).cast(self.schema)
+        self.parsed.append(parsed)
+        self.parsed_rows += parsed.num_rows
+        while self.parsed_rows >= self.chunk_rows:
+            self._hand_on(self.chunk_rows)
+
+    def _hand_on(self, rows: int) -> None:
+        parsed = pa.concat_tables(self.parsed)
+        rest = parsed.slice(rows)
+        self.parsed = [rest] if rest.num_rows else []
+        self.parsed_rows = rest.num_rows
+        self.rows += rows
+        self.on_chunk(parsed.slice(0, rows))
+
+    def finish(self) -> None:
+        """Parse what is left and hand on the last, smaller chunk."""
+        if self.buffer:
+            self._parse(bytes(self.buffer))
+            self.buffer = bytearray()
+        if self.parsed_rows:
+            self._hand_on(self.parsed_rows)
+
+
+def copy_table(
+    con: Connection, table: Table, chunk_rows: int, on_chunk: Callable[[pa.Table], None]
+) -> int:
+    """Stream the published batch's rows of ``table`` through ``COPY ... TO STDOUT`` into
+    Arrow tables of at most ``chunk_rows`` rows with the raw lake schema; returns the rows."""
+    sink = _CsvChunks(table, chunk_rows, on_chunk)
+    blocks = io.BufferedWriter(sink, buffer_size=COPY_BLOCK_BYTES)
+    con.run(copy_sql(table), stream=blocks)
+    blocks.flush()
+    sink.finish()
+    return sink.rows
