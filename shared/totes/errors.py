@@ -24,3 +24,7 @@ class BatchRejected(TotesError):
     def __init__(self, message: str, reason: dict | None = None):
         super().__init__(message)
         self.reason = reason or {"error": message}
+
+
+class LoadFailed(TotesError):
+    """A batch could not be merged; nothing of it is visible. Names batch, table and cause."""

@@ -13,11 +13,10 @@ import boto3
 import pytest
 
 from totes.db import connect
-from totes.errors import DatabaseUnavailable
+from totes.errors import DatabaseUnavailable, LoadFailed
 from totes.lake import Lake, ManifestFile, data_key
 from totes.stages import load_batch
 from totes.star.model import STAR_TABLES_BY_NAME
-from totes.warehouse.merge import LoadFailed
 from totes_tools.local.aws import free_port, receive_s3_events
 from totes_tools.warehouse.checksums import table_checksums
 from totes_tools.warehouse.synthetic import processed_manifest, put_processed_batch, star_batch

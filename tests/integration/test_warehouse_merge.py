@@ -12,10 +12,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from totes.errors import LoadFailed
 from totes.star.model import OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
-from totes.warehouse import merge
-from totes.warehouse.merge import LoadFailed, TableResult, load_batch
+from totes.warehouse import staging
+from totes.warehouse.merge import load_batch
 from totes.warehouse.migrations import migrate
+from totes.warehouse.results import LoadResult, TableResult
 from totes_tools.warehouse.checksums import table_checksums
 from totes_tools.warehouse.synthetic import (
     EPOCH,
@@ -109,7 +111,7 @@ def test_a_batch_loaded_twice_leaves_the_warehouse_as_after_one_load(warehouse, 
     second = load(warehouse, "b1", batches["b1"])
     assert first.loaded
     assert first.tables["fact_payment"] == TableResult(staged=30, inserted=30)
-    assert second == merge.LoadResult("b1", loaded=False)
+    assert second == LoadResult("b1", loaded=False)
     assert table_checksums(warehouse) == after_one
     assert ledger(warehouse) == ["b1"]
 
@@ -248,40 +250,40 @@ def _all_rows(con) -> dict[str, int]:
 def test_a_failing_copy_of_the_last_table_leaves_nothing_of_the_batch(
     warehouse, batches, monkeypatch
 ):
-    real = merge.csv_chunks
+    real = staging.csv_chunks
 
     def broken_for_payments(data, *args):
         if "payment_id" in data.column_names:
             return iter([b"1,not-a-date\n"])
         return real(data, *args)
 
-    monkeypatch.setattr(merge, "csv_chunks", broken_for_payments)
+    monkeypatch.setattr(staging, "csv_chunks", broken_for_payments)
     with pytest.raises(LoadFailed) as failure:
         load(warehouse, "b1", batches["b1"])
     message = str(failure.value)
     assert message.startswith("batch b1: staging fact_payment failed: ")
     assert "SQLSTATE" in message
     assert set(_all_rows(warehouse).values()) == {0}
-    monkeypatch.setattr(merge, "csv_chunks", real)
+    monkeypatch.setattr(staging, "csv_chunks", real)
     assert load(warehouse, "b1", batches["b1"]).loaded
 
 
 def test_a_client_crash_mid_copy_leaves_nothing_of_the_batch(
     warehouse_db, warehouse, batches, monkeypatch, pg_connect
 ):
-    real = merge.csv_chunks
+    real = staging.csv_chunks
 
     def crashing(data, *args):
         yield from real(data, *args)
         if "payment_id" in data.column_names:
             raise MemoryError("injected crash while streaming fact_payment")
 
-    monkeypatch.setattr(merge, "csv_chunks", crashing)
+    monkeypatch.setattr(staging, "csv_chunks", crashing)
     with pytest.raises(MemoryError):
         load(warehouse, "b1", batches["b1"])
     with contextlib.suppress(Exception):  # broken mid-COPY: discarded, as the stage does
         warehouse.close()
-    monkeypatch.setattr(merge, "csv_chunks", real)
+    monkeypatch.setattr(staging, "csv_chunks", real)
     con = pg_connect(warehouse_db)
     assert set(_all_rows(con).values()) == {0}
     assert load(con, "b1", batches["b1"]).loaded

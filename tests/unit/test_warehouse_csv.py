@@ -9,7 +9,7 @@ from decimal import Decimal
 import pyarrow as pa
 
 from totes.star.model import STAR_TABLES_BY_NAME
-from totes.warehouse.merge import csv_chunks
+from totes.warehouse.staging import csv_chunks
 from totes_tools.warehouse.synthetic import calendar
 
 
@@ -60,7 +60,7 @@ def test_the_synthetic_calendar_follows_the_warehouse_conventions():
 
 
 def test_foreign_keys_are_checked_set_based_only_for_large_batches_relative_to_the_table():
-    from totes.warehouse.merge import set_based_fk_check
+    from totes.warehouse.fact_bulk import set_based_fk_check
 
     assert [
         set_based_fk_check(batch, stored)

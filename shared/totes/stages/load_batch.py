@@ -24,13 +24,14 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from botocore.exceptions import ClientError
 
 from totes.db import DbCredentials, connect, credentials_from_secret_store
-from totes.errors import DatabaseUnavailable
+from totes.errors import DatabaseUnavailable, LoadFailed
 from totes.lake import Lake, Manifest, batch_id_from_manifest_key, schema_fingerprint
 from totes.observability import NAMESPACE, logger, metrics
 from totes.settings import LoadSettings
 from totes.stages.trigger import ObjectRef, manifest_refs, run_once
-from totes.warehouse.merge import LoadFailed, LoadResult, expected_fingerprint, load_batch
+from totes.warehouse.merge import expected_fingerprint, load_batch
 from totes.warehouse.migrations import migrate
+from totes.warehouse.results import LoadResult
 
 # pg8000's timeout bounds every socket wait, not just connecting: a bulk merge statement or a
 # wait for the load lock answers nothing for a long time. So connect with the short default,

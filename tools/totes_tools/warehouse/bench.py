@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from totes.db import DbCredentials, connect
 from totes.star.model import FACT_SALES_ORDER, SOURCE_VERSION, STAR_TABLES
-from totes.warehouse import merge
+from totes.warehouse import fact_bulk, ledger, merge, staging
 from totes.warehouse.migrations import migrate
 from totes_tools.warehouse.synthetic import (
     dimensions,
@@ -37,7 +37,7 @@ from totes_tools.warehouse.synthetic import (
     with_calendar,
 )
 
-_WAREHOUSE_TABLES = ", ".join([*(t.name for t in STAR_TABLES), merge.LEDGER])
+_WAREHOUSE_TABLES = ", ".join([*(t.name for t in STAR_TABLES), ledger.LEDGER])
 
 
 def synthetic_batch(fact_rows: int, seed: int = 7) -> dict[str, pa.Table]:
@@ -57,7 +57,7 @@ def _timed(fn) -> float:
 
 def _raw_copy(con, facts: pa.Table) -> float:
     defs = ", ".join(
-        f"{c.name} {merge._PG_TYPE.get(c.sql_type, c.sql_type)}" for c in FACT_SALES_ORDER.columns
+        f"{c.name} {staging.PG_TYPE.get(c.sql_type, c.sql_type)}" for c in FACT_SALES_ORDER.columns
     )
     con.run("DROP TABLE IF EXISTS bench_raw_copy")
     con.run(f"CREATE TABLE bench_raw_copy ({defs}, {SOURCE_VERSION} TIMESTAMP(3))")
@@ -65,7 +65,7 @@ def _raw_copy(con, facts: pa.Table) -> float:
     seconds = _timed(
         lambda: con.run(
             f"COPY bench_raw_copy ({columns}) FROM STDIN WITH (FORMAT csv)",
-            stream=merge.csv_chunks(facts),
+            stream=staging.csv_chunks(facts),
         )
     )
     con.run("DROP TABLE bench_raw_copy")
@@ -139,8 +139,8 @@ def measure(
         results["row_by_row_insert"] = _rate(sample, _row_by_row(con, batch, sample))
         con.run(f"TRUNCATE {_WAREHOUSE_TABLES} RESTART IDENTITY")
         results["auto_set_based_from"] = {
-            "fact_rows": merge.BULK_FACT_ROWS,
-            "share_of_stored": merge.BULK_FACT_SHARE,
+            "fact_rows": fact_bulk.BULK_FACT_ROWS,
+            "share_of_stored": fact_bulk.BULK_FACT_SHARE,
         }
         return results
     finally:

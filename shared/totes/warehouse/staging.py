@@ -1,0 +1,61 @@
+"""Staging: each table of a batch bulk-copied into a temporary table before it is merged.
+
+``COPY ... FROM STDIN`` of CSV written by Arrow in bounded chunks (one COPY message each), into
+an unconstrained temporary table that lives until commit, so the merges are set-based
+statements over rows already on the server.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from pg8000.native import Connection
+
+from totes.identifiers import quote, quote_all
+from totes.star.model import StarTable
+
+CSV_CHUNK_ROWS = 65_536
+ANALYZE_ROWS = 10_000
+
+# Every merged row records the batch that last wrote it (except dim_date, a calendar).
+LOADED_BATCH = "loaded_batch_id"
+# The warehouse's column types where they differ from the model's names for them.
+PG_TYPE = {"TIME": "TIME(3)", "TIMESTAMP": "TIMESTAMP(3)"}
+
+
+def staging_name(table: StarTable) -> str:
+    return f"stage_{table.name}"
+
+
+def loaded_columns(table: StarTable) -> list[str]:
+    """The columns a batch carries for ``table``: the model's, then its lineage stamps."""
+    return [*table.column_names, *table.lineage]
+
+
+def stage(con: Connection, table: StarTable, data: pa.Table) -> None:
+    """COPY the rows into an unconstrained temporary table that lives until commit."""
+    defs = ", ".join(
+        f"{quote(c.name)} {PG_TYPE.get(c.sql_type, c.sql_type)}" for c in table.columns
+    )
+    name = quote(staging_name(table))
+    stamps = ", ".join(f"{quote(stamp)} TIMESTAMP(3)" for stamp in table.lineage)
+    con.run(f"CREATE TEMP TABLE {name} ({defs}, {stamps}) ON COMMIT DROP")
+    con.run(
+        f"COPY {name} ({quote_all(loaded_columns(table))}) FROM STDIN WITH (FORMAT csv)",
+        stream=csv_chunks(data),
+    )
+    if data.num_rows >= ANALYZE_ROWS:  # temp tables get no autovacuum statistics
+        con.run(f"ANALYZE {name}")
+
+
+def csv_chunks(data: pa.Table, rows: int = CSV_CHUNK_ROWS) -> Iterator[bytes]:
+    """The table as headerless CSV in bounded chunks (one COPY message each). Arrow quotes
+    every string, so an empty string stays empty and an unquoted empty field is NULL."""
+    options = pacsv.WriteOptions(include_header=False)
+    for record_batch in data.to_batches(max_chunksize=rows):
+        sink = io.BytesIO()
+        pacsv.write_csv(record_batch, sink, options)
+        yield sink.getvalue()
