@@ -1,15 +1,18 @@
 """Transform Lambda: a raw-batch manifest landed; remodel that batch into the star schema."""
 
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from totes.observability import logger, metrics
-from totes.stages import transform_batch
+from totes.settings import TransformSettings
+from totes.stages import runtime, transform_batch
 
-transform_batch.settings()  # a missing or malformed variable fails the cold start, naming it
+# A missing or malformed variable fails the cold start, naming it.
+runtime.settings(TransformSettings)
 
 
 @logger.inject_lambda_context
 @metrics.log_metrics(capture_cold_start_metric=True)
 @event_source(data_class=S3Event)
-def handler(event: S3Event, context) -> dict:
+def handler(event: S3Event, context: LambdaContext) -> dict:
     return transform_batch.from_s3_event(event, context)

@@ -12,8 +12,10 @@ import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
+import pg8000
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
@@ -118,18 +120,23 @@ class DbCredentials:
         return DbCredentials(**{**self.__dict__, "dbname": dbname})
 
     def to_url(self) -> str:
-        """A URL with the password percent-encoded (for local tools; never logged)."""
-        from urllib.parse import quote
-
+        """A URL naming every field, password percent-encoded (for local tools; never logged):
+        ``from_url(creds.to_url()) == creds``."""
         auth = quote(self.user, safe="")
         if self.password:
             auth += ":" + quote(self.password, safe="")
+        query: dict[str, str] = {}
         if self.unix_socket_dir:
-            return (
-                f"postgresql://{auth}@/{self.dbname}?host={self.unix_socket_dir}&port={self.port}"
-            )
-        query = "" if self.sslmode == "verify-full" else f"?sslmode={self.sslmode}"
-        return f"postgresql://{auth}@{self.host}:{self.port}/{self.dbname}{query}"
+            location = ""
+            query.update(host=self.unix_socket_dir, port=str(self.port))
+        else:
+            location = f"{self.host}:{self.port}"
+        if self.sslmode != "verify-full":
+            query["sslmode"] = self.sslmode
+        if self.sslrootcert:
+            query["sslrootcert"] = self.sslrootcert
+        suffix = "?" + urlencode(query, safe="/", quote_via=quote) if query else ""
+        return f"postgresql://{auth}@{location}/{quote(self.dbname, safe='')}{suffix}"
 
     @property
     def where(self) -> str:
@@ -183,9 +190,11 @@ class DbCredentials:
         return context
 
 
-def connect(creds: DbCredentials, *, application_name: str = "totes", timeout: float = 10.0):
+def connect(
+    creds: DbCredentials, *, application_name: str = "totes", timeout: float = 10.0
+) -> pg8000.native.Connection:
     """A ``pg8000.native.Connection``; failures become ``DatabaseUnavailable`` naming the target."""
-    kwargs: dict = {
+    kwargs: dict[str, Any] = {
         "user": creds.user,
         "password": creds.password,
         "database": creds.dbname,
@@ -233,8 +242,26 @@ def _refusal(exc: BaseException) -> DatabaseError | None:
     return None
 
 
-def connect_url(url: str, **kwargs):
+def connect_url(url: str, **kwargs: Any) -> pg8000.native.Connection:
     return connect(DbCredentials.from_url(url), **kwargs)
+
+
+def set_socket_timeout(con: pg8000.native.Connection, seconds: float) -> None:
+    """Bound every later socket wait of ``con`` by ``seconds``.
+
+    pg8000's ``timeout`` bounds every socket wait, not just connecting, and pg8000 1.31 has no
+    public way to change it afterwards, so this sets it on the connection's socket, the
+    private ``_usock``. An upgrade that renames or drops it must fail here, loudly, not leave
+    statements silently bound by the connect timeout; ``tests/integration/test_db_timeout.py``
+    checks on a real connection that the new timeout is the one that applies.
+    """
+    sock = getattr(con, "_usock", None)
+    if not callable(getattr(sock, "settimeout", None)):
+        raise RuntimeError(
+            f"pg8000 {pg8000.__version__}: the connection has no socket at _usock any more;"
+            " totes.db.set_socket_timeout needs another way to set the statement timeout"
+        )
+    sock.settimeout(seconds)
 
 
 def credentials_from_secret_store(secret_id: str) -> DbCredentials:

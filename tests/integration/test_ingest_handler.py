@@ -9,11 +9,10 @@ import json
 
 import boto3
 import pytest
-from aws_lambda_powertools.utilities import parameters
 
 from totes.lake import Lake
 from totes.observability import logger
-from totes.stages import ingest_batch
+from totes.stages import runtime
 from totes_tools.local.chain import context_for, load_handler, schedule_event
 from totes_tools.source.snapshot import load_snapshot
 
@@ -24,9 +23,7 @@ def handler(stack, source_db, pg_connect, snapshot_dir, monkeypatch):
     monkeypatch.setenv("INGEST_LAG_SECONDS", "0")
     monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "ingest")
     # A cold start for this stack: forget what earlier tests' invocations cached.
-    parameters.clear_caches()
-    ingest_batch.settings.cache_clear()
-    ingest_batch._s3.cache_clear()
+    runtime.reset()
     return load_handler("ingest")
 
 

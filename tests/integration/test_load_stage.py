@@ -15,7 +15,7 @@ import pytest
 from totes.db import connect
 from totes.errors import DatabaseUnavailable, LoadFailed
 from totes.lake import Lake, ManifestFile, data_key
-from totes.stages import load_batch
+from totes.stages import runtime
 from totes.star.model import STAR_TABLES_BY_NAME
 from totes_tools.local.aws import free_port, receive_s3_events
 from totes_tools.warehouse.checksums import table_checksums
@@ -26,8 +26,7 @@ APP = Path(__file__).resolve().parents[2] / "functions" / "load" / "app.py"
 
 def load_handler():
     """A cold start in this test's stack: the module reads its settings at import."""
-    load_batch.settings.cache_clear()
-    load_batch._s3.cache_clear()
+    runtime.reset()
     spec = importlib.util.spec_from_file_location(f"load_app_{uuid.uuid4().hex}", APP)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

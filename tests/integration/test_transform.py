@@ -24,7 +24,7 @@ from totes.lake import (
 )
 from totes.settings import TransformSettings
 from totes.source.model import TABLES_BY_NAME
-from totes.stages import transform_batch
+from totes.stages import runtime
 from totes.stages.transform_batch import transform
 from totes.star.model import FACTS, OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
 from totes_tools.local.chain import context_for, load_handler, parse_emf
@@ -344,8 +344,7 @@ def test_the_handler_transforms_a_manifest_once_per_etag(lakes, snapshot):
     key = put_raw_batch(raw, small_batch(snapshot))
     etag = raw.s3.head_object(Bucket=settings.raw_bucket, Key=key)["ETag"]
     handler = load_handler("transform")
-    transform_batch.settings.cache_clear()  # a cold start in this test's stack
-    transform_batch._s3.cache_clear()
+    runtime.reset()  # a cold start in this test's stack
 
     first = handler(s3_event(settings.raw_bucket, key, etag), context_for("transform"))
     processed.s3.delete_object(Bucket=settings.processed_bucket, Key=manifest_key(BATCH))
@@ -374,8 +373,7 @@ def test_a_quarantined_batch_is_counted_and_the_next_batch_still_transforms(
     raw.put_bytes(data_key(RAW_PREFIX, "design", BATCH), b"PAR1 not really", "x")
     good_key = put_raw_batch(raw, small_batch(snapshot), batch=later)
     handler = load_handler("transform")
-    transform_batch.settings.cache_clear()
-    transform_batch._s3.cache_clear()
+    runtime.reset()
     capsys.readouterr()
 
     results, emitted = [], []

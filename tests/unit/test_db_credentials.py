@@ -96,3 +96,27 @@ def test_rds_hosts_use_the_bundled_rds_cas_when_present(tmp_path, monkeypatch):
     assert rds.ca_arguments() == {"cafile": str(tmp_path / totes.db.RDS_BUNDLE)}
     other = DbCredentials.from_url("postgresql://u@db.example.com/d")
     assert other.ca_arguments() == {}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://loader:p%40ss%3Aw%2Fd@wh.example:6543/warehouse",
+        "postgresql://reader@db.example/totesys?sslmode=require",
+        "postgresql://reader:x@db.example:5432/totesys?sslrootcert=rds-global-bundle.pem",
+        "postgresql://reader:x@db.example/totesys?sslmode=disable&sslrootcert=/etc/ca%20dir/ca.pem",
+        "postgresql://postgres@/totes_1?host=/tmp/pg%20socket&port=5433",
+    ],
+)
+def test_to_url_keeps_every_field_through_a_round_trip(url):
+    creds = DbCredentials.from_url(url)
+
+    again = DbCredentials.from_url(creds.to_url())
+
+    assert again == creds
+
+
+def test_to_url_keeps_a_pem_sslrootcert():
+    creds = DbCredentials("reader", "totesys", host="db.example", password="x", sslrootcert=PEM)
+
+    assert DbCredentials.from_url(creds.to_url()) == creds

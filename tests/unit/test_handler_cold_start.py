@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from totes.errors import ConfigurationError
-from totes.stages import ingest_batch, load_batch, transform_batch
+from totes.settings import IngestSettings, LoadSettings, TransformSettings
+from totes.stages import runtime
 
 FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
-STAGE_MODULES = {"ingest": ingest_batch, "transform": transform_batch, "load": load_batch}
+SETTINGS = {"ingest": IngestSettings, "transform": TransformSettings, "load": LoadSettings}
 # What each function's environment in template.yaml must provide.
 REQUIRED = {
     "ingest": ["RAW_BUCKET", "SOURCE_SECRET_ID"],
@@ -29,11 +30,9 @@ def cold(monkeypatch):
     """No function variables set and no settings cached, before and after the test."""
     for name in ALL_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    for module in STAGE_MODULES.values():
-        module.settings.cache_clear()
+    runtime.reset()
     yield monkeypatch
-    for module in STAGE_MODULES.values():
-        module.settings.cache_clear()
+    runtime.reset()
 
 
 def import_handler(stage: str):
@@ -75,6 +74,6 @@ def test_a_handler_imported_with_its_variables_reads_them_once(cold, stage):
     module = import_handler(stage)
 
     assert callable(module.handler)
-    read = STAGE_MODULES[stage].settings()
+    read = runtime.settings(SETTINGS[stage])
     cold.setenv(REQUIRED[stage][0], "changed-after-the-cold-start")
-    assert STAGE_MODULES[stage].settings() is read
+    assert runtime.settings(SETTINGS[stage]) is read

@@ -10,13 +10,12 @@ same objects with the same content.
 
 from __future__ import annotations
 
-import functools
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 
-import boto3
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from totes.db import DbCredentials, connect, credentials_from_secret_store
 from totes.errors import TotesError
@@ -25,9 +24,10 @@ from totes.extract.snapshot import check_schema, snapshot
 from totes.extract.watermark import Window
 from totes.lake import RAW_PREFIX, Lake, Manifest, ManifestFile, batch_id_for, data_key
 from totes.lake import schema_fingerprint as fingerprint_of
-from totes.observability import NAMESPACE, logger, metrics
+from totes.observability import add_table_metric, logger, metrics
 from totes.settings import IngestSettings
 from totes.source.model import TABLES
+from totes.stages import runtime
 
 STAGE = "raw"
 
@@ -127,53 +127,36 @@ def ingest(settings: IngestSettings, creds: DbCredentials, s3_client) -> list[Ma
         con.close()
 
 
-@functools.cache
-def settings() -> IngestSettings:
-    """Read once per container (a missing variable fails the cold start with its name)."""
-    return IngestSettings.from_env()
-
-
-@functools.cache
-def _s3():
-    return boto3.client("s3")
-
-
-def _emit(name: str, value: float, unit: MetricUnit, table: str | None = None) -> None:
-    if table is None:
-        metrics.add_metric(name=name, unit=unit, value=value)
-        return
-    with single_metric(name=name, unit=unit, value=value, namespace=NAMESPACE) as metric:
-        metric.add_dimension(name="table", value=table)
-
-
 def _seconds_between(later: str, earlier: str) -> float:
     return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
 
 
-def from_schedule_event(event: dict, context=None) -> dict:
+def from_schedule_event(event: dict, context: LambdaContext | None = None) -> dict:
     """The Lambda's work: credentials from Secrets Manager, one ingest run, its metrics."""
-    config = settings()
+    config = runtime.settings(IngestSettings)
     started = time.monotonic()
     try:
         creds = credentials_from_secret_store(config.source_secret_id)
-        manifests = ingest(config, creds, _s3())
+        manifests = ingest(config, creds, runtime.s3())
     except TotesError as exc:  # operator-grade message, no credentials; the state is untouched
         logger.error("ingest failed", extra={"error": str(exc), "kind": type(exc).__name__})
         raise
     finally:
-        _emit("IngestDurationSeconds", time.monotonic() - started, MetricUnit.Seconds)
+        seconds = time.monotonic() - started
+        metrics.add_metric(name="IngestDurationSeconds", unit=MetricUnit.Seconds, value=seconds)
     if not manifests:
-        _emit("IngestEmptyRuns", 1, MetricUnit.Count)
+        metrics.add_metric(name="IngestEmptyRuns", unit=MetricUnit.Count, value=1)
         return {"batches": [], "rows": {}}
     rows: dict[str, int] = {}
     for manifest in manifests:
         for table, n in manifest.row_counts.items():
             rows[table] = rows.get(table, 0) + n
     for table, n in sorted(rows.items()):
-        _emit("IngestRows", n, MetricUnit.Count, table)
-    _emit("IngestBytes", sum(f.bytes for m in manifests for f in m.files), MetricUnit.Bytes)
+        add_table_metric("IngestRows", MetricUnit.Count, n, table)
+    size = sum(f.bytes for m in manifests for f in m.files)
+    metrics.add_metric(name="IngestBytes", unit=MetricUnit.Bytes, value=size)
     first = manifests[0].extra
     if first.get("previous_hi"):
         lag = _seconds_between(first["source_now"], first["previous_hi"])
-        _emit("IngestWindowLagSeconds", lag, MetricUnit.Seconds)
+        metrics.add_metric(name="IngestWindowLagSeconds", unit=MetricUnit.Seconds, value=lag)
     return {"batches": [m.batch_id for m in manifests], "rows": rows}

@@ -14,21 +14,22 @@ retry or the failure destination can take over safely.
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from datetime import UTC, datetime
 
-import boto3
 import pyarrow as pa
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import S3Event
+from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
-from totes.db import DbCredentials, connect, credentials_from_secret_store
+from totes.db import DbCredentials, connect, credentials_from_secret_store, set_socket_timeout
 from totes.errors import DatabaseUnavailable, LoadFailed
 from totes.lake import Lake, Manifest, batch_id_from_manifest_key, schema_fingerprint
-from totes.observability import NAMESPACE, logger, metrics
+from totes.observability import add_table_metric, logger, metrics
 from totes.settings import LoadSettings
-from totes.stages.trigger import ObjectRef, manifest_refs, run_once
+from totes.stages import runtime
+from totes.stages.trigger import ObjectRef, handle_manifests
 from totes.warehouse.merge import expected_fingerprint, load_batch
 from totes.warehouse.migrations import migrate
 from totes.warehouse.results import LoadResult
@@ -93,10 +94,7 @@ def _emit(result: LoadResult, manifest: Manifest) -> float | None:
             ("LoadRowsUpdated", "updated"),
             ("LoadRowsSkipped", "skipped"),
         ):
-            with single_metric(
-                name=metric_name, unit=MetricUnit.Count, value=counts[key], namespace=NAMESPACE
-            ) as metric:
-                metric.add_dimension(name="table", value=name)
+            add_table_metric(metric_name, MetricUnit.Count, counts[key], name)
     hi_utc = (manifest.extra or {}).get("hi_utc")
     if not hi_utc:
         logger.warning("manifest carries no hi_utc; freshness not measured")
@@ -126,7 +124,7 @@ def load(processed_manifest_key: str, settings: LoadSettings, s3_client, creds) 
         con = connect(creds, application_name="totes-load")
     except DatabaseUnavailable as exc:
         raise DatabaseUnavailable(f"batch {batch_id}: {exc}") from None
-    con._usock.settimeout(SOCKET_TIMEOUT_SECONDS)  # pg8000 1.31 exposes no public setter
+    set_socket_timeout(con, SOCKET_TIMEOUT_SECONDS)
     try:
         _ensure_schema(con, creds)
         result = load_batch(con, manifest, tables)
@@ -144,27 +142,13 @@ def load(processed_manifest_key: str, settings: LoadSettings, s3_client, creds) 
     return {"status": "loaded", "batch_id": batch_id, "rows": rows}
 
 
-@functools.cache
-def settings() -> LoadSettings:
-    """Read once per container (a missing variable fails the cold start with its name)."""
-    return LoadSettings.from_env()
-
-
-@functools.cache
-def _s3():
-    return boto3.client("s3")
-
-
-def from_s3_event(event, context=None, config: LoadSettings | None = None) -> dict:
+def from_s3_event(event: S3Event, context: LambdaContext | None = None) -> dict:
     """The handler's work: each processed manifest the event names, loaded at most once per
     (bucket, key, eTag) by idempotency, and at most once per batch by the ledger."""
-    config = config or settings()
-    s3_client = _s3()
+    config = runtime.settings(LoadSettings)
+    s3_client = runtime.s3()
 
-    def stage(ref: ObjectRef) -> dict:
-        if ref.bucket != config.processed_bucket:
-            logger.warning("manifest from an unexpected bucket", extra={"bucket": ref.bucket})
-            return {"status": "ignored", "bucket": ref.bucket, "key": ref.key}
+    def work(ref: ObjectRef) -> dict:
         creds = credentials_from_secret_store(config.warehouse_secret_id)
         try:
             return load(ref.key, config, s3_client, creds)
@@ -172,7 +156,10 @@ def from_s3_event(event, context=None, config: LoadSettings | None = None) -> di
             logger.exception("batch load failed; rolled back", extra={"key": ref.key})
             raise
 
-    results = [
-        run_once(stage, ref, config.idempotency_table, context) for ref in manifest_refs(event)
-    ]
-    return {"results": results}
+    return handle_manifests(
+        event,
+        context,
+        bucket=config.processed_bucket,
+        idempotency_table=config.idempotency_table,
+        work=work,
+    )

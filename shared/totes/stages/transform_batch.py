@@ -13,13 +13,13 @@ where it is, because ingest reads its watermark from the newest raw manifest.
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 
-import boto3
 import pyarrow as pa
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import S3Event
+from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
 from totes import quality
@@ -35,9 +35,10 @@ from totes.lake import (
     parquet_bytes_to_table,
     schema_fingerprint,
 )
-from totes.observability import NAMESPACE, logger, metrics
+from totes.observability import add_table_metric, logger, metrics
 from totes.settings import TransformSettings
-from totes.stages.trigger import ObjectRef, manifest_refs, run_once
+from totes.stages import runtime
+from totes.stages.trigger import ObjectRef, handle_manifests
 from totes.star.remodel import build_star
 
 _MISSING_OBJECT_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -107,13 +108,6 @@ def quarantine(
     }
 
 
-def _count_rows(table: str, rows: int) -> None:
-    with single_metric(
-        name="TransformRows", unit=MetricUnit.Count, value=rows, namespace=NAMESPACE
-    ) as metric:
-        metric.add_dimension(name="table", value=table)
-
-
 def transform(raw_manifest_key: str, settings: TransformSettings, s3_client) -> dict:
     """Transform the raw batch named by ``raw_manifest_key``; return what was written (or why
     the batch was quarantined)."""
@@ -140,7 +134,7 @@ def transform(raw_manifest_key: str, settings: TransformSettings, s3_client) -> 
         entries.append(
             ManifestFile(name, key, table.num_rows, schema_fingerprint(table.schema), size)
         )
-        _count_rows(name, table.num_rows)
+        add_table_metric("TransformRows", MetricUnit.Count, table.num_rows, name)
     out = Manifest(
         batch_id=manifest.batch_id,
         stage="processed",
@@ -163,30 +157,19 @@ def transform(raw_manifest_key: str, settings: TransformSettings, s3_client) -> 
     }
 
 
-@functools.cache
-def settings() -> TransformSettings:
-    """Read once per container (a missing variable fails the cold start with its name)."""
-    return TransformSettings.from_env()
-
-
-@functools.cache
-def _s3():
-    return boto3.client("s3")
-
-
-def from_s3_event(event, context=None) -> dict:
+def from_s3_event(event: S3Event, context: LambdaContext | None = None) -> dict:
     """The handler's work: each raw manifest the event names, transformed at most once per
     (bucket, key, eTag)."""
-    config = settings()
-    s3_client = _s3()
+    config = runtime.settings(TransformSettings)
+    s3_client = runtime.s3()
 
-    def stage(ref: ObjectRef) -> dict:
-        if ref.bucket != config.raw_bucket:
-            logger.warning("manifest from an unexpected bucket", extra={"bucket": ref.bucket})
-            return {"status": "ignored", "bucket": ref.bucket, "key": ref.key}
+    def work(ref: ObjectRef) -> dict:
         return transform(ref.key, config, s3_client)
 
-    results = [
-        run_once(stage, ref, config.idempotency_table, context) for ref in manifest_refs(event)
-    ]
-    return {"results": results}
+    return handle_manifests(
+        event,
+        context,
+        bucket=config.raw_bucket,
+        idempotency_table=config.idempotency_table,
+        work=work,
+    )

@@ -1,23 +1,21 @@
 """The manifest trigger that transform and load share: decode the S3 event's records into
-object references and run the stage once per (bucket, key, eTag) under Powertools
-idempotency, so a redelivered event does no work twice."""
+object references, refuse manifests from any other bucket than the stage's own, and run the
+stage once per (bucket, key, eTag) under Powertools idempotency, so a redelivered event does
+no work twice."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.data_classes import S3Event
-from aws_lambda_powertools.utilities.idempotency import (
-    DynamoDBPersistenceLayer,
-    IdempotencyConfig,
-    idempotent_function,
-)
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from totes.lake import MANIFEST_PREFIX, MANIFEST_SUFFIX
 from totes.observability import logger
+from totes.stages import runtime
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
@@ -41,14 +39,33 @@ def manifest_refs(event: S3Event) -> list[ObjectRef]:
     return refs
 
 
-@functools.cache
-def _persistence(table_name: str) -> DynamoDBPersistenceLayer:
-    # Built on first use, not at import: the client must see the (possibly local) endpoint.
-    return DynamoDBPersistenceLayer(table_name=table_name)
+def handle_manifests(
+    event: S3Event,
+    context: LambdaContext | None,
+    *,
+    bucket: str,
+    idempotency_table: str,
+    work: Callable[[ObjectRef], dict],
+) -> dict:
+    """The handler's work for transform and load: ``work(ref)`` for each manifest the event
+    names in the stage's own ``bucket``, at most once per (bucket, key, eTag); a manifest from
+    any other bucket is logged and answered as ignored."""
+
+    def stage(ref: ObjectRef) -> dict:
+        if ref.bucket != bucket:
+            logger.warning("manifest from an unexpected bucket", extra={"bucket": ref.bucket})
+            return {"status": "ignored", "bucket": ref.bucket, "key": ref.key}
+        return work(ref)
+
+    results = [run_once(stage, ref, idempotency_table, context) for ref in manifest_refs(event)]
+    return {"results": results}
 
 
 def run_once(
-    stage: Callable[[ObjectRef], dict], ref: ObjectRef, table_name: str, context=None
+    stage: Callable[[ObjectRef], dict],
+    ref: ObjectRef,
+    table_name: str,
+    context: LambdaContext | None = None,
 ) -> dict:
     """Run ``stage(ref)`` at most once per (bucket, key, eTag) while the record lives.
 
@@ -64,7 +81,9 @@ def run_once(
         config.register_lambda_context(context)
 
     @idempotent_function(
-        data_keyword_argument="ref", persistence_store=_persistence(table_name), config=config
+        data_keyword_argument="ref",
+        persistence_store=runtime.idempotency_store(table_name),
+        config=config,
     )
     def once(ref: dict) -> dict:
         return stage(ObjectRef(**ref))

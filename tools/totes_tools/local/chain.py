@@ -34,6 +34,7 @@ from totes.identifiers import quote
 from totes.lake import Lake, Manifest, batch_id_from_manifest_key, manifest_key
 from totes.observability import logger
 from totes.source.model import TABLES
+from totes.stages import runtime
 from totes_tools.local.aws import (
     REGION,
     StackNames,
@@ -325,17 +326,10 @@ class LocalChain:
     @staticmethod
     def _fresh_clients() -> None:
         """A cold start: forget the settings, clients and secrets the stages cached in this
-        process. A Lambda container never outlives its stack; a local process may drive
-        several stacks (tests) or emulators one after another."""
-        from aws_lambda_powertools.utilities import parameters
-
-        parameters.clear_caches()
-        for name, module in list(sys.modules.items()):
-            if not name.startswith("totes.stages."):
-                continue
-            for value in list(vars(module).values()):
-                if callable(getattr(value, "cache_clear", None)):
-                    value.cache_clear()
+        process (``totes.stages.runtime`` owns them). A Lambda container never outlives its
+        stack; a local process may drive several stacks (tests) or emulators one after
+        another."""
+        runtime.reset()
 
     def handler(self, stage: str) -> Handler:
         if stage not in self._handlers:

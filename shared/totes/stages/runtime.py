@@ -1,0 +1,52 @@
+"""The runtime state of a stage, owned in one place: settings read once, clients built once.
+
+A Lambda container keeps module state between invocations, so each stage reads its settings
+from the environment once (a missing or malformed variable fails the cold start, naming it)
+and builds its clients once (S3, the idempotency table; Powertools caches the secrets it
+reads). Clients are built on first use, not at import, so they see the endpoint of the
+environment they run in (moto locally).
+
+``reset`` forgets all of it, as a new container would: the local chain calls it before each
+invocation round, since one local process may drive several stacks or emulators in turn.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TypeVar, cast
+
+import boto3
+from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+from botocore.client import BaseClient
+
+from totes.settings import IngestSettings, LoadSettings, TransformSettings
+
+SettingsT = TypeVar("SettingsT", IngestSettings, TransformSettings, LoadSettings)
+
+_settings: dict[type, object] = {}
+
+
+def settings(kind: type[SettingsT]) -> SettingsT:
+    """The stage's settings, read from the environment on first use in this container."""
+    if kind not in _settings:
+        _settings[kind] = kind.from_env()
+    return cast(SettingsT, _settings[kind])
+
+
+@functools.cache
+def s3() -> BaseClient:
+    return boto3.client("s3")
+
+
+@functools.cache
+def idempotency_store(table_name: str) -> DynamoDBPersistenceLayer:
+    return DynamoDBPersistenceLayer(table_name=table_name)
+
+
+def reset() -> None:
+    """A cold start: forget the settings, clients and cached secrets of this process."""
+    _settings.clear()
+    s3.cache_clear()
+    idempotency_store.cache_clear()
+    parameters.clear_caches()
