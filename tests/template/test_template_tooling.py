@@ -56,29 +56,10 @@ def test_cfn_lint_on_the_expanded_template_would_catch_a_bucket_function_cycle()
     assert "E3004" in rules
 
 
-def test_sam_build_succeeds_offline_with_the_handlers_and_the_totes_layer(tmp_path):
+def test_sam_build_succeeds_offline_with_the_handlers_and_the_totes_layer(sam_build):
     """The same `sam build` as `make build`, into a scratch directory: no pip, Docker or
     python3.13 needed, and the artifacts hold each handler and the whole totes package."""
-    sam = need_sam()
-    build_dir = tmp_path / "build"
-    result = subprocess.run(
-        [
-            str(sam),
-            "build",
-            "--template-file",
-            str(TEMPLATE),
-            "--build-dir",
-            str(build_dir),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ],
-        capture_output=True,
-        text=True,
-        env=SAM_ENV,
-        cwd=REPO_ROOT,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    build_dir = sam_build
 
     def files(root: Path) -> set[str]:
         return {
