@@ -10,10 +10,11 @@ REQS := requirements/runtime.txt requirements/dev.txt requirements/lock.txt pypr
 SCALE ?= 1000000
 PYTEST_ARGS ?=
 
-.PHONY: help demo test lint format security check build bench clean venv rds-ca sam-venv
+.PHONY: help demo test unit integration e2e template lint format security check build bench clean venv rds-ca sam-venv
 
 help:
-	@echo "make demo | test | lint | format | security | check | build | bench [SCALE=N] | clean"
+	@echo "make demo | test | unit | integration | e2e | template | lint | format | security | check | build | bench [SCALE=N] | clean"
+	@echo "skip the slow tests: make test PYTEST_ARGS='-m \"not slow\"'"
 
 $(STAMP): $(REQS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,9 +37,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# One folder of the suite each (tests/unit needs no server; template needs `make build` for
+# the two SAM CLI tests).
+unit integration e2e template: $(STAMP)
+	$(BIN)/python -m pytest tests/$@ $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

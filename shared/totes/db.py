@@ -77,7 +77,7 @@ class DbCredentials:
         )
 
     @classmethod
-    def from_secret(cls, secret: str | dict) -> DbCredentials:
+    def from_secret(cls, secret: str | dict[str, Any]) -> DbCredentials:
         """The JSON shape RDS secrets use: host, port, username/user, password, dbname."""
         data = json.loads(secret) if isinstance(secret, str) else dict(secret)
         missing = [k for k in ("host", "dbname") if not data.get(k)]
@@ -179,7 +179,8 @@ class DbCredentials:
             if not self.is_local:
                 logger.warning("TLS disabled by explicit sslmode=disable", extra={"db": self.where})
             return None
-        context = ssl.create_default_context(**self.ca_arguments())
+        cas = self.ca_arguments()
+        context = ssl.create_default_context(cafile=cas.get("cafile"), cadata=cas.get("cadata"))
         if self.sslmode == "require":
             logger.warning(
                 "TLS certificate verification relaxed by explicit sslmode=require",
@@ -255,13 +256,13 @@ def set_socket_timeout(con: pg8000.native.Connection, seconds: float) -> None:
     statements silently bound by the connect timeout; ``tests/integration/test_db_timeout.py``
     checks on a real connection that the new timeout is the one that applies.
     """
-    sock = getattr(con, "_usock", None)
-    if not callable(getattr(sock, "settimeout", None)):
+    settimeout = getattr(getattr(con, "_usock", None), "settimeout", None)
+    if not callable(settimeout):
         raise RuntimeError(
             f"pg8000 {pg8000.__version__}: the connection has no socket at _usock any more;"
             " totes.db.set_socket_timeout needs another way to set the statement timeout"
         )
-    sock.settimeout(seconds)
+    settimeout(seconds)
 
 
 def credentials_from_secret_store(secret_id: str) -> DbCredentials:

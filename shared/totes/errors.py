@@ -1,6 +1,8 @@
 """Exceptions that carry a message fit for an operator: they name what is wrong (database,
 table, file, column, batch) and never carry a credential."""
 
+from typing import Any
+
 
 class TotesError(Exception):
     """Base class: anything the CLI prints as a one-line error and exits non-zero on."""
@@ -21,9 +23,9 @@ class SchemaDrift(TotesError):
 class BatchRejected(TotesError):
     """A batch failed a data-quality gate; ``reason`` is the JSON-able quarantine record."""
 
-    def __init__(self, message: str, reason: dict | None = None):
+    def __init__(self, message: str, reason: dict[str, Any] | None = None):
         super().__init__(message)
-        self.reason = reason or {"error": message}
+        self.reason: dict[str, Any] = reason or {"error": message}
 
 
 class LoadFailed(TotesError):

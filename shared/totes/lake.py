@@ -12,9 +12,11 @@ import io
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from botocore.client import BaseClient
 
 MANIFEST_PREFIX = "manifests/"
 MANIFEST_SUFFIX = ".json"
@@ -70,7 +72,7 @@ class Manifest:
     window_hi: str
     files: tuple[ManifestFile, ...]
     source_batch_id: str | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
 
     def to_json(self) -> str:
@@ -112,7 +114,7 @@ def parquet_bytes_to_table(data: bytes) -> pa.Table:
 class Lake:
     """One bucket of the lake, through a boto3 S3 client (moto locally, S3 on AWS)."""
 
-    def __init__(self, s3_client, bucket: str):
+    def __init__(self, s3_client: BaseClient, bucket: str):
         self.s3 = s3_client
         self.bucket = bucket
 
@@ -120,7 +122,8 @@ class Lake:
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
 
     def get_bytes(self, key: str) -> bytes:
-        return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        body: bytes = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return body
 
     def put_table(self, key: str, table: pa.Table) -> int:
         body = table_to_parquet_bytes(table)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -50,16 +51,19 @@ class Problem:
     column: str | None = None
     key: str | None = None  # the file's object key, for file-level checks
     rows: int | None = None  # how many rows fail the check
-    examples: list[dict] = field(default_factory=list)
+    examples: list[dict[str, Any]] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v not in (None, [])}
 
 
-def _examples(table: pa.Table, mask: pa.ChunkedArray | pa.Array, columns: list[str]) -> list:
+def _examples(
+    table: pa.Table, mask: pa.ChunkedArray | pa.Array, columns: list[str]
+) -> list[dict[str, Any]]:
     """The first few offending rows, JSON-safe (dates, decimals and times as strings)."""
     rows = table.filter(mask).select(columns).slice(0, EXAMPLE_ROWS).to_pylist()
-    return json.loads(json.dumps(rows, default=str))
+    safe: list[dict[str, Any]] = json.loads(json.dumps(rows, default=str))
+    return safe
 
 
 def check_file(entry: ManifestFile, table: pa.Table) -> list[Problem]:

@@ -7,19 +7,43 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import psutil
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # The checkout's two packages first, so the subprocess runs this tree's code.
 PYTHONPATH = os.pathsep.join(str(REPO / d) for d in ("shared", "tools"))
 
 
+RUN_MARKER = "TOTES_TEST_RUN"
+
+
+def _started_by(marker: str, tmp_path: Path) -> list[str]:
+    """The processes this run started that are still alive: those that inherited its marker
+    in their environment (the bench's children and their own), or that work under its
+    ``tmp_path`` (the embedded PostgreSQL, which may run as another user with a clean
+    environment). Anything else on the machine, another engineer's bench included, is not
+    this test's business."""
+    mine = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        try:
+            marked = proc.environ().get(RUN_MARKER) == marker
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            marked = False
+        if marked or str(tmp_path) in cmdline:
+            mine.append(cmdline)
+    return mine
+
+
 def totes(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """Run ``python -m totes ARGS`` with its temporary files under ``tmp_path``, and check that
     nothing it started (PostgreSQL under that directory, bench children) outlives it."""
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TMPDIR": str(tmp_path)}
+    marker = uuid.uuid4().hex
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TMPDIR": str(tmp_path), RUN_MARKER: marker}
     env.pop("AWS_ENDPOINT_URL", None)
     done = subprocess.run(
         [sys.executable, "-m", "totes", *args],
@@ -29,16 +53,13 @@ def totes(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         timeout=600,
         check=False,
     )
-    leftovers = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or ())
-        if str(tmp_path) in cmdline or "totes_tools.local.bench --child" in cmdline:
-            leftovers.append(cmdline)
+    leftovers = _started_by(marker, tmp_path)
     assert leftovers == [], f"left running: {leftovers}"
     assert [p.name for p in tmp_path.glob("totes-pg-*")] == []
     return done
 
 
+@pytest.mark.slow
 def test_the_demo_loads_runs_incremental_rounds_and_answers_bi_questions(tmp_path):
     done = totes(tmp_path, "demo", "--scale", "400", "--rounds", "2")
 
@@ -52,6 +73,7 @@ def test_the_demo_loads_runs_incremental_rounds_and_answers_bi_questions(tmp_pat
     assert out.rstrip().endswith("nothing left running")
 
 
+@pytest.mark.slow
 def test_the_bench_reports_every_stage_baselines_and_ratios_as_json(tmp_path):
     output = tmp_path / "bench.json"
 

@@ -121,6 +121,7 @@ def test_one_run_loads_the_source_and_prints_a_summary_per_stage(small_source, w
         con.close()
 
 
+@pytest.mark.slow
 def test_with_an_endpoint_the_watermark_persists_and_the_next_run_takes_only_new_rows(
     small_source, warehouse_db, pg_connect
 ):
@@ -227,6 +228,7 @@ def test_a_bad_warehouse_is_refused_before_anything_is_ingested(small_source, en
     assert lake_objects(endpoint) == lake_before
 
 
+@pytest.mark.slow
 def test_an_unreachable_local_aws_endpoint_is_refused_clearly(small_source, warehouse_db):
     done = totes_run(
         small_source.to_url(), warehouse_db.to_url(), "--endpoint-url", "http://127.0.0.1:9"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from e2e_reference import FACT_TABLES, SOURCE_SQL, source_state, warehouse_problems, warehouse_rows
 
 from totes.db import connect
@@ -47,6 +48,7 @@ def committed_versions(con, fact: str) -> set:
     return {tuple(r) for r in con.run(sql)}
 
 
+@pytest.mark.slow
 def test_a_simulator_and_a_late_commit_during_several_cycles_lose_and_double_nothing(
     source_db, make_chain, pg_connect
 ):

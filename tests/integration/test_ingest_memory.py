@@ -10,6 +10,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from totes_tools.source.generator import generate
 
 CHUNK_ROWS = 5_000
@@ -38,6 +40,7 @@ def ingest_in_child(creds) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_peak_memory_stays_flat_while_the_source_grows_sixteenfold(fresh_db, pg_connect):
     small, large = fresh_db("mem_small"), fresh_db("mem_large")
     generate(pg_connect(small), 10_000)

@@ -150,6 +150,7 @@ def _empty(con) -> None:
     con.run(f"TRUNCATE {tables} RESTART IDENTITY")
 
 
+@pytest.mark.slow
 def test_batches_in_every_order_give_the_same_warehouse(warehouse, batches):
     outcomes = {}
     for order in itertools.permutations(batches):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,6 +29,9 @@ from totes.extract.closure import (
 from totes.extract.watermark import Window, set_window
 from totes.source.model import TABLES, Table
 
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
 
 def _key_set_text(keys: list[pa.ChunkedArray | pa.Array]) -> str:
     """Distinct non-null integer keys as a PostgreSQL array literal, built by Arrow."""
@@ -38,8 +42,8 @@ def _key_set_text(keys: list[pa.ChunkedArray | pa.Array]) -> str:
     if not len(distinct):
         return "{}"
     text = distinct.cast(pa.string())
-    joined = pc.binary_join(pa.ListArray.from_arrays([0, len(text)], text), ",")[0]
-    return "{" + joined.as_py() + "}"
+    joined: str = pc.binary_join(pa.ListArray.from_arrays([0, len(text)], text), ",")[0].as_py()
+    return "{" + joined + "}"
 
 
 def copy_batch(
@@ -55,7 +59,7 @@ def copy_batch(
     """
     set_window(con, window)
     closure = closure_tables()
-    pulled: dict[str, list] = {t.name: [] for t in closure}
+    pulled: dict[str, list[pa.Array]] = {t.name: [] for t in closure}
     references = {
         child.name: [(t.name, column) for t in closure for c, column in pullers(t) if c == child]
         for child in TABLES
@@ -126,13 +130,13 @@ class _CsvChunks(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:
+    def write(self, data: Buffer, /) -> int:
         self.buffer += data
         end = self._complete_rows_end()
         if end:
             self._parse(self.buffer[:end])
             del self.buffer[:end]
-        return len(data)
+        return memoryview(data).nbytes
 
     def _complete_rows_end(self) -> int:
         """Length of the buffer's prefix made of complete rows (the buffer starts a row)."""

@@ -13,9 +13,13 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
+from typing import Any
 
+import pyarrow as pa
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.client import BaseClient
+from pg8000.native import Connection
 
 from totes.db import DbCredentials, connect, credentials_from_secret_store
 from totes.errors import TotesError
@@ -26,14 +30,14 @@ from totes.lake import RAW_PREFIX, Lake, Manifest, ManifestFile, batch_id_for, d
 from totes.lake import schema_fingerprint as fingerprint_of
 from totes.observability import add_table_metric, logger, metrics
 from totes.settings import IngestSettings
-from totes.source.model import TABLES
+from totes.source.model import TABLES, Table
 from totes.stages import runtime
 
 STAGE = "raw"
 
 
 def _write_batch(
-    con, lake: Lake, batch_id: str, window: Window, settings: IngestSettings
+    con: Connection, lake: Lake, batch_id: str, window: Window, settings: IngestSettings
 ) -> list[ManifestFile]:
     """Every table's rows for ``window`` as Parquet parts of at most ``chunk_rows`` rows.
 
@@ -43,15 +47,15 @@ def _write_batch(
     """
     files: list[ManifestFile] = []
     parts: dict[str, int] = {}
-    in_flight: list[Future] = []
+    in_flight: list[Future[None]] = []
 
-    def store(table, key: str, chunk) -> None:
+    def store(table: Table, key: str, chunk: pa.Table) -> None:
         size = lake.put_table(key, chunk)
         files.append(
             ManifestFile(table.name, key, chunk.num_rows, fingerprint_of(table.arrow_schema), size)
         )
 
-    def put(table, chunk) -> None:
+    def put(table: Table, chunk: pa.Table) -> None:
         part = parts[table.name] = parts.get(table.name, -1) + 1
         key = data_key(RAW_PREFIX, table.name, batch_id, part)
         while in_flight:
@@ -65,7 +69,7 @@ def _write_batch(
     return files
 
 
-def ingest(settings: IngestSettings, creds: DbCredentials, s3_client) -> list[Manifest]:
+def ingest(settings: IngestSettings, creds: DbCredentials, s3_client: BaseClient) -> list[Manifest]:
     """Extract every change since the last committed batch; return the manifests written
     (none when nothing changed). Raises ``DatabaseUnavailable`` / ``SchemaDrift`` before any
     object is written when the source is unreachable or not the schema we know."""
@@ -131,7 +135,9 @@ def _seconds_between(later: str, earlier: str) -> float:
     return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
 
 
-def from_schedule_event(event: dict, context: LambdaContext | None = None) -> dict:
+def from_schedule_event(
+    event: dict[str, Any], context: LambdaContext | None = None
+) -> dict[str, Any]:
     """The Lambda's work: credentials from Secrets Manager, one ingest run, its metrics."""
     config = runtime.settings(IngestSettings)
     started = time.monotonic()

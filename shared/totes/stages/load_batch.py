@@ -16,12 +16,15 @@ from __future__ import annotations
 import contextlib
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.client import BaseClient
 from botocore.exceptions import ClientError
+from pg8000.native import Connection
 
 from totes.db import DbCredentials, connect, credentials_from_secret_store, set_socket_timeout
 from totes.errors import DatabaseUnavailable, LoadFailed
@@ -78,7 +81,7 @@ def read_batch(lake: Lake, manifest: Manifest) -> dict[str, pa.Table]:
     return {name: pa.concat_tables(tables) for name, tables in parts.items()}
 
 
-def _ensure_schema(con, creds: DbCredentials) -> None:
+def _ensure_schema(con: Connection, creds: DbCredentials) -> None:
     """Apply pending migrations once per process (a cold start), not once per batch."""
     target = (creds.where, creds.user)
     if target not in _migrated:
@@ -104,7 +107,12 @@ def _emit(result: LoadResult, manifest: Manifest) -> float | None:
     return freshness
 
 
-def load(processed_manifest_key: str, settings: LoadSettings, s3_client, creds) -> dict:
+def load(
+    processed_manifest_key: str,
+    settings: LoadSettings,
+    s3_client: BaseClient,
+    creds: DbCredentials,
+) -> dict[str, Any]:
     """Merge the processed batch named by ``processed_manifest_key`` into the warehouse."""
     started = time.monotonic()
     batch_id = batch_id_from_manifest_key(processed_manifest_key)
@@ -142,13 +150,13 @@ def load(processed_manifest_key: str, settings: LoadSettings, s3_client, creds) 
     return {"status": "loaded", "batch_id": batch_id, "rows": rows}
 
 
-def from_s3_event(event: S3Event, context: LambdaContext | None = None) -> dict:
+def from_s3_event(event: S3Event, context: LambdaContext | None = None) -> dict[str, Any]:
     """The handler's work: each processed manifest the event names, loaded at most once per
     (bucket, key, eTag) by idempotency, and at most once per batch by the ledger."""
     config = runtime.settings(LoadSettings)
     s3_client = runtime.s3()
 
-    def work(ref: ObjectRef) -> dict:
+    def work(ref: ObjectRef) -> dict[str, Any]:
         creds = credentials_from_secret_store(config.warehouse_secret_id)
         try:
             return load(ref.key, config, s3_client, creds)

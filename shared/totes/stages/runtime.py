@@ -49,4 +49,4 @@ def reset() -> None:
     _settings.clear()
     s3.cache_clear()
     idempotency_store.cache_clear()
-    parameters.clear_caches()
+    parameters.clear_caches()  # type: ignore[no-untyped-call]  # Powertools leaves it unannotated

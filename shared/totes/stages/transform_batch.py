@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pyarrow as pa
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from totes import quality
@@ -69,8 +71,8 @@ def read_files(raw: Lake, manifest: Manifest) -> dict[ManifestFile, pa.Table | E
 
 
 def quarantine(
-    raw: Lake, manifest_key: str, batch_id: str, manifest: Manifest | None, reason: dict
-):
+    raw: Lake, manifest_key: str, batch_id: str, manifest: Manifest | None, reason: dict[str, Any]
+) -> dict[str, Any]:
     """Copy the batch (manifest and files) under ``quarantine/<batch_id>/`` with its reason,
     so it can be inspected and replayed; count it; return the stage's result."""
     prefix = f"{QUARANTINE_PREFIX}/{batch_id}/"
@@ -108,7 +110,9 @@ def quarantine(
     }
 
 
-def transform(raw_manifest_key: str, settings: TransformSettings, s3_client) -> dict:
+def transform(
+    raw_manifest_key: str, settings: TransformSettings, s3_client: BaseClient
+) -> dict[str, Any]:
     """Transform the raw batch named by ``raw_manifest_key``; return what was written (or why
     the batch was quarantined)."""
     started = time.monotonic()
@@ -157,13 +161,13 @@ def transform(raw_manifest_key: str, settings: TransformSettings, s3_client) -> 
     }
 
 
-def from_s3_event(event: S3Event, context: LambdaContext | None = None) -> dict:
+def from_s3_event(event: S3Event, context: LambdaContext | None = None) -> dict[str, Any]:
     """The handler's work: each raw manifest the event names, transformed at most once per
     (bucket, key, eTag)."""
     config = runtime.settings(TransformSettings)
     s3_client = runtime.s3()
 
-    def work(ref: ObjectRef) -> dict:
+    def work(ref: ObjectRef) -> dict[str, Any]:
         return transform(ref.key, config, s3_client)
 
     return handle_manifests(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.data_classes import S3Event
@@ -45,13 +46,13 @@ def handle_manifests(
     *,
     bucket: str,
     idempotency_table: str,
-    work: Callable[[ObjectRef], dict],
-) -> dict:
+    work: Callable[[ObjectRef], dict[str, Any]],
+) -> dict[str, Any]:
     """The handler's work for transform and load: ``work(ref)`` for each manifest the event
     names in the stage's own ``bucket``, at most once per (bucket, key, eTag); a manifest from
     any other bucket is logged and answered as ignored."""
 
-    def stage(ref: ObjectRef) -> dict:
+    def stage(ref: ObjectRef) -> dict[str, Any]:
         if ref.bucket != bucket:
             logger.warning("manifest from an unexpected bucket", extra={"bucket": ref.bucket})
             return {"status": "ignored", "bucket": ref.bucket, "key": ref.key}
@@ -62,11 +63,11 @@ def handle_manifests(
 
 
 def run_once(
-    stage: Callable[[ObjectRef], dict],
+    stage: Callable[[ObjectRef], dict[str, Any]],
     ref: ObjectRef,
     table_name: str,
     context: LambdaContext | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Run ``stage(ref)`` at most once per (bucket, key, eTag) while the record lives.
 
     The record is keyed on the reference only; the stage's own ledger (load) or deterministic
@@ -80,12 +81,13 @@ def run_once(
     if context is not None:
         config.register_lambda_context(context)
 
-    @idempotent_function(
+    def once(ref: dict[str, str]) -> dict[str, Any]:
+        return stage(ObjectRef(**ref))
+
+    guarded = idempotent_function(
         data_keyword_argument="ref",
         persistence_store=runtime.idempotency_store(table_name),
         config=config,
-    )
-    def once(ref: dict) -> dict:
-        return stage(ObjectRef(**ref))
-
-    return once(ref=asdict(ref))
+    )(once)
+    result: dict[str, Any] = guarded(ref=asdict(ref))
+    return result

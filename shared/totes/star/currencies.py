@@ -20,7 +20,8 @@ ISO4217_JSON = Path(__file__).with_name("iso4217.json")
 @functools.cache
 def currency_names() -> dict[str, str]:
     """Alphabetic code -> ISO 4217 English name (e.g. "GBP" -> "Pound Sterling")."""
-    return json.loads(ISO4217_JSON.read_text(encoding="utf-8"))
+    names: dict[str, str] = json.loads(ISO4217_JSON.read_text(encoding="utf-8"))
+    return names
 
 
 def currency_name_table() -> pa.Table:

@@ -17,6 +17,7 @@ depend on the order of the input rows.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import pyarrow as pa
@@ -47,11 +48,8 @@ def _first_of_each_run(table: pa.Table, keys: list[str]) -> pa.Table:
     """Rows of an already sorted table whose ``keys`` differ from the previous row's."""
     if table.num_rows == 0:
         return table
-    change = None
-    for key in keys:
-        column = table[key].combine_chunks()
-        differs = pc.not_equal(column[1:], column[:-1])
-        change = differs if change is None else pc.or_(change, differs)
+    columns = [table[key].combine_chunks() for key in keys]
+    change = functools.reduce(pc.or_, [pc.not_equal(c[1:], c[:-1]) for c in columns])
     mask = pa.concat_arrays([pa.array([True]), change.fill_null(True)])
     return table.filter(mask)
 

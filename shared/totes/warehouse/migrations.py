@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+from pg8000.native import Connection
+
 from totes.observability import logger
 
 # An arbitrary, fixed 64-bit key: "totes schema migrations".
@@ -42,7 +44,7 @@ def available() -> list[Migration]:
     return found
 
 
-def migrate(con) -> list[str]:
+def migrate(con: Connection) -> list[str]:
     """Apply the migrations this database lacks; returns the ones applied (``NNNN_name``)."""
     applied: list[str] = []
     con.run("BEGIN")
