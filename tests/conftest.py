@@ -36,6 +36,28 @@ SNAPSHOT_README_COUNTS = {
 _stack_seq = itertools.count()
 
 
+def unique_stack_names(tag: str) -> StackNames:
+    """Resource names no other stack of this test process uses (one emulator holds them all)."""
+    n = next(_stack_seq)
+    return StackNames(
+        raw_bucket=f"{tag}-raw-{n}",
+        processed_bucket=f"{tag}-processed-{n}",
+        transform_queue=f"{tag}-raw-manifests-{n}",
+        load_queue=f"{tag}-processed-manifests-{n}",
+        failure_queue=f"{tag}-failures-{n}",
+        idempotency_table=f"{tag}-idempotency-{n}",
+        source_secret=f"{tag}-source-db-{n}",
+        warehouse_secret=f"{tag}-warehouse-db-{n}",
+    )
+
+
+@pytest.fixture(scope="session")
+def new_stack_names():
+    """A factory of unique stack names (``new_stack_names("tag")``), so stacks in one
+    emulator never share a resource."""
+    return unique_stack_names
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> PostgresCluster:
     with postgres_cluster() as cluster:
@@ -100,17 +122,7 @@ def aws(moto_endpoint):
 def stack(aws, source_db, warehouse_db, monkeypatch) -> StackNames:
     """A fresh set of the stack's resources (unique names per test) with the database secrets,
     and the functions' environment variables set as the template sets them."""
-    n = next(_stack_seq)
-    names = StackNames(
-        raw_bucket=f"raw-{n}",
-        processed_bucket=f"processed-{n}",
-        transform_queue=f"raw-manifests-{n}",
-        load_queue=f"processed-manifests-{n}",
-        failure_queue=f"failures-{n}",
-        idempotency_table=f"idempotency-{n}",
-        source_secret=f"source-db-{n}",
-        warehouse_secret=f"warehouse-db-{n}",
-    )
+    names = unique_stack_names("t")
     create_stack_resources(aws, names, source=source_db, warehouse=warehouse_db)
     for key, value in names.function_env().items():
         monkeypatch.setenv(key, value)

@@ -4,7 +4,6 @@ real manifests to the emulator, so the notifications are real; only the stage wo
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 
@@ -16,23 +15,12 @@ from totes.lake import Lake, Manifest, ManifestFile, batch_id_from_manifest_key
 from totes_tools.local.aws import StackNames, environment
 from totes_tools.local.chain import LocalChain, context_for, parse_emf
 
-_seq = itertools.count()
 DUMMY = DbCredentials(user="u", dbname="d", host="127.0.0.1", password="p")
 
 
 @pytest.fixture
-def names(aws) -> StackNames:
-    n = next(_seq)
-    return StackNames(
-        raw_bucket=f"route-raw-{n}",
-        processed_bucket=f"route-processed-{n}",
-        transform_queue=f"route-raw-manifests-{n}",
-        load_queue=f"route-processed-manifests-{n}",
-        failure_queue=f"route-failures-{n}",
-        idempotency_table=f"route-idempotency-{n}",
-        source_secret=f"route-source-{n}",
-        warehouse_secret=f"route-warehouse-{n}",
-    )
+def names(aws, new_stack_names) -> StackNames:
+    return new_stack_names("route")
 
 
 class FakeStages:

@@ -8,7 +8,6 @@ previous stage really wrote. Everything else of the event reaches the handler as
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 
 import pytest
@@ -16,13 +15,12 @@ import pytest
 from totes.identifiers import quote
 from totes.lake import Manifest, manifest_key
 from totes.star.model import STAR_TABLES
-from totes_tools.local.aws import StackNames, environment
+from totes_tools.local.aws import environment
 from totes_tools.local.chain import LocalChain, context_for
 from totes_tools.repository import sam_dir
 from totes_tools.source.generator import generate
 
 EVENTS = sam_dir() / "events"
-_seq = itertools.count()
 
 
 def event_file(name: str) -> dict:
@@ -56,18 +54,8 @@ def source_rows(source_db, pg_connect) -> dict[str, int]:
 
 
 @pytest.fixture
-def chain(aws, source_db, warehouse_db, source_rows) -> LocalChain:
-    n = next(_seq)
-    names = StackNames(
-        raw_bucket=f"events-raw-{n}",
-        processed_bucket=f"events-processed-{n}",
-        transform_queue=f"events-raw-manifests-{n}",
-        load_queue=f"events-processed-manifests-{n}",
-        failure_queue=f"events-failures-{n}",
-        idempotency_table=f"events-idempotency-{n}",
-        source_secret=f"events-source-db-{n}",
-        warehouse_secret=f"events-warehouse-db-{n}",
-    )
+def chain(aws, source_db, warehouse_db, source_rows, new_stack_names) -> LocalChain:
+    names = new_stack_names("events")
     made = LocalChain(aws, names, source_db, warehouse_db, lag_seconds=0)
     made.prepare()
     return made

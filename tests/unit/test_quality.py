@@ -4,40 +4,16 @@ kind of bad input is rejected with a reason naming the check, table, column and 
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from decimal import Decimal
 from unittest import mock
 
 import pyarrow as pa
 import pytest
+from factories import raw, sales_order
 
 from totes import quality
 from totes.errors import BatchRejected
 from totes.lake import Manifest, ManifestFile, schema_fingerprint
 from totes.source.model import TABLES_BY_NAME
-
-T0 = datetime(2024, 5, 6, 9, 30, 0, 123000)
-
-
-def raw(name: str, *rows: dict) -> pa.Table:
-    full = [{"created_at": T0, "last_updated": T0, **r} for r in rows]
-    return pa.Table.from_pylist(full, schema=TABLES_BY_NAME[name].arrow_schema)
-
-
-def order(sales_order_id: int, **over) -> dict:
-    return {
-        "sales_order_id": sales_order_id,
-        "design_id": 1,
-        "staff_id": 1,
-        "counterparty_id": 1,
-        "units_sold": 10,
-        "unit_price": Decimal("2.00"),
-        "currency_id": 1,
-        "agreed_delivery_date": "2024-05-10",
-        "agreed_payment_date": "2024-05-12",
-        "agreed_delivery_location_id": 1,
-        **over,
-    }
 
 
 def good_batch() -> dict[str, pa.Table]:
@@ -72,7 +48,7 @@ def good_batch() -> dict[str, pa.Table]:
         "design": raw(
             "design", {"design_id": 1, "design_name": "D", "file_location": "/", "file_name": "f"}
         ),
-        "sales_order": raw("sales_order", order(1), order(2)),
+        "sales_order": raw("sales_order", sales_order(1), sales_order(2)),
     }
 
 
@@ -109,7 +85,7 @@ def test_files_of_one_table_are_concatenated():
     tables = good_batch()
     manifest, files = manifest_for(tables)
     second = ManifestFile("sales_order", "raw/sales_order/B/part-0001.parquet", 1, "x")
-    more = raw("sales_order", order(3))
+    more = raw("sales_order", sales_order(3))
     second = ManifestFile(second.table, second.key, 1, schema_fingerprint(more.schema))
     manifest = Manifest("B", "raw", None, "hi", (*manifest.files, second))
     source = quality.gate(manifest, {**files, second: more})
@@ -182,7 +158,7 @@ def test_a_column_of_another_type_is_rejected():
 
 def test_a_dangling_reference_is_rejected_with_example_rows():
     tables = good_batch()
-    tables["sales_order"] = raw("sales_order", order(1), order(2, design_id=99))
+    tables["sales_order"] = raw("sales_order", sales_order(1), sales_order(2, design_id=99))
     assert rejection(tables)["problems"] == [
         {
             "check": "dangling_reference",
