@@ -4,6 +4,7 @@ arrival order, so they are left out; every other column, lineage included, count
 
 from __future__ import annotations
 
+from totes.identifiers import quote, quote_all
 from totes.star.model import STAR_TABLES, StarTable
 
 
@@ -17,10 +18,10 @@ def table_checksums(con) -> dict[str, tuple[int, str]]:
     """Star table name -> (row count, md5 of its rows in sorted order)."""
     out = {}
     for table in STAR_TABLES:
-        cols = ", ".join(content_columns(table))
+        cols = quote_all(content_columns(table))
         [[count, digest]] = con.run(
             f"SELECT count(*), md5(coalesce(string_agg(r, E'\\n' ORDER BY r), ''))"  # noqa: S608  # nosec B608
-            f" FROM (SELECT ROW({cols})::text AS r FROM {table.name}) AS rows"
+            f" FROM (SELECT ROW({cols})::text AS r FROM {quote(table.name)}) AS rows"
         )
         out[table.name] = (count, digest)
     return out
