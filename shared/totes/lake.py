@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -26,10 +26,19 @@ QUARANTINE_PREFIX = "quarantine"
 MANIFEST_VERSION = 1
 
 
-def batch_id_for(hi: datetime, part: int = 0) -> str:
-    """Sortable and deterministic: the window's upper bound (source clock), plus a part number
-    when one window is split into several bounded batches."""
-    return f"{hi:%Y%m%dT%H%M%S%f}-{part:03d}"
+def batch_id_for(seq: int, part: int = 0) -> str:
+    """Sortable and deterministic: the capture sequence of the run (``c`` + 19 digits, so it
+    sorts after every legacy window id), plus a part number when one run is split into several
+    bounded batches."""
+    return f"c{seq:019d}-{part:03d}"
+
+
+# A batch id: a capture sequence and part, or (batches written before capture by commit
+# order) the window's upper bound on the source clock and part.
+BATCH_ID = re.compile(r"^(c[0-9]{19}|[0-9]{8}T[0-9]{12})-[0-9]{3}$")
+# The lake's state pointer: the newest manifest and its capture state, written after it, so
+# finding the state costs one request however old the lake (listing is the fallback).
+STATE_KEY = "state/latest.json"
 
 
 def data_key(prefix: str, table: str, batch_id: str, part: int = 0) -> str:
@@ -155,8 +164,27 @@ class Lake:
         return sorted(keys)
 
     def latest_manifest(self) -> Manifest | None:
+        """The newest manifest: the one the state pointer names, else the last key listed."""
+        pointer = self.get_state()
+        if pointer and pointer.get("manifest_key"):
+            return self.get_manifest(str(pointer["manifest_key"]))
         keys = self.manifest_keys()
         return self.get_manifest(keys[-1]) if keys else None
+
+    def put_state(self, manifest_key: str, capture: dict) -> None:
+        body = {"manifest_key": manifest_key, "capture": capture}
+        self.put_bytes(STATE_KEY, json.dumps(body, sort_keys=True).encode(), "application/json")
+
+    def get_state(self) -> dict | None:
+        """The state pointer, None when there is none; ``ValueError`` when it is damaged."""
+        try:
+            body = self.get_bytes(STATE_KEY)
+        except self.s3.exceptions.NoSuchKey:
+            return None
+        data = json.loads(body)
+        if not isinstance(data, dict):
+            raise ValueError(f"{STATE_KEY} is not a JSON object")
+        return data
 
     def keys(self, prefix: str) -> list[str]:
         paginator = self.s3.get_paginator("list_objects_v2")

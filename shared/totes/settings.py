@@ -34,26 +34,31 @@ def _read(
         ) from exc
 
 
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise ValueError("must be a positive integer")
-    return value
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """A parser for a whole number in ``[low, high]``: "nan", "inf", "1e12", fractions and
+    absurd sizes are refused with the range, so a bad setting fails at once, by name."""
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"must be a whole number from {low:,} to {high:,}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be a whole number from {low:,} to {high:,}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
+# Rows per bounded batch and per Parquet part: at least one, at most what one Lambda can hold.
+MAX_BATCH_ROWS = bounded_int(1, 50_000_000)
+CHUNK_ROWS = bounded_int(1, 5_000_000)
 
 
 @dataclass(frozen=True)
 class IngestSettings:
     raw_bucket: str
     source_secret_id: str
-    lag_seconds: float = 2.0
-    overlap_seconds: float = 600.0
     max_batch_rows: int = 500_000
     chunk_rows: int = 100_000
 
@@ -63,10 +68,8 @@ class IngestSettings:
         return cls(
             raw_bucket=_read(env, "RAW_BUCKET", str),
             source_secret_id=_read(env, "SOURCE_SECRET_ID", str),
-            lag_seconds=_read(env, "INGEST_LAG_SECONDS", _non_negative_float, 2.0),
-            overlap_seconds=_read(env, "INGEST_OVERLAP_SECONDS", _non_negative_float, 600.0),
-            max_batch_rows=_read(env, "INGEST_MAX_BATCH_ROWS", _positive_int, 500_000),
-            chunk_rows=_read(env, "INGEST_CHUNK_ROWS", _positive_int, 100_000),
+            max_batch_rows=_read(env, "INGEST_MAX_BATCH_ROWS", MAX_BATCH_ROWS, 500_000),
+            chunk_rows=_read(env, "INGEST_CHUNK_ROWS", CHUNK_ROWS, 100_000),
         )
 
 

@@ -1,25 +1,25 @@
 """Which rows a self-contained batch carries, as constant SQL derived from the source model.
 
-A batch holds every row changed in its window, plus the rows those rows need: the dimension
-rows its rows reference (the counterparty, staff, currency... of a changed order), and the
-dimension rows that embed a changed parent (the staff of a changed department, the
-counterparties of a changed legal address). References to fact rows are not followed:
-dim_transaction copies the order ids as plain integers.
+A batch holds every row changed in its piece of the run (``capture.changed``), plus the rows
+those rows need: the dimension rows its rows reference (the counterparty, staff, currency...
+of a changed order), and the dimension rows that embed a changed parent (the staff of a
+changed department, the counterparties of a changed legal address). References to fact rows
+are not followed: dim_transaction copies the order ids as plain integers.
 
 Which tables are facts and which parents are embedded is declared by the source model
 (``Table.role``, ``Table.embeds``); the rules below are derived from it, never kept by hand.
-Window-only tables (the fact sources, nobody pulls them in) are selected by the window alone;
+Window-only tables (the fact sources, nobody pulls them in) are selected as changed alone;
 the others ("closure tables") by ``changed OR key IN extra``, where the extra keys are
 published as transaction-local settings by ``closure_sql``.
 """
 
 from __future__ import annotations
 
-from totes.extract.watermark import changed
+from totes.extract.capture import changed
 from totes.identifiers import quote
-from totes.source.model import TABLES, TABLES_BY_NAME, Table
+from totes.source.model import TABLES, TABLES_BY_NAME, UNREPRESENTABLE, Column, Table
 
-# Source tables that become warehouse facts: their rows are selected by the window only.
+# Source tables that become warehouse facts: a batch carries their changed rows only.
 FACT_TABLES: tuple[str, ...] = tuple(t.name for t in TABLES if t.is_fact_source)
 
 # Dimension rows that embed a parent's columns: a changed parent pulls in these children.
@@ -69,7 +69,7 @@ def _key_columns(table: Table) -> list[str]:
 
 
 def closure_sql() -> str:
-    """One statement that publishes, for the published window, every closure table's extra
+    """One statement that publishes, for the published selection, every closure table's extra
     keys (rows not changed themselves that the batch still carries: referenced by selected
     rows, or embedding a changed parent) as transaction-local settings.
 
@@ -134,10 +134,41 @@ def closure_sql() -> str:
     return "WITH " + ",\n".join(changed_ctes + derived) + "\nSELECT " + publish
 
 
+def _fits(column: Column, alias: str) -> str | None:
+    rule = column.representable
+    return rule.format(c=f"{alias}.{quote(column.name)}") if rule else None
+
+
+def _unrepresentable(table: Table, alias: str) -> str:
+    """SQL: NULL for a row whose values all fit the raw lake types, else a JSON object naming
+    each value that does not, with its original text (built only for such rows)."""
+    checked = [(c, _fits(c, alias)) for c in table.columns if c.representable]
+    if not checked:
+        return "CAST(NULL AS text)"
+    fits_all = " AND ".join(f"({rule})" for _, rule in checked)
+    members = ", ".join(
+        f"'{c.name}', CASE WHEN NOT ({rule}) THEN CAST({alias}.{quote(c.name)} AS text) END"
+        for c, rule in checked
+    )
+    return (
+        f"CASE WHEN {fits_all} THEN NULL"
+        f" ELSE CAST(json_strip_nulls(json_build_object({members})) AS text) END"
+    )
+
+
+def _lake_value(column: Column, alias: str) -> str:
+    """SQL: the column as the raw lake holds it (NULL where its value does not fit)."""
+    value = f"{alias}.{quote(column.name)}"
+    rule = _fits(column, alias)
+    return f"CASE WHEN {rule} THEN {value} END" if rule else value
+
+
 def selection_sql(table: Table) -> str:
-    """The self-contained SELECT of one table's rows for the published window and closure
-    (``copy_batch``): changed rows, plus the extra keys its closure published."""
-    columns = ", ".join(f"s.{quote(c)}" for c in table.column_names)
+    """The self-contained SELECT of one table's rows for the published selection and closure
+    (``copy_batch``): changed rows, plus the extra keys its closure published, in the raw
+    lake's columns (``Table.lake_schema``)."""
+    values = [_lake_value(c, "s") for c in table.columns]
+    columns = ", ".join([*values, f"{_unrepresentable(table, 's')} AS {quote(UNREPRESENTABLE)}"])
     where = changed("s")
     if not is_window_only(table):
         where = f"({where}) OR s.{quote(table.key)} IN {_extra_keys(table)}"

@@ -1,9 +1,10 @@
 """The bulk path of a batch: ``COPY ... TO STDOUT`` streamed into typed Arrow chunks.
 
-``copy_batch`` copies every table of the self-contained batch for a window in closure order
-(window-only tables first, collecting the keys their rows reference, then the closure tables);
-``copy_table`` streams one table's rows through a bounded CSV -> Arrow sink, so memory stays
-at about one chunk whatever the table size.
+``copy_batch`` copies every table of the self-contained batch for the published selection and
+piece in closure order (window-only tables first, collecting the keys their rows reference,
+then the closure tables); ``copy_table`` streams one table's rows through a bounded CSV ->
+Arrow sink, so memory stays at about one chunk whatever the table size. Chunks are bounded in
+rows and in bytes, and a single value of any size PostgreSQL holds is parsed whole.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from totes.extract.closure import (
     pulled_setting,
     pullers,
 )
-from totes.extract.watermark import Window, set_window
 from totes.source.model import TABLES, Table
 
 if TYPE_CHECKING:
@@ -47,17 +47,16 @@ def _key_set_text(keys: list[pa.ChunkedArray | pa.Array]) -> str:
 
 
 def copy_batch(
-    con: Connection, window: Window, chunk_rows: int, on_chunk: Callable[[Table, pa.Table], None]
+    con: Connection, chunk_rows: int, on_chunk: Callable[[Table, pa.Table], None]
 ) -> dict[str, int]:
-    """Copy every table's rows of the self-contained batch for ``window``; returns the rows
-    per table.
+    """Copy every table's rows of the self-contained batch for the published selection and
+    piece (``capture.publish``, ``capture.publish_piece``); returns the rows per table.
 
     Window-only tables go first; the keys their rows reference in closure tables are
     collected from the Arrow chunks on the way (vectorised, bounded by the batch's distinct
     keys) and published, then ``closure_sql`` completes each closure and the closure tables
     are copied. Everything reads the one snapshot of the enclosing transaction.
     """
-    set_window(con, window)
     closure = closure_tables()
     pulled: dict[str, list[pa.Array]] = {t.name: [] for t in closure}
     references = {
@@ -91,32 +90,41 @@ def copy_batch(
 
 # Bytes pg8000's per-row writes are gathered into (in C) before Python sees them.
 COPY_BLOCK_BYTES = 2**20
+# A chunk is handed on at chunk_rows rows or at this many bytes, whichever comes first, so a
+# table of huge values stays bounded in memory too.
+CHUNK_BYTES = 64 * 2**20
 
 
 class _CsvChunks(io.RawIOBase):
     """The raw sink under ``COPY ... TO STDOUT``: it receives the CSV in blocks, parses every
     complete row of a block into one typed Arrow table, and hands rows on in chunks of exactly
-    ``chunk_rows`` (the last one smaller); it never holds more than about one chunk and one
-    block.
+    ``chunk_rows`` rows or ``CHUNK_BYTES`` bytes (the last one smaller); it never holds more
+    than about one chunk and one block (or one row, when a row is larger).
 
     PostgreSQL sends one CopyData message per row and pg8000 calls ``write`` once per
     message; ``copy_table`` puts an ``io.BufferedWriter`` in front so those calls stay in C
     and this class sees one call per block. A block ends anywhere, so only the rows up to the
     last newline outside a quoted value are parsed (in PostgreSQL's CSV every ``"`` opens,
     closes or doubles inside a quoted value, so a newline is a row end exactly when an even
-    number of quotes precede it); the rest waits for the next block.
+    number of quotes precede it); the rest waits for the next block. While the buffer ends
+    inside a quoted value (a value larger than a block), the search resumes where it stopped,
+    so a value of any size costs one pass.
     """
 
     def __init__(self, table: Table, chunk_rows: int, on_chunk: Callable[[pa.Table], None]):
         super().__init__()
-        self.schema = table.arrow_schema
+        self.schema = table.lake_schema
         self.chunk_rows = chunk_rows
         self.on_chunk = on_chunk
         self.buffer = bytearray()
         self.parsed: list[pa.Table] = []
         self.parsed_rows = 0
+        self.parsed_bytes = 0
         self.rows = 0
-        self.read_options = pacsv.ReadOptions(column_names=self.schema.names)
+        # Quotes counted in buffer[:_scanned] while the buffer ends inside a quoted value.
+        self._scanned = 0
+        self._quotes = 0
+        self.column_names = self.schema.names
         self.parse_options = pacsv.ParseOptions(newlines_in_values=True)
         self.convert_options = pacsv.ConvertOptions(
             column_types={f.name: f.type for f in self.schema},
@@ -141,27 +149,60 @@ class _CsvChunks(io.RawIOBase):
     def _complete_rows_end(self) -> int:
         """Length of the buffer's prefix made of complete rows (the buffer starts a row)."""
         end = self.buffer.rfind(b"\n")
-        while end >= 0 and self.buffer.count(b'"', 0, end) % 2:
-            end = self.buffer.rfind(b"\n", 0, end)
-        return end + 1
+        if end < self._scanned:
+            return 0
+        quotes = self._quotes + self.buffer.count(b'"', self._scanned, end)
+        if quotes % 2 == 0:  # the usual case: the last newline ends a row
+            self._scanned = self._quotes = 0
+            return end + 1
+        # The buffer ends inside a quoted value: the last row end is the last newline before
+        # that value's opening quote; remember how far the buffer holds none.
+        last_end = -1
+        position, parity = self._scanned, self._quotes % 2
+        while True:
+            quote = self.buffer.find(b'"', position)
+            if quote < 0:
+                break
+            if not parity:
+                newline = self.buffer.rfind(b"\n", position, quote)
+                if newline >= 0:
+                    last_end = newline
+            parity ^= 1
+            position = quote + 1
+        if not parity:
+            newline = self.buffer.rfind(b"\n", position)
+            last_end = max(last_end, newline)
+        if last_end < 0:
+            self._scanned, self._quotes = len(self.buffer), parity
+            return 0
+        self._scanned = self._quotes = 0
+        return last_end + 1
 
     def _parse(self, data: bytes | bytearray) -> None:
+        # Arrow parses in blocks that must each hold whole rows: one block for all of it.
+        options = pacsv.ReadOptions(
+            column_names=self.column_names, block_size=max(COPY_BLOCK_BYTES, len(data) + 1)
+        )
         parsed = pacsv.read_csv(
             io.BytesIO(data),
-            read_options=self.read_options,
+            read_options=options,
             parse_options=self.parse_options,
             convert_options=self.convert_options,
         ).cast(self.schema)
         self.parsed.append(parsed)
         self.parsed_rows += parsed.num_rows
+        self.parsed_bytes += parsed.nbytes
         while self.parsed_rows >= self.chunk_rows:
             self._hand_on(self.chunk_rows)
+        if self.parsed_bytes >= CHUNK_BYTES:
+            self._hand_on(self.parsed_rows)
 
     def _hand_on(self, rows: int) -> None:
         parsed = pa.concat_tables(self.parsed)
         rest = parsed.slice(rows)
         self.parsed = [rest] if rest.num_rows else []
         self.parsed_rows = rest.num_rows
+        self.parsed_bytes = rest.nbytes if rest.num_rows else 0
         self.rows += rows
         self.on_chunk(parsed.slice(0, rows))
 

@@ -33,6 +33,21 @@ class SqlType:
 
     arrow: pa.DataType
     information_schema: frozenset[str]  # accepted information_schema.columns.data_type values
+    # SQL over ``{c}`` that is true when a source value fits the raw lake type (None: every
+    # value does). PostgreSQL holds timestamps the lake and the star cannot ('infinity',
+    # years past 9999 or BC) and numerics past numeric(10,2) when a column's type is widened.
+    representable: str | None = None
+
+
+# A value outside these is set aside with its row, never coerced.
+_TIMESTAMP_RANGE = (
+    "{c} IS NULL OR ({c} >= CAST('0001-01-01' AS timestamp)"
+    " AND {c} < CAST('10000-01-01' AS timestamp))"
+)
+_MONEY_RANGE = "{c} IS NULL OR (abs({c}) < 100000000 AND {c} = round({c}, 2))"
+# The raw lake's side column: for a row holding values the lake type cannot, a JSON object of
+# those columns and their original text (the typed column is NULL in that row).
+UNREPRESENTABLE = "_unrepresentable"
 
 
 _TEXT = frozenset({"text", "character varying"})
@@ -44,9 +59,11 @@ SQL_TYPES: dict[str, SqlType] = {
     "integer": SqlType(pa.int32(), frozenset({"integer"})),
     "text": SqlType(pa.string(), _TEXT),
     "varchar(3)": SqlType(pa.string(), _TEXT | {"character"}),
-    "numeric(10,2)": SqlType(pa.decimal128(10, 2), frozenset({"numeric"})),
+    "numeric(10,2)": SqlType(pa.decimal128(10, 2), frozenset({"numeric"}), _MONEY_RANGE),
     "boolean": SqlType(pa.bool_(), frozenset({"boolean"})),
-    "timestamp(3)": SqlType(pa.timestamp("ms"), frozenset({"timestamp without time zone"})),
+    "timestamp(3)": SqlType(
+        pa.timestamp("ms"), frozenset({"timestamp without time zone"}), _TIMESTAMP_RANGE
+    ),
     '"PaymentTypeName"': SqlType(pa.string(), _ENUM),
     '"TransactionType"': SqlType(pa.string(), _ENUM),
 }
@@ -68,6 +85,11 @@ class Column:
     def accepted_types(self) -> frozenset[str]:
         """The ``information_schema`` data types the source may report for this column."""
         return SQL_TYPES[self.sql_type].information_schema
+
+    @property
+    def representable(self) -> str | None:
+        """SQL over ``{c}``: the value fits the raw lake type (None: always)."""
+        return SQL_TYPES[self.sql_type].representable
 
     @property
     def enum(self) -> str | None:
@@ -132,6 +154,13 @@ class Table:
         return pa.schema(
             [pa.field(c.name, c.arrow_type, nullable=not c.not_null) for c in self.columns]
         )
+
+    @property
+    def lake_schema(self) -> pa.Schema:
+        """The raw lake's schema: the model's columns, all nullable (a value the lake cannot
+        hold is NULL there), and the ``_unrepresentable`` side column keeping its text."""
+        fields = [pa.field(c.name, c.arrow_type) for c in self.columns]
+        return pa.schema([*fields, pa.field(UNREPRESENTABLE, pa.string())])
 
 
 def _table(

@@ -1,11 +1,12 @@
-"""The ingest stage: one scheduled run turns everything that changed in totesys since the last
-committed batch into one or more self-contained raw batches (Parquet parts, manifest last).
+"""The ingest stage: one scheduled run turns everything committed in totesys since the last
+capture into one or more self-contained raw batches (Parquet parts, manifest last).
 
-The state is the lake itself: the newest manifest in the raw bucket holds the previous ``hi``.
-A manifest is written only after every data file of its batch is stored, so a crash at any
-point leaves the state where it was, and the next run re-reads the same rows. Keys derive from
-the batch id (the window's ``hi`` plus a part number), so a re-run of a window overwrites the
-same objects with the same content.
+What is new is decided by commit order (``extract.capture``), deletions by the key sets
+(``extract.keysets``). The state is the lake itself: the state pointer, else the newest
+sound manifest (``extract.state``). A manifest is written only after every data file of its
+batch is stored, and the pointer after the manifest, so a crash at any point leaves the state
+where it was and the next run reads the same rows again. Keys derive from the batch id (the
+run's capture sequence plus a part number), so objects are never half-replaced by a retry.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.client import BaseClient
@@ -23,10 +25,19 @@ from pg8000.native import Connection
 
 from totes.db import DbCredentials, connect, credentials_from_secret_store
 from totes.errors import TotesError
-from totes.extract import stream, watermark
+from totes.extract import capture, keysets, plan, stream
+from totes.extract.capture import CaptureState, Resume
 from totes.extract.snapshot import check_schema, snapshot
-from totes.extract.watermark import Window
-from totes.lake import RAW_PREFIX, Lake, Manifest, ManifestFile, batch_id_for, data_key
+from totes.extract.state import starting_point
+from totes.lake import (
+    RAW_PREFIX,
+    Lake,
+    Manifest,
+    ManifestFile,
+    batch_id_for,
+    data_key,
+    manifest_key,
+)
 from totes.lake import schema_fingerprint as fingerprint_of
 from totes.observability import add_table_metric, logger, metrics
 from totes.settings import IngestSettings
@@ -37,9 +48,14 @@ STAGE = "raw"
 
 
 def _write_batch(
-    con: Connection, lake: Lake, batch_id: str, window: Window, settings: IngestSettings
+    con: Connection,
+    lake: Lake,
+    batch_id: str,
+    settings: IngestSettings,
+    copied: dict[str, list[pa.Array]],
 ) -> list[ManifestFile]:
-    """Every table's rows for ``window`` as Parquet parts of at most ``chunk_rows`` rows.
+    """Every table's rows of the published piece as Parquet parts of at most ``chunk_rows``
+    rows; the keys copied are collected in ``copied`` (for delete detection).
 
     Encoding a part and storing it (Arrow and the S3 upload release the GIL) run on one
     background thread while the next chunk is read from the source; at most one part is in
@@ -52,10 +68,11 @@ def _write_batch(
     def store(table: Table, key: str, chunk: pa.Table) -> None:
         size = lake.put_table(key, chunk)
         files.append(
-            ManifestFile(table.name, key, chunk.num_rows, fingerprint_of(table.arrow_schema), size)
+            ManifestFile(table.name, key, chunk.num_rows, fingerprint_of(table.lake_schema), size)
         )
 
     def put(table: Table, chunk: pa.Table) -> None:
+        copied.setdefault(table.name, []).append(pc.unique(chunk.column(table.key)))
         part = parts[table.name] = parts.get(table.name, -1) + 1
         key = data_key(RAW_PREFIX, table.name, batch_id, part)
         while in_flight:
@@ -63,72 +80,130 @@ def _write_batch(
         in_flight.append(writer.submit(store, table, key, chunk))
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="raw-writer") as writer:
-        stream.copy_batch(con, window, settings.chunk_rows, put)
+        stream.copy_batch(con, settings.chunk_rows, put)
         while in_flight:
             in_flight.pop().result()
     return files
 
 
+def _deletions_file(lake: Lake, batch_id: str, deleted: pa.Table) -> ManifestFile:
+    key = data_key(RAW_PREFIX, keysets.DELETED_KEYS, batch_id)
+    size = lake.put_table(key, deleted)
+    schema = fingerprint_of(keysets.DELETED_SCHEMA)
+    return ManifestFile(keysets.DELETED_KEYS, key, deleted.num_rows, schema, size)
+
+
 def ingest(settings: IngestSettings, creds: DbCredentials, s3_client: BaseClient) -> list[Manifest]:
-    """Extract every change since the last committed batch; return the manifests written
-    (none when nothing changed). Raises ``DatabaseUnavailable`` / ``SchemaDrift`` before any
-    object is written when the source is unreachable or not the schema we know."""
+    """Capture every change since the lake's state; return the manifests written (none when
+    nothing changed). Raises ``DatabaseUnavailable`` / ``SchemaDrift`` before any object is
+    written when the source is unreachable or not the schema we know."""
     lake = Lake(s3_client, settings.raw_bucket)
-    previous = lake.latest_manifest()
     con = connect(creds, application_name="totes-ingest")
     try:
         with snapshot(con):
             check_schema(con)
-            clock = watermark.read_clock(con, settings.lag_seconds)
-            window = watermark.window_after(previous, clock.hi, settings.overlap_seconds)
-            if watermark.nothing_new(con, previous, window):
-                logger.info("no changes at the source", extra={"window_hi": window.hi_iso})
+            current, captured_at, source_now = capture.read_snapshot(con)
+            start = starting_point(lake, current)
+            for _ in start.passed_over:
+                metrics.add_metric(name="IngestStatesSetAside", unit=MetricUnit.Count, value=1)
+            state = start.state
+            if state is not None and state.resume is None and state.snapshot == current:
+                logger.info("nothing committed at the source since the last capture")
                 return []
-            plan = watermark.plan_windows(con, window, settings.max_batch_rows)
-            if not plan:
-                logger.info("no rows at the source", extra={"window_hi": window.hi_iso})
-                return []
-            tail = watermark.tail_fingerprint(con, window, settings.overlap_seconds)
-            manifests = []
-            for part, (piece, changed_rows) in enumerate(plan):
-                batch_id = batch_id_for(window.hi, part)
+            selection, reason = capture.selection_for(con, state, current)
+            if reason:
+                logger.info("capturing every row", extra={"reason": reason})
+            capture.publish(con, selection)
+            counts = plan.count(con)
+            new_rows = sum(c.new for c in counts.values())
+            pieces = plan.pieces(con, new_rows, settings.max_batch_rows)
+            seq = capture.next_seq(state, current)
+            previous_keysets = state.keysets if state else {}
+            copied: dict[str, list[pa.Array]] = {}
+            manifests: list[Manifest] = []
+            for part, piece in enumerate(pieces):
+                batch_id = batch_id_for(seq, part)
                 logger.set_correlation_id(batch_id)
-                files = _write_batch(con, lake, batch_id, piece, settings)
+                capture.publish_piece(con, piece.lo, piece.hi)
+                files = _write_batch(con, lake, batch_id, settings, copied) if piece.rows else []
+                extra: dict[str, Any] = {}
+                if part < len(pieces) - 1:
+                    after = CaptureState(
+                        current,
+                        seq,
+                        previous_keysets,
+                        _resume_after(con, state, piece.hi or ""),
+                        captured_at.isoformat(),
+                    )
+                else:
+                    reconciled = keysets.reconcile(
+                        con,
+                        lake,
+                        previous_keysets,
+                        {t: keysets.distinct_sorted(a) for t, a in copied.items()},
+                        counts,
+                        batch_id,
+                        complete=selection.everything,
+                        exact=state is None or state.resume is None,
+                    )
+                    after = CaptureState(
+                        current, seq, reconciled.keysets, None, captured_at.isoformat()
+                    )
+                    if not files and not reconciled.deleted and not reconciled.writes:
+                        if state is not None:  # nothing new: only the capture advances
+                            lake.put_state(start.manifest_key or "", after.to_json())
+                        logger.info("nothing new at the source")
+                        return []
+                    for key, keys in reconciled.writes.items():
+                        keysets.write_keys(lake, key, keys)
+                    if reconciled.deleted:
+                        files.append(_deletions_file(lake, batch_id, reconciled.deleted_table()))
+                    extra["deleted_rows"] = reconciled.deleted_rows
                 manifest = Manifest(
                     batch_id=batch_id,
                     stage=STAGE,
-                    window_lo=piece.lo_iso,
-                    window_hi=piece.hi_iso,
+                    window_lo=piece.lo,
+                    window_hi=piece.hi or source_now.isoformat(sep=" ", timespec="milliseconds"),
                     files=tuple(files),
                     extra={
-                        "hi_utc": watermark.to_utc(con, piece.hi).isoformat(),
+                        "capture": after.to_json(),
+                        "capture_seq": seq,
+                        "hi_utc": captured_at.isoformat(),
+                        "source_now": source_now.isoformat(),
+                        "previous_snapshot": state.snapshot.text if state else None,
+                        "previous_captured_at": state.captured_at if state else None,
+                        "captured_everything": reason,
                         "source_tables": [t.name for t in TABLES],
-                        "source_now": watermark.iso(clock.now),
-                        "previous_hi": previous.window_hi if previous else None,
-                        "changed_rows": changed_rows,
+                        "new_rows": piece.rows,
                         "part": part,
-                        "parts": len(plan),
-                        "lag_seconds": settings.lag_seconds,
-                        "overlap_seconds": settings.overlap_seconds,
-                        # Only the newest manifest's value is ever read (watermark.nothing_new).
-                        "tail_fingerprint": tail if part == len(plan) - 1 else None,
+                        "parts": len(pieces),
+                        **extra,
                     },
                 )
                 lake.put_manifest(manifest)
+                lake.put_state(manifest_key(batch_id), after.to_json())
                 logger.info(
                     "raw batch written",
                     extra={
                         "batch_id": batch_id,
-                        "window_lo": manifest.window_lo,
-                        "window_hi": manifest.window_hi,
                         "rows": manifest.row_counts,
                         "files": len(files),
+                        "deleted_rows": extra.get("deleted_rows", {}),
                     },
                 )
                 manifests.append(manifest)
             return manifests
     finally:
         con.close()
+
+
+def _resume_after(con: Connection, state: CaptureState | None, written_up_to: str) -> Resume:
+    """The state after a piece that is not the run's last: rows new since the state the run
+    started from, stamped at or after the next piece's first stamp, are still to be read (for
+    a run that itself resumed, from the earlier of the two stamps: a superset, always safe)."""
+    if state is not None and state.resume is not None:
+        return Resume(state.resume.base, plan.earlier(con, state.resume.stamp_from, written_up_to))
+    return Resume(state.snapshot if state else None, written_up_to)
 
 
 def _seconds_between(later: str, earlier: str) -> float:
@@ -162,7 +237,7 @@ def from_schedule_event(
     size = sum(f.bytes for m in manifests for f in m.files)
     metrics.add_metric(name="IngestBytes", unit=MetricUnit.Bytes, value=size)
     first = manifests[0].extra
-    if first.get("previous_hi"):
-        lag = _seconds_between(first["source_now"], first["previous_hi"])
+    if first.get("previous_captured_at"):
+        lag = _seconds_between(first["hi_utc"], first["previous_captured_at"])
         metrics.add_metric(name="IngestWindowLagSeconds", unit=MetricUnit.Seconds, value=lag)
     return {"batches": [m.batch_id for m in manifests], "rows": rows}
