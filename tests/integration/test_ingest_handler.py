@@ -4,14 +4,12 @@ correlation id, no credentials in any output; a run with nothing new says so in 
 
 from __future__ import annotations
 
-import io
 import json
 
 import boto3
 import pytest
 
 from totes.lake import Lake
-from totes.observability import logger
 from totes.stages import runtime
 from totes_tools.local.chain import context_for, load_handler, schedule_event
 from totes_tools.source.snapshot import load_snapshot
@@ -25,14 +23,6 @@ def handler(stack, source_db, pg_connect, snapshot_dir, monkeypatch):
     # A cold start for this stack: forget what earlier tests' invocations cached.
     runtime.reset()
     return load_handler("ingest")
-
-
-@pytest.fixture
-def log_lines(monkeypatch) -> io.StringIO:
-    """What the shared Powertools logger writes (its handler keeps the stream it was born with)."""
-    buffer = io.StringIO()
-    monkeypatch.setattr(logger.registered_handler, "stream", buffer)
-    return buffer
 
 
 def emitted(output: str) -> tuple[list[dict], list[dict]]:

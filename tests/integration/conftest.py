@@ -1,0 +1,33 @@
+"""Integration fixtures: a source holding the real snapshot, and the stack's raw lake."""
+
+from __future__ import annotations
+
+import io
+
+import boto3
+import pytest
+
+from totes.db import DbCredentials
+from totes.lake import Lake
+from totes_tools.source.snapshot import load_snapshot
+
+
+@pytest.fixture
+def source(source_db, pg_connect, snapshot_dir) -> DbCredentials:
+    load_snapshot(pg_connect(source_db), snapshot_dir)
+    return source_db
+
+
+@pytest.fixture
+def lake(stack) -> Lake:
+    return Lake(boto3.client("s3"), stack.raw_bucket)
+
+
+@pytest.fixture
+def log_lines(monkeypatch) -> io.StringIO:
+    """What the shared Powertools logger writes (its handler keeps the stream it was born with)."""
+    from totes.observability import logger
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(logger.registered_handler, "stream", buffer)
+    return buffer
