@@ -1,6 +1,8 @@
 """The pure parts of extraction: COPY CSV rows become typed Arrow chunks with the raw lake
 schema (NULL vs empty text, embedded newlines, exact money, milliseconds, t/f booleans), in
-chunks of a bounded size; the selection SQL is built only from the model."""
+chunks bounded in rows and bytes, whatever the size of one value; the selection SQL is built
+only from the model; the capture state and its "new since" test (snapshots, the threshold
+across long and sub-transactions, wraparound, a sequence that only grows)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,17 @@ from decimal import Decimal
 
 import pyarrow as pa
 
-from totes.extract import closure
+from totes.extract import capture, closure
+from totes.extract import stream as stream_module
+from totes.extract.capture import CaptureState, KeySet, Resume, Snapshot
 from totes.extract.stream import _CsvChunks, copy_table
-from totes.extract.watermark import Window, window_after
 from totes.source.model import TABLES, TABLES_BY_NAME
+
+
+def _lake_row(row: bytes) -> bytes:
+    """A COPY row of the model's columns plus the (empty, i.e. NULL) side column."""
+    return row[:-1] + b",\n"
+
 
 PAYMENT_ROWS = [
     b"1,10,3,552548.62,2,3,t,2022-11-04,67305075,31622269,"
@@ -21,6 +30,7 @@ PAYMENT_ROWS = [
     b"2,11,4,0.05,1,1,f,2022-11-05,1,2,2024-02-29 23:59:59.999,2024-02-29 23:59:59.999\n",
     b"3,12,5,-12.30,3,2,t,2023-01-01,3,4,2023-01-01 00:00:00,2023-01-01 00:00:00.5\n",
 ]
+PAYMENT_ROWS = [_lake_row(r) for r in PAYMENT_ROWS]
 
 ADDRESS_ROWS = [
     b'1,"6826 Herzog Via",,"",Leeds,LS1,UK,"0113 1",2022-11-03 14:20:49.962,'
@@ -28,6 +38,7 @@ ADDRESS_ROWS = [
     b'2,"line ""one""\nsecond line",x,,York,Y1,"UK, North",0,2022-11-03 14:20:49.962,'
     b"2022-11-03 14:20:49.962\n",
 ]
+ADDRESS_ROWS = [_lake_row(r) for r in ADDRESS_ROWS]
 
 
 def stream(table_name: str, rows: list[bytes], chunk_rows: int) -> list[pa.Table]:
@@ -43,7 +54,7 @@ def stream(table_name: str, rows: list[bytes], chunk_rows: int) -> list[pa.Table
 def test_copy_rows_become_the_raw_schema_with_exact_money_and_milliseconds():
     (chunk,) = stream("payment", PAYMENT_ROWS, chunk_rows=10)
 
-    assert chunk.schema == TABLES_BY_NAME["payment"].arrow_schema
+    assert chunk.schema == TABLES_BY_NAME["payment"].lake_schema
     assert chunk.select(["payment_amount", "paid", "payment_date", "last_updated"]).to_pylist() == [
         {
             "payment_amount": Decimal("552548.62"),
@@ -100,19 +111,9 @@ def test_no_rows_means_no_chunk():
     assert stream("payment", [], chunk_rows=5) == []
 
 
-def test_the_window_starts_at_the_previous_hi_minus_the_overlap_and_first_runs_take_all():
-    from totes.lake import Manifest
-
-    hi = datetime(2024, 11, 15, 12, 0, 0)
-    previous = Manifest("b", "raw", None, "2024-11-15T11:55:00.250", ())
-
-    assert window_after(None, hi, 600) == Window(None, hi)
-    assert window_after(previous, hi, 600) == Window(datetime(2024, 11, 15, 11, 45, 0, 250000), hi)
-    assert window_after(previous, hi, 0).lo_iso == "2024-11-15T11:55:00.250"
-
-
-def test_selection_sql_uses_only_model_identifiers_and_facts_use_the_window_alone():
+def test_selection_sql_uses_only_model_identifiers_and_facts_use_their_changes_alone():
     known = {t.name for t in TABLES} | {c for t in TABLES for c in t.column_names}
+    known |= {"_unrepresentable"}
     for table in TABLES:
         sql = closure.copy_sql(table)
         quoted = set(re.findall(r'"([^"]+)"', sql))
@@ -151,3 +152,111 @@ def test_copy_table_streams_through_a_buffer_into_chunks_of_chunk_rows():
     assert rows == 21
     assert [c.num_rows for c in chunks] == [5, 5, 5, 5, 1]
     assert pa.concat_tables(chunks).equals(stream("payment", PAYMENT_ROWS * 7, chunk_rows=100)[0])
+
+
+def test_a_value_spanning_many_blocks_with_quotes_and_newlines_parses_whole_in_one_pass():
+    value = 'a "quoted", line\n' * 20_000  # ~360 KB inside one CSV field
+    field = '"' + value.replace('"', '""') + '"'
+    row = (
+        f"1,{field},,,Leeds,LS1,UK,0,2022-11-03 14:20:49.962,2022-11-03 14:20:49.962,\n"
+    ).encode()
+    data = row + ADDRESS_ROWS[0]
+    chunks: list[pa.Table] = []
+    sink = _CsvChunks(TABLES_BY_NAME["address"], 10, chunks.append)
+    for start in range(0, len(data), 4096):  # blocks far smaller than the value
+        sink.write(data[start : start + 4096])
+    sink.finish()
+
+    table = pa.concat_tables(chunks)
+    assert table.column("address_line_1").to_pylist()[0] == value
+    assert table.num_rows == 2
+
+
+def test_chunks_are_bounded_in_bytes_as_well_as_rows(monkeypatch):
+    monkeypatch.setattr(stream_module, "CHUNK_BYTES", 2_000)
+    big = b"x" * 1_500
+    rows = [
+        f"{i},".encode() + big + b",,,Leeds,LS1,UK,0,2022-11-03 14:20:49.962,"
+        b"2022-11-03 14:20:49.962,\n"
+        for i in range(1, 7)
+    ]
+    chunks: list[pa.Table] = []
+    sink = _CsvChunks(TABLES_BY_NAME["address"], 1_000, chunks.append)
+    for row in rows:
+        sink.write(row)
+    sink.finish()
+
+    assert sum(c.num_rows for c in chunks) == 6
+    assert len(chunks) >= 3
+    assert max(c.num_rows for c in chunks) <= 2
+
+
+# --- the capture state -------------------------------------------------------------------
+
+
+def test_a_snapshot_reads_and_writes_postgresql_text_and_knows_what_had_ended():
+    snap = Snapshot.parse("755:760:755,757")
+    assert snap == Snapshot(755, 760, (755, 757))
+    assert snap.text == "755:760:755,757"
+    assert [snap.completed(x) for x in (700, 755, 756, 757, 759, 760)] == [
+        True, False, True, False, True, False,
+    ]  # fmt: skip
+
+
+def test_the_threshold_ignores_transactions_still_open_and_drops_to_one_that_committed():
+    base = Snapshot(755, 760, (755, 757))  # 755 and 757 open when the state was captured
+    both_open = Snapshot(755, 770, (755, 757))
+    first_done = Snapshot(757, 770, (757,))
+    assert capture.threshold(base, both_open) == 760
+    # 755 committed: rows of its subtransactions (756, not listed in xip) may be new.
+    assert capture.threshold(base, first_done) == 755
+    assert capture.threshold(Snapshot(760, 760), Snapshot(765, 765)) == 760
+
+
+class AgeOnly:
+    """Answers ``SELECT age(xid)`` as PostgreSQL would with next xid ``now``."""
+
+    def __init__(self, now: int):
+        self.now = now
+
+    def run(self, sql, t):
+        assert sql.startswith("SELECT age(")
+        return [[(self.now - int(t)) % 2**32]]
+
+
+def test_new_since_is_exact_near_and_everything_far_or_backwards():
+    current = Snapshot(2**32 + 10, 2**32 + 20)
+    near = Snapshot(2**32 - 5, 2**32 + 2, (2**32 - 5,))
+    since, why = capture.since(AgeOnly(now=(2**32 + 20) % 2**32), near, current)
+    assert why is None
+    assert since.age == 25  # T = 2**32 - 5 (it completed), across the 32-bit wrap
+    assert since.xip == ((2**32 - 5) % 2**32,)
+
+    far = Snapshot(10, 10)
+    assert capture.since(None, far, Snapshot(2**31 + 10, 2**31 + 10))[0].everything
+    assert "backwards" in capture.since(None, Snapshot(500, 500), Snapshot(10, 10))[1]
+    assert capture.since(None, None, current) == (capture.EVERYTHING, "first capture")
+
+
+def test_the_capture_state_round_trips_and_malformed_states_are_refused():
+    state = CaptureState(
+        Snapshot(5, 9, (5, 7)),
+        9,
+        {"design": KeySet("state/keys/design/c1.parquet", 473)},
+        Resume(None, "2024-11-15 10:00:00"),
+        "2024-11-15T10:00:00+00:00",
+    )
+    assert CaptureState.from_json(state.to_json()) == state
+    for bad in ({"snapshot": "9:5:", "seq": 1}, {"snapshot": "x", "seq": 1}, {"seq": 1}):
+        try:
+            CaptureState.from_json(bad)
+        except (ValueError, KeyError, TypeError):
+            continue
+        raise AssertionError(f"accepted {bad}")
+
+
+def test_the_batch_sequence_only_grows_and_never_falls_below_the_transaction_counter():
+    state = CaptureState(Snapshot(100, 100), 5_000)
+    assert capture.next_seq(state, Snapshot(120, 130)) == 5_001
+    assert capture.next_seq(state, Snapshot(9_000, 9_000)) == 9_000
+    assert capture.next_seq(None, Snapshot(3, 3)) == 3
