@@ -18,7 +18,6 @@ def make_chain(aws, fresh_db, new_stack_names):
     source and a new warehouse unless one is given. No safety lag: tests write, then run."""
 
     def make(source, warehouse=None, **kwargs) -> LocalChain:
-        kwargs.setdefault("lag_seconds", 0)
         chain = LocalChain(
             aws, new_stack_names("e2e"), source, warehouse or fresh_db("wh"), **kwargs
         )

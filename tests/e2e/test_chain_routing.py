@@ -119,7 +119,7 @@ def test_a_cycle_routes_every_batch_through_transform_and_load_once(names):
 
 def test_handlers_run_in_the_function_environment_which_is_restored_afterwards(names):
     fakes = FakeStages()
-    chain = make_chain(names, fakes, lag_seconds=0)
+    chain = make_chain(names, fakes)
     before = dict(os.environ)
 
     chain.run_cycle()

@@ -36,7 +36,6 @@ def fault_free(source, pg_cluster, moto_endpoint, new_stack_names):
             new_stack_names("ref"),
             source,
             warehouse,
-            lag_seconds=0,
             env=SMALL_BATCHES,
         )
         chain.prepare()

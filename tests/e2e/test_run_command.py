@@ -32,7 +32,7 @@ def totes_run(source: str, warehouse: str, *extra: str) -> subprocess.CompletedP
         env.pop(key, None)
     return subprocess.run(
         [sys.executable, "-m", "totes", "run", "--source-url", source, "--warehouse-url", warehouse,
-         "--lag", "0", *extra],
+         *extra],
         capture_output=True,
         text=True,
         env=env,

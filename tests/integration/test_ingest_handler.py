@@ -18,7 +18,6 @@ from totes_tools.source.snapshot import load_snapshot
 @pytest.fixture
 def handler(stack, source_db, pg_connect, snapshot_dir, monkeypatch):
     load_snapshot(pg_connect(source_db), snapshot_dir)
-    monkeypatch.setenv("INGEST_LAG_SECONDS", "0")
     monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "ingest")
     # A cold start for this stack: forget what earlier tests' invocations cached.
     runtime.reset()

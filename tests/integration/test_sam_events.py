@@ -56,7 +56,7 @@ def source_rows(source_db, pg_connect) -> dict[str, int]:
 @pytest.fixture
 def chain(aws, source_db, warehouse_db, source_rows, new_stack_names) -> LocalChain:
     names = new_stack_names("events")
-    made = LocalChain(aws, names, source_db, warehouse_db, lag_seconds=0)
+    made = LocalChain(aws, names, source_db, warehouse_db)
     made.prepare()
     return made
 

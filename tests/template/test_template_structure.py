@@ -193,8 +193,6 @@ def test_each_function_gets_exactly_the_environment_its_settings_read(expanded):
             "POWERTOOLS_SERVICE_NAME": "ingest",
             "RAW_BUCKET": raw_name,
             "SOURCE_SECRET_ID": "<SourceSecretArn>",
-            "INGEST_LAG_SECONDS": "<IngestLagSeconds>",
-            "INGEST_OVERLAP_SECONDS": "<IngestOverlapSeconds>",
             "INGEST_MAX_BATCH_ROWS": "<IngestMaxBatchRows>",
         },
         "Transform": {
@@ -230,8 +228,6 @@ def test_the_template_environment_satisfies_each_stage_settings_at_cold_start(te
     assert IngestSettings.from_env(env_of("Ingest")) == IngestSettings(
         raw_bucket="STACK-raw-ACCOUNT-REGION",
         source_secret_id=values["SourceSecretArn"],
-        lag_seconds=2.0,
-        overlap_seconds=600.0,
         max_batch_rows=500_000,
     )
     assert TransformSettings.from_env(env_of("Transform")) == TransformSettings(

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
 from totes.errors import TotesError
+from totes.settings import CHUNK_ROWS, MAX_BATCH_ROWS
 
 # command path -> "module:function"; each function takes the parsed args and returns an exit code.
 COMMANDS = {
@@ -23,6 +25,19 @@ COMMANDS = {
     ("demo",): "totes_tools.local.demo:main",
     ("bench",): "totes_tools.local.bench:main",
 }
+
+
+def option(parse: Callable[[str], int]) -> Callable[[str], int]:
+    """An argparse type from a settings parser: the Lambda settings and the command line refuse
+    the same values ("nan", "inf", negative, absurd) with the same words."""
+
+    def convert(raw: str) -> int:
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source-url", required=True)
     run.add_argument("--warehouse-url", required=True)
     run.add_argument("--endpoint-url", default=None, help="a running `totes local-aws`")
-    run.add_argument("--lag", type=float, default=None, help="watermark safety lag, seconds")
-    run.add_argument("--overlap", type=float, default=None, help="watermark overlap, seconds")
+    run.add_argument(
+        "--max-batch-rows",
+        type=option(MAX_BATCH_ROWS),
+        default=None,
+        help="rows per bounded batch (INGEST_MAX_BATCH_ROWS; default 500000)",
+    )
+    run.add_argument(
+        "--chunk-rows",
+        type=option(CHUNK_ROWS),
+        default=None,
+        help="rows per Parquet part (INGEST_CHUNK_ROWS; default 100000)",
+    )
 
     replay = sub.add_parser(
         "replay", help="re-run a raw batch (e.g. quarantined, then repaired) through the chain"

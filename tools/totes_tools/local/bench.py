@@ -71,7 +71,6 @@ def run_child(stage: str) -> int:
             StackNames(),
             DbCredentials.from_url(config["source"]),
             DbCredentials.from_url(config["warehouse"]),
-            lag_seconds=0,
         )
         chain.handler(stage)  # imports (a cold start) are not the stage's work
         with RssSampler() as rss:
@@ -288,7 +287,7 @@ def main(args) -> int:
         counts = generate(con, args.scale, seed=42)
         generate_seconds = round(time.perf_counter() - started, 1)
 
-        chain = LocalChain(endpoint, StackNames(), source, warehouse, lag_seconds=0)
+        chain = LocalChain(endpoint, StackNames(), source, warehouse)
         chain.prepare()
         print("initial load: ingest, transform, load (one process each) ...", flush=True)
         started = time.perf_counter()

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from totes.db import DbCredentials, connect
-from totes.extract import stream, watermark
+from totes.extract import capture, stream
 from totes.extract.snapshot import snapshot
 from totes.identifiers import quote
 from totes.lake import MANIFEST_PREFIX
@@ -105,8 +105,6 @@ def settings(max_batch_rows: int, chunk_rows: int) -> IngestSettings:
     return IngestSettings(
         raw_bucket="bench",
         source_secret_id="unused",  # noqa: S106  # nosec B106 (a name; never read)
-        lag_seconds=0.0,
-        overlap_seconds=0.0,
         max_batch_rows=max_batch_rows,
         chunk_rows=chunk_rows,
     )
@@ -139,7 +137,7 @@ def _copy_rate(con, table_name: str, chunk_rows: int) -> dict:
     Arrow chunks that are dropped (``make bench`` uses this for ``sales_order``)."""
     table = TABLES_BY_NAME[table_name]
     with snapshot(con):
-        watermark.set_window(con, watermark.Window(None, watermark.read_clock(con, 0).hi))
+        capture.publish(con, capture.Selection(capture.EVERYTHING))
         started = time.perf_counter()
         rows = stream.copy_table(con, table, chunk_rows, lambda chunk: None)
         seconds = time.perf_counter() - started
@@ -150,9 +148,9 @@ def _copy_batch_rate(con, chunk_rows: int) -> dict:
     """One self-contained batch of everything (``stream.copy_batch``) into typed Arrow
     chunks that are dropped: the COPY path alone, all tables."""
     with snapshot(con):
-        window = watermark.Window(None, watermark.read_clock(con, 0).hi)
+        capture.publish(con, capture.Selection(capture.EVERYTHING))
         started = time.perf_counter()
-        rows = stream.copy_batch(con, window, chunk_rows, lambda table, chunk: None)
+        rows = stream.copy_batch(con, chunk_rows, lambda table, chunk: None)
         seconds = time.perf_counter() - started
     total = sum(rows.values())
     return {"rows": total, "seconds": round(seconds, 3), "rows_per_s": round(total / seconds)}

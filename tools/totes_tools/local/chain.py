@@ -280,8 +280,8 @@ class LocalChain:
         source: DbCredentials,
         warehouse: DbCredentials,
         *,
-        lag_seconds: float | None = None,
-        overlap_seconds: float | None = None,
+        max_batch_rows: int | None = None,
+        chunk_rows: int | None = None,
         env: Mapping[str, str] | None = None,
         handlers: Mapping[str, Handler] | None = None,
         deliver: Callable[[str, list[Delivery]], list[Delivery]] | None = None,
@@ -292,10 +292,10 @@ class LocalChain:
         self.source = source
         self.warehouse = warehouse
         self.env = dict(env or {})
-        if lag_seconds is not None:
-            self.env["INGEST_LAG_SECONDS"] = str(lag_seconds)
-        if overlap_seconds is not None:
-            self.env["INGEST_OVERLAP_SECONDS"] = str(overlap_seconds)
+        if max_batch_rows is not None:
+            self.env["INGEST_MAX_BATCH_ROWS"] = str(max_batch_rows)
+        if chunk_rows is not None:
+            self.env["INGEST_CHUNK_ROWS"] = str(chunk_rows)
         self._handlers = dict(handlers or {})
         self.deliver = deliver or (lambda stage, deliveries: deliveries)
         self.max_attempts = max_attempts
@@ -645,8 +645,8 @@ def run_command(args) -> int:
             StackNames(),
             source,
             warehouse,
-            lag_seconds=args.lag,
-            overlap_seconds=args.overlap,
+            max_batch_rows=args.max_batch_rows,
+            chunk_rows=args.chunk_rows,
         )
         if not _has_manifest(chain):
             check_source_has_rows(source)

@@ -141,7 +141,7 @@ def main(args) -> int:
             f" ({counts['sales_order']:,} sales orders, {counts['payment']:,} payments)",
         )
 
-        chain = LocalChain(endpoint, StackNames(), source, warehouse, lag_seconds=0)
+        chain = LocalChain(endpoint, StackNames(), source, warehouse)
         chain.prepare()
         _say(started, "local stack ready (buckets, queues, secrets); warehouse migrated")
         report = chain.run_cycle()
