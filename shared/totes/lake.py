@@ -38,7 +38,8 @@ def batch_id_for(seq: int, part: int = 0) -> str:
 BATCH_ID = re.compile(r"^(c[0-9]{19}|[0-9]{8}T[0-9]{12})-[0-9]{3}$")
 # The lake's state pointer: the newest manifest and its capture state, written after it, so
 # finding the state costs one request however old the lake (listing is the fallback).
-STATE_KEY = "state/latest.json"
+STATE_PREFIX = "state/"
+STATE_KEY = f"{STATE_PREFIX}latest.json"
 
 
 def data_key(prefix: str, table: str, batch_id: str, part: int = 0) -> str:

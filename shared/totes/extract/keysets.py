@@ -26,10 +26,10 @@ from pg8000.native import Connection
 from totes.extract.capture import KeySet
 from totes.extract.plan import TableCounts
 from totes.identifiers import quote
-from totes.lake import Lake
+from totes.lake import STATE_PREFIX, Lake
 from totes.source.model import TABLES_BY_NAME
 
-KEYSET_PREFIX = "state/keys"
+KEYSET_PREFIX = f"{STATE_PREFIX}keys"
 KEY_SCHEMA = pa.schema([pa.field("key", pa.int32(), nullable=False)])
 # The raw table that carries a batch's deletions: source table and key.
 DELETED_KEYS = "deleted_keys"

@@ -19,6 +19,7 @@ Not part of the test suite: numbers depend on the machine.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import resource
 import sys
@@ -30,24 +31,31 @@ from totes.db import DbCredentials, connect
 from totes.extract import capture, stream
 from totes.extract.snapshot import snapshot
 from totes.identifiers import quote
-from totes.lake import MANIFEST_PREFIX
+from totes.lake import MANIFEST_PREFIX, STATE_PREFIX
 from totes.settings import IngestSettings
 from totes.source.model import TABLES_BY_NAME
 
 BIG_TABLES = ("sales_order", "purchase_order", "transaction", "payment")
 
 
+class _NoSuchKey(Exception):
+    """What a missing object raises, as boto3's ``s3.exceptions.NoSuchKey``."""
+
+
 @dataclass
 class ManifestOnlyS3:
-    """An S3 client stand-in that counts data bytes and keeps only manifests, so memory and
-    time measure extraction, not an emulator holding every object."""
+    """An S3 client stand-in that counts data bytes and keeps only manifests and the capture
+    state, so memory and time measure extraction, not an emulator holding every object."""
 
     objects: dict[str, bytes] = field(default_factory=dict)
     data_bytes: int = 0
     data_objects: int = 0
 
+    class exceptions:
+        NoSuchKey = _NoSuchKey
+
     def put_object(self, Bucket: str, Key: str, Body: bytes, **_) -> dict:
-        if Key.startswith(MANIFEST_PREFIX):
+        if Key.startswith((MANIFEST_PREFIX, STATE_PREFIX)):
             self.objects[Key] = Body
         else:
             self.data_bytes += len(Body)
@@ -55,8 +63,8 @@ class ManifestOnlyS3:
         return {}
 
     def get_object(self, Bucket: str, Key: str) -> dict:
-        import io
-
+        if Key not in self.objects:
+            raise _NoSuchKey(Key)
         return {"Body": io.BytesIO(self.objects[Key])}
 
     def get_paginator(self, _name: str):
