@@ -33,6 +33,8 @@ def generated_sql() -> str:
     parts = [HEADER, "-- closure_sql()", closure.closure_sql()]
     for table in TABLES:
         parts += [f"-- copy_sql({table.name})", closure.copy_sql(table)]
+    for table in TABLES:
+        parts += [f"-- copy_sql({table.name}, keyed=True)", closure.copy_sql(table, keyed=True)]
     return "\n".join(parts) + "\n"
 
 

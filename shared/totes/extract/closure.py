@@ -16,6 +16,7 @@ published as transaction-local settings by ``closure_sql``.
 from __future__ import annotations
 
 from totes.extract.capture import changed
+from totes.extract.plan import new_keys_setting
 from totes.identifiers import quote
 from totes.source.model import TABLES, TABLES_BY_NAME, UNREPRESENTABLE, Column, Table
 
@@ -53,6 +54,14 @@ def _extra_setting(table: Table) -> str:
 def _extra_keys(table: Table) -> str:
     """The published extra keys of ``table`` as a one-column set (a hashed subplan)."""
     return f"(SELECT unnest(CAST(current_setting('{_extra_setting(table)}') AS integer[])))"
+
+
+def _extra_array(table: Table) -> str:
+    return f"CAST((SELECT current_setting('{_extra_setting(table)}')) AS integer[])"
+
+
+def _new_array(table: Table) -> str:
+    return f"CAST((SELECT current_setting('{new_keys_setting(table.name)}')) AS integer[])"
 
 
 def pulled_setting(table: Table) -> str:
@@ -163,17 +172,28 @@ def _lake_value(column: Column, alias: str) -> str:
     return f"CASE WHEN {rule} THEN {value} END" if rule else value
 
 
-def selection_sql(table: Table) -> str:
+def selection_sql(table: Table, *, keyed: bool = False) -> str:
     """The self-contained SELECT of one table's rows for the published selection and closure
     (``copy_batch``): changed rows, plus the extra keys its closure published, in the raw
-    lake's columns (``Table.lake_schema``)."""
+    lake's columns (``Table.lake_schema``).
+
+    ``keyed``: the new rows' keys were published (``plan.publish_new_keys``, a small change
+    set), so the rows are found through the primary key, not by scanning the table again; the
+    change test still applies, so both forms select the same rows."""
     values = [_lake_value(c, "s") for c in table.columns]
     columns = ", ".join([*values, f"{_unrepresentable(table, 's')} AS {quote(UNREPRESENTABLE)}"])
+    key = f"s.{quote(table.key)}"
     where = changed("s")
-    if not is_window_only(table):
-        where = f"({where}) OR s.{quote(table.key)} IN {_extra_keys(table)}"
+    if keyed and is_window_only(table):
+        where = f"{key} = ANY({_new_array(table)}) AND {where}"
+    elif keyed:
+        candidates = f"{_new_array(table)} || {_extra_array(table)}"
+        where = f"{key} = ANY({candidates}) AND ({where} OR {key} = ANY({_extra_array(table)}))"
+    elif not is_window_only(table):
+        where = f"({where}) OR {key} IN {_extra_keys(table)}"
     return f"SELECT {columns} FROM {quote(table.name)} s WHERE {where}"  # noqa: S608  # nosec B608
 
 
-def copy_sql(table: Table) -> str:
-    return f"COPY ({selection_sql(table)}) TO STDOUT WITH (FORMAT csv, HEADER false)"
+def copy_sql(table: Table, *, keyed: bool = False) -> str:
+    selection = selection_sql(table, keyed=keyed)
+    return f"COPY ({selection}) TO STDOUT WITH (FORMAT csv, HEADER false)"

@@ -7,8 +7,9 @@ snapshot is either in P or belongs to a new row version (a row not visible to th
 was written after it), so with C the keys this run copied (new rows and the unchanged rows the
 closure pulled in, which are in P), the number of deleted keys is exactly
 ``|P| + |C \\ P| - live rows``: a count, no key transfer. Only when that is not zero (or after an
-interrupted run) are all keys read, ``D = P \\ current``. A key that comes back is a new row
-version again and travels as one; load unmarks it.
+interrupted run) are keys read: a count per bucket of 4,096 keys over the primary key, then
+the keys of the buckets whose count differs, ``D = P \\ current``. A key that comes back is a
+new row version again and travels as one; load unmarks it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pg8000.native import Connection
@@ -42,9 +43,9 @@ def keyset_key(table: str, batch_id: str) -> str:
     return f"{KEYSET_PREFIX}/{table}/{batch_id}.parquet"
 
 
-def write_keys(lake: Lake, key: str, keys: pa.Array) -> None:
+def write_keys(lake: Lake, key: str, keys: np.ndarray) -> None:
     """Sorted keys, delta-encoded: consecutive serial keys cost a few bits each."""
-    table = pa.table({"key": keys}, schema=KEY_SCHEMA)
+    table = pa.table({"key": pa.array(keys, pa.int32())}, schema=KEY_SCHEMA)
     sink = io.BytesIO()
     pq.write_table(
         table,
@@ -56,33 +57,72 @@ def write_keys(lake: Lake, key: str, keys: pa.Array) -> None:
     lake.put_bytes(key, sink.getvalue(), "application/vnd.apache.parquet")
 
 
-def read_keys(lake: Lake, key: str) -> pa.Array:
-    return lake.get_table(key).column("key").combine_chunks()
+def read_keys(lake: Lake, key: str) -> np.ndarray:
+    return lake.get_table(key).column("key").to_numpy().astype(np.int32, copy=False)
 
 
-def fetch_all_keys(con: Connection, table: str) -> pa.Array:
-    """Every key of ``table`` in the run's snapshot, sorted (only when something was deleted)."""
-    model = TABLES_BY_NAME[table]
+def _keys_from_copy(con: Connection, sql: str) -> np.ndarray:
     sink = io.BytesIO()
-    con.run(
-        f"COPY (SELECT {quote(model.key)} FROM {quote(model.name)}) TO STDOUT",  # noqa: S608  # nosec B608
-        stream=sink,
-    )
+    con.run(sql, stream=sink)
+    if not sink.tell():
+        return np.empty(0, np.int32)
     sink.seek(0)
     keys = pacsv.read_csv(
         sink,
         read_options=pacsv.ReadOptions(column_names=["key"]),
         convert_options=pacsv.ConvertOptions(column_types={"key": pa.int32()}),
     ).column("key")
-    return keys.take(pc.sort_indices(keys)).combine_chunks()
+    return np.sort(keys.to_numpy())
 
 
-def distinct_sorted(arrays: list[pa.Array | pa.ChunkedArray]) -> pa.Array:
+# Keys per bucket when locating deletions: a bucket whose count differs is read back whole.
+BUCKET_BITS = 12
+
+
+def current_keys(con: Connection, table: str, expected: np.ndarray) -> np.ndarray:
+    """Every key of ``table`` in the run's snapshot, given the keys it would hold without
+    deletions (``expected``, sorted): one count per bucket of 4,096 keys (a scan of the primary
+    key), then only the buckets whose count differs are read back."""
+    model = TABLES_BY_NAME[table]
+    key = quote(model.key)
+    rows = con.run(
+        f"SELECT {key} >> {BUCKET_BITS} AS b, count(*) FROM {quote(model.name)} GROUP BY 1"  # noqa: S608  # nosec B608
+    )
+    actual = {int(b): int(n) for b, n in rows}
+    buckets, counts = np.unique(expected >> BUCKET_BITS, return_counts=True)
+    wanted = dict(zip(buckets.tolist(), counts.tolist(), strict=True))
+    differ = sorted(b for b in set(actual) | set(wanted) if actual.get(b) != wanted.get(b))
+    if not differ:
+        return expected
+    con.run(
+        "SELECT set_config('totes.buckets', :b, true)",
+        b="{" + ",".join(str(b) for b in differ) + "}",
+    )
+    fetched = _keys_from_copy(
+        con,
+        f"COPY (SELECT s.{key} FROM {quote(model.name)} s"  # noqa: S608  # nosec B608
+        f" JOIN unnest(CAST((SELECT current_setting('totes.buckets')) AS integer[])) b"
+        f" ON s.{key} BETWEEN b << {BUCKET_BITS} AND (b << {BUCKET_BITS}) + {2**BUCKET_BITS - 1})"
+        " TO STDOUT",
+    )
+    keep = expected[~np.isin(expected >> BUCKET_BITS, np.array(differ, dtype=np.int64))]
+    return np.sort(np.concatenate([keep, fetched]))
+
+
+def distinct_sorted(arrays: list[pa.Array | pa.ChunkedArray]) -> np.ndarray:
     chunks = [c for a in arrays for c in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
     if not chunks:
-        return pa.array([], pa.int32())
-    keys = pc.unique(pa.concat_arrays(chunks).cast(pa.int32())).drop_null()
-    return keys.take(pc.sort_indices(keys))
+        return np.empty(0, np.int32)
+    keys = pa.concat_arrays(chunks).cast(pa.int32()).drop_null().to_numpy()
+    return np.unique(keys)
+
+
+def isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """Which of ``values`` are in ``sorted_keys`` (binary search: no hash set of the big side)."""
+    if not len(sorted_keys):
+        return np.zeros(len(values), bool)
+    at = np.searchsorted(sorted_keys, values)
+    return sorted_keys[np.minimum(at, len(sorted_keys) - 1)] == values
 
 
 @dataclass
@@ -90,9 +130,9 @@ class Reconciled:
     """The outcome for the run: deleted keys per table, the new key sets (table -> KeySet),
     and the key set objects to write (object key -> sorted keys)."""
 
-    deleted: dict[str, pa.Array] = field(default_factory=dict)
+    deleted: dict[str, np.ndarray] = field(default_factory=dict)
     keysets: dict[str, KeySet] = field(default_factory=dict)
-    writes: dict[str, pa.Array] = field(default_factory=dict)
+    writes: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def deleted_rows(self) -> dict[str, int]:
@@ -101,32 +141,19 @@ class Reconciled:
     def deleted_table(self) -> pa.Table:
         """The batch's ``deleted_keys`` rows, in table then key order."""
         tables = [t for t, k in sorted(self.deleted.items()) if len(k)]
+        names = [t for t in tables for _ in range(len(self.deleted[t]))]
+        keys = np.concatenate([self.deleted[t] for t in tables]) if tables else np.empty(0)
         return pa.table(
-            {
-                "table": pa.array(
-                    [t for t in tables for _ in range(len(self.deleted[t]))], pa.string()
-                ),
-                "key": pa.concat_arrays([self.deleted[t] for t in tables])
-                if tables
-                else pa.array([], pa.int32()),
-            },
+            {"table": pa.array(names, pa.string()), "key": pa.array(keys, pa.int32())},
             schema=DELETED_SCHEMA,
         )
-
-
-def deleted_count(previous: KeySet | None, known: pa.Array | None, copied: pa.Array, live: int):
-    """|D| from counts alone, or None when it cannot be told that way."""
-    if previous is None or known is None:
-        return None
-    new = pc.sum(pc.invert(pc.is_in(copied, value_set=known))).as_py() or 0
-    return previous.rows + new - live
 
 
 def reconcile(
     con: Connection,
     lake: Lake,
     previous: Mapping[str, KeySet],
-    copied: Mapping[str, pa.Array],
+    copied: Mapping[str, np.ndarray],
     counts: Mapping[str, TableCounts],
     batch_id: str,
     *,
@@ -142,31 +169,36 @@ def reconcile(
     """
     out = Reconciled()
     for table, tally in counts.items():
-        keys = copied.get(table, pa.array([], pa.int32()))
+        keys = copied.get(table, np.empty(0, np.int32))
         before = previous.get(table)
+        if before is not None and exact and not len(keys) and before.rows == tally.live:
+            out.keysets[table] = before  # nothing new, nothing gone: nothing to read
+            continue
+        known = read_keys(lake, before.key) if before is not None else None
         if complete and len(keys) == tally.live:
             current = keys
-            known = read_keys(lake, before.key) if before else None
+        elif known is None:
+            current = _keys_from_copy(
+                con,
+                f"COPY (SELECT {quote(TABLES_BY_NAME[table].key)}"  # noqa: S608  # nosec B608
+                f" FROM {quote(table)}) TO STDOUT",
+            )
         else:
-            known = read_keys(lake, before.key) if before else None
-            missing = deleted_count(before, known, keys, tally.live) if exact else None
-            if missing == 0 and known is not None:
-                new = keys.filter(pc.invert(pc.is_in(keys, value_set=known)))
+            new = keys[~isin_sorted(keys, known)]
+            if exact and before is not None and before.rows + len(new) == tally.live:
                 if not len(new):
-                    out.keysets[table] = before  # type: ignore[assignment]
+                    out.keysets[table] = before
                     continue
-                merged = pa.concat_arrays([known, new])
-                current = merged.take(pc.sort_indices(merged))
+                current = np.union1d(known, new)
             else:
-                current = fetch_all_keys(con, table)
+                current = current_keys(con, table, np.union1d(known, new))
         if known is not None:
-            gone = known.filter(pc.invert(pc.is_in(known, value_set=current)))
+            gone = known[~isin_sorted(known, current)]
             if len(gone):
                 out.deleted[table] = gone
-        unchanged = before is not None and known is not None and before.rows == len(current)
-        if unchanged and pc.all(pc.equal(known, current)).as_py():
-            out.keysets[table] = before  # type: ignore[assignment]
-            continue
+            if before is not None and len(known) == len(current) and np.array_equal(known, current):
+                out.keysets[table] = before
+                continue
         key = keyset_key(table, batch_id)
         out.writes[key] = current
         out.keysets[table] = KeySet(key, len(current))

@@ -15,13 +15,19 @@ from pg8000.native import Connection
 
 from totes.extract.capture import is_new, stamp
 from totes.identifiers import quote
-from totes.source.model import TABLES
+from totes.source.model import TABLES, Table
+
+# Up to this many new rows in a table, the count also returns their keys, so the copy finds
+# them through the primary key instead of a second scan of the table.
+KEYED_ROWS = 20_000
 
 
 @dataclass(frozen=True)
 class TableCounts:
     live: int  # rows of the table in the snapshot (= keys: every table has a primary key)
     new: int  # rows new for the published selection
+    # Their keys as a PostgreSQL array literal, when few enough (None: copy by scanning).
+    new_keys: str | None = None
 
 
 @dataclass(frozen=True)
@@ -34,15 +40,42 @@ class Piece:
     rows: int
 
 
-def count(con: Connection) -> dict[str, TableCounts]:
-    """Live and new rows of every table: one scan each, in one statement."""
+def count(con: Connection, *, with_keys: bool = True) -> dict[str, TableCounts]:
+    """Live and new rows of every table, and the new rows' keys where they are few: one scan
+    each, in one statement (``with_keys`` False when every row is new anyway)."""
+
+    def keys(t: Table) -> str:
+        if not with_keys:
+            return "CAST(NULL AS text)"
+        return f"CAST(array_agg(s.{quote(t.key)}) FILTER (WHERE {is_new('s')}) AS text)"
+
     parts = "\nUNION ALL ".join(
-        f"SELECT {i} AS i, count(*) AS live, count(*) FILTER (WHERE {is_new('s')}) AS new"  # noqa: S608  # nosec B608
-        f" FROM {quote(t.name)} s"
+        f"SELECT {i} AS i, count(*) AS live, count(*) FILTER (WHERE {is_new('s')}) AS new,"  # noqa: S608  # nosec B608
+        f" {keys(t)} AS keys FROM {quote(t.name)} s"
         for i, t in enumerate(TABLES)
     )
-    rows = con.run(f"SELECT i, live, new FROM ({parts}) c ORDER BY i")  # noqa: S608  # nosec B608
-    return {TABLES[i].name: TableCounts(int(live), int(new)) for i, live, new in rows}
+    rows = con.run(
+        f"SELECT i, live, new, CASE WHEN new <= :limit THEN COALESCE(keys, '{{}}') END"  # noqa: S608  # nosec B608
+        f" FROM ({parts}) c ORDER BY i",
+        limit=KEYED_ROWS if with_keys else -1,
+    )
+    return {TABLES[i].name: TableCounts(int(n), int(m), k) for i, n, m, k in rows}
+
+
+def publish_new_keys(con: Connection, counts: dict[str, TableCounts]) -> None:
+    """Publish each table's new keys for the keyed selection (``closure.selection_sql``)."""
+    names = list(counts)
+    con.run(
+        "SELECT "  # nosec B608 (setting names from the model)
+        + ", ".join(
+            f"set_config('{new_keys_setting(n)}', :k{i}, true)" for i, n in enumerate(names)
+        ),
+        **{f"k{i}": counts[n].new_keys or "{}" for i, n in enumerate(names)},
+    )
+
+
+def new_keys_setting(table: str) -> str:
+    return f"totes.new_{table}"
 
 
 def _new_stamps_sql() -> str:

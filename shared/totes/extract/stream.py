@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -27,6 +27,7 @@ from totes.extract.closure import (
     pulled_setting,
     pullers,
 )
+from totes.extract.plan import TableCounts
 from totes.source.model import TABLES, Table
 
 if TYPE_CHECKING:
@@ -47,7 +48,10 @@ def _key_set_text(keys: list[pa.ChunkedArray | pa.Array]) -> str:
 
 
 def copy_batch(
-    con: Connection, chunk_rows: int, on_chunk: Callable[[Table, pa.Table], None]
+    con: Connection,
+    chunk_rows: int,
+    on_chunk: Callable[[Table, pa.Table], None],
+    counts: Mapping[str, TableCounts] | None = None,
 ) -> dict[str, int]:
     """Copy every table's rows of the self-contained batch for the published selection and
     piece (``capture.publish``, ``capture.publish_piece``); returns the rows per table.
@@ -56,7 +60,12 @@ def copy_batch(
     collected from the Arrow chunks on the way (vectorised, bounded by the batch's distinct
     keys) and published, then ``closure_sql`` completes each closure and the closure tables
     are copied. Everything reads the one snapshot of the enclosing transaction.
+
+    With ``counts`` whose new keys are all known (a small change set, published by
+    ``plan.publish_new_keys``), rows are found by key, and a fact table with nothing new is not
+    read at all.
     """
+    keyed = counts is not None and all(c.new_keys is not None for c in counts.values())
     closure = closure_tables()
     pulled: dict[str, list[pa.Array]] = {t.name: [] for t in closure}
     references = {
@@ -72,7 +81,11 @@ def copy_batch(
 
     for table in TABLES:
         if is_window_only(table):
-            rows[table.name] = copy_table(con, table, chunk_rows, functools.partial(collect, table))
+            if keyed and counts is not None and counts[table.name].new == 0:
+                rows[table.name] = 0
+                continue
+            collect_table = functools.partial(collect, table)
+            rows[table.name] = copy_table(con, table, chunk_rows, collect_table, keyed=keyed)
     names = [pulled_setting(t) for t in closure]
     params = {f"p{i}": _key_set_text(pulled[t.name]) for i, t in enumerate(closure)}
     con.run(
@@ -83,7 +96,7 @@ def copy_batch(
     for table in TABLES:
         if not is_window_only(table):
             rows[table.name] = copy_table(
-                con, table, chunk_rows, functools.partial(on_chunk, table)
+                con, table, chunk_rows, functools.partial(on_chunk, table), keyed=keyed
             )
     return rows
 
@@ -216,13 +229,18 @@ class _CsvChunks(io.RawIOBase):
 
 
 def copy_table(
-    con: Connection, table: Table, chunk_rows: int, on_chunk: Callable[[pa.Table], None]
+    con: Connection,
+    table: Table,
+    chunk_rows: int,
+    on_chunk: Callable[[pa.Table], None],
+    *,
+    keyed: bool = False,
 ) -> int:
     """Stream the published batch's rows of ``table`` through ``COPY ... TO STDOUT`` into
     Arrow tables of at most ``chunk_rows`` rows with the raw lake schema; returns the rows."""
     sink = _CsvChunks(table, chunk_rows, on_chunk)
     blocks = io.BufferedWriter(sink, buffer_size=COPY_BLOCK_BYTES)
-    con.run(copy_sql(table), stream=blocks)
+    con.run(copy_sql(table, keyed=keyed), stream=blocks)
     blocks.flush()
     sink.finish()
     return sink.rows

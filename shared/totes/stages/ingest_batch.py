@@ -53,6 +53,7 @@ def _write_batch(
     batch_id: str,
     settings: IngestSettings,
     copied: dict[str, list[pa.Array]],
+    counts: dict[str, plan.TableCounts] | None,
 ) -> list[ManifestFile]:
     """Every table's rows of the published piece as Parquet parts of at most ``chunk_rows``
     rows; the keys copied are collected in ``copied`` (for delete detection).
@@ -80,7 +81,7 @@ def _write_batch(
         in_flight.append(writer.submit(store, table, key, chunk))
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="raw-writer") as writer:
-        stream.copy_batch(con, settings.chunk_rows, put)
+        stream.copy_batch(con, settings.chunk_rows, put, counts)
         while in_flight:
             in_flight.pop().result()
     return files
@@ -114,9 +115,11 @@ def ingest(settings: IngestSettings, creds: DbCredentials, s3_client: BaseClient
             if reason:
                 logger.info("capturing every row", extra={"reason": reason})
             capture.publish(con, selection)
-            counts = plan.count(con)
+            counts = plan.count(con, with_keys=not selection.everything)
             new_rows = sum(c.new for c in counts.values())
             pieces = plan.pieces(con, new_rows, settings.max_batch_rows)
+            if len(pieces) == 1:
+                plan.publish_new_keys(con, counts)
             seq = capture.next_seq(state, current)
             previous_keysets = state.keysets if state else {}
             copied: dict[str, list[pa.Array]] = {}
@@ -125,7 +128,10 @@ def ingest(settings: IngestSettings, creds: DbCredentials, s3_client: BaseClient
                 batch_id = batch_id_for(seq, part)
                 logger.set_correlation_id(batch_id)
                 capture.publish_piece(con, piece.lo, piece.hi)
-                files = _write_batch(con, lake, batch_id, settings, copied) if piece.rows else []
+                keyed = counts if len(pieces) == 1 else None
+                files = (
+                    _write_batch(con, lake, batch_id, settings, copied, keyed) if piece.rows else []
+                )
                 extra: dict[str, Any] = {}
                 if part < len(pieces) - 1:
                     after = CaptureState(
