@@ -75,9 +75,12 @@ FACT_TABLES = [t.name for t in FACTS]
 STAR_WITHOUT_CALENDAR = [t.name for t in (*DIMENSIONS, *FACTS) if t.name != "dim_date"]
 
 
-def warehouse_rows(con, table: str) -> Counter:
+def warehouse_rows(con, table: str, live: bool = False) -> Counter:
+    """A table's rows in the warehouse; ``live``: only those whose key still exists at the
+    source (``source_deleted_at IS NULL``, the picture BI users are told to query)."""
     columns = ", ".join(STAR_TABLES_BY_NAME[table].column_names)
-    return Counter(tuple(r) for r in con.run(f"SELECT {columns} FROM {table}"))  # noqa: S608
+    where = " WHERE source_deleted_at IS NULL" if live and table != "dim_date" else ""
+    return Counter(tuple(r) for r in con.run(f"SELECT {columns} FROM {table}{where}"))  # noqa: S608
 
 
 def iso_4217_name(code: str) -> str | None:
@@ -137,11 +140,23 @@ def expected_warehouse(*states: dict[str, Counter]) -> dict[str, Counter]:
     return out
 
 
-def warehouse_problems(source_con, warehouse_con, expected: dict[str, Counter]) -> list[str]:
+def warehouse_problems(
+    source_con, warehouse_con, expected: dict[str, Counter], live: bool = False
+) -> list[str]:
     """Every way the warehouse differs from ``expected``, plus calendar problems: a date the
-    source references missing from dim_date, or a dim_date row with wrong attributes."""
+    source references missing from dim_date, or a dim_date row with wrong attributes.
+    ``live``: compare only the live picture (facts: the versions of keys that still exist)."""
+    if live:
+        existing = source_state(source_con)
+        expected = {
+            table: rows
+            if table.startswith("dim_")
+            else Counter({r: n for r, n in rows.items() if r[0] in {e[0] for e in existing[table]}})
+            for table, rows in expected.items()
+        }
     problems = [
-        diff(table, rows, warehouse_rows(warehouse_con, table)) for table, rows in expected.items()
+        diff(table, rows, warehouse_rows(warehouse_con, table, live))
+        for table, rows in expected.items()
     ]
     calendar_rows = warehouse_rows(warehouse_con, "dim_date")
     wrong = [r for r in calendar_rows if r != calendar_row(r[0])]
