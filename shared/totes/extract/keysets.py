@@ -28,15 +28,13 @@ from totes.extract.capture import KeySet
 from totes.extract.plan import TableCounts
 from totes.identifiers import quote
 from totes.lake import STATE_PREFIX, Lake
-from totes.source.model import TABLES_BY_NAME
+from totes.source.model import DELETED_KEYS as DELETED_KEYS
+from totes.source.model import DELETED_KEYS_SCHEMA, TABLES_BY_NAME
 
 KEYSET_PREFIX = f"{STATE_PREFIX}keys"
 KEY_SCHEMA = pa.schema([pa.field("key", pa.int32(), nullable=False)])
-# The raw table that carries a batch's deletions: source table and key.
-DELETED_KEYS = "deleted_keys"
-DELETED_SCHEMA = pa.schema(
-    [pa.field("table", pa.string(), nullable=False), pa.field("key", pa.int32(), nullable=False)]
-)
+# The raw table that carries a batch's deletions (declared by the model: transform reads it).
+DELETED_SCHEMA = DELETED_KEYS_SCHEMA
 
 
 def keyset_key(table: str, batch_id: str) -> str:

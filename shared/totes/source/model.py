@@ -6,7 +6,9 @@ schemas, schema checks, quality gates) is derived from these definitions; SQL id
 ever come from here. The model also owns the domain rules the other modules used to keep by
 hand: each table's role (a fact source, whose rows become warehouse facts, or a dimension
 source), its text-date columns, which ``information_schema`` types each model type accepts,
-and which parent row a dimension embeds. Supporting a new source table starts here.
+which parent row a dimension embeds, which columns the star schema carries (and so which need
+a value there), and which star table holds each table's keys. Supporting a new source table
+starts here.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ _MONEY_RANGE = "{c} IS NULL OR (abs({c}) < 100000000 AND {c} = round({c}, 2))"
 # The raw lake's side column: for a row holding values the lake type cannot, a JSON object of
 # those columns and their original text (the typed column is NULL in that row).
 UNREPRESENTABLE = "_unrepresentable"
+# The raw table that carries a batch's deletions: the source table and the key deleted.
+DELETED_KEYS = "deleted_keys"
+DELETED_KEYS_SCHEMA = pa.schema(
+    [pa.field("table", pa.string(), nullable=False), pa.field("key", pa.int32(), nullable=False)]
+)
 
 
 _TEXT = frozenset({"text", "character varying"})
@@ -76,6 +83,15 @@ class Column:
     not_null: bool = True
     default: str | None = None
     text_date: bool = False  # a YYYY-MM-DD date kept as text (cast to DATE by the remodelling)
+    # The star schema carries it (False: payment's account numbers, a department's manager, a
+    # counterparty's contacts, a dimension source's created_at). A carried NOT NULL column is
+    # one the star needs a value in; a column not carried may hold anything, NULL included.
+    carried: bool = True
+
+    @property
+    def required(self) -> bool:
+        """The star needs a value here: a row with NULL in it cannot be remodelled."""
+        return self.carried and self.not_null
 
     @property
     def arrow_type(self) -> pa.DataType:
@@ -118,12 +134,19 @@ class Table:
     # The foreign key column of the parent whose columns this table's dimension embeds
     # (dim_staff carries its department's name and location): a changed parent changes it.
     embeds: str | None = None
+    # The star table keyed by this table's key (address -> dim_location), None when the table
+    # has none of its own (department lives on inside dim_staff): where a deleted or set-aside
+    # key of this table lands.
+    star_table: str | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"table {self.name}: role must be one of {ROLES}")
         if self.embeds is not None and self.embeds not in {f.column for f in self.foreign_keys}:
             raise ValueError(f"table {self.name}: embeds {self.embeds}, not a foreign key")
+        for fk in self.foreign_keys:
+            if not self.column(fk.column).carried:
+                raise ValueError(f"table {self.name}: reference {fk.column} must be carried")
 
     @property
     def key(self) -> str:
@@ -150,9 +173,27 @@ class Table:
         return next(c for c in self.columns if c.name == name)
 
     @property
+    def carried_columns(self) -> tuple[Column, ...]:
+        """The columns the star schema is built from."""
+        return tuple(c for c in self.columns if c.carried)
+
+    @property
+    def required_columns(self) -> tuple[Column, ...]:
+        """The columns the star needs a value in (carried and NOT NULL in the model)."""
+        return tuple(c for c in self.columns if c.required)
+
+    @property
     def arrow_schema(self) -> pa.Schema:
         return pa.schema(
             [pa.field(c.name, c.arrow_type, nullable=not c.not_null) for c in self.columns]
+        )
+
+    @property
+    def checked_schema(self) -> pa.Schema:
+        """The rows that passed the quality gates: the model's columns, NOT NULL only where the
+        star needs a value (a column it does not carry may be NULL, e.g. after DROP NOT NULL)."""
+        return pa.schema(
+            [pa.field(c.name, c.arrow_type, nullable=not c.required) for c in self.columns]
         )
 
     @property
@@ -170,17 +211,24 @@ def _table(
     unique: tuple[str, ...] = (),
     role: str = DIMENSION_SOURCE,
     embeds: str | None = None,
+    star: str | None = None,
 ) -> Table:
+    # A fact keeps when each version was created; a dimension keeps its latest values only.
     stamps = (
-        Column("created_at", "timestamp(3)", default="CURRENT_TIMESTAMP"),
+        Column(
+            "created_at",
+            "timestamp(3)",
+            default="CURRENT_TIMESTAMP",
+            carried=role == FACT_SOURCE,
+        ),
         Column("last_updated", "timestamp(3)"),
     )
     columns = (Column(f"{name}_id", "serial"), *cols, *stamps)
-    return Table(name, columns, fks, tuple(unique), role=role, embeds=embeds)
+    return Table(name, columns, fks, tuple(unique), role=role, embeds=embeds, star_table=star)
 
 
-def _c(name: str, sql_type: str = "text", nullable: bool = False) -> Column:
-    return Column(name, sql_type, not_null=not nullable)
+def _c(name: str, sql_type: str = "text", nullable: bool = False, carried: bool = True) -> Column:
+    return Column(name, sql_type, not_null=not nullable, carried=carried)
 
 
 def _date(name: str) -> Column:
@@ -197,24 +245,28 @@ ADDRESS = _table(
     _c("postal_code"),
     _c("country"),
     _c("phone"),
+    star="dim_location",
 )
 COUNTERPARTY = _table(
     "counterparty",
     _c("counterparty_legal_name"),
     _c("legal_address_id", "integer"),
-    _c("commercial_contact", nullable=True),
-    _c("delivery_contact", nullable=True),
+    _c("commercial_contact", nullable=True, carried=False),
+    _c("delivery_contact", nullable=True, carried=False),
     fks=(ForeignKey("legal_address_id", "address"),),
     embeds="legal_address_id",
+    star="dim_counterparty",
 )
-CURRENCY = _table("currency", _c("currency_code", "varchar(3)"))
+CURRENCY = _table("currency", _c("currency_code", "varchar(3)"), star="dim_currency")
 DEPARTMENT = _table(
     "department",
     _c("department_name"),
     _c("location", nullable=True),
-    _c("manager", nullable=True),
+    _c("manager", nullable=True, carried=False),
 )
-DESIGN = _table("design", _c("design_name"), _c("file_location"), _c("file_name"))
+DESIGN = _table(
+    "design", _c("design_name"), _c("file_location"), _c("file_name"), star="dim_design"
+)
 STAFF = _table(
     "staff",
     _c("first_name"),
@@ -223,8 +275,11 @@ STAFF = _table(
     _c("email_address"),
     fks=(ForeignKey("department_id", "department"),),
     embeds="department_id",
+    star="dim_staff",
 )
-PAYMENT_TYPE = _table("payment_type", _c("payment_type_name", '"PaymentTypeName"'))
+PAYMENT_TYPE = _table(
+    "payment_type", _c("payment_type_name", '"PaymentTypeName"'), star="dim_payment_type"
+)
 SALES_ORDER = _table(
     "sales_order",
     _c("design_id", "integer"),
@@ -244,6 +299,7 @@ SALES_ORDER = _table(
         ForeignKey("agreed_delivery_location_id", "address"),
     ),
     role=FACT_SOURCE,
+    star="fact_sales_order",
 )
 PURCHASE_ORDER = _table(
     "purchase_order",
@@ -263,6 +319,7 @@ PURCHASE_ORDER = _table(
         ForeignKey("agreed_delivery_location_id", "address"),
     ),
     role=FACT_SOURCE,
+    star="fact_purchase_order",
 )
 TRANSACTION = _table(
     "transaction",
@@ -274,6 +331,7 @@ TRANSACTION = _table(
         ForeignKey("purchase_order_id", "purchase_order", on_delete="SET NULL"),
     ),
     unique=("sales_order_id", "purchase_order_id"),
+    star="dim_transaction",
 )
 PAYMENT = _table(
     "payment",
@@ -284,8 +342,8 @@ PAYMENT = _table(
     _c("payment_type_id", "integer"),
     _c("paid", "boolean"),
     _date("payment_date"),
-    _c("company_ac_number", "integer"),
-    _c("counterparty_ac_number", "integer"),
+    _c("company_ac_number", "integer", carried=False),
+    _c("counterparty_ac_number", "integer", carried=False),
     fks=(
         ForeignKey("transaction_id", "transaction"),
         ForeignKey("counterparty_id", "counterparty"),
@@ -294,6 +352,7 @@ PAYMENT = _table(
     ),
     unique=("transaction_id",),
     role=FACT_SOURCE,
+    star="fact_payment",
 )
 
 # Dependency order: every table after the tables it references.

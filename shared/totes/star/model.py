@@ -11,6 +11,11 @@ late), and the pair (newest, oldest) breaks that tie. Both stamps only grow acro
 snapshots, so (newest, oldest) grows lexicographically, and equal pairs mean equal source rows.
 Fact surrogate keys (``*_record_id``) are assigned by the warehouse and are not part of the
 processed files.
+
+Beside the star tables a processed batch may carry ``deleted_keys``: the star keys whose source
+rows were deleted (``star_table``, ``key``), and its manifest's ``extra["set_aside"]`` names the
+dimension keys whose rows the batch set aside (``{star_table: [keys]}``), so load can park the
+facts that point at them instead of failing.
 """
 
 from __future__ import annotations
@@ -223,3 +228,15 @@ DIMENSIONS: tuple[StarTable, ...] = (
 FACTS: tuple[StarTable, ...] = (FACT_SALES_ORDER, FACT_PURCHASE_ORDER, FACT_PAYMENT)
 STAR_TABLES: tuple[StarTable, ...] = DIMENSIONS + FACTS
 STAR_TABLES_BY_NAME: dict[str, StarTable] = {t.name: t for t in STAR_TABLES}
+
+# The processed table of a batch's deletions: which star table, which key (the source key, as
+# every star key of a source table is). Not a star table: load marks, never inserts, these.
+DELETED_KEYS = "deleted_keys"
+DELETED_KEYS_SCHEMA = pa.schema(
+    [
+        pa.field("star_table", pa.string(), nullable=False),
+        pa.field("key", pa.int32(), nullable=False),
+    ]
+)
+# The processed manifest's ``extra`` key naming the dimension keys set aside by the batch.
+SET_ASIDE = "set_aside"
