@@ -49,3 +49,97 @@ def sales_order(sales_order_id: int, **over) -> dict:
         "agreed_delivery_location_id": 1,
         **over,
     }
+
+
+def staff(staff_id: int, **over) -> dict:
+    return {
+        "staff_id": staff_id,
+        "first_name": "Jeremie",
+        "last_name": "Franey",
+        "department_id": 1,
+        "email_address": "jeremie.franey@terrifictotes.com",
+        **over,
+    }
+
+
+def counterparty(counterparty_id: int, **over) -> dict:
+    return {
+        "counterparty_id": counterparty_id,
+        "counterparty_legal_name": "Fahey and Sons",
+        "legal_address_id": 1,
+        "commercial_contact": "Micheal Toy",
+        "delivery_contact": "Mrs. Lucy Runolfsdottir",
+        **over,
+    }
+
+
+def payment(payment_id: int, **over) -> dict:
+    return {
+        "payment_id": payment_id,
+        "transaction_id": 1,
+        "counterparty_id": 1,
+        "payment_amount": Decimal("1000.50"),
+        "currency_id": 1,
+        "payment_type_id": 1,
+        "paid": False,
+        "payment_date": "2024-05-20",
+        "company_ac_number": 67305075,
+        "counterparty_ac_number": 31622269,
+        **over,
+    }
+
+
+def full_rows() -> dict[str, list[dict]]:
+    """One complete row (key 1) of every source table, every reference resolving to it."""
+    return {
+        "address": [address(1)],
+        "counterparty": [counterparty(1)],
+        "currency": [{"currency_id": 1, "currency_code": "GBP"}],
+        "department": [
+            {
+                "department_id": 1,
+                "department_name": "Sales",
+                "location": "Manchester",
+                "manager": "Richard Roma",
+            }
+        ],
+        "design": [
+            {
+                "design_id": 1,
+                "design_name": "Wooden",
+                "file_location": "/usr",
+                "file_name": "wooden-20220717-npgz.json",
+            }
+        ],
+        "staff": [staff(1)],
+        "payment_type": [{"payment_type_id": 1, "payment_type_name": "SALES_RECEIPT"}],
+        "sales_order": [sales_order(1)],
+        "purchase_order": [
+            {
+                "purchase_order_id": 1,
+                "staff_id": 1,
+                "counterparty_id": 1,
+                "item_code": "ZDOI5EA",
+                "item_quantity": 371,
+                "item_unit_price": Decimal("361.39"),
+                "currency_id": 1,
+                "agreed_delivery_date": "2024-05-14",
+                "agreed_payment_date": "2024-05-15",
+                "agreed_delivery_location_id": 1,
+            }
+        ],
+        "transaction": [
+            {
+                "transaction_id": 1,
+                "transaction_type": "SALE",
+                "sales_order_id": 1,
+                "purchase_order_id": None,
+            }
+        ],
+        "payment": [payment(1)],
+    }
+
+
+def full_batch(**rows: list[dict]) -> dict[str, pa.Table]:
+    """``full_rows()`` as raw tables, any table's rows replaced by keyword."""
+    return {name: raw(name, *found) for name, found in {**full_rows(), **rows}.items()}

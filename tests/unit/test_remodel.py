@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from unittest import mock
 
 import pyarrow as pa
 import pytest
-from factories import T0, address, raw, sales_order
+from factories import T0, address, full_batch, full_rows, raw, sales_order
 
+from totes.source.model import DELETED_KEYS_SCHEMA, TABLES
 from totes.star import model as star
 from totes.star import remodel
 
@@ -464,3 +465,72 @@ def test_every_builder_returns_its_exact_schema_even_when_empty(table):
     result = remodel.dim_date({}) if table.name == "dim_date" else builders[table.name]({})
     assert result.schema == table.arrow_schema
     assert result.num_rows == 0
+
+
+def _other(value, arrow_type: pa.DataType):
+    """A different value of the type (a reference then points at no row of the batch)."""
+    if value is None:
+        return pa.scalar(5).cast(arrow_type).as_py()
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | Decimal):
+        return value + 1
+    if isinstance(value, datetime):
+        return value + timedelta(days=1, milliseconds=1)
+    if value in ("SALE", "SALES_RECEIPT"):
+        return {"SALE": "PURCHASE", "SALES_RECEIPT": "SALES_REFUND"}[value]
+    if isinstance(value, str) and len(value) == 10 and value[4] == "-":
+        return "2025-01-31"
+    return "other " + str(value)
+
+
+@pytest.mark.parametrize("model", TABLES, ids=lambda t: t.name)
+def test_the_model_declares_exactly_the_columns_the_star_is_built_from(model):
+    """A column the model says the star does not carry changes nothing when it is NULL (so
+    the gates never set a row aside for it); every carried column changes the star."""
+    rows = full_rows()
+    built = remodel.build_star(full_batch())
+    for column in model.columns:
+        row = rows[model.name][0]
+        if column.carried:
+            changed = {**row, column.name: _other(row.get(column.name, T0), column.arrow_type)}
+            after = remodel.build_star(full_batch(**{model.name: [changed]}))
+            assert after != built, f"{model.name}.{column.name} is carried but unused"
+        else:
+            emptied = {**row, column.name: None}
+            batch = full_batch(**{model.name: [emptied]})
+            batch[model.name] = batch[model.name].cast(model.checked_schema)
+            assert remodel.build_star(batch) == built, f"{model.name}.{column.name} is used"
+
+
+def test_deleted_keys_land_in_the_star_table_of_their_source_table_once_each():
+    deleted = pa.table(
+        {
+            "table": ["payment", "address", "department", "address", "design", "sales_order"],
+            "key": pa.array([3, 1, 2, 1, 9, 7], pa.int32()),
+        },
+        schema=DELETED_KEYS_SCHEMA,
+    )
+    result = remodel.deleted_keys(deleted)
+    assert result.schema == star.DELETED_KEYS_SCHEMA
+    assert result.to_pylist() == [
+        {"star_table": "dim_design", "key": 9},
+        {"star_table": "dim_location", "key": 1},
+        {"star_table": "fact_payment", "key": 3},
+        {"star_table": "fact_sales_order", "key": 7},
+    ]  # department: no star table of its own (its staff are not deleted with it)
+    assert remodel.deleted_keys(DELETED_KEYS_SCHEMA.empty_table()).num_rows == 0
+
+
+def test_deleted_keys_of_a_table_the_model_does_not_know_are_reported_and_ignored():
+    deleted = pa.table(
+        {"table": ["invoice", "design"], "key": pa.array([1, 2], pa.int32())},
+        schema=DELETED_KEYS_SCHEMA,
+    )
+    with mock.patch.object(remodel.logger, "warning") as warning:
+        result = remodel.deleted_keys(deleted)
+    assert result.to_pylist() == [{"star_table": "dim_design", "key": 2}]
+    warning.assert_called_once_with(
+        "data quality: deleted keys of unknown source tables ignored",
+        extra={"tables": ["invoice"]},
+    )

@@ -9,9 +9,10 @@ were built from (so a counterparty whose address changed gets a newer version th
 the two joined dimensions also carry ``oldest_version``, the older stamp, as a tie-breaker.
 Load uses it to keep facts unique per version and to move dimensions only forward.
 
-A batch is self-contained (the quality gates check it), so joins are inner joins inside the
-batch. Within a batch a dimension keeps only the newest version of each key; a fact keeps
-every distinct version. Output rows are sorted by key (and version), so the result does not
+A batch is self-contained (the quality gates check it, and set aside the rows the star cannot
+take, with the dimension rows that embed them), so joins are inner joins inside the batch.
+Within a batch a dimension keeps only the newest version of each key; a fact keeps every
+distinct version. Output rows are sorted by key (and version), so the result does not
 depend on the order of the input rows.
 """
 
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from totes.observability import logger
-from totes.source.model import TABLES_BY_NAME
+from totes.source.model import DELETED_KEYS_SCHEMA, TABLES, TABLES_BY_NAME
 from totes.star import model as star
 from totes.star.currencies import currency_name_table
 from totes.star.dates import calendar, date_part, parse_text_date, time_part
@@ -35,9 +36,10 @@ LAST_UPDATED = "last_updated"
 
 
 def raw_table(source: Source, name: str) -> pa.Table:
-    """The batch's rows of one source table in the raw lake schema (empty if the batch has none);
-    columns beyond the model's are dropped."""
-    schema = TABLES_BY_NAME[name].arrow_schema
+    """The batch's rows of one source table as the quality gates pass them (empty if the batch
+    has none): the model's columns, NOT NULL where the star needs a value; columns beyond the
+    model's are dropped."""
+    schema = TABLES_BY_NAME[name].checked_schema
     table = source.get(name)
     if table is None:
         return schema.empty_table()
@@ -280,6 +282,38 @@ FACT_BUILDERS: dict[str, Callable[[Source], pa.Table]] = {
     "fact_purchase_order": fact_purchase_order,
     "fact_payment": fact_payment,
 }
+
+
+# Source table -> the star table its keys land in (declared by the model; department has none).
+STAR_TABLE_OF: dict[str, str] = {t.name: t.star_table for t in TABLES if t.star_table}
+
+
+def deleted_keys(deleted: pa.Table) -> pa.Table:
+    """The batch's deletions as star keys: raw ``deleted_keys`` (source table, key) in, the
+    processed ``deleted_keys`` (star_table, key) out, each once, sorted. A source table without
+    a star table of its own (department) has nothing to mark; a table the model does not know
+    is reported and ignored."""
+    deleted = deleted.select(DELETED_KEYS_SCHEMA.names)
+    mapping = pa.table(
+        {"table": list(STAR_TABLE_OF), "star_table": list(STAR_TABLE_OF.values())},
+        schema=pa.schema([("table", pa.string()), ("star_table", pa.string())]),
+    )
+    known = pa.array(sorted(TABLES_BY_NAME), pa.string())
+    tables = deleted["table"]
+    unknown = pc.unique(tables.filter(pc.invert(pc.is_in(tables, value_set=known))))
+    if len(unknown):
+        logger.warning(
+            "data quality: deleted keys of unknown source tables ignored",
+            extra={"tables": sorted(unknown.to_pylist())},
+        )
+    rows = deleted.join(mapping, keys="table", join_type="inner")
+    out = pa.table({"star_table": rows["star_table"], "key": rows["key"]})
+    out = out.group_by(["star_table", "key"]).aggregate([])
+    return (
+        out.select(star.DELETED_KEYS_SCHEMA.names)
+        .cast(star.DELETED_KEYS_SCHEMA)
+        .sort_by([("star_table", "ascending"), ("key", "ascending")])
+    )
 
 
 def build_star(source: Source) -> dict[str, pa.Table]:
