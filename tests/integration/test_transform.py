@@ -1,7 +1,10 @@
 """The transform stage against the emulated lake (moto): the real snapshot as one raw batch
-becomes the full star schema, checked against SQL on the same snapshot in PostgreSQL; bad
-batches end in quarantine with a reason that names the problem; the handler runs once per
-manifest eTag."""
+becomes the full star schema, checked against SQL on the same snapshot in PostgreSQL; rows the
+star cannot take are set aside alone with a record, a metric and a log line without the value,
+while the rest of the batch flows; a batch with a damaged file or manifest ends in quarantine
+with a reason that names the problem; a manifest that is gone is reported once; the handler
+runs once per manifest eTag. (Issue 12 turned row problems from batch quarantine into row
+quarantine: the dangling-reference and row-value tests below say so.)"""
 
 from __future__ import annotations
 
@@ -22,10 +25,12 @@ from totes.lake import (
     schema_fingerprint,
     table_to_parquet_bytes,
 )
+from totes.observability import metrics
 from totes.settings import TransformSettings
-from totes.source.model import TABLES_BY_NAME
+from totes.source.model import DELETED_KEYS, DELETED_KEYS_SCHEMA, TABLES_BY_NAME, UNREPRESENTABLE
 from totes.stages import runtime
 from totes.stages.transform_batch import transform
+from totes.star.model import DELETED_KEYS_SCHEMA as STAR_DELETED_KEYS_SCHEMA
 from totes.star.model import FACTS, OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
 from totes_tools.local.chain import context_for, load_handler, parse_emf
 from totes_tools.source.snapshot import load_snapshot, read_snapshot
@@ -60,7 +65,7 @@ def put_raw_batch(
                 continue
             key = data_key(RAW_PREFIX, name, batch, part)
             raw.put_bytes(key, table_to_parquet_bytes(chunk), "application/vnd.apache.parquet")
-            fingerprint = schema_fingerprint(TABLES_BY_NAME[name].arrow_schema)
+            fingerprint = schema_fingerprint(described_schema(name, table))
             files.append(ManifestFile(name, key, rows.get(name, chunk.num_rows), fingerprint))
     manifest = Manifest(
         batch,
@@ -71,6 +76,16 @@ def put_raw_batch(
         extra={"hi_utc": HI_UTC, "source_tables": sorted(tables)},
     )
     return raw.put_manifest(manifest)
+
+
+def described_schema(name: str, table: pa.Table) -> pa.Schema:
+    """The schema ingest describes a file with: the raw lake schema (with the side column),
+    the model's columns of a file written before the side column existed, or (deletions) the
+    file's own."""
+    model = TABLES_BY_NAME.get(name)
+    if model is None:
+        return table.schema
+    return model.lake_schema if UNREPRESENTABLE in table.column_names else model.arrow_schema
 
 
 def small_batch(snapshot) -> dict[str, pa.Table]:
@@ -102,6 +117,8 @@ def test_the_real_snapshot_becomes_every_star_table(
         "batch_id": BATCH,
         "manifest_key": manifest_key(BATCH),
         "rows": manifest.row_counts,
+        "quarantined_rows": 0,
+        "quarantined_rows_key": None,
     }
     assert (
         manifest.stage,
@@ -114,8 +131,14 @@ def test_the_real_snapshot_becomes_every_star_table(
         BATCH,
         None,
         WINDOW_HI,
-        {"hi_utc": HI_UTC, "source_tables": sorted(snapshot)},
+        {
+            "hi_utc": HI_UTC,
+            "source_tables": sorted(snapshot),
+            "set_aside": {},
+            "quarantined_rows": {},
+        },
     )
+    assert raw.keys("quarantine/") == []
 
     con = pg_connect(source_db)
     load_snapshot(con, snapshot_dir)
@@ -226,6 +249,7 @@ def quarantined(raw: Lake, processed: Lake, result: dict) -> dict:
     assert result["status"] == "quarantined"
     assert result["reason_key"] == f"quarantine/{BATCH}/reason.json"
     reason = json.loads(raw.get_bytes(result["reason_key"]))
+    assert (reason["status"], reason["batch_id"]) == ("quarantined", BATCH)
     assert raw.keys("manifests/") == [manifest_key(BATCH)]  # ingest's watermark state stays
     assert f"quarantine/{BATCH}/{manifest_key(BATCH)}" in raw.keys("quarantine/")
     assert processed.keys("") == []  # nothing processed, no processed manifest
@@ -265,21 +289,55 @@ def test_a_missing_column_is_quarantined(lakes, snapshot):
     ]
 
 
-def test_a_dangling_reference_is_quarantined_with_example_rows(lakes, snapshot):
+def test_a_dangling_reference_sets_those_orders_aside_and_the_rest_of_the_batch_flows(
+    lakes, snapshot
+):
     raw, processed, settings = lakes
     batch = small_batch(snapshot)
     batch["design"] = batch["design"].filter(pc.not_equal(batch["design"]["design_id"], 9))
+    orders = batch["sales_order"]
+    pointing = sorted(orders.filter(pc.equal(orders["design_id"], 9))["sales_order_id"].to_pylist())
     key = put_raw_batch(raw, batch)
 
-    reason = quarantined(raw, processed, transform(key, settings, raw.s3))
+    result = transform(key, settings, raw.s3)
 
-    [problem] = reason["problems"]
-    assert (problem["check"], problem["table"], problem["column"]) == (
-        "dangling_reference",
-        "sales_order",
-        "design_id",
+    manifest, tables = read_processed(processed)
+    assert pointing  # the real snapshot's first fifty orders include design 9
+    assert result == {
+        "status": "processed",
+        "batch_id": BATCH,
+        "manifest_key": manifest_key(BATCH),
+        "rows": manifest.row_counts,
+        "quarantined_rows": len(pointing),
+        "quarantined_rows_key": f"quarantine/rows/{BATCH}.jsonl",
+    }
+    assert read_records(raw) == [
+        {
+            "batch_id": BATCH,
+            "table": "sales_order",
+            "key": order,
+            "column": "design_id",
+            "check": "dangling_reference",
+            "reason": "design_id points at a design row not in the batch",
+            "value": "9",
+            "value_bytes": 1,
+            "value_truncated": False,
+        }
+        for order in pointing
+    ]
+    expected = sorted(set(orders["sales_order_id"].to_pylist()) - set(pointing))
+    assert tables["fact_sales_order"]["sales_order_id"].to_pylist() == expected
+    assert manifest.row_counts["dim_design"] == batch["design"].num_rows
+    assert (manifest.extra["set_aside"], manifest.extra["quarantined_rows"]) == (
+        {},
+        {"sales_order": len(pointing)},
     )
-    assert {e["design_id"] for e in problem["examples"]} == {9}
+    assert raw.keys("quarantine/") == [f"quarantine/rows/{BATCH}.jsonl"]  # no batch quarantine
+
+
+def read_records(raw: Lake, batch: str = BATCH) -> list[dict]:
+    body = raw.get_bytes(f"quarantine/rows/{batch}.jsonl").decode()
+    return [json.loads(line) for line in body.splitlines()]
 
 
 def test_a_manifest_whose_counts_disagree_is_quarantined(lakes, snapshot):
@@ -355,13 +413,327 @@ def test_the_handler_transforms_a_manifest_once_per_etag(lakes, snapshot):
     assert manifest_key(BATCH) not in processed.keys("manifests/")  # the redelivery did nothing
 
 
-def test_a_manifest_that_is_not_json_is_quarantined(lakes):
+def test_a_manifest_that_is_not_json_is_quarantined_naming_the_object(lakes):
     raw, processed, settings = lakes
     raw.put_bytes(manifest_key(BATCH), b"{not json", "application/json")
 
     reason = quarantined(raw, processed, transform(manifest_key(BATCH), settings, raw.s3))
 
-    assert [p["check"] for p in reason["problems"]] == ["unreadable_manifest"]
+    [problem] = reason["problems"]
+    assert problem["check"] == "unreadable_manifest"
+    assert problem["message"].startswith(
+        f"{manifest_key(BATCH)} is not a manifest: JSONDecodeError"
+    )
+    assert raw.keys("quarantine/") == [
+        f"quarantine/{BATCH}/{manifest_key(BATCH)}",
+        f"quarantine/{BATCH}/reason.json",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"[1, 2]", "is not a manifest: AttributeError"),
+        (b'{"batch_id": "x"}', "is not a manifest: TypeError"),
+    ],
+)
+def test_a_json_object_that_is_not_a_manifest_is_quarantined(lakes, body, message):
+    raw, processed, settings = lakes
+    raw.put_bytes(manifest_key(BATCH), body, "application/json")
+
+    reason = quarantined(raw, processed, transform(manifest_key(BATCH), settings, raw.s3))
+
+    [problem] = reason["problems"]
+    assert problem["check"] == "unreadable_manifest"
+    assert problem["message"].startswith(f"{manifest_key(BATCH)} {message}")
+
+
+def test_a_foreign_manifest_is_quarantined_naming_the_object_and_what_is_wrong(lakes, snapshot):
+    raw, processed, settings = lakes
+    other = "20241115T110000000000-000"
+    put_raw_batch(raw, small_batch(snapshot), batch=other)
+    foreign = raw.get_manifest(manifest_key(other))  # a copy of another batch's manifest
+    raw.s3.delete_object(Bucket=settings.raw_bucket, Key=manifest_key(other))
+    raw.put_bytes(manifest_key(BATCH), foreign.to_json().encode(), "application/json")
+
+    reason = quarantined(raw, processed, transform(manifest_key(BATCH), settings, raw.s3))
+
+    files = [f"file {f.key!r} ({f.rows} rows) is not one of this batch's" for f in foreign.files]
+    assert reason["problems"] == [
+        {"check": "foreign_manifest", "message": f"{manifest_key(BATCH)}: {m}"}
+        for m in [f"it holds batch {other!r}, its key names {BATCH!r}", *files]
+    ]
+    assert raw.keys(f"quarantine/{BATCH}/") == [
+        f"quarantine/{BATCH}/{manifest_key(BATCH)}",  # the other batch's files stay put
+        f"quarantine/{BATCH}/reason.json",
+    ]
+
+
+def test_a_manifest_with_fields_of_the_wrong_kind_is_quarantined(lakes, snapshot):
+    raw, processed, settings = lakes
+    put_raw_batch(raw, small_batch(snapshot))
+    data = json.loads(raw.get_bytes(manifest_key(BATCH)))
+    data["stage"] = "processed"
+    data["files"][0]["rows"] = "50"
+    raw.put_bytes(manifest_key(BATCH), json.dumps(data).encode(), "application/json")
+
+    reason = quarantined(raw, processed, transform(manifest_key(BATCH), settings, raw.s3))
+
+    messages = [p["message"] for p in reason["problems"]]
+    assert [p["check"] for p in reason["problems"]] == ["foreign_manifest"] * 2
+    assert messages[0] == f"{manifest_key(BATCH)}: it is a 'processed' manifest, not a raw one"
+    assert messages[1].startswith(f"{manifest_key(BATCH)}: file entry ManifestFile(")
+    assert messages[1].endswith("has fields of the wrong kind")
+
+
+def test_a_manifest_gone_before_transform_is_reported_once_without_an_exception(
+    lakes, capsys, log_lines
+):
+    raw, processed, settings = lakes
+    handler = load_handler("transform")
+    runtime.reset()
+    metrics.clear_metrics()  # what earlier direct calls of the stage left unflushed
+    capsys.readouterr()
+    event = s3_event(settings.raw_bucket, manifest_key(BATCH), "0123456789abcdef")
+
+    first = handler(event, context_for("transform"))
+    again = handler(event, context_for("transform"))  # a redelivery: nothing new to say
+
+    reason_key = f"quarantine/{BATCH}/reason.json"
+    assert (
+        first
+        == again
+        == {"results": [{"status": "gone", "batch_id": BATCH, "reason_key": reason_key}]}
+    )
+    assert json.loads(raw.get_bytes(reason_key)) == {
+        "status": "gone",
+        "batch_id": BATCH,
+        "raw_manifest_key": manifest_key(BATCH),
+        "problems": [
+            {
+                "check": "manifest_gone",
+                "message": f"s3://{settings.raw_bucket}/{manifest_key(BATCH)} does not exist"
+                " (NoSuchKey): the batch was removed before transform read it; nothing of it"
+                " was transformed",
+            }
+        ],
+        "quarantined_objects": [],
+        "missing_objects": [manifest_key(BATCH)],
+    }
+    emitted = [(m.name, m.value) for m in parse_emf(capsys.readouterr().out)]
+    assert emitted.count(("QuarantinedBatches", 1.0)) == 1
+    assert log_lines.getvalue().count('"raw manifest gone"') == 1
+    assert processed.keys("") == []
+
+
+def lake_rows(name: str, table: pa.Table, changes: dict[int, dict]) -> pa.Table:
+    """``table`` in the raw lake schema (side column included), the rows of the keys in
+    ``changes`` changed; a side value given as a dict is stored as its JSON."""
+    model = TABLES_BY_NAME[name]
+    rows = table.to_pylist()
+    for row in rows:
+        row[UNREPRESENTABLE] = None
+        row.update(changes.get(row[model.key], {}))
+        if isinstance(row[UNREPRESENTABLE], dict):
+            row[UNREPRESENTABLE] = json.dumps(row[UNREPRESENTABLE])
+    return pa.Table.from_pylist(rows, schema=model.lake_schema)
+
+
+def keys_of(table: pa.Table, column: str) -> list[int]:
+    return sorted(table[column].to_pylist())
+
+
+def test_rows_the_star_cannot_take_are_set_aside_alone_recorded_counted_and_logged_without_values(
+    lakes, snapshot, capsys, log_lines
+):
+    raw, processed, settings = lakes
+    batch = small_batch(snapshot)
+    orders = keys_of(batch["sales_order"], "sales_order_id")
+    infinite, wide, undated, unsold = orders[:4]
+    [staff_id] = (
+        batch["sales_order"]
+        .filter(pc.equal(batch["sales_order"]["sales_order_id"], orders[10]))["staff_id"]
+        .to_pylist()
+    )
+    batch["sales_order"] = lake_rows(
+        "sales_order",
+        batch["sales_order"],
+        {
+            infinite: {"created_at": None, UNREPRESENTABLE: {"created_at": "infinity"}},
+            wide: {"unit_price": None, UNREPRESENTABLE: {"unit_price": "123456789.125"}},
+            undated: {"agreed_delivery_date": "not-a-date-4711"},
+            unsold: {"units_sold": None},  # after DROP NOT NULL
+        },
+    )
+    batch["staff"] = lake_rows(
+        "staff",
+        batch["staff"],
+        {
+            staff_id: {
+                "last_updated": None,
+                UNREPRESENTABLE: {"last_updated": "10000-01-01 00:00:00"},
+            }
+        },
+    )
+    key = put_raw_batch(raw, batch)
+    etag = raw.s3.head_object(Bucket=settings.raw_bucket, Key=key)["ETag"]
+    handler = load_handler("transform")
+    runtime.reset()
+    metrics.clear_metrics()
+    capsys.readouterr()
+
+    [result] = handler(s3_event(settings.raw_bucket, key, etag), context_for("transform"))[
+        "results"
+    ]
+
+    manifest, tables = read_processed(processed)
+    records_key = f"quarantine/rows/{BATCH}.jsonl"
+    assert result == {
+        "status": "processed",
+        "batch_id": BATCH,
+        "manifest_key": manifest_key(BATCH),
+        "rows": manifest.row_counts,
+        "quarantined_rows": 5,
+        "quarantined_rows_key": records_key,
+    }
+
+    def record(table, key, column, check, reason, value):
+        size = None if value is None else len(value.encode())
+        return {
+            "batch_id": BATCH,
+            "table": table,
+            "key": key,
+            "column": column,
+            "check": check,
+            "reason": reason,
+            "value": value,
+            "value_bytes": size,
+            "value_truncated": False,
+        }
+
+    timestamp = "the lake's timestamp[ms] cannot hold"
+    assert read_records(raw) == [
+        record("staff", staff_id, "last_updated", "unrepresentable_value",
+               f"last_updated holds a value {timestamp}", "10000-01-01 00:00:00"),
+        record("sales_order", infinite, "created_at", "unrepresentable_value",
+               f"created_at holds a value {timestamp}", "infinity"),
+        record("sales_order", wide, "unit_price", "unrepresentable_value",
+               "unit_price holds a value the lake's decimal128(10, 2) cannot hold",
+               "123456789.125"),
+        record("sales_order", undated, "agreed_delivery_date", "bad_text_date",
+               "agreed_delivery_date is not a YYYY-MM-DD date", "not-a-date-4711"),
+        record("sales_order", unsold, "units_sold", "null_in_required_column",
+               "units_sold is NULL where the star needs a value", None),
+    ]  # fmt: skip
+    # Every other row arrived in the same run, the orders of the set-aside staff member too.
+    assert keys_of(tables["fact_sales_order"], "sales_order_id") == orders[4:]
+    all_staff = keys_of(batch["staff"], "staff_id")
+    assert keys_of(tables["dim_staff"], "staff_id") == [s for s in all_staff if s != staff_id]
+    assert staff_id in tables["fact_sales_order"]["sales_staff_id"].to_pylist()
+    for name, rows in (("dim_design", 473), ("dim_location", 30), ("dim_counterparty", 20)):
+        assert manifest.row_counts[name] == rows
+    assert (manifest.extra["set_aside"], manifest.extra["quarantined_rows"]) == (
+        {"dim_staff": [staff_id]},  # load parks its orders until the staff row arrives
+        {"staff": 1, "sales_order": 4},
+    )
+    out = capsys.readouterr().out
+    quarantined = {
+        m.dimensions["table"]: m.value for m in parse_emf(out) if m.name == "QuarantinedRows"
+    }
+    assert quarantined == {"staff": 1, "sales_order": 4}
+    logged = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    aside = {line["table"]: line for line in logged if line["message"] == "rows set aside"}
+    assert [(p["key"], p["column"], p["check"]) for p in aside["sales_order"]["problems"]] == [
+        (infinite, "created_at", "unrepresentable_value"),
+        (wide, "unit_price", "unrepresentable_value"),
+        (undated, "agreed_delivery_date", "bad_text_date"),
+        (unsold, "units_sold", "null_in_required_column"),
+    ]
+    assert aside["staff"]["keys"] == [staff_id]
+    everything = log_lines.getvalue() + out
+    for value in ("infinity", "123456789.125", "not-a-date-4711", "10000-01-01"):
+        assert value not in everything  # no value in any log line or metric
+
+
+def test_a_value_past_64_kib_is_recorded_cut_at_a_character_with_its_full_length(lakes, snapshot):
+    raw, _, settings = lakes
+    batch = small_batch(snapshot)
+    [first] = keys_of(batch["sales_order"], "sales_order_id")[:1]
+    big = "€" * (2 * 2**20)  # 6 MiB of three-byte characters
+    batch["sales_order"] = lake_rows(
+        "sales_order", batch["sales_order"], {first: {"agreed_payment_date": big}}
+    )
+
+    result = transform(put_raw_batch(raw, batch), settings, raw.s3)
+
+    [record] = read_records(raw)
+    assert result["quarantined_rows"] == 1
+    assert (record["key"], record["value_bytes"], record["value_truncated"]) == (
+        first,
+        len(big.encode()),
+        True,
+    )
+    assert record["value"] == "€" * (64 * 1024 // 3)  # whole characters within 64 KiB
+
+
+def test_an_address_set_aside_names_its_location_and_the_counterparties_embedding_it(
+    lakes, snapshot
+):
+    raw, processed, settings = lakes
+    batch = small_batch(snapshot)
+    counterparties = batch["counterparty"]
+    address_id = counterparties["legal_address_id"][0].as_py()
+    embedding = keys_of(
+        counterparties.filter(pc.equal(counterparties["legal_address_id"], address_id)),
+        "counterparty_id",
+    )
+    batch["address"] = lake_rows("address", batch["address"], {address_id: {"city": None}})
+
+    result = transform(put_raw_batch(raw, batch), settings, raw.s3)
+
+    manifest, tables = read_processed(processed)
+    assert result["quarantined_rows"] == 1 + len(embedding)
+    assert manifest.extra["set_aside"] == {
+        "dim_location": [address_id],
+        "dim_counterparty": embedding,
+    }
+    assert [(r["table"], r["key"], r["check"]) for r in read_records(raw)] == [
+        ("address", address_id, "null_in_required_column"),
+        *[("counterparty", c, "parent_set_aside") for c in embedding],
+    ]
+    assert address_id not in tables["dim_location"]["location_id"].to_pylist()
+    assert not set(embedding) & set(tables["dim_counterparty"]["counterparty_id"].to_pylist())
+    assert manifest.row_counts["fact_sales_order"] == 50  # the orders all flow
+
+
+def test_deleted_keys_become_star_keys_in_the_processed_batch(lakes, snapshot):
+    raw, processed, settings = lakes
+    deleted = pa.table(
+        {
+            "table": ["department", "design", "payment", "sales_order"],
+            "key": pa.array([3, 4, 5, 6], pa.int32()),
+        },
+        schema=DELETED_KEYS_SCHEMA,
+    )
+    key = put_raw_batch(raw, {DELETED_KEYS: deleted})  # a batch of deletions only
+
+    result = transform(key, settings, raw.s3)
+
+    manifest, tables = read_processed(processed)
+    assert result["rows"] == manifest.row_counts == {DELETED_KEYS: 3}
+    assert [(f.table, f.key, f.fingerprint) for f in manifest.files] == [
+        (
+            DELETED_KEYS,
+            f"processed/{DELETED_KEYS}/{BATCH}/part-0000.parquet",
+            schema_fingerprint(STAR_DELETED_KEYS_SCHEMA),
+        )
+    ]
+    assert tables[DELETED_KEYS].schema == STAR_DELETED_KEYS_SCHEMA
+    assert tables[DELETED_KEYS].to_pylist() == [
+        {"star_table": "dim_design", "key": 4},
+        {"star_table": "fact_payment", "key": 5},
+        {"star_table": "fact_sales_order", "key": 6},
+    ]
 
 
 def test_a_quarantined_batch_is_counted_and_the_next_batch_still_transforms(

@@ -1,14 +1,28 @@
 """The transform stage: one raw batch (named by its manifest) into the processed lake.
 
 Reads the raw manifest and its Parquet files, passes them through the quality gates, remodels
-them into the star schema and writes one Parquet file per star table, then the processed
-manifest last (it is what triggers load). Keys are functions of the batch id, so a re-run
-overwrites with equal content.
+the rows that pass into the star schema and writes one Parquet file per star table (and the
+batch's deleted keys), then the processed manifest last (it is what triggers load). Keys are
+functions of the batch id, so a re-run overwrites with equal content.
 
-A batch that fails its gates is copied under ``quarantine/<batch_id>/`` in the raw bucket with
-a ``reason.json``, counted in ``QuarantinedBatches`` and answered with a normal result, not an
-exception: retrying cannot fix bad input, and later batches must go on. The raw manifest stays
-where it is, because ingest reads its watermark from the newest raw manifest.
+Bad input never stops good input (architecture invariant 7), and is never dropped silently:
+
+- A row the star cannot represent is set aside alone: one JSON line per row and problem under
+  ``quarantine/rows/<batch_id>.jsonl`` in the raw bucket (table, key, column, check, reason and
+  the original value, cut at 64 KiB), counted in ``QuarantinedRows`` per table, logged by table,
+  key, column and reason (never the value: it may be personal data). The rest of the batch is
+  remodelled in the same invocation; the processed manifest's ``extra["set_aside"]`` names the
+  dimension keys set aside so load parks the facts that point at them. A fixed row is captured
+  again by ingest and flows like any other.
+- Damage to a whole file or to the manifest (unreadable, not what the manifest describes, a
+  manifest that is not JSON, lacks its fields or belongs to another batch) quarantines the
+  batch: copied under ``quarantine/<batch_id>/`` with a ``reason.json``, counted in
+  ``QuarantinedBatches``, replayable once repaired.
+- A raw manifest that is gone before transform reads it is reported once (a ``reason.json``
+  with status "gone", ``QuarantinedBatches``).
+
+Each of these is a normal result, not an exception: retrying cannot fix bad input, and later
+batches must go on. The raw objects stay where they are.
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from totes.errors import BatchRejected
 from totes.lake import (
     PROCESSED_PREFIX,
     QUARANTINE_PREFIX,
+    RAW_PREFIX,
     Lake,
     Manifest,
     ManifestFile,
@@ -41,9 +56,16 @@ from totes.observability import add_table_metric, logger, metrics
 from totes.settings import TransformSettings
 from totes.stages import runtime
 from totes.stages.trigger import ObjectRef, handle_manifests
-from totes.star.remodel import build_star
+from totes.star.model import DELETED_KEYS, SET_ASIDE
+from totes.star.remodel import build_star, deleted_keys
 
 _MISSING_OBJECT_CODES = {"NoSuchKey", "404", "NotFound"}
+# Where the rows a batch set aside are recorded (raw bucket), one JSON object per line.
+ROWS_QUARANTINE_PREFIX = f"{QUARANTINE_PREFIX}/rows"
+# A recorded value longer than this (UTF-8 bytes) is cut, its full length kept beside it.
+VALUE_LIMIT_BYTES = 64 * 1024
+# Set-aside rows named per table in one log line (the record holds them all).
+LOGGED_PROBLEMS = 50
 
 
 def _is_missing(exc: ClientError) -> bool:
@@ -87,6 +109,7 @@ def quarantine(
                 raise
             missing.append(key)
     record = {
+        "status": "quarantined",
         "batch_id": batch_id,
         "raw_manifest_key": manifest_key,
         **reason,
@@ -110,29 +133,144 @@ def quarantine(
     }
 
 
+def gone(raw: Lake, manifest_key: str, batch_id: str, code: str) -> dict[str, Any]:
+    """The raw manifest no longer exists (deleted before transform read it): nothing can be
+    transformed and no retry can change that, so report it once, with a record beside the
+    quarantined batches, and answer normally (no retries, nothing on the failure queue)."""
+    reason_key = f"{QUARANTINE_PREFIX}/{batch_id}/reason.json"
+    record = {
+        "status": "gone",
+        "batch_id": batch_id,
+        "raw_manifest_key": manifest_key,
+        "problems": [
+            {
+                "check": "manifest_gone",
+                "message": f"s3://{raw.bucket}/{manifest_key} does not exist ({code}): the"
+                " batch was removed before transform read it; nothing of it was transformed",
+            }
+        ],
+        "quarantined_objects": [],
+        "missing_objects": [manifest_key],
+    }
+    raw.put_bytes(reason_key, json.dumps(record, indent=1).encode(), "application/json")
+    metrics.add_metric(name="QuarantinedBatches", unit=MetricUnit.Count, value=1)
+    logger.error("raw manifest gone", extra={"reason_key": reason_key, "reason": record})
+    return {"status": "gone", "batch_id": batch_id, "reason_key": reason_key}
+
+
+def manifest_problems(manifest: Manifest, manifest_key: str, batch_id: str) -> list[str]:
+    """What makes a parsed manifest unfit to drive this batch: fields of the wrong kind, or a
+    manifest of another batch or stage (copied or forged), or files outside the batch."""
+    problems = []
+    if not isinstance(manifest.batch_id, str) or manifest.batch_id != batch_id:
+        problems.append(f"it holds batch {manifest.batch_id!r}, its key names {batch_id!r}")
+    if manifest.stage != "raw":
+        problems.append(f"it is a {manifest.stage!r} manifest, not a raw one")
+    if not isinstance(manifest.window_hi, str) or not isinstance(manifest.extra, dict):
+        problems.append("window_hi is not a string or extra is not an object")
+    for entry in manifest.files:
+        kinds = (entry.table, entry.key, entry.fingerprint)
+        if not all(isinstance(v, str) for v in kinds) or type(entry.rows) is not int:
+            problems.append(f"file entry {entry!r} has fields of the wrong kind")
+        elif entry.rows < 0 or not entry.key.startswith(f"{RAW_PREFIX}/{entry.table}/{batch_id}/"):
+            problems.append(f"file {entry.key!r} ({entry.rows} rows) is not one of this batch's")
+    return [f"{manifest_key}: {p}" for p in problems]
+
+
+def rows_quarantine_key(batch_id: str) -> str:
+    return f"{ROWS_QUARANTINE_PREFIX}/{batch_id}.jsonl"
+
+
+def row_record(problem: quality.RowProblem, batch_id: str) -> dict[str, Any]:
+    """The quarantine record of one set-aside row and problem; a value past
+    ``VALUE_LIMIT_BYTES`` is cut (at a character boundary) and its full length kept."""
+    value, size, truncated = problem.value, None, False
+    if value is not None:
+        data = value.encode()
+        size = len(data)
+        if size > VALUE_LIMIT_BYTES:
+            value, truncated = data[:VALUE_LIMIT_BYTES].decode(errors="ignore"), True
+    return {
+        "batch_id": batch_id,
+        "table": problem.table,
+        "key": problem.key,
+        "column": problem.column,
+        "check": problem.check,
+        "reason": problem.reason,
+        "value": value,
+        "value_bytes": size,
+        "value_truncated": truncated,
+    }
+
+
+def record_set_aside(raw: Lake, batch_id: str, gated: quality.Gated) -> str | None:
+    """Write the records of the rows the batch set aside, count and log them (the log names
+    table, key, column and reason only); the records' object key, or None when none."""
+    if not gated.problems:
+        return None
+    key = rows_quarantine_key(batch_id)
+    lines = (json.dumps(row_record(p, batch_id), sort_keys=True) + "\n" for p in gated.problems)
+    raw.put_bytes(key, "".join(lines).encode(), "application/x-ndjson")
+    for table, rows in gated.set_aside_rows.items():
+        add_table_metric("QuarantinedRows", MetricUnit.Count, rows, table)
+        named = [
+            {"key": p.key, "column": p.column, "check": p.check, "reason": p.reason}
+            for p in gated.problems
+            if p.table == table
+        ]
+        logger.warning(
+            "rows set aside",
+            extra={
+                "table": table,
+                "rows": rows,
+                "keys": gated.set_aside_keys.get(table, [])[:LOGGED_PROBLEMS],
+                "problems": named[:LOGGED_PROBLEMS],
+                "problems_not_shown": max(0, len(named) - LOGGED_PROBLEMS),
+                "records_key": key,
+            },
+        )
+    return key
+
+
 def transform(
     raw_manifest_key: str, settings: TransformSettings, s3_client: BaseClient
 ) -> dict[str, Any]:
-    """Transform the raw batch named by ``raw_manifest_key``; return what was written (or why
-    the batch was quarantined)."""
+    """Transform the raw batch named by ``raw_manifest_key``; return what was written and how
+    many rows were set aside (or why the batch was quarantined, or that it is gone)."""
     started = time.monotonic()
     batch_id = batch_id_from_manifest_key(raw_manifest_key)
     logger.set_correlation_id(batch_id)
     raw = Lake(s3_client, settings.raw_bucket)
     try:
         manifest = raw.get_manifest(raw_manifest_key)
-    except (ValueError, TypeError) as exc:  # not JSON, or not a manifest's fields
-        problem = {"check": "unreadable_manifest", "message": f"{type(exc).__name__}: {exc}"}
+    except ClientError as exc:
+        if not _is_missing(exc):
+            raise
+        return gone(raw, raw_manifest_key, batch_id, exc.response["Error"]["Code"])
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, or not a manifest's
+        problem = {
+            "check": "unreadable_manifest",
+            "message": f"{raw_manifest_key} is not a manifest: {type(exc).__name__}: {exc}",
+        }
         return quarantine(raw, raw_manifest_key, batch_id, None, {"problems": [problem]})
+    foreign = manifest_problems(manifest, raw_manifest_key, batch_id)
+    if foreign:
+        problems = [{"check": "foreign_manifest", "message": m} for m in foreign]
+        return quarantine(raw, raw_manifest_key, batch_id, None, {"problems": problems})
 
     try:
-        source = quality.gate(manifest, read_files(raw, manifest))
+        gated = quality.gate(manifest, read_files(raw, manifest))
     except BatchRejected as rejected:
         return quarantine(raw, raw_manifest_key, batch_id, manifest, rejected.reason)
+    records_key = record_set_aside(raw, batch_id, gated)
 
     processed = Lake(s3_client, settings.processed_bucket)
+    tables = build_star(gated.source)
+    deleted = deleted_keys(gated.deleted)
+    if deleted.num_rows:
+        tables[DELETED_KEYS] = deleted
     entries = []
-    for name, table in build_star(source).items():
+    for name, table in tables.items():
         key = data_key(PROCESSED_PREFIX, name, manifest.batch_id)
         size = processed.put_table(key, table)
         entries.append(
@@ -146,18 +284,31 @@ def transform(
         window_hi=manifest.window_hi,
         files=tuple(entries),
         source_batch_id=manifest.batch_id,
-        extra=dict(manifest.extra),
+        extra={
+            **manifest.extra,
+            SET_ASIDE: gated.set_aside,
+            "quarantined_rows": gated.set_aside_rows,
+        },
     )
     manifest_key = processed.put_manifest(out)
     metrics.add_metric(
         name="TransformDurationSeconds", unit=MetricUnit.Seconds, value=time.monotonic() - started
     )
-    logger.info("batch transformed", extra={"manifest_key": manifest_key, "rows": out.row_counts})
+    logger.info(
+        "batch transformed",
+        extra={
+            "manifest_key": manifest_key,
+            "rows": out.row_counts,
+            "quarantined_rows": gated.set_aside_rows,
+        },
+    )
     return {
         "status": "processed",
         "batch_id": manifest.batch_id,
         "manifest_key": manifest_key,
         "rows": out.row_counts,
+        "quarantined_rows": gated.rows_set_aside,
+        "quarantined_rows_key": records_key,
     }
 
 
