@@ -121,6 +121,27 @@ def test_one_run_loads_the_source_and_prints_a_summary_per_stage(small_source, w
         con.close()
 
 
+def test_a_row_the_star_cannot_take_is_set_aside_and_reported_the_rest_loads(
+    small_source, warehouse_db, pg_connect
+):
+    pg_connect(small_source).run(
+        "UPDATE sales_order SET agreed_delivery_date = 'not-a-date' WHERE sales_order_id = 2"
+    )
+
+    done = totes_run(small_source.to_url(), warehouse_db.to_url())
+
+    assert done.returncode == 0, done.stderr
+    transform_line = next(line for line in done.stdout.splitlines() if "  transform" in line)
+    assert transform_line.startswith("  transform 1 batch(es), 1 rows set aside, ")
+    assert "not-a-date" not in done.stdout + done.stderr
+    con = connect(warehouse_db)
+    try:
+        assert con.run("SELECT count(*), count(*) FILTER (WHERE sales_order_id = 2)"
+                       " FROM fact_sales_order")[0] == [59, 0]  # fmt: skip
+    finally:
+        con.close()
+
+
 @pytest.mark.slow
 def test_with_an_endpoint_the_watermark_persists_and_the_next_run_takes_only_new_rows(
     small_source, warehouse_db, pg_connect

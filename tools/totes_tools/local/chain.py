@@ -181,6 +181,7 @@ class StageReport:
     invocations: int = 0
     batches: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    rows_set_aside: int = 0  # rows quarantined alone (the rest of their batch flowed)
     rows: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     metrics: list[Metric] = field(default_factory=list)
@@ -222,6 +223,8 @@ class CycleReport:
         for stage in STAGES:
             report = self.stages[stage]
             extra = f", {len(report.quarantined)} quarantined" if report.quarantined else ""
+            if report.rows_set_aside:
+                extra += f", {report.rows_set_aside} rows set aside"
             lines.append(
                 f"  {stage:<9} {len(report.batches)} batch(es){extra}, {report.seconds:.2f} s,"
                 f" {sum(report.rows.values())} rows"
@@ -469,6 +472,7 @@ class LocalChain:
         if result is _FAILED:
             return
         stage.batches.append(delivery.batch_id)
+        stage.rows_set_aside += _rows_set_aside(result)
         if _quarantined(result):
             stage.quarantined.append(delivery.batch_id)
             return
@@ -572,12 +576,21 @@ class LocalChain:
 _FAILED = object()
 
 
-def _quarantined(result: object) -> bool:
-    """Transform answers a quarantined batch normally (status "quarantined"), per manifest."""
+def _results(result: object) -> list[dict]:
     if not isinstance(result, dict):
-        return False
-    results = result.get("results", [result])
-    return any(isinstance(r, dict) and r.get("status") == "quarantined" for r in results)
+        return []
+    return [r for r in result.get("results", [result]) if isinstance(r, dict)]
+
+
+def _quarantined(result: object) -> bool:
+    """Transform answers a quarantined batch, or one whose raw manifest is gone, normally
+    (status "quarantined" or "gone"), per manifest."""
+    return any(r.get("status") in ("quarantined", "gone") for r in _results(result))
+
+
+def _rows_set_aside(result: object) -> int:
+    """Rows a stage set aside alone (transform's ``quarantined_rows``), over its manifests."""
+    return sum(int(r.get("quarantined_rows") or 0) for r in _results(result))
 
 
 # -- checks before anything is touched ---------------------------------------------------------
