@@ -488,6 +488,7 @@ def test_every_alarm_notifies_the_topic_and_the_set_covers_the_pipeline(expanded
         *(("AWS/Lambda", m, f"<{s}Function>") for s in STAGES for m in ("Errors", "Throttles")),
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "<FailureQueue.QueueName>"),
         ("insights", "SELECT SUM(QuarantinedBatches) FROM TerrificTotes"),
+        ("insights", "SELECT SUM(QuarantinedRows) FROM TerrificTotes"),
         ("insights", "SELECT MIN(WarehouseFreshnessSeconds) FROM TerrificTotes"),
     }
 
@@ -501,11 +502,12 @@ def test_freshness_alarm_breaches_above_the_threshold_or_when_loads_stop(templat
         props["EvaluationPeriods"] * props["Metrics"][0]["Period"],
     ) == ({"Ref": "FreshnessThresholdSeconds"}, "GreaterThanThreshold", "breaching", 1800)
     assert template["Parameters"]["FreshnessThresholdSeconds"]["Default"] == 1800
-    quarantine = expanded["Resources"]["QuarantineAlarm"]["Properties"]
-    assert (quarantine["Threshold"], quarantine["ComparisonOperator"]) == (
-        0,
-        "GreaterThanThreshold",
-    )
+    for name in ("QuarantineAlarm", "RowQuarantineAlarm"):  # any batch or row at all
+        quarantine = expanded["Resources"][name]["Properties"]
+        assert (quarantine["Threshold"], quarantine["ComparisonOperator"]) == (
+            0,
+            "GreaterThanThreshold",
+        )
 
 
 def test_the_email_subscription_exists_only_when_an_address_is_given(template, expanded):
@@ -530,6 +532,7 @@ DASHBOARD_METRICS = {
     "WarehouseFreshnessSeconds",
     "QuarantinedBatches",
     "TransformRejectedRows",
+    "QuarantinedRows",
     "IngestWindowLagSeconds",
     "IngestEmptyRuns",
 }
