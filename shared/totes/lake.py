@@ -172,11 +172,11 @@ class Lake:
         keys = self.manifest_keys()
         return self.get_manifest(keys[-1]) if keys else None
 
-    def put_state(self, manifest_key: str, capture: dict) -> None:
+    def put_state(self, manifest_key: str, capture: dict[str, Any]) -> None:
         body = {"manifest_key": manifest_key, "capture": capture}
         self.put_bytes(STATE_KEY, json.dumps(body, sort_keys=True).encode(), "application/json")
 
-    def get_state(self) -> dict | None:
+    def get_state(self) -> dict[str, Any] | None:
         """The state pointer, None when there is none; ``ValueError`` when it is damaged."""
         try:
             body = self.get_bytes(STATE_KEY)

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from pg8000.native import Connection
 
@@ -82,11 +83,11 @@ class Resume:
     base: Snapshot | None
     stamp_from: str  # ISO last_updated of the first piece not written
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"base": self.base.text if self.base else None, "stamp_from": self.stamp_from}
 
     @classmethod
-    def from_json(cls, data: Mapping) -> Resume:
+    def from_json(cls, data: Mapping[str, Any]) -> Resume:
         base = data.get("base")
         return cls(Snapshot.parse(base) if base else None, str(data["stamp_from"]))
 
@@ -98,11 +99,11 @@ class KeySet:
     key: str
     rows: int
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "rows": self.rows}
 
     @classmethod
-    def from_json(cls, data: Mapping) -> KeySet:
+    def from_json(cls, data: Mapping[str, Any]) -> KeySet:
         return cls(str(data["key"]), int(data["rows"]))
 
 
@@ -119,7 +120,7 @@ class CaptureState:
     resume: Resume | None = None
     captured_at: str | None = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "snapshot": self.snapshot.text,
             "seq": self.seq,
@@ -129,7 +130,7 @@ class CaptureState:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping) -> CaptureState:
+    def from_json(cls, data: Mapping[str, Any]) -> CaptureState:
         """Raises ``ValueError`` (or ``KeyError``/``TypeError``) on a malformed state."""
         snapshot = Snapshot.parse(str(data["snapshot"]))
         seq = int(data["seq"])

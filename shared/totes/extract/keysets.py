@@ -56,7 +56,8 @@ def write_keys(lake: Lake, key: str, keys: np.ndarray) -> None:
 
 
 def read_keys(lake: Lake, key: str) -> np.ndarray:
-    return lake.get_table(key).column("key").to_numpy().astype(np.int32, copy=False)
+    keys: np.ndarray = lake.get_table(key).column("key").to_numpy().astype(np.int32, copy=False)
+    return keys
 
 
 def _keys_from_copy(con: Connection, sql: str) -> np.ndarray:
@@ -120,7 +121,8 @@ def isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     if not len(sorted_keys):
         return np.zeros(len(values), bool)
     at = np.searchsorted(sorted_keys, values)
-    return sorted_keys[np.minimum(at, len(sorted_keys) - 1)] == values
+    found: np.ndarray = sorted_keys[np.minimum(at, len(sorted_keys) - 1)] == values
+    return found
 
 
 @dataclass
