@@ -166,7 +166,7 @@ def manifest_problems(manifest: Manifest, manifest_key: str, batch_id: str) -> l
         problems.append(f"it holds batch {manifest.batch_id!r}, its key names {batch_id!r}")
     if manifest.stage != "raw":
         problems.append(f"it is a {manifest.stage!r} manifest, not a raw one")
-    if not isinstance(manifest.window_hi, str) or not isinstance(manifest.extra, dict):
+    if not isinstance(manifest.window_hi, str) or not isinstance(manifest.extra or {}, dict):
         problems.append("window_hi is not a string or extra is not an object")
     for entry in manifest.files:
         kinds = (entry.table, entry.key, entry.fingerprint)
@@ -285,7 +285,7 @@ def transform(
         files=tuple(entries),
         source_batch_id=manifest.batch_id,
         extra={
-            **manifest.extra,
+            **(manifest.extra or {}),
             SET_ASIDE: gated.set_aside,
             "quarantined_rows": gated.set_aside_rows,
         },
