@@ -97,6 +97,8 @@ def test_the_raw_put_event_transforms_that_batch_into_the_processed_lake(chain):
                 "batch_id": batch_id,
                 "manifest_key": manifest_key(batch_id),
                 "rows": processed.row_counts,
+                "quarantined_rows": 0,
+                "quarantined_rows_key": None,
             }
         ]
     }
