@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from totes.star.model import FACTS, SOURCE_VERSION, STAR_TABLES
+from totes.star.model import FACTS, SOURCE_VERSION, STAR_TABLES, WAREHOUSE_LINEAGE
 from totes.warehouse.migrations import available, migrate
 from totes_tools.cli import main as cli_main
 
@@ -48,6 +48,12 @@ def _expected_columns(table) -> list[tuple]:
         # Later lineage columns were added by a migration, so they follow loaded_batch_id.
         for stamp in table.lineage[1:]:
             out.append((stamp, "timestamp without time zone", False, None, None, 3))
+    if table.tracked:
+        pg_lineage = {
+            "BIGINT": ("bigint", False, 64, 0, None),
+            "TIMESTAMP": ("timestamp without time zone", True, None, None, 6),
+        }
+        out.extend((name, *pg_lineage[sql_type]) for name, sql_type in WAREHOUSE_LINEAGE)
     return out
 
 

@@ -11,6 +11,12 @@ late), and the pair (newest, oldest) breaks that tie. Both stamps only grow acro
 snapshots, so (newest, oldest) grows lexicographically, and equal pairs mean equal source rows.
 Fact surrogate keys (``*_record_id``) are assigned by the warehouse and are not part of the
 processed files.
+
+The warehouse adds two lineage columns of its own to every table but the calendar
+(``WAREHOUSE_LINEAGE``), which the processed files do not carry: ``capture_seq``, the capture
+(commit order) of the batch that wrote the row, taken from the processed manifest, and
+``source_deleted_at``, when the pipeline saw the key gone from the source (NULL while it
+lives). A batch's deletions travel as the processed table ``deleted_keys`` (star table, key).
 """
 
 from __future__ import annotations
@@ -22,6 +28,13 @@ import pyarrow as pa
 
 SOURCE_VERSION = "source_version"
 OLDEST_VERSION = "oldest_version"
+CAPTURE_SEQ = "capture_seq"
+SOURCE_DELETED_AT = "source_deleted_at"
+# The warehouse's lineage after the processed columns: (name, SQL type), not in the lake.
+WAREHOUSE_LINEAGE: tuple[tuple[str, str], ...] = (
+    (CAPTURE_SEQ, "BIGINT"),
+    (SOURCE_DELETED_AT, "TIMESTAMP"),
+)
 
 _ARROW = {
     "DATE": pa.date32(),
@@ -55,6 +68,9 @@ class StarTable:
     references: tuple[tuple[str, str], ...] = ()  # (column, dimension table)
     # Version stamps after the columns, compared in this order to move a dimension forward.
     lineage: tuple[str, ...] = (SOURCE_VERSION,)
+    # Whether the table tracks its source keys (capture_seq, source_deleted_at, deletions):
+    # every table but the calendar.
+    tracked: bool = True
 
     @property
     def column_names(self) -> list[str]:
@@ -84,6 +100,7 @@ DIM_DATE = StarTable(
         " month_name VARCHAR!, quarter INT!"
     ),
     key="date_id",
+    tracked=False,
 )
 DIM_STAFF = StarTable(
     "dim_staff",
@@ -223,3 +240,14 @@ DIMENSIONS: tuple[StarTable, ...] = (
 FACTS: tuple[StarTable, ...] = (FACT_SALES_ORDER, FACT_PURCHASE_ORDER, FACT_PAYMENT)
 STAR_TABLES: tuple[StarTable, ...] = DIMENSIONS + FACTS
 STAR_TABLES_BY_NAME: dict[str, StarTable] = {t.name: t for t in STAR_TABLES}
+# Tables whose keys are deleted at the source and marked in the warehouse.
+TRACKED_TABLES: tuple[StarTable, ...] = tuple(t for t in STAR_TABLES if t.tracked)
+
+# The processed table of a batch's deletions: keys gone from the source, by star table.
+DELETED_KEYS = "deleted_keys"
+DELETED_KEYS_SCHEMA = pa.schema(
+    [
+        pa.field("star_table", pa.string(), nullable=False),
+        pa.field("key", pa.int32(), nullable=False),
+    ]
+)
