@@ -524,6 +524,8 @@ DASHBOARD_METRICS = {
     "LoadRowsInserted",
     "LoadRowsUpdated",
     "LoadRowsSkipped",
+    "LoadRowsParked",
+    "LoadRowsDeleted",
     "IngestDurationSeconds",
     "TransformDurationSeconds",
     "LoadDurationSeconds",
