@@ -45,12 +45,17 @@ def record_deletions(con: Connection, seq: int, deleted_at: str | None) -> dict[
     return {name: int(n) for name, n in counts}
 
 
-def has_tombstones(con: Connection, table: StarTable) -> bool:
-    [[found]] = con.run(
-        f"SELECT EXISTS (SELECT 1 FROM {TOMBSTONES} WHERE star_table = :name)",  # noqa: S608  # nosec B608
-        name=table.name,
+def with_tombstones(con: Connection, tables: list[StarTable]) -> set[str]:
+    """The names of ``tables`` that have at least one tombstone (one probe of the primary key
+    each, in one statement)."""
+    if not tables:
+        return set()
+    rows = con.run(
+        f"SELECT name FROM unnest(CAST(:names AS varchar[])) AS name WHERE EXISTS"  # noqa: S608  # nosec B608
+        f" (SELECT 1 FROM {TOMBSTONES} t WHERE t.star_table = name)",
+        names=[t.name for t in tables],
     )
-    return bool(found)
+    return {str(name) for [name] in rows}
 
 
 def recompute_marks(con: Connection, table: StarTable, touched: list[str]) -> tuple[int, int]:

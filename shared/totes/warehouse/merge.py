@@ -38,7 +38,6 @@ from totes.lake import Manifest, schema_fingerprint
 from totes.star.model import (
     DELETED_KEYS,
     DELETED_KEYS_SCHEMA,
-    FACTS,
     STAR_TABLES,
     STAR_TABLES_BY_NAME,
     TRACKED_TABLES,
@@ -91,8 +90,9 @@ def load_batch(
         for table in ordered:
             step = ("staging", table.name)
             stage(con, table, arrays[table.name])
-        step = ("staging", DELETED_KEYS)
-        stage_deleted_keys(con, deleted)
+        if deleted.num_rows:
+            step = ("staging", DELETED_KEYS)
+            stage_deleted_keys(con, deleted)
         results: dict[str, TableResult] = {}
         for table in ordered:
             staged = arrays[table.name].num_rows
@@ -113,20 +113,28 @@ def load_batch(
                 step = ("merging", table.name)
                 results[table.name] = merge_dimension(con, batch, capture.seq, table, staged)
         released: set[str] = set()
-        for table in FACTS:
+        step = ("releasing parked rows of", "the facts")
+        for table in parking.waiting(con):
             step = ("releasing parked rows of", table.name)
             moved = parking.release(con, table)
             if moved:
                 released.add(table.name)
                 results[table.name] = _result(results, table).plus(released=moved)
-        step = ("recording deletions in", deletes.TOMBSTONES)
-        deleted_keys = deletes.record_deletions(con, capture.seq, capture.hi_utc)
+        deleted_keys: dict[str, int] = {}
+        if deleted.num_rows:
+            step = ("recording deletions in", deletes.TOMBSTONES)
+            deleted_keys = deletes.record_deletions(con, capture.seq, capture.hi_utc)
+        touched = {
+            t.name: _touched(t, t.name in arrays, t.name in released, deleted_keys)
+            for t in TRACKED_TABLES
+        }
+        step = ("marking deletions in", deletes.TOMBSTONES)
+        marking = deletes.with_tombstones(con, [t for t in TRACKED_TABLES if touched[t.name]])
         for table in TRACKED_TABLES:
             step = ("marking deletions in", table.name)
-            touched = _touched(table, table.name in arrays, table.name in released, deleted_keys)
             counts = {"deleted_keys": deleted_keys.get(table.name, 0)}
-            if touched and deletes.has_tombstones(con, table):
-                marked, unmarked = deletes.recompute_marks(con, table, touched)
+            if table.name in marking:
+                marked, unmarked = deletes.recompute_marks(con, table, touched[table.name])
                 counts.update(marked=marked, unmarked=unmarked)
             if any(counts.values()):
                 results[table.name] = _result(results, table).plus(**counts)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pg8000.native import Connection
 
 from totes.identifiers import quote, quote_all
-from totes.star.model import CAPTURE_SEQ, STAR_TABLES_BY_NAME, StarTable
+from totes.star.model import CAPTURE_SEQ, FACTS, STAR_TABLES_BY_NAME, StarTable
 from totes.warehouse.facts import SetAside, check_references, merge_versions, version_columns
 from totes.warehouse.staging import LOADED_BATCH, loaded_columns, staging_name
 
@@ -75,14 +75,21 @@ def park(con: Connection, batch: str, seq: int, table: StarTable, set_aside: Set
     return parked
 
 
+def waiting(con: Connection) -> list[StarTable]:
+    """The fact tables whose park holds rows (one statement)."""
+    probes = ", ".join(
+        f"EXISTS (SELECT 1 FROM {quote(park_name(t))})"  # noqa: S608  # nosec B608
+        for t in FACTS
+    )
+    [found] = con.run(f"SELECT {probes}")
+    return [t for t, any_rows in zip(FACTS, found, strict=True) if any_rows]
+
+
 def release(con: Connection, table: StarTable) -> int:
     """Move the parked rows whose references all resolve into the fact table (each with the
     capture and batch it came from); returns how many left the park. They stay readable in
     ``release_name(table)`` until commit."""
     parked = quote(park_name(table))
-    [[waiting]] = con.run(f"SELECT EXISTS (SELECT 1 FROM {parked})")  # noqa: S608  # nosec B608
-    if not waiting:
-        return 0
     resolve = " AND ".join(
         f"EXISTS (SELECT 1 FROM {quote(dim.name)} d"  # noqa: S608  # nosec B608
         f" WHERE d.{quote(dim.key)} = p.{quote(column)})"

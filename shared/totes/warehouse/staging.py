@@ -53,14 +53,13 @@ def stage(con: Connection, table: StarTable, data: pa.Table) -> None:
 
 def stage_deleted_keys(con: Connection, data: pa.Table) -> None:
     """COPY the batch's deletions (star table, key) into a temporary table ``stage_deleted_keys``
-    that lives until commit (created empty when the batch deletes nothing)."""
+    that lives until commit."""
     name = quote(f"stage_{DELETED_KEYS}")
     con.run(f"CREATE TEMP TABLE {name} (star_table VARCHAR, key INT) ON COMMIT DROP")
-    if data.num_rows:
-        con.run(
-            f"COPY {name} (star_table, key) FROM STDIN WITH (FORMAT csv)",
-            stream=csv_chunks(data.select(["star_table", "key"])),
-        )
+    con.run(
+        f"COPY {name} (star_table, key) FROM STDIN WITH (FORMAT csv)",
+        stream=csv_chunks(data.select(["star_table", "key"])),
+    )
 
 
 def csv_chunks(data: pa.Table, rows: int = CSV_CHUNK_ROWS) -> Iterator[bytes]:
