@@ -291,6 +291,23 @@ def test_deletes_and_returns_give_the_same_marks_in_every_order(warehouse):
     assert all(s == outcomes[("c1", "d2", "c3", "d4")] for s in outcomes.values())
 
 
+@pytest.mark.parametrize("order", [("c1", "d2", "c3", "d4"), ("d4", "c3", "d2", "c1")])
+def test_the_bulk_path_marks_deletes_as_the_per_row_path(fresh_db, pg_connect, order):
+    history = deletion_history()
+    states = []
+    for fk_check in ("per-row", "set-based"):
+        con = pg_connect(fresh_db(fk_check.replace("-", "")))
+        migrate(con)
+        for batch_id in order:
+            seq, tables = history[batch_id]
+            load(con, batch_id, tables, seq, fk_check=fk_check)
+        states.append(state(con))
+    assert states[0] == states[1]
+    assert [row[-1] for row in states[1]["fact_sales_order"]] == [
+        None, None, captured(2), None
+    ]  # fmt: skip
+
+
 def test_a_deletion_counts_the_rows_it_marks_and_a_return_the_rows_it_unmarks(warehouse):
     history = deletion_history()
     results = {b: load(warehouse, b, t, seq).row_counts() for b, (seq, t) in history.items()}
