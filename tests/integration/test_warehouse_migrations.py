@@ -15,10 +15,10 @@ from totes.star.model import (
     FACTS,
     SOURCE_VERSION,
     STAR_TABLES,
-    TRACKED_TABLES,
     WAREHOUSE_LINEAGE,
 )
 from totes.warehouse import migrations
+from totes.warehouse.deletes import TRACKED_TABLES
 from totes.warehouse.merge import load_batch
 from totes.warehouse.migrations import available, migrate
 from totes.warehouse.staging import loaded_columns, stage, staging_name

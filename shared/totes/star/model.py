@@ -11,12 +11,6 @@ late), and the pair (newest, oldest) breaks that tie. Both stamps only grow acro
 snapshots, so (newest, oldest) grows lexicographically, and equal pairs mean equal source rows.
 Fact surrogate keys (``*_record_id``) are assigned by the warehouse and are not part of the
 processed files.
-
-The warehouse adds two lineage columns of its own to every table but the calendar
-(``WAREHOUSE_LINEAGE``), which the processed files do not carry: ``capture_seq``, the capture
-(commit order) of the batch that wrote the row, taken from the processed manifest, and
-``source_deleted_at``, when the pipeline saw the key gone from the source (NULL while it
-lives). A batch's deletions travel as the processed table ``deleted_keys`` (star table, key).
 """
 
 from __future__ import annotations
@@ -28,9 +22,13 @@ import pyarrow as pa
 
 SOURCE_VERSION = "source_version"
 OLDEST_VERSION = "oldest_version"
+# The warehouse's own lineage, after the processed columns of every table but the calendar
+# (``StarTable.tracked``) and not in the processed files: ``capture_seq``, the capture (commit
+# order) of the batch that last wrote the row, from the processed manifest; and
+# ``source_deleted_at``, when the pipeline saw the key gone from the source (NULL while it
+# lives). (name, SQL type).
 CAPTURE_SEQ = "capture_seq"
 SOURCE_DELETED_AT = "source_deleted_at"
-# The warehouse's lineage after the processed columns: (name, SQL type), not in the lake.
 WAREHOUSE_LINEAGE: tuple[tuple[str, str], ...] = (
     (CAPTURE_SEQ, "BIGINT"),
     (SOURCE_DELETED_AT, "TIMESTAMP"),
@@ -240,10 +238,9 @@ DIMENSIONS: tuple[StarTable, ...] = (
 FACTS: tuple[StarTable, ...] = (FACT_SALES_ORDER, FACT_PURCHASE_ORDER, FACT_PAYMENT)
 STAR_TABLES: tuple[StarTable, ...] = DIMENSIONS + FACTS
 STAR_TABLES_BY_NAME: dict[str, StarTable] = {t.name: t for t in STAR_TABLES}
-# Tables whose keys are deleted at the source and marked in the warehouse.
-TRACKED_TABLES: tuple[StarTable, ...] = tuple(t for t in STAR_TABLES if t.tracked)
 
-# The processed table of a batch's deletions: keys gone from the source, by star table.
+# The processed table of a batch's deletions: which star table, which key (the source key, as
+# every star key of a source table is). Not a star table: load marks, never inserts, these.
 DELETED_KEYS = "deleted_keys"
 DELETED_KEYS_SCHEMA = pa.schema(
     [
@@ -251,3 +248,5 @@ DELETED_KEYS_SCHEMA = pa.schema(
         pa.field("key", pa.int32(), nullable=False),
     ]
 )
+# The processed manifest's ``extra`` key naming the dimension keys set aside by the batch.
+SET_ASIDE = "set_aside"

@@ -20,8 +20,10 @@ from __future__ import annotations
 from pg8000.native import Connection
 
 from totes.identifiers import quote
-from totes.star.model import CAPTURE_SEQ, DELETED_KEYS, SOURCE_DELETED_AT, StarTable
+from totes.star.model import CAPTURE_SEQ, DELETED_KEYS, SOURCE_DELETED_AT, STAR_TABLES, StarTable
 
+# Every table but the calendar: its keys can be deleted at the source and marked.
+TRACKED_TABLES: tuple[StarTable, ...] = tuple(t for t in STAR_TABLES if t.tracked)
 TOMBSTONES = "etl_deleted_keys"
 STAGED_DELETIONS = f"stage_{DELETED_KEYS}"
 

@@ -38,9 +38,9 @@ from totes.lake import Manifest, schema_fingerprint
 from totes.star.model import (
     DELETED_KEYS,
     DELETED_KEYS_SCHEMA,
+    SET_ASIDE,
     STAR_TABLES,
     STAR_TABLES_BY_NAME,
-    TRACKED_TABLES,
     StarTable,
 )
 from totes.warehouse import deletes, fact_bulk, facts, ledger, parking
@@ -126,11 +126,13 @@ def load_batch(
             deleted_keys = deletes.record_deletions(con, capture.seq, capture.hi_utc)
         touched = {
             t.name: _touched(t, t.name in arrays, t.name in released, deleted_keys)
-            for t in TRACKED_TABLES
+            for t in deletes.TRACKED_TABLES
         }
         step = ("marking deletions in", deletes.TOMBSTONES)
-        marking = deletes.with_tombstones(con, [t for t in TRACKED_TABLES if touched[t.name]])
-        for table in TRACKED_TABLES:
+        marking = deletes.with_tombstones(
+            con, [t for t in deletes.TRACKED_TABLES if touched[t.name]]
+        )
+        for table in deletes.TRACKED_TABLES:
             step = ("marking deletions in", table.name)
             counts = {"deleted_keys": deleted_keys.get(table.name, 0)}
             if table.name in marking:
@@ -182,8 +184,8 @@ def _capture(batch: str, manifest: Manifest) -> Capture:
     hi_utc = extra.get("hi_utc")
     if hi_utc is not None and not isinstance(hi_utc, str):
         raise LoadFailed(f"batch {batch}: hi_utc must be an ISO time: {hi_utc!r}")
-    raw = extra.get("set_aside") or {}
-    dimensions = {t.name for t in TRACKED_TABLES if t.kind == "dimension"}
+    raw = extra.get(SET_ASIDE) or {}
+    dimensions = {t.name for t in deletes.TRACKED_TABLES if t.kind == "dimension"}
     if not isinstance(raw, dict) or set(raw) - dimensions:
         raise LoadFailed(
             f"batch {batch}: set_aside must map dimension tables {sorted(dimensions)} to keys:"
@@ -215,7 +217,7 @@ def _deletions(batch: str, data: pa.Table | None) -> pa.Table:
             f" types: {'; '.join(wrong)}"
         )
     data = data.select(schema.names)
-    tracked = {t.name for t in TRACKED_TABLES}
+    tracked = {t.name for t in deletes.TRACKED_TABLES}
     names = set(data.column("star_table").unique().to_pylist())
     if names - tracked or data.column("key").null_count:
         wrong_tables = sorted(names - tracked, key=str)
