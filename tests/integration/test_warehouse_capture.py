@@ -349,13 +349,16 @@ def test_a_late_version_of_a_key_deleted_before_it_was_loaded_arrives_marked(war
     ) == [[3, 3]]
 
 
-def test_a_batch_cannot_delete_calendar_rows_or_unknown_tables(warehouse):
+def test_a_batch_cannot_delete_calendar_rows_or_unknown_tables_or_without_a_capture(warehouse):
     for name in ("dim_date", "dim_nothing"):
         bad = {DELETED_KEYS: deleted_keys(**{name: [1]})}
         with pytest.raises(
             LoadFailed, match=rf"^batch bad: table deleted_keys deletes keys of \['{name}'\]"
         ):
             load(warehouse, "bad", bad, 3)
+    legacy = {DELETED_KEYS: deleted_keys(dim_design=[1])}
+    with pytest.raises(LoadFailed, match=r"^batch bad: deletes keys but .* no hi_utc or capture"):
+        load(warehouse, "bad", legacy)
     assert state(warehouse)["etl_deleted_keys"] == []
     assert warehouse.run("SELECT count(*) FROM etl_batch_ledger") == [[0]]
 

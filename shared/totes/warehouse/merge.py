@@ -77,8 +77,11 @@ def load_batch(
     ordered = [t for t in STAR_TABLES if t.name in tables]
     arrays = {t.name: _conform(batch, t, tables[t.name]) for t in ordered}
     deleted = _deletions(batch, tables.get(DELETED_KEYS))
-    if deleted.num_rows and capture.hi_utc is None:
-        raise LoadFailed(f"batch {batch}: deletes keys but its manifest carries no hi_utc")
+    if deleted.num_rows and (capture.hi_utc is None or not capture.seq):
+        raise LoadFailed(
+            f"batch {batch}: deletes keys but its manifest carries no hi_utc or capture_seq"
+            " (a deletion is ordered by its capture)"
+        )
 
     step = ("ledger", ledger.LEDGER)
     try:
