@@ -107,7 +107,7 @@ def load_batch(
                     fk_check == "auto"
                     and fact_bulk.set_based_fk_check(staged, fact_bulk.stored_rows(con, table))
                 )
-                merged = _merge_fact(con, batch, capture.seq, table, staged, bulk)
+                merged = _merge_fact(con, batch, table, staged, bulk, seq=capture.seq)
                 results[table.name] = merged.plus(parked=parked)
             elif table.name == "dim_date":
                 step = ("merging", table.name)
@@ -254,7 +254,7 @@ def _result(results: dict[str, TableResult], table: StarTable) -> TableResult:
 
 
 def _merge_fact(
-    con: Connection, batch: str, seq: int, table: StarTable, staged: int, bulk: bool
+    con: Connection, batch: str, table: StarTable, staged: int, bulk: bool, *, seq: int
 ) -> TableResult:
     """One fact table on the path chosen for it (both give the same warehouse)."""
     if bulk:
