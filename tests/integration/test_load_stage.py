@@ -10,16 +10,22 @@ import uuid
 from pathlib import Path
 
 import boto3
+import pyarrow as pa
 import pytest
 
 from totes.db import connect
 from totes.errors import DatabaseUnavailable, LoadFailed
 from totes.lake import Lake, ManifestFile, data_key
 from totes.stages import runtime
-from totes.star.model import STAR_TABLES_BY_NAME
+from totes.star.model import DELETED_KEYS, STAR_TABLES_BY_NAME
 from totes_tools.local.aws import free_port, receive_s3_events
 from totes_tools.warehouse.checksums import table_checksums
-from totes_tools.warehouse.synthetic import processed_manifest, put_processed_batch, star_batch
+from totes_tools.warehouse.synthetic import (
+    deleted_keys,
+    processed_manifest,
+    put_processed_batch,
+    star_batch,
+)
 
 APP = Path(__file__).resolve().parents[2] / "functions" / "load" / "app.py"
 
@@ -104,7 +110,8 @@ def test_a_processed_manifest_becomes_warehouse_rows_with_metrics(
     [outcome] = result["results"]
     assert outcome["status"] == "loaded"
     assert outcome["rows"]["fact_sales_order"] == {
-        "staged": 30, "inserted": 30, "updated": 0, "skipped": 0
+        "staged": 30, "inserted": 30, "updated": 0, "parked": 0, "released": 0,
+        "deleted_keys": 0, "marked": 0, "unmarked": 0, "skipped": 0,
     }  # fmt: skip
     assert warehouse_rows(warehouse_db, tables) == batch_rows(tables)
     emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
@@ -117,6 +124,50 @@ def test_a_processed_manifest_becomes_warehouse_rows_with_metrics(
         blob["table"]: blob["LoadRowsInserted"] for blob in emf if "LoadRowsInserted" in blob
     }
     assert per_table == {name: [float(table.num_rows)] for name, table in tables.items()}
+
+
+def test_deletions_and_parked_facts_are_loaded_from_the_lake_and_counted(
+    aws, stack, processed, warehouse_db, capsys
+):
+    """A batch carrying a ``deleted_keys`` file marks the keys' rows; a fact referencing a
+    dimension row transform set aside is parked: both counted per table in the metrics."""
+    first = star_batch(sales=5, seed=2)
+    put_processed_batch(processed, "c0000000000000000001-000", first, capture_seq=1)
+    handler = load_handler()
+    assert handler(one_event(aws, stack), Context())["results"][0]["status"] == "loaded"
+    capsys.readouterr()
+    orders = first["fact_sales_order"].slice(0, 1).to_pylist()
+    orders[0].update(sales_order_id=6, design_id=999)
+    second = {
+        "dim_date": first["dim_date"],
+        "fact_sales_order": pa.Table.from_pylist(orders, schema=first["fact_sales_order"].schema),
+        DELETED_KEYS: deleted_keys(fact_sales_order=[1, 2], dim_design=[3]),
+    }
+    put_processed_batch(
+        processed, "c0000000000000000002-000", second, capture_seq=2,
+        set_aside={"dim_design": [999]},
+    )  # fmt: skip
+    [outcome] = handler(one_event(aws, stack), Context())["results"]
+    assert {
+        name: (counts["parked"], counts["deleted_keys"], counts["marked"])
+        for name, counts in outcome["rows"].items()
+        if name != "dim_date"
+    } == {"dim_design": (0, 1, 1), "fact_sales_order": (1, 2, 2)}
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    counted = {
+        (metric, blob["table"]): blob[metric]
+        for blob in emf
+        for metric in ("LoadRowsParked", "LoadRowsDeleted")
+        if metric in blob
+    }
+    assert counted == {
+        ("LoadRowsParked", "dim_date"): [0.0],
+        ("LoadRowsDeleted", "dim_date"): [0.0],
+        ("LoadRowsParked", "dim_design"): [0.0],
+        ("LoadRowsDeleted", "dim_design"): [1.0],
+        ("LoadRowsParked", "fact_sales_order"): [1.0],
+        ("LoadRowsDeleted", "fact_sales_order"): [2.0],
+    }
 
 
 def test_a_duplicate_event_loads_nothing_even_after_its_idempotency_record_expired(

@@ -4,12 +4,27 @@ warehouse.md) says, applied once however often and however concurrently migrate 
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
+import pyarrow as pa
 import pytest
 
-from totes.star.model import FACTS, SOURCE_VERSION, STAR_TABLES
+from totes.identifiers import quote, quote_all
+from totes.star.model import (
+    DELETED_KEYS,
+    FACTS,
+    SOURCE_VERSION,
+    STAR_TABLES,
+    WAREHOUSE_LINEAGE,
+)
+from totes.warehouse import migrations
+from totes.warehouse.deletes import TRACKED_TABLES
+from totes.warehouse.merge import load_batch
 from totes.warehouse.migrations import available, migrate
+from totes.warehouse.staging import loaded_columns, stage, staging_name
 from totes_tools.cli import main as cli_main
+from totes_tools.warehouse.checksums import table_checksums
+from totes_tools.warehouse.synthetic import EPOCH, deleted_keys, processed_manifest, star_batch
 
 _PG_TYPES = {
     "DATE": "date",
@@ -48,6 +63,12 @@ def _expected_columns(table) -> list[tuple]:
         # Later lineage columns were added by a migration, so they follow loaded_batch_id.
         for stamp in table.lineage[1:]:
             out.append((stamp, "timestamp without time zone", False, None, None, 3))
+    if table.tracked:
+        pg_lineage = {
+            "BIGINT": ("bigint", False, 64, 0, None),
+            "TIMESTAMP": ("timestamp without time zone", True, None, None, 6),
+        }
+        out.extend((name, *pg_lineage[sql_type]) for name, sql_type in WAREHOUSE_LINEAGE)
     return out
 
 
@@ -179,3 +200,81 @@ def test_fact_date_references_are_brin_indexed_and_the_other_references_b_tree(
         for f in FACTS
         for column, dim in f.references
     }
+
+
+def _load_as_at_0004(con, tables: dict[str, pa.Table]) -> None:
+    """Write a batch as the loader of migration 0004 did: the processed columns and
+    ``loaded_batch_id`` (no capture, no marks), and its ledger row."""
+    con.run("BEGIN")
+    for table in STAR_TABLES:
+        stage(con, table, tables[table.name])
+        cols = table.column_names if table.name == "dim_date" else loaded_columns(table)
+        batch = [] if table.name == "dim_date" else ["'legacy'"]
+        con.run(
+            f"INSERT INTO {quote(table.name)} ({quote_all(cols)}"  # noqa: S608
+            f"{', loaded_batch_id' if batch else ''})"
+            f" SELECT DISTINCT {quote_all(cols)}{', ' + batch[0] if batch else ''}"
+            f" FROM {quote(staging_name(table))}"
+        )
+    con.run(
+        "INSERT INTO etl_batch_ledger (batch_id, window_hi, row_counts)"
+        " VALUES ('legacy', '2024-12-31', '{}')"
+    )
+    con.run("COMMIT")
+
+
+def test_a_warehouse_holding_data_at_0004_migrates_to_legacy_rows_that_captures_overtake(
+    warehouse_db, pg_connect, monkeypatch
+):
+    """Rows stored before 0005 keep their content and take capture 0, unmarked; a captured
+    batch then moves a dimension row even with an older stamp, and deletes mark legacy rows."""
+    con = pg_connect(warehouse_db)
+    monkeypatch.setattr(migrations, "available", lambda: [m for m in available() if m.version <= 4])
+    migrate(con)
+    monkeypatch.undo()
+    legacy = star_batch(sales=20, purchases=10, payments_=10, seed=3)
+    _load_as_at_0004(con, legacy)
+    before = table_checksums(con)
+
+    assert migrate(con) == ["0005_capture_order_and_deletes"]
+
+    assert table_checksums(con) == before
+    lineage = {
+        t.name: con.run(
+            f"SELECT capture_seq, source_deleted_at, count(*) FROM {t.name} GROUP BY 1, 2"  # noqa: S608
+        )
+        for t in TRACKED_TABLES
+    }
+    assert lineage == {t.name: [[0, None, legacy[t.name].num_rows]] for t in TRACKED_TABLES}
+    assert con.run("SELECT batch_id, capture_seq FROM etl_batch_ledger") == [["legacy", 0]]
+
+    staff = legacy["dim_staff"].slice(0, 1).to_pylist()
+    staff[0].update(first_name="Captured", source_version=EPOCH - timedelta(days=1))
+    tables = {
+        "dim_staff": pa.Table.from_pylist(staff, schema=legacy["dim_staff"].schema),
+        DELETED_KEYS: deleted_keys(fact_sales_order=[1]),
+    }
+    load_batch(con, processed_manifest("c1", tables, capture_seq=7), tables)
+    assert con.run("SELECT first_name, capture_seq FROM dim_staff WHERE staff_id = 1") == [
+        ["Captured", 7]
+    ]
+    assert con.run(
+        "SELECT sales_order_id, capture_seq, source_deleted_at IS NOT NULL FROM fact_sales_order"
+        " WHERE sales_order_id <= 2 ORDER BY 1"
+    ) == [[1, 0, True], [2, 0, False]]
+
+
+def test_every_fact_has_a_park_with_the_staged_columns_and_the_batch_and_capture(
+    warehouse_db, pg_connect
+):
+    con = pg_connect(warehouse_db)
+    migrate(con)
+    for fact in FACTS:
+        columns = [row[:3] for row in _columns(con, f"etl_parked_{fact.name}")]
+        # name, type, nullable: after the record id, the staged columns as in the fact table
+        staged = [row[:3] for row in _expected_columns(fact)[1 : 1 + len(loaded_columns(fact))]]
+        assert columns == [
+            *staged,
+            ("batch_id", "character varying", False),
+            ("capture_seq", "bigint", False),
+        ], fact.name

@@ -526,6 +526,8 @@ DASHBOARD_METRICS = {
     "LoadRowsInserted",
     "LoadRowsUpdated",
     "LoadRowsSkipped",
+    "LoadRowsParked",
+    "LoadRowsDeleted",
     "IngestDurationSeconds",
     "TransformDurationSeconds",
     "LoadDurationSeconds",

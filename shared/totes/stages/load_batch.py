@@ -54,7 +54,7 @@ def read_batch(lake: Lake, manifest: Manifest) -> dict[str, pa.Table]:
         try:
             expected = expected_fingerprint(entry.table)
         except KeyError:
-            raise LoadFailed(f"{where}: not a star table") from None
+            raise LoadFailed(f"{where}: not a star table nor deleted_keys") from None
         try:
             table = lake.get_table(entry.key)
         except ClientError as exc:
@@ -90,12 +90,15 @@ def _ensure_schema(con: Connection, creds: DbCredentials) -> None:
 
 
 def _emit(result: LoadResult, manifest: Manifest) -> float | None:
-    """Rows per table and outcome; freshness is now minus the batch's ``hi`` (UTC)."""
+    """Rows per table and outcome (``LoadRowsDeleted``: rows this batch marked deleted at the
+    source); freshness is now minus the batch's ``hi`` (UTC)."""
     for name, counts in result.row_counts().items():
         for metric_name, key in (
             ("LoadRowsInserted", "inserted"),
             ("LoadRowsUpdated", "updated"),
             ("LoadRowsSkipped", "skipped"),
+            ("LoadRowsParked", "parked"),
+            ("LoadRowsDeleted", "marked"),
         ):
             add_table_metric(metric_name, MetricUnit.Count, counts[key], name)
     hi_utc = (manifest.extra or {}).get("hi_utc")

@@ -27,6 +27,17 @@ import pyarrow as pa
 
 SOURCE_VERSION = "source_version"
 OLDEST_VERSION = "oldest_version"
+# The warehouse's own lineage, after the processed columns of every table but the calendar
+# (``StarTable.tracked``) and not in the processed files: ``capture_seq``, the capture (commit
+# order) of the batch that last wrote the row, from the processed manifest; and
+# ``source_deleted_at``, when the pipeline saw the key gone from the source (NULL while it
+# lives). (name, SQL type).
+CAPTURE_SEQ = "capture_seq"
+SOURCE_DELETED_AT = "source_deleted_at"
+WAREHOUSE_LINEAGE: tuple[tuple[str, str], ...] = (
+    (CAPTURE_SEQ, "BIGINT"),
+    (SOURCE_DELETED_AT, "TIMESTAMP"),
+)
 
 _ARROW = {
     "DATE": pa.date32(),
@@ -60,6 +71,9 @@ class StarTable:
     references: tuple[tuple[str, str], ...] = ()  # (column, dimension table)
     # Version stamps after the columns, compared in this order to move a dimension forward.
     lineage: tuple[str, ...] = (SOURCE_VERSION,)
+    # Whether the table tracks its source keys (capture_seq, source_deleted_at, deletions):
+    # every table but the calendar.
+    tracked: bool = True
 
     @property
     def column_names(self) -> list[str]:
@@ -89,6 +103,7 @@ DIM_DATE = StarTable(
         " month_name VARCHAR!, quarter INT!"
     ),
     key="date_id",
+    tracked=False,
 )
 DIM_STAFF = StarTable(
     "dim_staff",

@@ -15,7 +15,7 @@ from pg8000.native import Connection
 
 from totes.identifiers import quote
 from totes.star.model import StarTable
-from totes.warehouse.facts import check_references, insert_new_versions
+from totes.warehouse.facts import batch_rows, check_references, merge_versions
 from totes.warehouse.results import TableResult
 
 # Where bulk pays. Per inserted row the per-row path pays the FK triggers and the maintenance
@@ -53,17 +53,19 @@ def stored_rows(con: Connection, table: StarTable) -> int:
     return int(estimate)
 
 
-def merge_fact_bulk(con: Connection, batch: str, table: StarTable, staged: int) -> TableResult:
-    """The foreign keys and the secondary (BI) indexes are dropped, the rows inserted, the
-    indexes rebuilt by one sort each and the foreign keys re-added, which validates every
-    stored row set-based; only if that fails are the references diagnosed, so the error still
-    names the missing ids."""
+def merge_fact_bulk(
+    con: Connection, batch: str, seq: int, table: StarTable, staged: int
+) -> TableResult:
+    """The foreign keys and the secondary (BI) indexes are dropped, the rows written (the same
+    version semantics as the per-row path), the indexes rebuilt by one sort each and the
+    foreign keys re-added, which validates every stored row set-based; only if that fails are
+    the references diagnosed, so the error still names the missing ids."""
     con.run(f"SET LOCAL work_mem = '{BULK_SORT_MEMORY}'")
     con.run("SAVEPOINT fact_bulk")
     foreign_keys = _drop_foreign_keys(con, table)
     indexes = _drop_secondary_indexes(con, table)
-    inserted = insert_new_versions(con, batch, table)
-    if not inserted:  # a redelivery: undo the drops instead of rebuilding for nothing
+    inserted, updated = merge_versions(con, table, batch_rows(table), batch=batch, seq=seq)
+    if not inserted and not updated:  # a redelivery: undo the drops, rebuild nothing
         con.run("ROLLBACK TO SAVEPOINT fact_bulk")
         return TableResult(staged, 0)
     con.run(f"SET LOCAL maintenance_work_mem = '{BULK_SORT_MEMORY}'")
@@ -81,7 +83,7 @@ def merge_fact_bulk(con: Connection, batch: str, table: StarTable, staged: int) 
             check_references(con, batch, table)  # names the missing ids if that was the cause
             raise
         con.run("RELEASE SAVEPOINT fact_references")
-    return TableResult(staged, inserted)
+    return TableResult(staged, inserted, updated)
 
 
 def _drop_foreign_keys(con: Connection, table: StarTable) -> list[tuple[str, str]]:

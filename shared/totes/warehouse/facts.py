@@ -1,42 +1,83 @@
-"""Fact merges, per-row path (incremental batches), and the two steps the bulk path shares.
+"""Fact merges, per-row path (incremental batches), and the steps the bulk path and the park
+share.
 
-A fact row is one version of a source row: it is inserted where that version (natural id,
-``last_updated``) is not stored yet, so the original and every changed version stay, each
-exactly once. On the per-row path the references are pre-checked set-based (one anti-join per
-foreign key, an error naming the missing ids), then the rows are inserted with the enforced
-foreign keys and every BI index maintained row by row.
+A fact row is one version of a source row (natural id, ``last_updated``), stored once: a version
+not stored yet is inserted, so the original and every changed version stay. A version delivered
+again by a later capture (a greater ``capture_seq``) rewrites the stored one in place: its
+content may differ without a new stamp (an ``ON UPDATE CASCADE`` keeps ``last_updated``), and
+even with equal content the later capture records that the key was alive then, which decides
+whether a deletion of the key is newer (``deletes``). An equal or older capture changes nothing,
+so batches converge in any order. On the per-row path the references are pre-checked
+set-based (one anti-join per foreign key, an error naming the missing ids), then the rows are
+written with the enforced foreign keys and every BI index maintained row by row.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 from pg8000.native import Connection
 
 from totes.errors import LoadFailed
 from totes.identifiers import quote, quote_all
-from totes.star.model import STAR_TABLES_BY_NAME, StarTable
+from totes.star.model import CAPTURE_SEQ, STAR_TABLES_BY_NAME, StarTable
 from totes.warehouse.results import TableResult
 from totes.warehouse.staging import LOADED_BATCH, loaded_columns, staging_name
 
+# Keys set aside by transform, per dimension table (the manifest's ``extra["set_aside"]``).
+SetAside = Mapping[str, Sequence[int]]
 
-def merge_fact_per_row(con: Connection, batch: str, table: StarTable, staged: int) -> TableResult:
-    """References pre-checked (naming missing ids), then inserted with the foreign keys and
+
+def version_columns(table: StarTable) -> list[str]:
+    return [table.key, "last_updated_date", "last_updated_time"]
+
+
+def batch_rows(table: StarTable) -> str:
+    """The batch's staged rows of ``table`` as a merge source: the loaded columns, then the
+    batch's ``capture_seq`` (``:seq``) and batch id (``:batch``)."""
+    return (
+        f"(SELECT s.*, CAST(:seq AS bigint) AS {quote(CAPTURE_SEQ)},"  # noqa: S608  # nosec B608
+        f" CAST(:batch AS varchar) AS {quote(LOADED_BATCH)}"
+        f" FROM {quote(staging_name(table))} s)"
+    )
+
+
+def merge_fact_per_row(
+    con: Connection, batch: str, seq: int, table: StarTable, staged: int
+) -> TableResult:
+    """References pre-checked (naming missing ids), then written with the foreign keys and
     every index maintained row by row."""
     check_references(con, batch, table)
-    return TableResult(staged, insert_new_versions(con, batch, table))
+    inserted, updated = merge_versions(con, table, batch_rows(table), batch=batch, seq=seq)
+    return TableResult(staged, inserted, updated)
 
 
-def check_references(con: Connection, batch: str, table: StarTable) -> None:
-    """Every reference of the staged facts must exist in its dimension (which this batch
-    may just have filled): one anti-join per foreign key, failing with the missing ids."""
+def check_references(
+    con: Connection,
+    batch: str,
+    table: StarTable,
+    relation: str | None = None,
+    exempt: SetAside | None = None,
+) -> None:
+    """Every reference of the staged facts (or of ``relation``) must exist in its dimension
+    (which this batch may just have filled): one anti-join per foreign key, failing with the
+    missing ids. References to the ``exempt`` keys of a dimension are not checked."""
+    source = relation or quote(staging_name(table))
     for column, dim_name in table.references:
         dim = STAR_TABLES_BY_NAME[dim_name]
         col = quote(column)
+        keys = list((exempt or {}).get(dim_name, ()))
+        spared = f" AND NOT s.{col} = ANY(CAST(:keys AS int[]))" if keys else ""
+        # The examples by LIMIT, not an array slice: pg8000 reads ":5" as a placeholder.
         [[missing, examples]] = con.run(
-            f"SELECT count(DISTINCT s.{col}),"  # noqa: S608  # nosec B608
-            f" (array_agg(DISTINCT s.{col}::text))[1:5]"
-            f" FROM {quote(staging_name(table))} s"
-            f" WHERE s.{col} IS NOT NULL AND NOT EXISTS"
-            f" (SELECT 1 FROM {quote(dim.name)} d WHERE d.{quote(dim.key)} = s.{col})"
+            f"WITH missing AS (SELECT DISTINCT s.{col}::text AS id"  # noqa: S608  # nosec B608
+            f" FROM {source} s"
+            f" WHERE s.{col} IS NOT NULL{spared} AND NOT EXISTS"
+            f" (SELECT 1 FROM {quote(dim.name)} d WHERE d.{quote(dim.key)} = s.{col}))"
+            f" SELECT (SELECT count(*) FROM missing),"
+            f" (SELECT array_agg(id ORDER BY id) FROM"
+            f" (SELECT id FROM missing ORDER BY id LIMIT 5) AS first)",
+            **({"keys": keys} if keys else {}),
         )
         if missing:
             raise LoadFailed(
@@ -46,20 +87,39 @@ def check_references(con: Connection, batch: str, table: StarTable) -> None:
             )
 
 
-def insert_new_versions(con: Connection, batch: str, table: StarTable) -> int:
-    """Insert the staged versions not stored yet, each once. An anti-join against the version
-    key rather than ``ON CONFLICT DO NOTHING``: no speculative insertion per row (measured
-    about twice as fast, three times on redelivery). Safe because loads are serialised by the
-    advisory lock; the version key still refuses a duplicate if anything else wrote one."""
-    names = quote_all(loaded_columns(table))
-    version = [table.key, "last_updated_date", "last_updated_time"]
-    matches = " AND ".join(f"f.{quote(c)} = s.{quote(c)}" for c in version)
+def merge_versions(
+    con: Connection, table: StarTable, source: str, **params: object
+) -> tuple[int, int]:
+    """Write the versions of ``source`` (a relation of the loaded columns, ``capture_seq`` and
+    ``loaded_batch_id``; ``params`` fill its placeholders) into the fact table: a stored version
+    whose capture is older is rewritten in place, a version not stored yet is inserted, each
+    once (the latest capture of a version repeated in ``source`` wins). Returns (inserted,
+    updated).
+
+    New versions go in by an anti-join against the version key rather than ``ON CONFLICT DO
+    NOTHING``: no speculative insertion per row (measured about twice as fast, three times on
+    redelivery). Safe because loads are serialised by the advisory lock; the version key still
+    refuses a duplicate if anything else wrote one."""
+    cols = loaded_columns(table)
+    version = version_columns(table)
+    matches = " AND ".join(f"f.{quote(c)} = i.{quote(c)}" for c in version)
+    latest = f"{quote_all(version)}, {quote(CAPTURE_SEQ)} DESC"
+    written = [c for c in cols if c not in version] + [CAPTURE_SEQ, LOADED_BATCH]
     con.run(
-        f"INSERT INTO {quote(table.name)} ({names}, {quote(LOADED_BATCH)})"  # noqa: S608  # nosec B608
-        f" SELECT DISTINCT ON ({quote_all(version)}) {names}, CAST(:batch AS varchar)"
-        f" FROM {quote(staging_name(table))} s"
-        f" WHERE NOT EXISTS (SELECT 1 FROM {quote(table.name)} f WHERE {matches})"
-        f" ORDER BY {quote_all(version)}",
-        batch=batch,
+        f"UPDATE {quote(table.name)} f"  # noqa: S608  # nosec B608
+        f" SET ({quote_all(written)}) = ({quote_all(written, alias='i')})"
+        f" FROM (SELECT DISTINCT ON ({quote_all(version)}) * FROM {source} AS s"
+        f" ORDER BY {latest}) AS i"
+        f" WHERE {matches} AND f.{quote(CAPTURE_SEQ)} < i.{quote(CAPTURE_SEQ)}",
+        **params,
     )
-    return int(con.row_count)
+    updated = int(con.row_count)
+    names = quote_all([*cols, CAPTURE_SEQ, LOADED_BATCH])
+    con.run(
+        f"INSERT INTO {quote(table.name)} ({names})"  # noqa: S608  # nosec B608
+        f" SELECT DISTINCT ON ({quote_all(version)}) {names} FROM {source} AS i"
+        f" WHERE NOT EXISTS (SELECT 1 FROM {quote(table.name)} f WHERE {matches})"
+        f" ORDER BY {latest}",
+        **params,
+    )
+    return int(con.row_count), updated

@@ -27,15 +27,17 @@ def lock(con: Connection) -> None:
     con.run("SELECT pg_advisory_xact_lock(:key)", key=LOAD_LOCK_KEY)
 
 
-def claim(con: Connection, manifest: Manifest) -> bool:
-    """Insert the batch's ledger row; False if another load already committed it."""
+def claim(con: Connection, manifest: Manifest, seq: int) -> bool:
+    """Insert the batch's ledger row (with its capture ``seq``); False if another load already
+    committed it."""
     extra = manifest.extra or {}
     rows = con.run(
         "INSERT INTO etl_batch_ledger"
-        " (batch_id, source_batch_id, window_lo, window_hi, hi_utc, row_counts)"
+        " (batch_id, source_batch_id, window_lo, window_hi, hi_utc, capture_seq, row_counts)"
         " VALUES (:batch, :source, CAST(:lo AS timestamp), CAST(:hi AS timestamp),"
-        " CAST(:hi_utc AS timestamptz), '{}'::jsonb)"
+        " CAST(:hi_utc AS timestamptz), CAST(:seq AS bigint), '{}'::jsonb)"
         " ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
+        seq=seq,
         batch=manifest.batch_id,
         source=manifest.source_batch_id,
         lo=manifest.window_lo,

@@ -5,15 +5,19 @@ The steps, each in its own module:
 - ``ledger``: the load lock and the batch's ledger row, inserted first (``ON CONFLICT DO
   NOTHING``): a batch already in the ledger is acknowledged and skipped, and two concurrent
   deliveries of one batch load it once;
-- ``staging``: every table of the batch bulk-copied (``COPY ... FROM STDIN``, CSV written by
-  Arrow) into a temporary staging table;
-- ``dimensions``: upserts that move only forward (the stored row changes only when the
-  incoming lineage, ``source_version`` then ``oldest_version`` for the joined dimensions, is
-  newer compared as a row), so batches applied in any order converge;
+- ``staging``: every table of the batch (and its deletions) bulk-copied (``COPY ... FROM
+  STDIN``, CSV written by Arrow) into a temporary staging table;
+- ``dimensions``: upserts that move only forward in commit order (the stored row changes only
+  when the incoming ``(capture_seq, source_version[, oldest_version])`` is greater as a row),
+  so batches applied in any order converge;
 - ``calendar``: ``dim_date`` inserted where missing (a calendar row never changes);
+- ``parking``: facts referencing a dimension row transform set aside (and the warehouse lacks)
+  wait in a park; every load releases the parked rows whose references now resolve;
 - ``facts`` (per-row path, incremental batches) and ``fact_bulk`` (bulk path, backfills):
-  facts inserted where that version (natural id, last_updated) is not stored yet, so both the
-  original and every changed version stay, each exactly once.
+  a version (natural id, last_updated) not stored yet is inserted, one stored by an older
+  capture rewritten, so both the original and every changed version stay, each exactly once;
+- ``deletes``: the batch's deletions upserted into the tombstones, then ``source_deleted_at``
+  recomputed for the keys the batch touched.
 
 This module orders them and owns the transaction: any failure rolls the whole batch back and
 is raised naming the batch, the step, the table and the cause.
@@ -22,69 +26,126 @@ is raised naming the batch, the step, the table and the cause.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import pyarrow as pa
 from pg8000.exceptions import DatabaseError, InterfaceError
 from pg8000.native import Connection
 
 from totes.errors import DatabaseUnavailable, LoadFailed
+from totes.identifiers import quote
 from totes.lake import Manifest, schema_fingerprint
-from totes.star.model import STAR_TABLES, STAR_TABLES_BY_NAME, StarTable
-from totes.warehouse import fact_bulk, facts, ledger
+from totes.star.model import (
+    DELETED_KEYS,
+    DELETED_KEYS_SCHEMA,
+    SET_ASIDE,
+    STAR_TABLES,
+    STAR_TABLES_BY_NAME,
+    StarTable,
+)
+from totes.warehouse import deletes, fact_bulk, facts, ledger, parking
 from totes.warehouse.calendar import merge_calendar
 from totes.warehouse.dimensions import merge_dimension
 from totes.warehouse.results import LoadResult, TableResult
-from totes.warehouse.staging import stage
+from totes.warehouse.staging import stage, stage_deleted_keys, staging_name
 
 FK_CHECKS = ("auto", "per-row", "set-based")
 
 
 def expected_fingerprint(table_name: str) -> str:
-    """The schema fingerprint a processed file of this table must carry."""
+    """The schema fingerprint a processed file of this table must carry (``KeyError`` for a
+    table that is neither a star table nor ``deleted_keys``)."""
+    if table_name == DELETED_KEYS:
+        return schema_fingerprint(DELETED_KEYS_SCHEMA)
     return schema_fingerprint(STAR_TABLES_BY_NAME[table_name].arrow_schema)
 
 
 def load_batch(
     con: Connection, manifest: Manifest, tables: dict[str, pa.Table], *, fk_check: str = "auto"
 ) -> LoadResult:
-    """Merge ``tables`` (star table name -> Arrow table with the processed schema) of the batch
-    ``manifest`` names, atomically and at most once. ``con`` is a pg8000 native connection in
-    autocommit state; if the connection breaks mid-batch the caller must discard it."""
+    """Merge ``tables`` (star table name -> Arrow table with the processed schema, and
+    optionally ``deleted_keys``) of the batch ``manifest`` names, atomically and at most once.
+    ``con`` is a pg8000 native connection in autocommit state; if the connection breaks
+    mid-batch the caller must discard it."""
     if fk_check not in FK_CHECKS:
         raise ValueError(f"fk_check must be one of {FK_CHECKS}")
     batch = manifest.batch_id
-    unknown = sorted(set(tables) - set(STAR_TABLES_BY_NAME))
+    unknown = sorted(set(tables) - set(STAR_TABLES_BY_NAME) - {DELETED_KEYS})
     if unknown:
         raise LoadFailed(f"batch {batch}: unknown star table(s) {unknown}")
+    capture = _capture(batch, manifest)
     ordered = [t for t in STAR_TABLES if t.name in tables]
     arrays = {t.name: _conform(batch, t, tables[t.name]) for t in ordered}
+    deleted = _deletions(batch, tables.get(DELETED_KEYS))
+    if deleted.num_rows and (capture.hi_utc is None or not capture.seq):
+        raise LoadFailed(
+            f"batch {batch}: deletes keys but its manifest carries no hi_utc or capture_seq"
+            " (a deletion is ordered by its capture)"
+        )
 
     step = ("ledger", ledger.LEDGER)
     try:
         con.run("BEGIN")
         ledger.lock(con)
-        if not ledger.claim(con, manifest):
+        if not ledger.claim(con, manifest, capture.seq):
             con.run("ROLLBACK")
             return LoadResult(batch, loaded=False)
         for table in ordered:
             step = ("staging", table.name)
             stage(con, table, arrays[table.name])
+        if deleted.num_rows:
+            step = ("staging", DELETED_KEYS)
+            stage_deleted_keys(con, deleted)
         results: dict[str, TableResult] = {}
         for table in ordered:
-            step = ("merging", table.name)
             staged = arrays[table.name].num_rows
             if table.kind == "fact":
+                step = ("parking", table.name)
+                parked = parking.park(con, batch, capture.seq, table, capture.set_aside)
+                step = ("merging", table.name)
                 bulk = fk_check == "set-based" or (
                     fk_check == "auto"
                     and fact_bulk.set_based_fk_check(staged, fact_bulk.stored_rows(con, table))
                 )
-                results[table.name] = _merge_fact(con, batch, table, staged, bulk)
+                merged = _merge_fact(con, batch, table, staged, bulk, seq=capture.seq)
+                results[table.name] = merged.plus(parked=parked)
             elif table.name == "dim_date":
+                step = ("merging", table.name)
                 results[table.name] = merge_calendar(con, table, staged)
             else:
-                results[table.name] = merge_dimension(con, batch, table, staged)
+                step = ("merging", table.name)
+                results[table.name] = merge_dimension(con, batch, capture.seq, table, staged)
+        released: set[str] = set()
+        step = ("releasing parked rows of", "the facts")
+        for table in parking.waiting(con):
+            step = ("releasing parked rows of", table.name)
+            moved = parking.release(con, table)
+            if moved:
+                released.add(table.name)
+                results[table.name] = _result(results, table).plus(released=moved)
+        deleted_keys: dict[str, int] = {}
+        if deleted.num_rows:
+            step = ("recording deletions in", deletes.TOMBSTONES)
+            deleted_keys = deletes.record_deletions(con, capture.seq, capture.hi_utc)
+        touched = {
+            t.name: _touched(t, t.name in arrays, t.name in released, deleted_keys)
+            for t in deletes.TRACKED_TABLES
+        }
+        step = ("marking deletions in", deletes.TOMBSTONES)
+        marking = deletes.with_tombstones(
+            con, [t for t in deletes.TRACKED_TABLES if touched[t.name]]
+        )
+        for table in deletes.TRACKED_TABLES:
+            step = ("marking deletions in", table.name)
+            counts = {"deleted_keys": deleted_keys.get(table.name, 0)}
+            if table.name in marking:
+                marked, unmarked = deletes.recompute_marks(con, table, touched[table.name])
+                counts.update(marked=marked, unmarked=unmarked)
+            if any(counts.values()):
+                results[table.name] = _result(results, table).plus(**counts)
         step = ("ledger", ledger.LEDGER)
-        result = LoadResult(batch, loaded=True, tables=results)
+        ordered_results = {t.name: results[t.name] for t in STAR_TABLES if t.name in results}
+        result = LoadResult(batch, loaded=True, tables=ordered_results)
         ledger.record(con, result)
         con.run("COMMIT")
         return result
@@ -106,13 +167,99 @@ def load_batch(
         raise
 
 
+@dataclass(frozen=True)
+class Capture:
+    """What the processed manifest says about the batch's capture: its sequence in commit
+    order (0 for batches from before capture by commit order), its time (ISO, UTC) and the
+    dimension keys transform set aside."""
+
+    seq: int
+    hi_utc: str | None
+    set_aside: dict[str, list[int]]
+
+
+def _capture(batch: str, manifest: Manifest) -> Capture:
+    """The manifest's capture fields, or a refusal naming what is wrong."""
+    extra = manifest.extra or {}
+    seq = extra.get("capture_seq", 0)
+    if type(seq) is not int or seq < 0:
+        raise LoadFailed(f"batch {batch}: capture_seq must be a non-negative integer: {seq!r}")
+    hi_utc = extra.get("hi_utc")
+    if hi_utc is not None and not isinstance(hi_utc, str):
+        raise LoadFailed(f"batch {batch}: hi_utc must be an ISO time: {hi_utc!r}")
+    raw = extra.get(SET_ASIDE) or {}
+    dimensions = {t.name for t in deletes.TRACKED_TABLES if t.kind == "dimension"}
+    if not isinstance(raw, dict) or set(raw) - dimensions:
+        raise LoadFailed(
+            f"batch {batch}: set_aside must map dimension tables {sorted(dimensions)} to keys:"
+            f" {sorted(raw) if isinstance(raw, dict) else raw!r}"
+        )
+    set_aside: dict[str, list[int]] = {}
+    for name, keys in raw.items():
+        if not isinstance(keys, list) or any(type(k) is not int for k in keys):
+            raise LoadFailed(f"batch {batch}: set_aside {name} must be a list of integer keys")
+        if keys:
+            set_aside[name] = sorted(set(keys))
+    return Capture(seq, hi_utc, set_aside)
+
+
+def _deletions(batch: str, data: pa.Table | None) -> pa.Table:
+    """The batch's ``deleted_keys`` in their schema (empty if none), naming unknown tables."""
+    schema = DELETED_KEYS_SCHEMA
+    if data is None:
+        return schema.empty_table()
+    missing = [n for n in schema.names if n not in data.column_names]
+    wrong = [
+        f"{f.name} is {data.schema.field(f.name).type}, expected {f.type}"
+        for f in schema
+        if f.name not in missing and not data.schema.field(f.name).type.equals(f.type)
+    ]
+    if missing or wrong:
+        raise LoadFailed(
+            f"batch {batch}: table {DELETED_KEYS} lacks column(s) {missing} or has wrong"
+            f" types: {'; '.join(wrong)}"
+        )
+    data = data.select(schema.names)
+    tracked = {t.name for t in deletes.TRACKED_TABLES}
+    names = set(data.column("star_table").unique().to_pylist())
+    if names - tracked or data.column("key").null_count:
+        wrong_tables = sorted(names - tracked, key=str)
+        raise LoadFailed(
+            f"batch {batch}: table {DELETED_KEYS} deletes keys of {wrong_tables} or NULL keys;"
+            f" only keys of {sorted(tracked)} can be deleted"
+        )
+    return data
+
+
+def _touched(
+    table: StarTable, staged: bool, released: bool, deleted_keys: dict[str, int]
+) -> list[str]:
+    """Relations selecting the keys of ``table`` this batch touched: its staged rows, the
+    parked rows it released and its deletions."""
+    key = quote(table.key)
+    touched = []
+    if staged:
+        touched.append(f"SELECT {key} FROM {quote(staging_name(table))}")  # noqa: S608  # nosec B608
+    if released:
+        released_rows = quote(parking.release_name(table))
+        touched.append(f"SELECT {key} FROM {released_rows}")  # noqa: S608  # nosec B608
+    if deleted_keys.get(table.name):
+        deletions = quote(deletes.STAGED_DELETIONS)
+        touched.append(f"SELECT key FROM {deletions} WHERE star_table = :name")  # noqa: S608  # nosec B608
+    return touched
+
+
+def _result(results: dict[str, TableResult], table: StarTable) -> TableResult:
+    return results.get(table.name) or TableResult(0, 0)
+
+
 def _merge_fact(
-    con: Connection, batch: str, table: StarTable, staged: int, bulk: bool
+    con: Connection, batch: str, table: StarTable, staged: int, bulk: bool, *, seq: int
 ) -> TableResult:
     """One fact table on the path chosen for it (both give the same warehouse)."""
     if bulk:
-        return fact_bulk.merge_fact_bulk(con, batch, table, staged)
-    return facts.merge_fact_per_row(con, batch, table, staged)
+        return fact_bulk.merge_fact_bulk(con, batch, seq, table, staged)
+    return facts.merge_fact_per_row(con, batch, seq, table, staged)
 
 
 def _conform(batch: str, table: StarTable, data: pa.Table) -> pa.Table:

@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 from pg8000.native import Connection
 
 from totes.identifiers import quote, quote_all
-from totes.star.model import StarTable
+from totes.star.model import DELETED_KEYS, StarTable
 
 CSV_CHUNK_ROWS = 65_536
 ANALYZE_ROWS = 10_000
@@ -49,6 +49,17 @@ def stage(con: Connection, table: StarTable, data: pa.Table) -> None:
     )
     if data.num_rows >= ANALYZE_ROWS:  # temp tables get no autovacuum statistics
         con.run(f"ANALYZE {name}")
+
+
+def stage_deleted_keys(con: Connection, data: pa.Table) -> None:
+    """COPY the batch's deletions (star table, key) into a temporary table ``stage_deleted_keys``
+    that lives until commit."""
+    name = quote(f"stage_{DELETED_KEYS}")
+    con.run(f"CREATE TEMP TABLE {name} (star_table VARCHAR, key INT) ON COMMIT DROP")
+    con.run(
+        f"COPY {name} (star_table, key) FROM STDIN WITH (FORMAT csv)",
+        stream=csv_chunks(data.select(["star_table", "key"])),
+    )
 
 
 def csv_chunks(data: pa.Table, rows: int = CSV_CHUNK_ROWS) -> Iterator[bytes]:

@@ -15,7 +15,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from totes.lake import PROCESSED_PREFIX, Lake, Manifest, ManifestFile, data_key
-from totes.star.model import OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
+from totes.star.model import (
+    DELETED_KEYS_SCHEMA,
+    OLDEST_VERSION,
+    SOURCE_VERSION,
+    STAR_TABLES_BY_NAME,
+)
 
 EPOCH = datetime(2024, 1, 1, 9, 0, 0)
 _DAY_NAMES = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
@@ -23,6 +28,15 @@ _MONTH_NAMES = [
     "January", "February", "March", "April", "May", "June", "July",
     "August", "September", "October", "November", "December",
 ]  # fmt: skip
+
+
+def deleted_keys(**keys: list[int]) -> pa.Table:
+    """A processed ``deleted_keys`` table: star table name -> keys deleted at the source."""
+    rows = [(name, key) for name, ks in keys.items() for key in ks]
+    return pa.table(
+        {"star_table": [r[0] for r in rows], "key": [r[1] for r in rows]},
+        schema=DELETED_KEYS_SCHEMA,
+    )
 
 
 def star_table(name: str, columns: dict) -> pa.Table:
@@ -249,9 +263,11 @@ def star_batch(
 
 def processed_manifest(
     batch_id: str, tables: dict[str, pa.Table], *, hi: datetime | None = None,
-    sizes: dict[str, int] | None = None,
+    sizes: dict[str, int] | None = None, capture_seq: int | None = None,
+    set_aside: dict[str, list[int]] | None = None,
 ) -> Manifest:  # fmt: skip
-    """The processed manifest transform would write for ``tables``."""
+    """The processed manifest transform would write for ``tables`` (``capture_seq`` None: a
+    batch from before capture by commit order, which carries none)."""
     from totes.lake import schema_fingerprint
 
     hi = hi or EPOCH + timedelta(days=365)
@@ -265,7 +281,11 @@ def processed_manifest(
     return Manifest(
         batch_id=batch_id, stage="processed", window_lo=None, window_hi=hi.isoformat(),
         files=files, source_batch_id=batch_id,
-        extra={"hi_utc": hi.replace(tzinfo=UTC).isoformat(), "source_tables": []},
+        extra={
+            "hi_utc": hi.replace(tzinfo=UTC).isoformat(), "source_tables": [],
+            **({} if capture_seq is None else {"capture_seq": capture_seq}),
+            **({} if set_aside is None else {"set_aside": set_aside}),
+        },
     )  # fmt: skip
 
 
