@@ -247,20 +247,23 @@ def test_a_3mb_text_value_arrives_intact(run):
 
 def test_hard_deletes_are_marked_and_the_set_null_cascade_arrives(run):
     src = run.src
+    # A design no order uses and an order with a transaction but no payment yet: the source's
+    # RESTRICT keys let exactly such rows be deleted.
     [[design]] = src.run(
-        "SELECT min(design_id) FROM design d WHERE NOT EXISTS"
-        " (SELECT 1 FROM sales_order s WHERE s.design_id = d.design_id)"
+        "INSERT INTO design (design_name, file_location, file_name, created_at, last_updated)"
+        " VALUES ('Unused', '/d', 'd.json', localtimestamp, localtimestamp) RETURNING design_id"
     )
-    [[order, transaction]] = src.run(
-        "SELECT s.sales_order_id, t.transaction_id FROM sales_order s JOIN transaction t"
-        " USING (sales_order_id) WHERE NOT EXISTS (SELECT 1 FROM payment p"
-        " WHERE p.transaction_id = t.transaction_id) ORDER BY 1 LIMIT 1"
-    ) or [[None, None]]
+    [[order]] = src.run(NEW_ORDER.format(stamp="localtimestamp"))
+    [[transaction]] = src.run(
+        "INSERT INTO transaction (transaction_type, sales_order_id, created_at, last_updated)"
+        " VALUES ('SALE', :o, localtimestamp, localtimestamp) RETURNING transaction_id",
+        o=order,
+    )
+    run.cycle()
     [[payment]] = src.run("SELECT max(payment_id) FROM payment")
     src.run("DELETE FROM design WHERE design_id = :d", d=design)
     src.run("DELETE FROM payment WHERE payment_id = :p", p=payment)
-    if order is not None:
-        src.run("DELETE FROM sales_order WHERE sales_order_id = :o", o=order)
+    src.run("DELETE FROM sales_order WHERE sales_order_id = :o", o=order)
 
     run.cycle()
 
@@ -273,11 +276,10 @@ def test_hard_deletes_are_marked_and_the_set_null_cascade_arrives(run):
 
     assert marked("dim_design", "design_id", design) == [True, 1]
     assert marked("fact_payment", "payment_id", payment)[0] is True
-    if order is not None:
-        assert marked("fact_sales_order", "sales_order_id", order)[0] is True
-        assert run.warehouse(
-            "SELECT sales_order_id FROM dim_transaction WHERE transaction_id = :t", t=transaction
-        ) == [[None]]
+    assert marked("fact_sales_order", "sales_order_id", order)[0] is True
+    assert run.warehouse(
+        "SELECT sales_order_id FROM dim_transaction WHERE transaction_id = :t", t=transaction
+    ) == [[None]]  # ON DELETE SET NULL kept the transaction's stamp
     assert run.problems() == []
 
     src.run(
