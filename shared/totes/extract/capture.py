@@ -7,13 +7,15 @@ snapshot could not see" is a test on commit order, not on ``last_updated``: rows
 transactions, rows stamped in the future or under another time zone, and rows a cascade
 changed without a new stamp are all caught, in the first cycle after they commit.
 
-Relative to a base snapshot S, a visible row is new when its ``xmin`` X satisfies
-``X >= T or X in S.xip`` with ``T = min({P in S.xip completed by now} + {S.xmax})``. A row with
-``S.xmin <= X < S.xmax`` and X not in ``S.xip`` was either written by a top-level transaction
-that had completed at S (captured then), or by a subtransaction (``pg_snapshot`` lists no
-subtransaction ids) whose parent P, an older id, was in ``S.xip`` and has committed since, so
-``T <= P < X``. A transaction still open keeps T where it was; when it commits, T drops to it
-for one run (rows of that stretch are read again; the warehouse stores a version once).
+Relative to a base snapshot S, a visible row is new when its ``xmin`` X satisfies ``X >= T``
+with ``T = min({P in S.xip completed by now} + {S.xmax})``. Why nothing is missed: a visible
+row was written by a committed transaction. One at or past ``S.xmax`` began after S. One in
+``S.xip`` was running at S and has committed since, so it is one of the P and ``T <= X``. Any
+other id below ``S.xmax`` either had completed at S (its rows were captured then), or is a
+subtransaction (``pg_snapshot`` lists no subtransaction ids) whose parent P, an older id, was in
+``S.xip`` and has committed since, so ``T <= P < X``. A transaction still open keeps T where it
+was; when it commits, T drops to it for one run (rows committed meanwhile are read again; the
+warehouse stores a version once).
 
 The ``xmin`` column is 32 bits. Per row the test is ``age(xmin) <= age(T)``: ``age()`` measures
 from one reference inside a transaction, so the comparison is exact while the distance from T
@@ -43,10 +45,8 @@ AGE_ALL = 2**31 - 1
 MAX_DISTANCE = 2**31 - 2**24
 
 _SINCE_AGE = "(SELECT CAST(current_setting('totes.since_age') AS integer))"
-_SINCE_XIP = "(SELECT CAST(current_setting('totes.since_xip') AS xid[]))"
 _RESUME = "(SELECT CAST(current_setting('totes.resume') AS boolean))"
 _RESUME_AGE = "(SELECT CAST(current_setting('totes.resume_age') AS integer))"
-_RESUME_XIP = "(SELECT CAST(current_setting('totes.resume_xip') AS xid[]))"
 _RESUME_FROM = "(SELECT CAST(current_setting('totes.resume_from') AS timestamp))"
 _PIECE_LO = "(SELECT CAST(current_setting('totes.piece_lo') AS timestamp))"
 _PIECE_HI = "(SELECT CAST(NULLIF(current_setting('totes.piece_hi'), '') AS timestamp))"
@@ -163,11 +163,10 @@ def threshold(base: Snapshot, current: Snapshot) -> int:
 
 @dataclass(frozen=True)
 class Since:
-    """One "new since" test, in the 32-bit terms the SQL uses: ``age(xmin) <= age`` or
-    ``xmin`` among ``xip``. ``everything`` takes every row."""
+    """One "new since" test, in the 32-bit terms the SQL uses: ``age(xmin) <= age``.
+    ``everything`` takes every row."""
 
     age: int
-    xip: tuple[int, ...] = ()
 
     @property
     def everything(self) -> bool:
@@ -188,7 +187,7 @@ def since(con: Connection, base: Snapshot | None, current: Snapshot) -> tuple[Si
     if current.xmax - t >= MAX_DISTANCE:
         return EVERYTHING, "more than 2**31 transactions since the last capture"
     [[age]] = con.run("SELECT age(CAST(:t AS xid))", t=str(t % XID_RANGE))
-    return Since(int(age), tuple(sorted(p % XID_RANGE for p in base.xip))), None
+    return Since(int(age)), None
 
 
 def read_snapshot(con: Connection) -> tuple[Snapshot, datetime, datetime]:
@@ -197,10 +196,6 @@ def read_snapshot(con: Connection) -> tuple[Snapshot, datetime, datetime]:
         "SELECT CAST(pg_current_snapshot() AS text), now(), localtimestamp"
     )
     return Snapshot.parse(text), now.astimezone(UTC), local
-
-
-def _xid_array(ids: tuple[int, ...]) -> str:
-    return "{" + ",".join(str(x) for x in ids) + "}"
 
 
 @dataclass(frozen=True)
@@ -224,16 +219,12 @@ def publish(con: Connection, selection: Selection) -> None:
     resume = selection.resume or Since(0)
     con.run(
         "SELECT set_config('totes.since_age', :since_age, true),"
-        " set_config('totes.since_xip', :since_xip, true),"
         " set_config('totes.resume', :resume, true),"
         " set_config('totes.resume_age', :resume_age, true),"
-        " set_config('totes.resume_xip', :resume_xip, true),"
         " set_config('totes.resume_from', :resume_from, true)",
         since_age=str(selection.primary.age),
-        since_xip=_xid_array(selection.primary.xip),
         resume="on" if selection.resume else "off",
         resume_age=str(resume.age),
-        resume_xip=_xid_array(resume.xip),
         resume_from=selection.resume_from or "-infinity",
     )
     publish_piece(con, None, None)
@@ -257,9 +248,8 @@ def stamp(alias: str) -> str:
 def is_new(alias: str) -> str:
     """SQL: the row version in ``alias`` is new for the published selection (any stamp)."""
     xmin = f"{alias}.xmin"
-    primary = f"(age({xmin}) <= {_SINCE_AGE} OR {xmin} = ANY(CAST({_SINCE_XIP} AS xid[])))"
-    resumed_new = f"(age({xmin}) <= {_RESUME_AGE} OR {xmin} = ANY(CAST({_RESUME_XIP} AS xid[])))"
-    resumed = f"({_RESUME} AND {resumed_new} AND {stamp(alias)} >= {_RESUME_FROM})"
+    primary = f"age({xmin}) <= {_SINCE_AGE}"
+    resumed = f"({_RESUME} AND age({xmin}) <= {_RESUME_AGE} AND {stamp(alias)} >= {_RESUME_FROM})"
     return f"({primary} OR {resumed})"
 
 
