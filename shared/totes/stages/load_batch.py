@@ -15,24 +15,24 @@ from __future__ import annotations
 
 import contextlib
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from pg8000.native import Connection
 
+from totes import freshness
 from totes.db import DbCredentials, connect, credentials_from_secret_store, set_socket_timeout
 from totes.errors import DatabaseUnavailable, LoadFailed
 from totes.lake import Lake, Manifest, batch_id_from_manifest_key, schema_fingerprint
-from totes.observability import add_table_metric, logger, metrics
+from totes.observability import emit, logger
 from totes.settings import LoadSettings
 from totes.stages import runtime
 from totes.stages.trigger import ObjectRef, handle_manifests
+from totes.warehouse import ledger
 from totes.warehouse.merge import expected_fingerprint, load_batch
 from totes.warehouse.migrations import migrate
 from totes.warehouse.results import LoadResult
@@ -89,9 +89,9 @@ def _ensure_schema(con: Connection, creds: DbCredentials) -> None:
         _migrated.add(target)
 
 
-def _emit(result: LoadResult, manifest: Manifest) -> float | None:
+def _emit_rows(result: LoadResult) -> None:
     """Rows per table and outcome (``LoadRowsDeleted``: rows this batch marked deleted at the
-    source); freshness is now minus the batch's ``hi`` (UTC)."""
+    source)."""
     for name, counts in result.row_counts().items():
         for metric_name, key in (
             ("LoadRowsInserted", "inserted"),
@@ -100,14 +100,23 @@ def _emit(result: LoadResult, manifest: Manifest) -> float | None:
             ("LoadRowsParked", "parked"),
             ("LoadRowsDeleted", "marked"),
         ):
-            add_table_metric(metric_name, MetricUnit.Count, counts[key], name)
-    hi_utc = (manifest.extra or {}).get("hi_utc")
-    if not hi_utc:
-        logger.warning("manifest carries no hi_utc; freshness not measured")
-        return None
-    freshness = (datetime.now(UTC) - datetime.fromisoformat(hi_utc)).total_seconds()
-    metrics.add_metric(name="WarehouseFreshnessSeconds", unit=MetricUnit.Seconds, value=freshness)
-    return freshness
+            emit(metric_name, counts[key], table=name)
+
+
+def record_loaded(con: Connection, lake: Lake) -> freshness.LoadedMarker | None:
+    """Write the loaded marker (``totes.freshness``) from the ledger's newest batch. The ledger
+    is read and the marker written under a session lock, so a slower load that finishes later
+    never writes an older marker over a newer one."""
+    con.run("SELECT pg_advisory_lock(:key)", key=ledger.MARKER_LOCK_KEY)
+    try:
+        newest = ledger.newest(con)
+        if newest is None:
+            return None
+        marker = freshness.LoadedMarker(*newest)
+        freshness.write_marker(lake, marker)
+        return marker
+    finally:
+        con.run("SELECT pg_advisory_unlock(:key)", key=ledger.MARKER_LOCK_KEY)
 
 
 def load(
@@ -116,8 +125,22 @@ def load(
     s3_client: BaseClient,
     creds: DbCredentials,
 ) -> dict[str, Any]:
-    """Merge the processed batch named by ``processed_manifest_key`` into the warehouse."""
+    """Merge the processed batch named by ``processed_manifest_key`` into the warehouse; then
+    move the loaded marker forward and report the warehouse's freshness (for a batch already
+    loaded too). Its duration is emitted whatever the outcome, a failure included."""
     started = time.monotonic()
+    try:
+        return _load(processed_manifest_key, settings, s3_client, creds)
+    finally:
+        emit("LoadDurationSeconds", time.monotonic() - started)
+
+
+def _load(
+    processed_manifest_key: str,
+    settings: LoadSettings,
+    s3_client: BaseClient,
+    creds: DbCredentials,
+) -> dict[str, Any]:
     batch_id = batch_id_from_manifest_key(processed_manifest_key)
     logger.set_correlation_id(batch_id)
     lake = Lake(s3_client, settings.processed_bucket)
@@ -139,17 +162,20 @@ def load(
     try:
         _ensure_schema(con, creds)
         result = load_batch(con, manifest, tables)
+        marker = record_loaded(con, lake)
     finally:
         with contextlib.suppress(Exception):  # a broken connection cannot close politely
             con.close()
-    seconds = time.monotonic() - started
-    metrics.add_metric(name="LoadDurationSeconds", unit=MetricUnit.Seconds, value=seconds)
+    fresh = None
+    if marker is not None:
+        fresh = freshness.seconds_since(marker.hi_utc)
+        emit("WarehouseFreshnessSeconds", fresh)
     if not result.loaded:
         logger.info("batch already in the warehouse ledger; nothing to do")
         return {"status": "already_loaded", "batch_id": batch_id}
-    freshness = _emit(result, manifest)
+    _emit_rows(result)
     rows = result.row_counts()
-    logger.info("batch loaded", extra={"rows": rows, "freshness_seconds": freshness})
+    logger.info("batch loaded", extra={"rows": rows, "freshness_seconds": fresh})
     return {"status": "loaded", "batch_id": batch_id, "rows": rows}
 
 

@@ -32,7 +32,6 @@ import time
 from typing import Any
 
 import pyarrow as pa
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.client import BaseClient
@@ -52,7 +51,7 @@ from totes.lake import (
     parquet_bytes_to_table,
     schema_fingerprint,
 )
-from totes.observability import add_table_metric, logger, metrics
+from totes.observability import emit, logger
 from totes.settings import TransformSettings
 from totes.stages import runtime
 from totes.stages.trigger import ObjectRef, handle_manifests
@@ -120,10 +119,8 @@ def quarantine(
     raw.put_bytes(
         reason_key, json.dumps(record, indent=1, default=str).encode(), "application/json"
     )
-    metrics.add_metric(name="QuarantinedBatches", unit=MetricUnit.Count, value=1)
-    metrics.add_metric(
-        name="TransformRejectedRows", unit=MetricUnit.Count, value=reason.get("rejected_rows", 0)
-    )
+    emit("QuarantinedBatches", 1)
+    emit("TransformRejectedRows", reason.get("rejected_rows", 0))
     logger.error("batch quarantined", extra={"reason_key": reason_key, "reason": record})
     return {
         "status": "quarantined",
@@ -153,7 +150,7 @@ def gone(raw: Lake, manifest_key: str, batch_id: str, code: str) -> dict[str, An
         "missing_objects": [manifest_key],
     }
     raw.put_bytes(reason_key, json.dumps(record, indent=1).encode(), "application/json")
-    metrics.add_metric(name="QuarantinedBatches", unit=MetricUnit.Count, value=1)
+    emit("QuarantinedBatches", 1)
     logger.error("raw manifest gone", extra={"reason_key": reason_key, "reason": record})
     return {"status": "gone", "batch_id": batch_id, "reason_key": reason_key}
 
@@ -212,7 +209,7 @@ def record_set_aside(raw: Lake, batch_id: str, gated: quality.Gated) -> str | No
     lines = (json.dumps(row_record(p, batch_id), sort_keys=True) + "\n" for p in gated.problems)
     raw.put_bytes(key, "".join(lines).encode(), "application/x-ndjson")
     for table, rows in gated.set_aside_rows.items():
-        add_table_metric("QuarantinedRows", MetricUnit.Count, rows, table)
+        emit("QuarantinedRows", rows, table=table)
         named = [
             {"key": p.key, "column": p.column, "check": p.check, "reason": p.reason}
             for p in gated.problems
@@ -236,8 +233,18 @@ def transform(
     raw_manifest_key: str, settings: TransformSettings, s3_client: BaseClient
 ) -> dict[str, Any]:
     """Transform the raw batch named by ``raw_manifest_key``; return what was written and how
-    many rows were set aside (or why the batch was quarantined, or that it is gone)."""
+    many rows were set aside (or why the batch was quarantined, or that it is gone). Its
+    duration is emitted whatever the outcome, a failure included."""
     started = time.monotonic()
+    try:
+        return _transform(raw_manifest_key, settings, s3_client)
+    finally:
+        emit("TransformDurationSeconds", time.monotonic() - started)
+
+
+def _transform(
+    raw_manifest_key: str, settings: TransformSettings, s3_client: BaseClient
+) -> dict[str, Any]:
     batch_id = batch_id_from_manifest_key(raw_manifest_key)
     logger.set_correlation_id(batch_id)
     raw = Lake(s3_client, settings.raw_bucket)
@@ -276,7 +283,7 @@ def transform(
         entries.append(
             ManifestFile(name, key, table.num_rows, schema_fingerprint(table.schema), size)
         )
-        add_table_metric("TransformRows", MetricUnit.Count, table.num_rows, name)
+        emit("TransformRows", table.num_rows, table=name)
     out = Manifest(
         batch_id=manifest.batch_id,
         stage="processed",
@@ -291,9 +298,7 @@ def transform(
         },
     )
     manifest_key = processed.put_manifest(out)
-    metrics.add_metric(
-        name="TransformDurationSeconds", unit=MetricUnit.Seconds, value=time.monotonic() - started
-    )
+    emit("QuarantinedBatches", 0)
     logger.info(
         "batch transformed",
         extra={
