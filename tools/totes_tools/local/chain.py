@@ -26,12 +26,13 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import unquote_plus
 
 from totes.db import DbCredentials, connect
 from totes.errors import SchemaDrift, TotesError
 from totes.identifiers import quote
-from totes.lake import Lake, Manifest, batch_id_from_manifest_key, manifest_key
+from totes.lake import MANIFEST_PREFIX, Lake, Manifest, batch_id_from_manifest_key, manifest_key
 from totes.observability import logger
 from totes.source.model import TABLES
 from totes.stages import runtime
@@ -44,6 +45,8 @@ from totes_tools.local.aws import (
     environment,
     moto_server,
 )
+from totes_tools.ops import metricstore
+from totes_tools.ops.metricstore import Datapoint
 from totes_tools.repository import functions_dir, sam_dir
 
 STAGES = ("ingest", "transform", "load")
@@ -174,6 +177,8 @@ class Metric:
     name: str
     value: float
     dimensions: dict[str, str]
+    namespace: str = ""
+    unit: str = ""
 
 
 @dataclass
@@ -211,6 +216,10 @@ class CycleReport:
     freshness_seconds: float | None = None
     seconds: float = 0.0
     replayed: int = 0
+    # Every datapoint of the cycle: the handlers' EMF and what AWS would publish about it
+    # (Lambda errors and throttles, the failure queue's depth and oldest message's age).
+    datapoints: list[Datapoint] = field(default_factory=list)
+    failure_queue_oldest_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -239,33 +248,21 @@ class CycleReport:
                 lines.append(f"    {table:<22} {n:>10}")
         if self.freshness_seconds is not None:
             lines.append(f"  warehouse freshness: {self.freshness_seconds:.1f} s")
+        if self.failure_queue_oldest_seconds is not None:
+            lines.append(
+                f"  failure queue: oldest event waiting {self.failure_queue_oldest_seconds:.0f} s"
+            )
         lines.extend(f"  FAILED: {failure}" for failure in self.failures)
         return "\n".join(lines)
 
 
 def parse_emf(text: str) -> list[Metric]:
     """The metric values in Powertools' EMF lines; other lines are ignored."""
-    metrics: list[Metric] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            blob = json.loads(line)
-        except ValueError:
-            continue
-        aws = blob.get("_aws") if isinstance(blob, dict) else None
-        if not aws:
-            continue
-        for directive in aws.get("CloudWatchMetrics", ()):
-            dim_names = {d for group in directive.get("Dimensions", ()) for d in group}
-            dims = {d: str(blob[d]) for d in dim_names if d in blob}
-            for definition in directive.get("Metrics", ()):
-                values = blob.get(definition["Name"])
-                for value in values if isinstance(values, list) else [values]:
-                    if isinstance(value, int | float):
-                        metrics.append(Metric(definition["Name"], float(value), dims))
-    return metrics
+    return [_metric(p) for p in metricstore.from_emf(text)]
+
+
+def _metric(point: Datapoint) -> Metric:
+    return Metric(point.name, point.value, point.dimensions, point.namespace, point.unit)
 
 
 class LocalChain:
@@ -289,6 +286,7 @@ class LocalChain:
         handlers: Mapping[str, Handler] | None = None,
         deliver: Callable[[str, list[Delivery]], list[Delivery]] | None = None,
         max_attempts: int = MAX_ATTEMPTS,
+        metrics_path: Path | None = None,
     ):
         self.endpoint_url = endpoint_url
         self.names = names
@@ -307,6 +305,13 @@ class LocalChain:
         self.raw = Lake(self.s3, names.raw_bucket)
         self.processed = Lake(self.s3, names.processed_bucket)
         self._queue_urls: dict[str, str] = {}
+        # Metrics: every cycle's datapoints, kept here and (with ``metrics_path``) appended
+        # to that JSON-lines file, cycles numbered on from the file's last one.
+        self.metrics_path = metrics_path
+        self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.cycle = metricstore.last_cycle(metrics_path) + 1 if metrics_path else 0
+        self.datapoints: list[Datapoint] = []
+        self._names_written = False
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -352,28 +357,87 @@ class LocalChain:
 
     def run_cycle(self) -> CycleReport:
         """Redrive earlier failed events, ingest once on a scheduler event, then route
-        notifications until none is pending."""
+        notifications until none is pending; then record the cycle's metrics (one cycle
+        stands for one scheduled run)."""
         report = CycleReport()
         started = time.monotonic()
         self.replay_failures(report)
         self.ingest(report)
         self.drain(report)
         report.seconds = time.monotonic() - started
+        self.end_cycle(report)
         return report
 
     def ingest(self, report: CycleReport | None = None) -> CycleReport:
+        """One scheduled ingest run; its batches and rows are the handler's answer (nothing
+        is listed: a listing of the lake grows with its age)."""
         report = report or CycleReport()
         self._fresh_clients()
-        before = set(self.raw.manifest_keys())
         outcome = self._invoke("ingest", schedule_event(), "next window", report)
         stage = report.stages["ingest"]
-        for key in sorted(set(self.raw.manifest_keys()) - before):
-            manifest = self.raw.get_manifest(key)
-            stage.batches.append(manifest.batch_id)
-            stage.add_rows(manifest.row_counts)
         if outcome is _FAILED:
             logger.warning("ingest failed", extra={"failure": str(report.failures[-1])})
+        elif isinstance(outcome, dict):
+            stage.batches.extend(outcome.get("batches", []))
+            stage.add_rows(outcome.get("rows", {}))
         return report
+
+    def end_cycle(self, report: CycleReport) -> None:
+        """What AWS would publish about the failure queue at the end of this cycle
+        (``ApproximateNumberOfMessagesVisible``, ``ApproximateAgeOfOldestMessage``), then the
+        cycle's datapoints kept and, with ``metrics_path``, appended to the file."""
+        depth, oldest = self.failure_queue_state()
+        report.failure_queue_oldest_seconds = oldest if depth else None
+        queue = {"QueueName": self.names.failure_queue}
+        now = time.time()
+        for name, value, unit in (
+            ("ApproximateNumberOfMessagesVisible", depth, "Count"),
+            ("ApproximateAgeOfOldestMessage", oldest, "Seconds"),
+        ):
+            report.datapoints.append(self._emulated("AWS/SQS", name, value, queue, unit, now))
+        self.datapoints.extend(report.datapoints)
+        if self.metrics_path is not None:
+            names = None if self._names_written else self.local_names()
+            metricstore.append(self.metrics_path, report.datapoints, names)
+            self._names_written = True
+        self.cycle += 1
+
+    def local_names(self) -> dict[str, object]:
+        """What the template's references mean here (``totes_tools.ops.cloudwatch``)."""
+        return {
+            "functions": {f"{s.title()}Function": context_for(s).function_name for s in STAGES},
+            "failure_queue": self.names.failure_queue,
+            "region": REGION,
+            "account": ACCOUNT,
+        }
+
+    def failure_queue_state(self) -> tuple[int, float]:
+        """Events on the failure queue and the age in seconds of the oldest (0 when empty),
+        read as SQS measures them: from each message's ``SentTimestamp``. A peek: messages
+        are received with no visibility timeout, so they stay where they are."""
+        url = self._queue_url(self.names.failure_queue)
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]
+        depth = int(attrs.get("ApproximateNumberOfMessages", 0))
+        if not depth:
+            return 0, 0.0
+        messages = self.sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=0,
+            AttributeNames=["SentTimestamp"],
+        ).get("Messages", [])
+        sent = [int(m["Attributes"]["SentTimestamp"]) / 1000 for m in messages]
+        return depth, max(0.0, time.time() - min(sent)) if sent else 0.0
+
+    def _emulated(
+        self, namespace: str, name: str, value: float, dims: dict, unit: str, when: float
+    ) -> Datapoint:
+        return Datapoint(
+            namespace, name, float(value), dict(dims), unit, when, self.cycle, self.run_id,
+            "emulated",
+        )  # fmt: skip
 
     def drain(
         self, report: CycleReport | None = None, stages: tuple[str, ...] = ("transform", "load")
@@ -396,19 +460,42 @@ class LocalChain:
     def replay_failures(self, report: CycleReport | None = None) -> CycleReport:
         """Redrive the S3 events on the failure queue (what an operator does after fixing the
         cause): each goes to its stage again under the same retry rule. Failed scheduled
-        ingests are dropped: the next run covers their window, the watermark never moved."""
+        ingests are dropped: the next run covers their window, the capture never moved.
+
+        An event is deleted from the queue only once its redrive succeeds; one that fails
+        again stays as it was (no second record), so the queue's oldest-message age keeps
+        saying since when the batch is stuck."""
         report = report or CycleReport()
         self._fresh_clients()
         stage_of = {self.names.raw_bucket: "transform", self.names.processed_bucket: "load"}
-        for record in self.failures():
+        url = self._queue_url(self.names.failure_queue)
+        for record, receipt in self._failure_messages():
             event = record.get("requestPayload") or {}
             buckets = {r["s3"]["bucket"]["name"] for r in event.get("Records", ())}
             stages = {stage_of.get(b) for b in buckets}
             if len(stages) != 1 or None in stages:
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=receipt)
                 continue
             report.replayed += 1
-            self._handle(Delivery(stages.pop(), event), report)
+            if self._handle(Delivery(stages.pop(), event), report, record_failure=False):
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=receipt)
+            else:
+                self.sqs.change_message_visibility(
+                    QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=0
+                )
         return report
+
+    def _failure_messages(self) -> list[tuple[dict, str]]:
+        """Every record on the failure queue with its receipt, held invisible meanwhile."""
+        url = self._queue_url(self.names.failure_queue)
+        out = []
+        while True:
+            messages = self.sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=VISIBILITY_TIMEOUT_SECONDS
+            ).get("Messages", [])
+            if not messages:
+                return out
+            out.extend((json.loads(m["Body"]), m["ReceiptHandle"]) for m in messages)
 
     def receive(self, stage: str, queue: str) -> list[Delivery]:
         """Every S3 event waiting on ``queue`` (moto's ``s3:TestEvent`` dropped)."""
@@ -460,9 +547,12 @@ class LocalChain:
 
     # -- invocation ---------------------------------------------------------------------------
 
-    def _handle(self, delivery: Delivery, report: CycleReport) -> None:
+    def _handle(self, delivery: Delivery, report: CycleReport, record_failure: bool = True) -> bool:
+        """Hand one event to its stage; False when it failed every attempt."""
         stage = report.stages[delivery.stage]
-        result = self._invoke(delivery.stage, delivery.event, delivery.batch_id, report)
+        result = self._invoke(
+            delivery.stage, delivery.event, delivery.batch_id, report, record_failure
+        )
         if delivery.receipt is not None:
             with contextlib.suppress(Exception):  # a repeated delivery was already deleted
                 self.sqs.delete_message(
@@ -470,12 +560,12 @@ class LocalChain:
                     ReceiptHandle=delivery.receipt,
                 )
         if result is _FAILED:
-            return
+            return False
         stage.batches.append(delivery.batch_id)
         stage.rows_set_aside += _rows_set_aside(result)
         if _quarantined(result):
             stage.quarantined.append(delivery.batch_id)
-            return
+            return True
         for key in delivery.keys:
             batch_id = batch_id_from_manifest_key(key)
             manifest = self._manifest(self.processed, manifest_key(batch_id))
@@ -487,9 +577,19 @@ class LocalChain:
                 report.freshness_seconds = (
                     datetime.now(UTC) - datetime.fromisoformat(hi_utc)
                 ).total_seconds()
+        return True
 
-    def _invoke(self, stage: str, event: dict, batch_id: str, report: CycleReport) -> object:
-        """Up to ``max_attempts`` invocations; then a record on the failure queue."""
+    def _invoke(
+        self,
+        stage: str,
+        event: dict,
+        batch_id: str,
+        report: CycleReport,
+        record_failure: bool = True,
+    ) -> object:
+        """Up to ``max_attempts`` invocations; then (``record_failure``) a record on the
+        failure queue. Each attempt also counts as Lambda would publish it: ``Errors`` 1 or 0,
+        ``Throttles`` 0 (one local process never throttles)."""
         stage_report = report.stages[stage]
         handler = self.handler(stage)
         error = ""
@@ -497,9 +597,11 @@ class LocalChain:
             context = context_for(stage)
             captured = io.StringIO()
             started = time.monotonic()
+            failed = True
             try:
                 with environment(self.function_env(stage)), contextlib.redirect_stdout(captured):
                     result = handler(event, context)
+                failed = False
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 logger.warning(
@@ -512,17 +614,26 @@ class LocalChain:
             finally:
                 stage_report.invocations += 1
                 stage_report.seconds += time.monotonic() - started
-                self._passthrough(captured.getvalue(), stage_report)
-        self._send_failure(stage, event, context, attempt, last_exc)
+                self._passthrough(captured.getvalue(), stage_report, report)
+                function = {"FunctionName": context.function_name}
+                now = time.time()
+                for name, value in (("Errors", float(failed)), ("Throttles", 0.0)):
+                    report.datapoints.append(
+                        self._emulated("AWS/Lambda", name, value, function, "Count", now)
+                    )
+        if record_failure:
+            self._send_failure(stage, event, context, attempt, last_exc)
         report.failures.append(Failure(stage, batch_id, attempt, error))
         return _FAILED
 
-    @staticmethod
-    def _passthrough(text: str, stage_report: StageReport) -> None:
+    def _passthrough(self, text: str, stage_report: StageReport, report: CycleReport) -> None:
         """Keep the metrics a handler printed; anything else it printed goes on to stdout."""
-        metrics = parse_emf(text)
-        stage_report.metrics.extend(metrics)
-        if metrics:
+        points = metricstore.from_emf(
+            text, cycle=self.cycle, run=self.run_id, default_time=time.time()
+        )
+        stage_report.metrics.extend(_metric(p) for p in points)
+        report.datapoints.extend(points)
+        if points:
             text = "\n".join(line for line in text.splitlines() if '"_aws"' not in line)
         if text.strip():
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -653,6 +764,7 @@ def run_command(args) -> int:
         stack.enter_context(aws_environment(endpoint))
         if args.endpoint_url:
             _check_endpoint(endpoint)
+        metrics_path = metricstore.default_metrics_path() if args.endpoint_url else None
         chain = LocalChain(
             endpoint,
             StackNames(),
@@ -660,12 +772,15 @@ def run_command(args) -> int:
             warehouse,
             max_batch_rows=args.max_batch_rows,
             chunk_rows=args.chunk_rows,
+            metrics_path=metrics_path,
         )
         if not _has_manifest(chain):
             check_source_has_rows(source)
         chain.prepare()
         report = chain.run_cycle()
     print(report.format(), flush=True)
+    if metrics_path is not None:
+        print(f"metrics: {metrics_path} (python -m totes dashboard draws them)", flush=True)
     for failure in report.failures:
         print(f"error: {failure}", file=sys.stderr)
     return 0 if report.ok else 1
@@ -684,7 +799,11 @@ def _check_endpoint(endpoint: str) -> None:
 
 
 def _has_manifest(chain: LocalChain) -> bool:
+    """Whether the raw lake holds any manifest: one bounded request, never a full listing."""
     try:
-        return bool(chain.raw.manifest_keys())
+        listed = chain.s3.list_objects_v2(
+            Bucket=chain.names.raw_bucket, Prefix=MANIFEST_PREFIX, MaxKeys=1
+        )
     except chain.s3.exceptions.NoSuchBucket:
         return False
+    return bool(listed.get("KeyCount"))
