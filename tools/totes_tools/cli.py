@@ -24,6 +24,7 @@ COMMANDS = {
     ("replay",): "totes_tools.replay:command",
     ("demo",): "totes_tools.local.demo:main",
     ("bench",): "totes_tools.local.bench:main",
+    ("dashboard",): "totes_tools.ops.dashboard:command",
 }
 
 
@@ -103,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole chain on an embedded PostgreSQL, with answers")
     demo.add_argument("--scale", type=int, default=20_000)
     demo.add_argument("--rounds", type=int, default=3)
+
+    dashboard = sub.add_parser(
+        "dashboard", help="draw the template's dashboard from the metrics of local runs"
+    )
+    dashboard.add_argument(
+        "--metrics",
+        default=None,
+        metavar="FILE",
+        help="metrics (JSON lines) a local run recorded (default: .totes/metrics.jsonl)",
+    )
+    dashboard.add_argument(
+        "--out", default=None, metavar="DIR", help="where to write dashboard.png and .html"
+    )
+    dashboard.add_argument("--run", default=None, help="only this run's metrics")
 
     bench = sub.add_parser("bench", help="throughput and memory per stage, with baselines")
     bench.add_argument("--scale", type=int, default=1_000_000)

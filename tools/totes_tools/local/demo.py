@@ -2,8 +2,10 @@
 
 An embedded PostgreSQL holds a generated totesys and an empty warehouse; an in-process moto
 server stands in for AWS. The chain runs the initial load, then a few rounds of live business
-activity (the simulator) each followed by an incremental cycle, and finally asks the star
-schema the questions a BI dashboard would. Everything it started is stopped and deleted when
+activity (the simulator) each followed by an incremental cycle, then quiet cycles (nothing
+changes: the freshness heartbeat), asks the star schema the questions a BI dashboard would,
+and draws the template's CloudWatch dashboard from the metrics the run emitted
+(``.totes/demo/dashboard.png`` and ``.html``). Everything it started is stopped and deleted when
 it ends, on success, on error or on Ctrl-C.
 """
 
@@ -19,8 +21,10 @@ from totes.observability import logger
 from totes_tools.local.aws import StackNames, aws_environment, moto_server
 from totes_tools.local.chain import CycleReport, LocalChain
 from totes_tools.local.postgres import embedded_postgres
+from totes_tools.ops import cloudwatch, dashboard, metricstore
 
 STEPS_PER_ROUND = 25
+QUIET_ROUNDS = 2
 
 # Facts keep every version of an order; BI questions about orders read the latest one.
 QUESTIONS = {
@@ -141,7 +145,9 @@ def main(args) -> int:
             f" ({counts['sales_order']:,} sales orders, {counts['payment']:,} payments)",
         )
 
-        chain = LocalChain(endpoint, StackNames(), source, warehouse)
+        metrics_path = metricstore.state_dir() / "demo" / "metrics.jsonl"
+        metrics_path.unlink(missing_ok=True)
+        chain = LocalChain(endpoint, StackNames(), source, warehouse, metrics_path=metrics_path)
         chain.prepare()
         _say(started, "local stack ready (buckets, queues, secrets); warehouse migrated")
         report = chain.run_cycle()
@@ -164,9 +170,27 @@ def main(args) -> int:
             _fail(report)
             _say(started, f"round {n}: " + _cycle_line(report))
 
+        for n in range(1, QUIET_ROUNDS + 1):  # the heartbeat: fresh while nothing changes
+            report = chain.run_cycle()
+            _fail(report)
+            _say(started, f"quiet round {n} (no activity): " + _cycle_line(report))
+
         print("\nWhat the warehouse can answer now:\n", flush=True)
         print(answers(warehouse), flush=True)
         print()
         _say(started, "done; stopping PostgreSQL and the emulator and deleting their data")
     _say(started, "nothing left running")
+    png, page, drawn = dashboard.write(
+        cloudwatch.load_template(),
+        dashboard.names_from_record(chain.local_names()),
+        chain.datapoints,
+        metrics_path.parent,
+    )
+    states = [e for p in drawn if p.kind == "alarm" for e in p.alarms]
+    alarming = [e.alarm for e in states if e.in_alarm]
+    _say(
+        started,
+        f"dashboard of this run ({len(chain.datapoints)} datapoints, {len(states)} alarms,"
+        f" in alarm: {', '.join(alarming) or 'none'}):\n  {png}\n  {page}",
+    )
     return 0

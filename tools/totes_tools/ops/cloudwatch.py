@@ -384,7 +384,8 @@ def alarms_from_template(template: Mapping[str, Any], names: LocalNames) -> dict
 def alarm_from_template(
     name: str, resource: Mapping[str, Any], template: Mapping[str, Any], names: LocalNames
 ) -> Alarm:
-    props = names.resolve(resource["Properties"], template)
+    wanted = {k: v for k, v in resource["Properties"].items() if not k.endswith("Actions")}
+    props = names.resolve(wanted, template)
     if "Metrics" in props:
         returned = [m for m in props["Metrics"] if m.get("ReturnData", True)]
         if len(props["Metrics"]) != 1 or len(returned) != 1 or "Expression" not in returned[0]:
