@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote_plus
 
+from aws_lambda_powertools.metrics.provider import cold_start
+
 from totes.db import DbCredentials, connect
 from totes.errors import SchemaDrift, TotesError
 from totes.identifiers import quote
@@ -312,6 +314,7 @@ class LocalChain:
         self.cycle = metricstore.last_cycle(metrics_path) + 1 if metrics_path else 0
         self.datapoints: list[Datapoint] = []
         self._names_written = False
+        self._warm: set[str] = set()  # stages whose "container" has served an invocation
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -598,6 +601,9 @@ class LocalChain:
             captured = io.StringIO()
             started = time.monotonic()
             failed = True
+            if stage not in self._warm:  # each function's first invocation is a cold start
+                cold_start.reset_cold_start_flag()
+                self._warm.add(stage)
             try:
                 with environment(self.function_env(stage)), contextlib.redirect_stdout(captured):
                     result = handler(event, context)
