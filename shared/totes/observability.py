@@ -16,6 +16,7 @@ all three stages in turn, and each must carry its own service as it would on AWS
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -30,6 +31,23 @@ metrics = Metrics(namespace=NAMESPACE)
 # An event answered from its idempotency record does no work and emits no metric; Powertools
 # then warns on stderr, a plain-text line in a log group whose lines are otherwise JSON.
 warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
+
+
+def _report_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """An exception Python cannot raise (in a finalizer, say) goes to the log as one JSON
+    record instead of the interpreter's plain-text "Exception ignored in ..." lines."""
+    exc = unraisable.exc_value
+    logger.error(
+        "exception ignored",
+        extra={
+            "during": unraisable.err_msg or "exception ignored",
+            "object": repr(unraisable.object)[:200],
+            "error": f"{type(exc).__name__}: {exc}" if exc is not None else None,
+        },
+    )
+
+
+sys.unraisablehook = _report_unraisable
 
 SERVICE = ("service",)
 PER_TABLE = ("service", "table")

@@ -24,7 +24,7 @@ from botocore.client import BaseClient
 from pg8000.native import Connection
 
 from totes import freshness
-from totes.db import DbCredentials, connect, credentials_from_secret_store
+from totes.db import DbCredentials, close, connect, credentials_from_secret_store
 from totes.errors import TotesError
 from totes.extract import capture, keysets, plan, stream
 from totes.extract.capture import CaptureState, KeySet, Resume
@@ -247,7 +247,7 @@ def ingest_run(settings: IngestSettings, creds: DbCredentials, s3_client: BaseCl
                 run.manifests.append(manifest)
             return run
     finally:
-        con.close()
+        close(con)  # quietly when the source went away mid-run (the run's error stands)
 
 
 def _resume_after(con: Connection, state: CaptureState | None, written_up_to: str) -> Resume:

@@ -13,7 +13,6 @@ retry or the failure destination can take over safely.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -25,7 +24,13 @@ from botocore.exceptions import ClientError
 from pg8000.native import Connection
 
 from totes import freshness
-from totes.db import DbCredentials, connect, credentials_from_secret_store, set_socket_timeout
+from totes.db import (
+    DbCredentials,
+    close,
+    connect,
+    credentials_from_secret_store,
+    set_socket_timeout,
+)
 from totes.errors import DatabaseUnavailable, LoadFailed
 from totes.lake import Lake, Manifest, batch_id_from_manifest_key, schema_fingerprint
 from totes.observability import emit, logger
@@ -164,8 +169,7 @@ def _load(
         result = load_batch(con, manifest, tables)
         marker = record_loaded(con, lake)
     finally:
-        with contextlib.suppress(Exception):  # a broken connection cannot close politely
-            con.close()
+        close(con)  # quietly when broken: a dead connection cannot close politely
     fresh = None
     if marker is not None:
         fresh = freshness.seconds_since(marker.hi_utc)
