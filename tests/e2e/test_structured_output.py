@@ -95,3 +95,5 @@ def test_the_fault_scenario_on_python_313_prints_only_json_lines():
     }
     assert outcome["redriven"] >= 1
     assert any(r.get("message") == "handler failed" for r in records)  # the faults were logged
+    # and closed, not only silenced: nothing reached the unraisable hook
+    assert [r for r in records if r.get("message") == "exception ignored"] == []
