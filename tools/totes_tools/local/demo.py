@@ -178,19 +178,20 @@ def main(args) -> int:
         print("\nWhat the warehouse can answer now:\n", flush=True)
         print(answers(warehouse), flush=True)
         print()
+        png, page, drawn = dashboard.write(
+            cloudwatch.load_template(),
+            dashboard.names_from_record(chain.local_names()),
+            chain.datapoints,
+            metrics_path.parent,
+        )
+        states = [e for p in drawn if p.kind == "alarm" for e in p.alarms]
+        alarming = [e.alarm for e in states if e.in_alarm]
+        _say(
+            started,
+            f"the stack's CloudWatch dashboard drawn from this run's {len(chain.datapoints)}"
+            f" datapoints ({len(states)} alarms, in alarm: {', '.join(alarming) or 'none'}):"
+            f"\n    {png}\n    {page}",
+        )
         _say(started, "done; stopping PostgreSQL and the emulator and deleting their data")
     _say(started, "nothing left running")
-    png, page, drawn = dashboard.write(
-        cloudwatch.load_template(),
-        dashboard.names_from_record(chain.local_names()),
-        chain.datapoints,
-        metrics_path.parent,
-    )
-    states = [e for p in drawn if p.kind == "alarm" for e in p.alarms]
-    alarming = [e.alarm for e in states if e.in_alarm]
-    _say(
-        started,
-        f"dashboard of this run ({len(chain.datapoints)} datapoints, {len(states)} alarms,"
-        f" in alarm: {', '.join(alarming) or 'none'}):\n  {png}\n  {page}",
-    )
     return 0
