@@ -318,3 +318,57 @@ def test_the_processed_manifest_key_is_not_needed_to_know_freshness(make_chain, 
     assert marker["batch_id"] == batch
     assert chain.processed.get_manifest(manifest_key(batch)).extra["hi_utc"] == marker["hi_utc"]
     assert datetime.fromisoformat(marker["hi_utc"]) <= datetime.now(UTC)
+
+
+def test_a_failing_ingest_trips_its_errors_alarm_and_still_reports_freshness(
+    make_chain, source, template, pg_cluster
+):
+    chain = make_chain(source)
+    alarms = alarms_of(template, chain)
+    cycle_ok(chain)
+    cycle_ok(chain)
+
+    with pg_cluster.refusing_connections(chain.source):
+        down = chain.run_cycle()
+
+    assert [(f.stage, f.attempts) for f in down.failures] == [("ingest", 3)]
+    assert state(chain, alarms["IngestErrorsAlarm"]) == "ALARM"
+    # each failed attempt still told how current the warehouse is (from the lake's state)
+    assert len(heartbeats(chain, chain.cycle - 1)) == 3
+    assert state(chain, alarms["FreshnessAlarm"]) == "OK"  # not stale yet: minutes, not hours
+    durations = [
+        p for p in chain.datapoints if p.cycle == chain.cycle - 1 and p.name.endswith("Seconds")
+    ]
+    assert {p.name for p in durations} >= {"IngestDurationSeconds"}  # failed runs are timed
+
+    cycle_ok(chain)
+    assert state(chain, alarms["IngestErrorsAlarm"]) == "OK"
+
+
+def test_every_stage_reports_its_duration_when_it_fails_too(
+    make_chain, source, pg_cluster, monkeypatch
+):
+    from totes.stages import transform_batch
+
+    chain = make_chain(source)
+    cycle_ok(chain)
+
+    def timed(cycle: int, name: str) -> int:
+        return sum(1 for p in chain.datapoints if p.cycle == cycle and p.name == name)
+
+    gate = transform_batch.quality.gate
+
+    def failing_gate(*args, **kwargs):
+        raise RuntimeError("transform fails inside the stage")
+
+    monkeypatch.setattr(transform_batch.quality, "gate", failing_gate)
+    write_sql(chain.source, NEW_DESIGN)
+    failed = chain.run_cycle()
+    assert [(f.stage, f.attempts) for f in failed.failures] == [("transform", 3)]
+    assert timed(chain.cycle - 1, "TransformDurationSeconds") == 3
+
+    monkeypatch.setattr(transform_batch.quality, "gate", gate)
+    with pg_cluster.refusing_connections(chain.warehouse):
+        down = chain.run_cycle()  # the redriven transform passes; its load fails
+    assert [(f.stage, f.attempts) for f in down.failures] == [("load", 3)]
+    assert timed(chain.cycle - 1, "LoadDurationSeconds") == 3

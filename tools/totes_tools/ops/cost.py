@@ -62,8 +62,9 @@ def run_cost(stages: Mapping[str, Mapping[str, Any]], memory: Mapping[str, int])
 
 def price_note() -> str:
     return (
-        f"arm64 ${ARM64_USD_PER_GB_SECOND} per GB-s and ${USD_PER_REQUEST * 1e6:.2f} per million"
-        f" requests ({PRICE_REGION}; {PRICE_SOURCE}, taken {PRICE_TAKEN}); a month is"
+        f"arm64 ${ARM64_USD_PER_GB_SECOND:.10f} per GB-s and"
+        f" ${USD_PER_REQUEST * 1e6:.2f} per million requests ({PRICE_REGION};"
+        f" {PRICE_SOURCE}, taken {PRICE_TAKEN}); a month is"
         f" {RUNS_PER_MONTH:,} runs at rate(5 minutes); free tier not deducted"
     )
 
