@@ -111,7 +111,8 @@ def _draw(ax: Any, panel: Panel, rate: int) -> None:
     stacked = bool(panel.widget.get("properties", {}).get("stacked"))
     drawn = 0
     bottoms: dict[float, float] = {}
-    for label, (axis, values) in panel.series.items():
+    for index, (label, (axis, values)) in enumerate(panel.series.items()):
+        colour = f"C{index % 10}"  # one colour cycle across both axes
         if not values:
             continue
         target = ax
@@ -125,11 +126,16 @@ def _draw(ax: Any, panel: Panel, rate: int) -> None:
         if stacked and axis == "left":
             base = [bottoms.get(x, 0.0) for x in xs]
             tops = [b + y for b, y in zip(base, ys, strict=True)]
-            target.fill_between(minutes, base, tops, step="mid", alpha=0.55, label=label)
+            target.fill_between(
+                minutes, base, tops, step="mid", alpha=0.55, label=label, color=colour
+            )
             bottoms.update(zip(xs, tops, strict=True))
         else:
             style = "--" if axis == "right" else "-"
-            target.plot(minutes, ys, style, marker="o", markersize=3, linewidth=1.2, label=label)
+            target.plot(
+                minutes, ys, style, marker="o", markersize=3, linewidth=1.2, label=label,
+                color=colour,
+            )  # fmt: skip
         drawn += len(xs)
     for label, value, axis in panel.thresholds:
         target = ax
