@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     local_aws.add_argument("--port", type=int, default=None)
 
     run = sub.add_parser("run", help="one cycle of the deployed chain, run locally")
+    run.add_argument(
+        "--invoker",
+        choices=("in-process", "sam-local"),
+        default="in-process",
+        help="call each handler in this process (default) or through `sam local invoke` in"
+        " Docker, offline (needs Docker, the Lambda base image and `make build`'s .venv-sam)",
+    )
     run.add_argument("--source-url", required=True)
     run.add_argument("--warehouse-url", required=True)
     run.add_argument("--endpoint-url", default=None, help="a running `totes local-aws`")
