@@ -628,11 +628,15 @@ class SamLocal(contextlib.AbstractContextManager):
         self._seq = itertools.count(1)
         self._forwarders: list[Forwarder] = []
         self.chain: LocalChain | None = None
-        self.env_files: dict[str, Path] = {}
 
     # -- set-up ------------------------------------------------------------------------------
 
     def __enter__(self) -> SamLocal:
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM as Ctrl-C: the running sam is stopped, its container removed and the
+            # forwarders closed on the way out, instead of leaving them behind.
+            previous = signal.signal(signal.SIGTERM, _interrupt)
+            self._stack.callback(signal.signal, signal.SIGTERM, previous)
         try:
             self._setup()
         except BaseException:
@@ -642,20 +646,9 @@ class SamLocal(contextlib.AbstractContextManager):
 
     def _setup(self) -> None:
         started = time.monotonic()
-        self.docker = docker_host()
-        self.sam = find_sam(self.repo)
-        require_image(base_image(self.docker.architecture))
+        self._preflight()
         self.sam_env = sam_environment(self.endpoint_url)
-        self.template = sam_build(self.sam, self.repo, self.state / "build", self.sam_env)
-        self.declared = declared_variables(self.template)
-        missing = [f for f in FUNCTIONS.values() if f not in self.declared]
-        if missing or not all("AWS_ENDPOINT_URL" in v for v in self.declared.values()):
-            raise SamLocalError(
-                "the built template lacks the functions or their AWS_ENDPOINT_URL declaration"
-                f" ({', '.join(missing) or 'AWS_ENDPOINT_URL'}): is template.yaml current?"
-            )
-        self.store = LayerStore(self.state, self.docker.architecture)
-        self.layers = self.store.prepare(self.repo, self.template.parent / "TotesLayer")
+        self._build()
         self.workdir = Path(tempfile.mkdtemp(prefix="totes-sam-local-"))
         self._stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
         self._stack.callback(self._close_forwarders)
@@ -666,6 +659,26 @@ class SamLocal(contextlib.AbstractContextManager):
             "sam-local ready",
             extra={"seconds": round(time.monotonic() - started, 2), "layers": self.layers.arns},
         )
+
+    def _preflight(self) -> None:
+        """Docker answers, the SAM CLI is there, the base image is present: checked before
+        anything is built or touched."""
+        self.docker = docker_host()
+        self.sam = find_sam(self.repo)
+        require_image(base_image(self.docker.architecture))
+
+    def _build(self) -> None:
+        """The checkout built into the invoker's own build directory, and its local layers."""
+        self.template = sam_build(self.sam, self.repo, self.state / "build", self.sam_env)
+        self.declared = declared_variables(self.template)
+        missing = [f for f in FUNCTIONS.values() if f not in self.declared]
+        if missing or not all("AWS_ENDPOINT_URL" in v for v in self.declared.values()):
+            raise SamLocalError(
+                "the built template lacks the functions or their AWS_ENDPOINT_URL declaration"
+                f" ({', '.join(missing) or 'AWS_ENDPOINT_URL'}): is template.yaml current?"
+            )
+        self.store = LayerStore(self.state, self.docker.architecture)
+        self.layers = self.store.prepare(self.repo, self.template.parent / "TotesLayer")
 
     def __exit__(self, *exc_info: object) -> None:
         self._stack.close()
@@ -721,10 +734,19 @@ class SamLocal(contextlib.AbstractContextManager):
         return self.invoke(stage, event)
 
     def bind(self, chain: LocalChain) -> None:
-        """Take the chain's stack names and function environment; refuse a variable that no
-        function of the template declares (SAM would drop it silently)."""
+        """Take the chain's stack names and function environment, written as the
+        ``--env-vars`` file; refuse a variable that no function of the template declares
+        (SAM would drop it silently)."""
         self.chain = chain
+        self.env_file = self.workdir / "env.json"
+        self.env_file.write_text(json.dumps(self.function_variables(chain), indent=2))
+
+    def function_variables(self, chain: LocalChain) -> dict[str, dict[str, str]]:
+        """``--env-vars`` in its per-function form: what the chain gives each handler
+        in-process, with the emulator as containers reach it. A function gets only what the
+        template declares for it (what it reads: tests/template checks that)."""
         everywhere = set().union(*self.declared.values())
+        out = {}
         for stage, function in FUNCTIONS.items():
             values = {k: v for k, v in chain.function_env(stage).items() if k not in SAM_PROVIDED}
             values["AWS_ENDPOINT_URL"] = self.container_endpoint
@@ -734,12 +756,20 @@ class SamLocal(contextlib.AbstractContextManager):
                     f"{', '.join(dropped)}: not declared for any function in template.yaml, so"
                     " `sam local invoke` would drop it; declare it there or run in-process"
                 )
-            declared = self.declared[function]
-            path = self.workdir / f"{function}.env.json"
-            path.write_text(
-                json.dumps({function: {k: v for k, v in values.items() if k in declared}})
-            )
-            self.env_files[stage] = path
+            out[function] = {k: v for k, v in values.items() if k in self.declared[function]}
+        return out
+
+    def options(self) -> dict[str, object]:
+        """``sam local invoke``'s options besides the function and the event."""
+        overrides = {"Architecture": self.docker.architecture, **self.layers.overrides}
+        return {
+            "template-file": str(self.template),
+            "env-vars": str(self.env_file),
+            "skip-pull-image": True,
+            "layer-cache-basedir": str(self.layers.cache_dir),
+            "region": REGION,
+            "parameter-overrides": [f"{k}={v}" for k, v in overrides.items()],
+        }
 
     def publish_secrets(self, names: StackNames) -> None:
         """The database secrets as containers read them (only rewritten when they differ, so
@@ -761,17 +791,15 @@ class SamLocal(contextlib.AbstractContextManager):
     # -- one invocation ----------------------------------------------------------------------
 
     def command(self, stage: str, event_path: Path) -> list[str]:
-        overrides = {"Architecture": self.docker.architecture, **self.layers.overrides}
-        return [
-            str(self.sam), "local", "invoke", FUNCTIONS[stage],
-            "--template-file", str(self.template),
-            "--event", str(event_path),
-            "--env-vars", str(self.env_files[stage]),
-            "--skip-pull-image",
-            "--layer-cache-basedir", str(self.layers.cache_dir),
-            "--region", REGION,
-            "--parameter-overrides", *(f"{k}={v}" for k, v in overrides.items()),
-        ]  # fmt: skip
+        command = [str(self.sam), "local", "invoke", FUNCTIONS[stage], "--event", str(event_path)]
+        for option, value in self.options().items():
+            if value is True:
+                command.append(f"--{option}")
+            elif isinstance(value, list):
+                command.extend([f"--{option}", *value])
+            else:
+                command.extend([f"--{option}", str(value)])
+        return command
 
     def invoke(self, stage: str, event: dict) -> object:
         """One ``sam local invoke``: the handler's result, or an exception when it failed."""
@@ -818,6 +846,10 @@ class SamLocal(contextlib.AbstractContextManager):
         return out, err, proc.returncode
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def remove_container(sam_stderr: str) -> None:
     """Remove the container SAM named, if it is still there (after sam itself was stopped)."""
     for match in re.finditer(r"SAM_CONTAINER_ID: ([0-9a-f]{12,64})", sam_stderr):
@@ -853,6 +885,10 @@ def result_of(function: str, returncode: int, out: str, err: str) -> object:
             + (said[-1] if said else _tail(err))
         )
     text = out.strip()
+    timed_out = re.search(r"timed out after (\d+(?:\.\d+)?) seconds", err)
+    if timed_out and not text:
+        # SAM enforces the function's Timeout, then exits 0 with no payload.
+        raise InvokeFailed(f"Task timed out after {float(timed_out[1]):.2f} seconds")
     if not text:
         raise InvokeFailed(f"sam local invoke {function} returned no payload: {_tail(err)}")
     try:
