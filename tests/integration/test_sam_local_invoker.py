@@ -115,9 +115,7 @@ def invoker(aws, tmp_path, new_stack_names, monkeypatch):
     with StandInSamLocal(
         aws, socket_source, loopback_warehouse, state_dir=tmp_path / "state", fake_sam=fake
     ) as sam:
-        chain = LocalChain(
-            aws, names, socket_source, loopback_warehouse, handlers=sam.handlers, lag_seconds=0
-        )
+        chain = LocalChain(aws, names, socket_source, loopback_warehouse, handlers=sam.handlers)
         sam.bind(chain)
         chain.prepare(migrate=False)
 
@@ -163,7 +161,6 @@ def test_ingest_is_one_sam_local_invoke_with_the_chains_event_env_and_the_local_
         "RAW_BUCKET": chain.names.raw_bucket,
         "SOURCE_SECRET_ID": chain.names.source_secret,
         "POWERTOOLS_SERVICE_NAME": "ingest",
-        "INGEST_LAG_SECONDS": "0",
         "AWS_ENDPOINT_URL": sam.container_endpoint,
     }
     assert sam.container_endpoint != chain.endpoint_url
