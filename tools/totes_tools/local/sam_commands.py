@@ -202,6 +202,8 @@ def check(args) -> int:
     from totes_tools.source.generator import generate
     from totes_tools.warehouse.checksums import table_checksums
 
+    if not os.environ.get("POWERTOOLS_LOG_LEVEL"):
+        logger.setLevel("ERROR")
     docker_host()  # a clear error before anything starts when Docker does not answer
     with embedded_postgres() as cluster:
         source = cluster.create_database("src")
