@@ -265,3 +265,78 @@ def test_a_docker_daemon_that_does_not_answer_is_a_clear_error(monkeypatch, tmp_
         sam_local.docker_host()
     assert str(caught.value).startswith("Docker does not answer (`docker info`: Cannot connect")
     assert "start the Docker daemon" in str(caught.value)
+
+
+def test_the_managed_layers_ssm_parameters_for_an_architecture_follow_the_template():
+    assert sam_local.managed_layer_parameters(REPO / "template.yaml", "x86_64") == {
+        "pandas": "/aws/service/aws-sdk-pandas/3.16.1/py3.13/x86_64/layer-arn",
+        "powertools": "/aws/service/powertools/python/x86_64/python3.13/3.37.0",
+    }
+
+
+def test_the_real_managed_layers_fetched_once_are_used_from_the_cache_then_forgotten(
+    tmp_path, monkeypatch
+):
+    """``sam-local layers --from-aws`` with stubbed AWS: SSM names the ARNs, Lambda gives a
+    download location, the zip lands in SAM's cache under the ARN's name; later runs use
+    those ARNs (no pip build), ``--local`` goes back to local builds."""
+    import zipfile
+
+    import boto3
+    from botocore.stub import Stubber
+
+    arns = {
+        "pandas": "arn:aws:lambda:eu-west-2:336392948345:layer:AWSSDKPandas-Python313:5",
+        "powertools": "arn:aws:lambda:eu-west-2:017000801446:layer:"
+        "AWSLambdaPowertoolsPythonV3-python313-x86_64:27",
+    }
+    ssm = boto3.client(
+        "ssm", region_name="eu-west-2", aws_access_key_id="a", aws_secret_access_key="b"
+    )
+    lam = boto3.client(
+        "lambda", region_name="eu-west-2", aws_access_key_id="a", aws_secret_access_key="b"
+    )
+    ssm_stub, lambda_stub = Stubber(ssm), Stubber(lam)
+    for kind, parameter in sam_local.managed_layer_parameters(
+        REPO / "template.yaml", "x86_64"
+    ).items():
+        ssm_stub.add_response(
+            "get_parameter", {"Parameter": {"Value": arns[kind]}}, {"Name": parameter}
+        )
+        layer, version = arns[kind].rsplit(":", 1)
+        lambda_stub.add_response(
+            "get_layer_version",
+            {"Content": {"Location": f"https://example.invalid/{kind}.zip"}},
+            {"LayerName": layer, "VersionNumber": int(version)},
+        )
+
+    class Session:
+        region_name = "eu-west-2"
+
+        def client(self, name, region_name=None):
+            return {"ssm": ssm, "lambda": lam}[name]
+
+    def download(url, path):
+        kind = url.rsplit("/", 1)[1].removesuffix(".zip")
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(f"python/{kind}_marker.py", "")
+
+    monkeypatch.setattr(sam_local, "_download", download)
+    store = sam_local.LayerStore(tmp_path, "x86_64")
+    with ssm_stub, lambda_stub:
+        assert store.fetch_aws_layers(REPO / "template.yaml", Session()) == arns
+    for kind, arn in arns.items():
+        assert (store.cache / layer_cache_name(arn) / "python" / f"{kind}_marker.py").is_file()
+    assert store.aws_layers() == arns
+
+    built = tmp_path / "TotesLayer"
+    (built / "python" / "totes").mkdir(parents=True)
+    (built / "python" / "totes" / "__init__.py").write_text("")
+    layers = store.prepare(REPO, built)  # no pip: both managed layers are the fetched ones
+    assert {k: layers.arns[k] for k in arns} == arns
+    assert layers.arns["totes"].startswith(
+        "arn:aws:lambda:eu-west-2:000000000000:layer:totes-local-totes-"
+    )
+
+    store.forget_aws_layers()
+    assert store.aws_layers() == {}

@@ -24,6 +24,7 @@ COMMANDS = {
     ("bench",): "totes_tools.local.bench:main",
     ("sam-local", "serve"): "totes_tools.local.sam_commands:serve",
     ("sam-local", "events"): "totes_tools.local.sam_commands:events",
+    ("sam-local", "layers"): "totes_tools.local.sam_commands:layers",
     ("sam-local", "check"): "totes_tools.local.sam_commands:check",
 }
 
@@ -116,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     events.add_argument("--endpoint-url", required=True)
     events.add_argument("--out", default=".aws-sam/local/invoke", metavar="DIR")
+    layers = sam_local.add_parser(
+        "layers",
+        help="use the real AWS managed layers (--from-aws, needs your AWS credentials once)"
+        " or local builds from requirements/runtime.txt (--local, the default)",
+    )
+    which = layers.add_mutually_exclusive_group()
+    which.add_argument("--from-aws", action="store_true")
+    which.add_argument("--local", action="store_true")
+    layers.add_argument("--region", default=None, help="for the SSM lookup (default: yours)")
     check = sam_local.add_parser(
         "check", help="one cycle of a generated source via sam-local and in-process; compare"
     )

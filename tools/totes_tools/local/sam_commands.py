@@ -176,6 +176,42 @@ def serve(args) -> int:
     return 0
 
 
+def layers(args) -> int:
+    """``python -m totes sam-local layers``: which managed layers sam-local runs use, and the
+    switch between local builds from requirements/runtime.txt (default, no credentials) and
+    the real AWS managed layers (fetched once with your AWS credentials)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from totes_tools.local.sam_local import LayerStore, docker_host
+    from totes_tools.repository import repository_root
+
+    repo = repository_root()
+    store = LayerStore(repo / ".aws-sam" / "local", docker_host().architecture)
+    if args.from_aws:
+        import boto3
+
+        try:
+            store.fetch_aws_layers(repo / "template.yaml", boto3.Session(region_name=args.region))
+        except (BotoCoreError, ClientError) as exc:
+            raise TotesError(
+                f"fetching the managed layers needs AWS credentials allowed ssm:GetParameter and"
+                f" lambda:GetLayerVersion ({type(exc).__name__}: {exc})"
+            ) from None
+    elif args.local:
+        store.forget_aws_layers()
+    fetched = store.aws_layers()
+    if fetched:
+        print(f"sam-local runs use the AWS managed layers ({store.architecture}):")
+        for kind, arn in fetched.items():
+            print(f"  {kind:<10} {arn}")
+    else:
+        print(
+            f"sam-local runs use local builds of the managed layers ({store.architecture}) from"
+            " requirements/runtime.txt"
+        )
+    return 0
+
+
 # -- make sam-local ---------------------------------------------------------------------------
 
 

@@ -410,8 +410,17 @@ class LayerStore:
         with self.locked():
             pins = runtime_pins(repo / "requirements" / "runtime.txt")
             lock = repo / "requirements" / "lock.txt"
-            arns = {}
+            arns = self.aws_layers()
+            if arns:
+                print(
+                    "sam-local: using the AWS managed layers fetched by"
+                    " `python -m totes sam-local layers --from-aws`",
+                    file=sys.stderr,
+                    flush=True,
+                )
             for kind, requirements in managed_layer_requirements(pins).items():
+                if kind in arns:
+                    continue
                 key = json.dumps(
                     [requirements, lock.read_text(), self.architecture, PYTHON_VERSION]
                 )
@@ -462,8 +471,10 @@ class LayerStore:
                 f" {_tail(result.stderr)}"
             )
 
-    def _seed(self, name: str) -> str:
-        arn = local_layer_arn(f"totes-local-{name}")
+    def _seed(self, name: str, arn: str | None = None) -> str:
+        """Link ``layers/<name>`` into SAM's cache under the name SAM looks ``arn`` up by
+        (a local ARN made from ``name`` by default)."""
+        arn = arn or local_layer_arn(f"totes-local-{name}")
         self.cache.mkdir(parents=True, exist_ok=True)
         link = self.cache / layer_cache_name(arn)
         if not (link.is_symlink() and link.resolve() == (self.layers / name).resolve()):
@@ -477,7 +488,7 @@ class LayerStore:
         links and the SAM invoke images built with them (only images of our own names)."""
         by_kind: dict[str, list[Path]] = {}
         for path in self.layers.glob("*-*"):
-            if path.is_dir() and not path.name.startswith("."):
+            if path.is_dir() and not path.name.startswith((".", "aws-")):
                 by_kind.setdefault(path.name.split("-")[0], []).append(path)
         dropped = []
         for paths in by_kind.values():
@@ -504,6 +515,63 @@ class LayerStore:
             else:
                 keep[image] = arns
         record.write_text(json.dumps(keep, indent=1))
+
+    # -- the real managed layers (optional; fetched once with the user's AWS credentials) --
+
+    @property
+    def aws_record(self) -> Path:
+        return self.root / "aws-layers.json"
+
+    def aws_layers(self) -> dict[str, str]:
+        """The real managed layers' ARNs for this architecture, if fetched and still cached."""
+        try:
+            record = json.loads(self.aws_record.read_text()).get(self.architecture, {})
+        except (OSError, ValueError):
+            return {}
+        ok = all((self.cache / layer_cache_name(arn)).is_dir() for arn in record.values())
+        return dict(record) if ok and set(record) == {"pandas", "powertools"} else {}
+
+    def fetch_aws_layers(self, template: Path, session) -> dict[str, str]:
+        """Resolve the template's two managed layers for this architecture through their public
+        SSM parameters and download them (``lambda:GetLayerVersion``) with ``session``'s
+        credentials, into the cache under SAM's names: later invokes find them there and need
+        no credentials. Only this process uses the credentials; no container sees them."""
+        import zipfile
+
+        ssm = session.client("ssm", region_name=session.region_name or REGION)
+        arns = {}
+        with self.locked():
+            for kind, parameter in managed_layer_parameters(template, self.architecture).items():
+                arn = ssm.get_parameter(Name=parameter)["Parameter"]["Value"]
+                layer, version = arn.rsplit(":", 1)
+                name = f"aws-{kind}-{hashlib.sha256(arn.encode()).hexdigest()[:12]}"
+
+                def download(target: Path, layer: str = layer, version: str = version) -> None:
+                    print(f"sam-local: fetching {layer}:{version}", file=sys.stderr, flush=True)
+                    lam = session.client("lambda", region_name=layer.split(":")[3])
+                    content = lam.get_layer_version(LayerName=layer, VersionNumber=int(version))
+                    location = content["Content"]["Location"]
+                    archive = target.parent / "layer.zip"
+                    _download(location, archive)
+                    with zipfile.ZipFile(archive) as z:
+                        for member in z.namelist():
+                            if member.startswith("/") or ".." in Path(member).parts:
+                                raise SamLocalError(f"unsafe path {member!r} in layer {layer}")
+                        z.extractall(target)
+
+                self._ensure(name, download)
+                arns[kind] = self._seed(name, arn)
+            try:
+                record = json.loads(self.aws_record.read_text())
+            except (OSError, ValueError):
+                record = {}
+            record[self.architecture] = arns
+            self.aws_record.write_text(json.dumps(record, indent=1))
+        return arns
+
+    def forget_aws_layers(self) -> None:
+        with self.locked():
+            self.aws_record.unlink(missing_ok=True)
 
     def record_image(self, layers: LocalLayers) -> None:
         """Remember the invoke image SAM builds for these layers (ours to prune later)."""
@@ -550,6 +618,26 @@ def declared_variables(template: Path) -> dict[str, set[str]]:
             props = resource.get("Properties") or {}
             own = ((props.get("Environment") or {}).get("Variables")) or {}
             out[name] = common | set(own)
+    return out
+
+
+def _download(url: str, path: Path) -> None:
+    if not url.startswith("https://"):
+        raise SamLocalError(f"unexpected download location {url[:60]!r}")
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=300) as response, path.open("wb") as out:  # noqa: S310 # nosec B310 - https only, checked above
+        shutil.copyfileobj(response, out)
+
+
+def managed_layer_parameters(template: Path, architecture: str) -> dict[str, str]:
+    """The public SSM parameters naming the managed layers for ``architecture``: the template's
+    defaults (arm64) with the architecture's path segment swapped."""
+    params = yaml.load(template.read_text(), Loader=_CfnLoader)["Parameters"]  # noqa: S506 # nosec B506
+    out = {}
+    for kind in ("pandas", "powertools"):
+        default = str(params[LAYER_PARAMETERS[kind]]["Default"])
+        out[kind] = default.replace("/arm64/", f"/{architecture}/")
     return out
 
 
