@@ -29,6 +29,7 @@ from totes_tools.local.sam_local import (
 
 REPO = Path(__file__).resolve().parents[2]
 
+
 # A stand-in for `sam local invoke`: records its argv, environment, event and env-vars file,
 # reaches the emulator through the address containers are given, then answers per function.
 FAKE_SAM = """\
@@ -180,6 +181,23 @@ def test_ingest_is_one_sam_local_invoke_with_the_chains_event_env_and_the_local_
     assert "ingest ran" not in out
     assert "Invoking" not in out
     assert "Failed to get next invocation" not in out
+
+
+def test_the_secrets_hold_the_databases_as_given_again_after_the_run(
+    aws, tmp_path, new_stack_names
+):
+    fake = tmp_path / "sam"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    db = DbCredentials(user="u", dbname="d", host="127.0.0.1")
+    chain = None
+    with StandInSamLocal(aws, db, db, state_dir=tmp_path / "s", fake_sam=fake) as sam:
+        chain = LocalChain(aws, new_stack_names("samlocal"), db, db, handlers=sam.handlers)
+        sam.bind(chain)
+        chain.prepare(migrate=False)
+        sam.publish_secrets(chain.names)
+    sm = client("secretsmanager", aws)
+    stored = sm.get_secret_value(SecretId=chain.names.source_secret)["SecretString"]
+    assert stored == db.to_secret()
 
 
 def test_containers_read_the_database_secrets_as_they_reach_the_databases(invoker):

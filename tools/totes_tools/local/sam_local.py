@@ -826,6 +826,9 @@ class SamLocal(contextlib.AbstractContextManager):
         ``--env-vars`` file; refuse a variable that no function of the template declares
         (SAM would drop it silently)."""
         self.chain = chain
+        # On the way out, the secrets hold the databases as given again (the host's view, as
+        # chain.prepare() writes them): the forwarders named in the container view are gone.
+        self._stack.callback(self._restore_secrets, chain)
         self.env_file = self.workdir / "env.json"
         self.env_file.write_text(json.dumps(self.function_variables(chain), indent=2))
 
@@ -862,10 +865,19 @@ class SamLocal(contextlib.AbstractContextManager):
     def publish_secrets(self, names: StackNames) -> None:
         """The database secrets as containers read them (only rewritten when they differ, so
         ``chain.prepare()`` may run at any time in between)."""
+        self._put_secrets(names, self.container_source, self.container_warehouse)
+
+    def _restore_secrets(self, chain: LocalChain) -> None:
+        with contextlib.suppress(Exception):  # the emulator may be gone already
+            self._put_secrets(chain.names, chain.source, chain.warehouse)
+
+    def _put_secrets(
+        self, names: StackNames, source: DbCredentials, warehouse: DbCredentials
+    ) -> None:
         sm = client("secretsmanager", self.endpoint_url)
         for secret_id, creds in (
-            (names.source_secret, self.container_source),
-            (names.warehouse_secret, self.container_warehouse),
+            (names.source_secret, source),
+            (names.warehouse_secret, warehouse),
         ):
             value = creds.to_secret()
             try:
