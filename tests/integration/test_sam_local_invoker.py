@@ -107,7 +107,7 @@ def invoker(aws, tmp_path, new_stack_names, monkeypatch):
     fake.write_text(FAKE_SAM.format(python=sys.executable, log=str(log), emf=EMF))
     fake.chmod(0o755)
     # Real credentials in this process's shell must never reach sam (nor its containers).
-    # (A profile is covered by tests/unit/test_sam_local.py: boto3 here would look it up.)
+    # (A profile is covered by tests/unit/test_sam_local_parts.py: boto3 here would look it up.)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAREALLOOKINGKEY")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "real-session-token")
     socket_source = DbCredentials(user="u", dbname="src", unix_socket_dir=str(tmp_path), port=5432)
