@@ -15,10 +15,10 @@ PYTEST_ARGS ?=
 # server (session fixtures); every test makes uniquely named databases and stacks. 0 = serial.
 PYTEST_WORKERS ?= 2
 
-.PHONY: help demo test unit integration e2e template lint format security check build bench clean venv rds-ca sam-venv
+.PHONY: help demo test unit integration e2e template lint format security check build bench clean venv rds-ca sam-venv sam-local
 
 help:
-	@echo "make demo | test | unit | integration | e2e | template | lint | format | security | check | build | bench [SCALE=N] | clean"
+	@echo "make demo | test | unit | integration | e2e | template | lint | format | security | check | build | bench [SCALE=N] | sam-local [SAM_SCALE=N] | clean"
 	@echo "skip the slow tests: make test PYTEST_ARGS='-m \"not slow\"'"
 
 $(STAMP): $(REQS)
@@ -73,6 +73,19 @@ build: $(SAM_STAMP)
 rds-ca:
 	curl -fsSL https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem \
 		-o shared/totes/certs/rds-global-bundle.pem
+
+# The whole chain through `sam local invoke` in Docker, offline: build, make sure the Lambda base
+# image is there (pulled, or the local stand-in built when it cannot be pulled), then one cycle
+# of a generated source through `run --invoker sam-local`, checked against the same cycle run
+# in-process. The Docker daemon is yours to start; nothing else is left running.
+SAM_SCALE ?= 2000
+DOCKER_HINT := start the Docker daemon (Linux: sudo systemctl start docker, or sudo dockerd &; macOS/Windows: Docker Desktop) and retry
+sam-local: $(STAMP)
+	@command -v docker >/dev/null || { echo "make sam-local: no docker command: install Docker (Debian/Ubuntu: apt-get install docker.io)" >&2; exit 1; }
+	@timeout 20 docker info >/dev/null 2>&1 || { echo "make sam-local: Docker does not answer (docker info failed): $(DOCKER_HINT)" >&2; exit 1; }
+	$(MAKE) --no-print-directory build
+	tools/lambda_image/ensure.sh
+	$(BIN)/python -m totes sam-local check --scale $(SAM_SCALE)
 
 bench: $(STAMP)
 	$(BIN)/python -m totes bench --scale $(SCALE) --output bench-results.json

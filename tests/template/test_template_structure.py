@@ -14,6 +14,7 @@ from totes.lake import MANIFEST_PREFIX, MANIFEST_SUFFIX
 from totes.settings import IngestSettings, LoadSettings, TransformSettings
 
 RAW = "arn:aws:s3:::STACK-raw-ACCOUNT-REGION"
+NO_VALUE = {"Ref": "AWS::NoValue"}
 PROCESSED = "arn:aws:s3:::STACK-processed-ACCOUNT-REGION"
 STAGES = ("Ingest", "Transform", "Load")
 
@@ -130,22 +131,30 @@ def test_the_schedule_sends_the_event_shape_of_the_sam_ingest_event(expanded):
 
 
 def test_functions_run_python313_on_arm64_with_the_three_layers_and_their_own_log_group(
-    expanded,
+    template, expanded
 ):
+    """As deployed (parameter defaults): arm64 and the TotesLayer. Local runs pass another
+    Architecture and a TotesLayerArn (tests/template/test_template_local_runs.py)."""
     res = expanded["Resources"]
     (layer_name,) = resources_of(expanded, "AWS::Lambda::LayerVersion")
+    params = template["Parameters"]
+    assert params["Architecture"]["Default"] == "arm64"
+    assert params["TotesLayerArn"]["Default"] == ""
+    assert expanded["Conditions"]["HasTotesLayerArn"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "TotesLayerArn"}, ""]}]
+    }
     sizes = {}
     for stage in STAGES:
         props = res[f"{stage}Function"]["Properties"]
         assert (props["Runtime"], props["Architectures"], props["Handler"]) == (
             "python3.13",
-            ["arm64"],
+            [{"Ref": "Architecture"}],
             "app.handler",
         )
         assert props["Layers"] == [
             {"Ref": "PandasLayerArn"},
             {"Ref": "PowertoolsLayerArn"},
-            {"Ref": layer_name},
+            {"Fn::If": ["HasTotesLayerArn", {"Ref": "TotesLayerArn"}, {"Ref": layer_name}]},
         ]
         assert props["Role"] == {"Fn::GetAtt": [f"{stage}Role", "Arn"]}
         assert props["LoggingConfig"] == {"LogGroup": {"Ref": f"{stage}LogGroup"}}
@@ -178,10 +187,22 @@ def test_layer_defaults_are_the_pinned_managed_layers(template):
     }
 
 
+LOCAL_ENDPOINT = {"Fn::If": ["HasLocalEndpointUrl", {"Ref": "LocalEndpointUrl"}, NO_VALUE]}
+
+
+def deployed_variables(variables: dict) -> dict:
+    """A function's variables as deployed with the default LocalEndpointUrl (empty): the
+    emulator endpoint every function declares for local runs is AWS::NoValue, i.e. absent."""
+    assert variables.get("AWS_ENDPOINT_URL") == LOCAL_ENDPOINT
+    return {k: v for k, v in variables.items() if k != "AWS_ENDPOINT_URL"}
+
+
 def test_each_function_gets_exactly_the_environment_its_settings_read(expanded):
     res = expanded["Resources"]
     env = {
-        stage: render(res[f"{stage}Function"]["Properties"]["Environment"]["Variables"])
+        stage: render(
+            deployed_variables(res[f"{stage}Function"]["Properties"]["Environment"]["Variables"])
+        )
         for stage in STAGES
     }
     raw_name = render(res["RawBucket"]["Properties"]["BucketName"])
@@ -221,7 +242,9 @@ def test_the_template_environment_satisfies_each_stage_settings_at_cold_start(te
 
     def env_of(stage):
         variables = render(
-            expanded["Resources"][f"{stage}Function"]["Properties"]["Environment"]["Variables"]
+            deployed_variables(
+                expanded["Resources"][f"{stage}Function"]["Properties"]["Environment"]["Variables"]
+            )
         )
         return {k: re.sub(r"<(\w+)>", lambda m: values[m[1]], v) for k, v in variables.items()}
 

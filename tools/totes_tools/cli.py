@@ -24,6 +24,10 @@ COMMANDS = {
     ("replay",): "totes_tools.replay:command",
     ("demo",): "totes_tools.local.demo:main",
     ("bench",): "totes_tools.local.bench:main",
+    ("sam-local", "serve"): "totes_tools.local.sam_commands:serve",
+    ("sam-local", "events"): "totes_tools.local.sam_commands:events",
+    ("sam-local", "layers"): "totes_tools.local.sam_commands:layers",
+    ("sam-local", "check"): "totes_tools.local.sam_commands:check",
 }
 
 
@@ -68,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     local_aws.add_argument("--port", type=int, default=None)
 
     run = sub.add_parser("run", help="one cycle of the deployed chain, run locally")
+    run.add_argument(
+        "--invoker",
+        choices=("in-process", "sam-local"),
+        default="in-process",
+        help="call each handler in this process (default) or through `sam local invoke` in"
+        " Docker, offline (needs Docker, the Lambda base image and `make build`'s .venv-sam)",
+    )
     run.add_argument("--source-url", required=True)
     run.add_argument("--warehouse-url", required=True)
     run.add_argument("--endpoint-url", default=None, help="a running `totes local-aws`")
@@ -109,6 +120,42 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", default="bench-results.json")
     bench.add_argument("--source-url", default=None)
     bench.add_argument("--warehouse-url", default=None)
+
+    sam_local = sub.add_parser(
+        "sam-local", help="sam local invoke by hand (serve, events), and make sam-local's check"
+    ).add_subparsers(dest="action", required=True)
+    serve = sam_local.add_parser(
+        "serve",
+        help="keep the local stack reachable from containers until Ctrl-C; write env-vars,"
+        " a SAM config and events to --out and print the sam local invoke commands",
+    )
+    serve.add_argument("--source-url", required=True)
+    serve.add_argument("--warehouse-url", required=True)
+    serve.add_argument(
+        "--endpoint-url", default=None, help="a running `totes local-aws` (default: its own)"
+    )
+    serve.add_argument("--port", type=int, default=None, help="port of its own emulator")
+    serve.add_argument("--out", default=".aws-sam/local/invoke", metavar="DIR")
+    events = sam_local.add_parser(
+        "events",
+        help="write ingest.json, and transform.json/load.json naming the newest manifests",
+    )
+    events.add_argument("--endpoint-url", required=True)
+    events.add_argument("--out", default=".aws-sam/local/invoke", metavar="DIR")
+    layers = sam_local.add_parser(
+        "layers",
+        help="use the real AWS managed layers (--from-aws, needs your AWS credentials once)"
+        " or local builds from requirements/runtime.txt (--local, the default)",
+    )
+    which = layers.add_mutually_exclusive_group()
+    which.add_argument("--from-aws", action="store_true")
+    which.add_argument("--local", action="store_true")
+    layers.add_argument("--region", default=None, help="for the SSM lookup (default: yours)")
+    check = sam_local.add_parser(
+        "check", help="one cycle of a generated source via sam-local and in-process; compare"
+    )
+    check.add_argument("--scale", type=int, default=2000)
+    check.add_argument("--seed", type=int, default=42)
     return parser
 
 

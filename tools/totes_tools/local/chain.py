@@ -640,7 +640,9 @@ def check_warehouse(creds: DbCredentials) -> None:
 
 
 def run_command(args) -> int:
-    """``python -m totes run``: one cycle of the deployed chain against the user's databases."""
+    """``python -m totes run``: one cycle of the deployed chain against the user's databases,
+    the handlers called in this process or (``--invoker sam-local``) each through
+    ``sam local invoke`` in Docker (``totes_tools.local.sam_local``)."""
     if not os.environ.get("POWERTOOLS_LOG_LEVEL"):
         logger.setLevel("ERROR")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulator's request log
@@ -653,14 +655,22 @@ def run_command(args) -> int:
         stack.enter_context(aws_environment(endpoint))
         if args.endpoint_url:
             _check_endpoint(endpoint)
+        sam_local = None
+        if getattr(args, "invoker", "in-process") == "sam-local":
+            from totes_tools.local.sam_local import SamLocal
+
+            sam_local = stack.enter_context(SamLocal(endpoint, source, warehouse))
         chain = LocalChain(
             endpoint,
             StackNames(),
             source,
             warehouse,
+            handlers=sam_local.handlers if sam_local else None,
             max_batch_rows=args.max_batch_rows,
             chunk_rows=args.chunk_rows,
         )
+        if sam_local:
+            sam_local.bind(chain)
         if not _has_manifest(chain):
             check_source_has_rows(source)
         chain.prepare()
