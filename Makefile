@@ -101,11 +101,19 @@ sam-venv: $(SAM_STAMP)
 build: $(SAM_STAMP)
 	SAM_CLI_TELEMETRY=0 $(VENV_SAM)/bin/sam build --template-file template.yaml
 
-# The Amazon RDS CA bundle, shipped in the layer so verified TLS to RDS works in Lambda
-# (needs internet; run once before `make build` when the warehouse or source is on RDS).
+# The Amazon RDS CA bundle, shipped in the layer so verified TLS to RDS works in Lambda. The
+# CI build job runs it before `make build`; by hand, run it once before `make build` when the
+# warehouse or source is on RDS (needs the internet). HTTPS only; the download is checked by
+# sam/rds_ca.py (only Amazon RDS CA certificates, at least one unexpired; and, when
+# RDS_CA_SHA256 is set, exactly that reviewed bundle) before it replaces the layer's copy.
+RDS_CA := shared/totes/certs/rds-global-bundle.pem
+RDS_CA_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
+RDS_CA_SHA256 ?=
 rds-ca:
-	curl -fsSL https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem \
-		-o shared/totes/certs/rds-global-bundle.pem
+	curl --proto '=https' --tlsv1.2 -fsSL $(RDS_CA_URL) -o $(RDS_CA).download
+	$(PYTHON) sam/rds_ca.py $(RDS_CA).download --sha256 "$(RDS_CA_SHA256)" \
+		|| { rm -f $(RDS_CA).download; exit 1; }
+	mv $(RDS_CA).download $(RDS_CA)
 
 bench: $(STAMP)
 	$(BIN)/python -m totes bench --scale $(SCALE) --output bench-results.json
