@@ -152,7 +152,15 @@ def test_samconfig_overrides_name_template_parameters_and_carry_no_secrets_or_ne
         overrides = _overrides(env["deploy"]["parameters"]["parameter_overrides"])
         assert set(overrides) <= set(parameters), name
         assert set(overrides).isdisjoint(
-            {"SourceSecretArn", "WarehouseSecretArn", "AlarmEmail", "SubnetIds", "SecurityGroupIds"}
+            {
+                "SourceSecretArn",
+                "WarehouseSecretArn",
+                "AlarmEmail",
+                "SubnetIds",
+                "SecurityGroupIds",
+                "KmsKeyArn",
+                "BreakGlassRoleArn",
+            }
         )
         rate = re.compile(parameters["IngestScheduleRate"]["AllowedPattern"])
         assert rate.match(overrides["IngestScheduleRate"])
@@ -169,6 +177,8 @@ def test_deploy_script_passes_samconfig_overrides_plus_the_environment_secrets(t
         "SOURCE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:src-AbCdEf",
         "WAREHOUSE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:wh-AbCdEf",
         "SUBNET_IDS": "subnet-1,subnet-2",
+        "SECURITY_GROUP_IDS": "sg-1",
+        "KMS_KEY_ARN": "arn:aws:kms:eu-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-12345678",
     }
     result = subprocess.run(
         ["bash", str(REPO_ROOT / "sam" / "deploy.sh"), "prod"],
@@ -190,8 +200,53 @@ def test_deploy_script_passes_samconfig_overrides_plus_the_environment_secrets(t
         f'WarehouseSecretArn="{env["WAREHOUSE_SECRET_ARN"]}"',
         'AlarmEmail=""',
         'SubnetIds="subnet-1,subnet-2"',
-        'SecurityGroupIds=""',
+        'SecurityGroupIds="sg-1"',
+        f'KmsKeyArn="{env["KMS_KEY_ARN"]}"',
+        'BreakGlassRoleArn=""',
     ]
+
+
+def test_prod_is_private_the_stack_and_the_deploy_script_refuse_it_without_subnets(tmp_path):
+    """samconfig's prod sets RequireVpc (the template's VpcRequired rule then fails a deploy
+    without SubnetIds before any resource changes), and sam/deploy.sh refuses prod without
+    SUBNET_IDS and SECURITY_GROUP_IDS before it packages anything. dev and the sandbox may
+    still run outside a VPC."""
+    requires = {
+        name: _overrides(env["deploy"]["parameters"]["parameter_overrides"]).get("RequireVpc")
+        for name, env in _samconfig().items()
+        if name != "version"
+    }
+    assert requires == {"default": None, "dev": None, "prod": "true"}
+    assert load_template()["Parameters"]["RequireVpc"]["AllowedValues"] == ["false", "true"]
+
+    fake = tmp_path / "sam"
+    fake.write_text("#!/bin/sh\necho deployed\n")
+    fake.chmod(0o755)
+    secrets = {
+        "PATH": os.environ["PATH"],
+        "SAM": str(fake),
+        "SOURCE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:src-AbCdEf",
+        "WAREHOUSE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:wh-AbCdEf",
+    }
+
+    def deploy(env_name, **extra):
+        return subprocess.run(
+            ["bash", str(REPO_ROOT / "sam" / "deploy.sh"), env_name],
+            capture_output=True,
+            text=True,
+            env={**secrets, **extra},
+            timeout=30,
+        )
+
+    no_subnets = deploy("prod")
+    no_groups = deploy("prod", SUBNET_IDS="subnet-1")
+    private = deploy("prod", SUBNET_IDS="subnet-1", SECURITY_GROUP_IDS="sg-1")
+    dev = deploy("dev")
+    assert no_subnets.returncode != 0
+    assert no_groups.returncode != 0
+    assert "SUBNET_IDS is required for prod" in no_subnets.stderr
+    assert "SECURITY_GROUP_IDS is required for prod" in no_groups.stderr
+    assert (private.stdout, dev.stdout) == ("deployed\n", "deployed\n")
 
 
 def test_deploy_script_refuses_to_run_without_the_secret_arns(tmp_path):
