@@ -76,7 +76,11 @@ def writers(expanded: dict, bucket: str, key: str, break_glass: bool) -> set[str
 LAKE_KEYS = {
     ("RawBucket", "raw/address/20261129T101500Z-0001/part-0000.parquet"): {"<IngestRole.Arn>"},
     ("RawBucket", "manifests/20261129T101500Z-0001.json"): {"<IngestRole.Arn>"},
+    ("RawBucket", "state/latest.json"): {"<IngestRole.Arn>"},
+    ("RawBucket", "state/keys/address/20261129T101500Z-0001.parquet"): {"<IngestRole.Arn>"},
     ("RawBucket", "quarantine/20261129T101500Z-0001/reason.json"): {"<TransformRole.Arn>"},
+    ("RawBucket", "quarantine/rows/20261129T101500Z-0001.jsonl"): {"<TransformRole.Arn>"},
+    ("RawBucket", "statefoo/x.json"): set(),
     ("RawBucket", "elsewhere/manifests/x.json"): set(),
     ("RawBucket", "x.json"): set(),
     ("ProcessedBucket", "processed/fact_sales_order/20261129T101500Z-0001/part-0000.parquet"): {

@@ -305,12 +305,13 @@ def test_each_role_reaches_only_its_own_buckets_prefixes_secret_table_and_log_gr
             "dynamodb:DeleteItem",
         )
     }
-    manifests_only = json.dumps({"StringLike": {"s3:prefix": ["manifests/*"]}}, sort_keys=True)
     assert grants(res["IngestRole"]) == logs("Ingest") | failure | {
-        ("s3:ListBucket", RAW, manifests_only),
+        ("s3:ListBucket", RAW, no_condition),
         ("s3:GetObject", f"{RAW}/manifests/*", no_condition),
+        ("s3:GetObject", f"{RAW}/state/*", no_condition),
         ("s3:PutObject", f"{RAW}/raw/*", no_condition),
         ("s3:PutObject", f"{RAW}/manifests/*", no_condition),
+        ("s3:PutObject", f"{RAW}/state/*", no_condition),
         ("secretsmanager:GetSecretValue", "<SourceSecretArn>", no_condition),
     }
     assert grants(res["TransformRole"]) == logs("Transform") | failure | idempotency | {
