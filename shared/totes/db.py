@@ -1,6 +1,11 @@
 """PostgreSQL connections for every stage and tool: from a URL (CLI, tests) or from a Secrets
 Manager secret (Lambda), with TLS verified for any host that is not loopback or a socket.
 
+``sslmode`` works as in libpq where both have it: an explicit ``disable``, ``require`` or
+``verify-full`` applies to every TCP host, loopback included (an SSM or SSH port forward to RDS
+is loopback); only when none is given does loopback mean plaintext and any other host
+``verify-full``. Unix sockets never use TLS (PostgreSQL offers none there).
+
 Errors name the database and host but never the password.
 """
 
@@ -31,7 +36,10 @@ _AUTH_FAILURES = {"28P01", "28000"}
 
 @dataclass(frozen=True)
 class DbCredentials:
-    """Where and as whom to connect. ``repr`` hides the password."""
+    """Where and as whom to connect. ``repr`` hides the password.
+
+    ``sslmode`` None means "not given" (see the module docstring).
+    """
 
     user: str
     dbname: str
@@ -39,7 +47,7 @@ class DbCredentials:
     port: int = 5432
     password: str | None = field(default=None, repr=False)
     unix_socket_dir: str | None = None
-    sslmode: str = "verify-full"
+    sslmode: str | None = None
     sslrootcert: str | None = None
 
     @classmethod
@@ -62,8 +70,8 @@ class DbCredentials:
         host = parts.hostname or (None if socket_dir else query.get("host"))
         if not host and not socket_dir:
             raise ConfigurationError("database URL names neither a host nor a socket directory")
-        sslmode = query.get("sslmode", "verify-full")
-        if sslmode not in SSL_MODES:
+        sslmode = query.get("sslmode")
+        if sslmode is not None and sslmode not in SSL_MODES:
             raise ConfigurationError(f"sslmode must be one of {SSL_MODES}, got {sslmode!r}")
         return cls(
             user=unquote(parts.username or "postgres"),
@@ -87,8 +95,8 @@ class DbCredentials:
             raise ConfigurationError(f"database secret lacks key(s): {', '.join(missing)}")
         host = str(data["host"])
         socket_dir = host if host.startswith("/") else None
-        sslmode = data.get("sslmode", "verify-full")
-        if sslmode not in SSL_MODES:
+        sslmode = data.get("sslmode")
+        if sslmode is not None and sslmode not in SSL_MODES:
             raise ConfigurationError(f"secret sslmode must be one of {SSL_MODES}, got {sslmode!r}")
         return cls(
             user=str(data.get("user") or data.get("username")),
@@ -110,7 +118,7 @@ class DbCredentials:
             "password": self.password or "",
             "dbname": self.dbname,
         }
-        if self.sslmode != "verify-full":
+        if self.sslmode is not None:
             data["sslmode"] = self.sslmode
         if self.sslrootcert:
             data["sslrootcert"] = self.sslrootcert
@@ -131,7 +139,7 @@ class DbCredentials:
             query.update(host=self.unix_socket_dir, port=str(self.port))
         else:
             location = f"{self.host}:{self.port}"
-        if self.sslmode != "verify-full":
+        if self.sslmode is not None:
             query["sslmode"] = self.sslmode
         if self.sslrootcert:
             query["sslrootcert"] = self.sslrootcert
@@ -173,15 +181,39 @@ class DbCredentials:
             raise ConfigurationError(f"sslrootcert {root!r} is not a file (looked at {path})")
         return {"cafile": str(path)}
 
+    @property
+    def tls_mode(self) -> str:
+        """The sslmode in force: the explicit one on any TCP host, else ``disable`` on loopback
+        and ``verify-full`` elsewhere; always ``disable`` on a unix socket."""
+        if self.unix_socket_dir:
+            return "disable"
+        if self.sslmode is not None:
+            return self.sslmode
+        return "disable" if self.is_local else "verify-full"
+
     def ssl_context(self) -> ssl.SSLContext | None:
-        """TLS for every remote host, verified unless the configuration relaxes it explicitly."""
-        if self.is_local or self.sslmode == "disable":
-            if not self.is_local:
+        """TLS for every remote host (and a loopback one that asks for it), verified unless the
+        configuration relaxes it explicitly.
+
+        Certificate checks are the same on every Python: 3.13 (the Lambda runtime) made
+        ``VERIFY_X509_STRICT`` and ``VERIFY_X509_PARTIAL_CHAIN`` defaults of
+        ``create_default_context`` and 3.11 has neither, so both are set here. Strict RFC 5280
+        checks stay on for the system store and the bundled RDS CAs; they are lifted only for
+        CAs the configuration names itself (``sslrootcert``), as libpq does, so a private CA
+        made by PostgreSQL's own recipe (no keyUsage extension) verifies. The chain up to that
+        CA, the validity dates and the host name are checked either way (docs/deploy.md).
+        """
+        mode = self.tls_mode
+        if mode == "disable":
+            if self.sslmode == "disable" and not self.is_local:
                 logger.warning("TLS disabled by explicit sslmode=disable", extra={"db": self.where})
             return None
         cas = self.ca_arguments()
         context = ssl.create_default_context(cafile=cas.get("cafile"), cadata=cas.get("cadata"))
-        if self.sslmode == "require":
+        context.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+        if self.sslrootcert is not None:
+            context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+        if mode == "require":
             logger.warning(
                 "TLS certificate verification relaxed by explicit sslmode=require",
                 extra={"db": self.where},
