@@ -6,6 +6,10 @@ Manager secret (Lambda), with TLS verified for any host that is not loopback or 
 is loopback); only when none is given does loopback mean plaintext and any other host
 ``verify-full``. Unix sockets never use TLS (PostgreSQL offers none there).
 
+Credentials read from Secrets Manager re-read their secret once when the server refuses them,
+so a rotated password (single user, or alternating users after the cache outlived a rotation)
+costs one refused login instead of every call until the cache expires.
+
 Errors name the database and host but never the password.
 """
 
@@ -15,7 +19,9 @@ import ipaddress
 import json
 import os
 import ssl
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
@@ -24,7 +30,7 @@ import pg8000
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
-from totes.errors import ConfigurationError, DatabaseUnavailable
+from totes.errors import AuthenticationFailed, ConfigurationError, DatabaseUnavailable
 from totes.observability import logger
 
 SSL_MODES = ("verify-full", "require", "disable")
@@ -38,7 +44,8 @@ _AUTH_FAILURES = {"28P01", "28000"}
 class DbCredentials:
     """Where and as whom to connect. ``repr`` hides the password.
 
-    ``sslmode`` None means "not given" (see the module docstring).
+    ``sslmode`` None means "not given" (see the module docstring); ``refresh``, when set,
+    reads these credentials again from where they came from, bypassing any cache.
     """
 
     user: str
@@ -49,6 +56,7 @@ class DbCredentials:
     unix_socket_dir: str | None = None
     sslmode: str | None = None
     sslrootcert: str | None = None
+    refresh: Callable[[], DbCredentials] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_url(cls, url: str) -> DbCredentials:
@@ -125,7 +133,7 @@ class DbCredentials:
         return json.dumps(data)
 
     def with_dbname(self, dbname: str) -> DbCredentials:
-        return DbCredentials(**{**self.__dict__, "dbname": dbname})
+        return replace(self, dbname=dbname, refresh=None)
 
     def to_url(self) -> str:
         """A URL naming every field, password percent-encoded (for local tools; never logged):
@@ -226,7 +234,30 @@ class DbCredentials:
 def connect(
     creds: DbCredentials, *, application_name: str = "totes", timeout: float = 10.0
 ) -> pg8000.native.Connection:
-    """A ``pg8000.native.Connection``; failures become ``DatabaseUnavailable`` naming the target."""
+    """A ``pg8000.native.Connection``; failures become ``DatabaseUnavailable`` naming the target.
+
+    When the server refuses the credentials and they can be read again (``creds.refresh``,
+    set for secrets), they are read again once, bypassing the cache; if the secret changed
+    meanwhile (a rotation), the connection is tried once more with the new one.
+    """
+    try:
+        return _connect_once(creds, application_name, timeout)
+    except AuthenticationFailed:
+        if creds.refresh is None:
+            raise
+        fresh = creds.refresh()
+        if fresh == creds:
+            raise  # the secret still says what the server refused: not a rotation
+    logger.warning(
+        "database refused the cached credentials; the secret has changed (rotated), retrying",
+        extra={"db": creds.where, "user": creds.user, "new_user": fresh.user},
+    )
+    return _connect_once(replace(fresh, refresh=None), application_name, timeout)
+
+
+def _connect_once(
+    creds: DbCredentials, application_name: str, timeout: float
+) -> pg8000.native.Connection:
     kwargs: dict[str, Any] = {
         "user": creds.user,
         "password": creds.password,
@@ -257,7 +288,7 @@ def _refused(exc: DatabaseError, creds: DbCredentials) -> DatabaseUnavailable:
     """The server answered and said no: name an authentication failure as such."""
     code = exc.args[0].get("C") if exc.args and isinstance(exc.args[0], dict) else None
     if code in _AUTH_FAILURES:
-        return DatabaseUnavailable(
+        return AuthenticationFailed(
             f"authentication failed for user {creds.user!r} on {creds.where}"
         )
     return DatabaseUnavailable(f"cannot connect to {creds.where}: {_clean(exc, creds)}")
@@ -297,15 +328,20 @@ def set_socket_timeout(con: pg8000.native.Connection, seconds: float) -> None:
     settimeout(seconds)
 
 
-def credentials_from_secret_store(secret_id: str) -> DbCredentials:
-    """Read database credentials from Secrets Manager through Powertools Parameters (cached)."""
+def credentials_from_secret_store(secret_id: str, *, force_fetch: bool = False) -> DbCredentials:
+    """Read database credentials from Secrets Manager through Powertools Parameters (cached
+    for 5 minutes); their ``refresh`` reads the secret again past the cache (and re-caches it),
+    which ``connect`` does once when the server refuses them."""
     from aws_lambda_powertools.utilities import parameters
 
     try:
-        value = parameters.get_secret(secret_id, max_age=300)
+        value = parameters.get_secret(secret_id, max_age=300, force_fetch=force_fetch)
     except parameters.exceptions.GetParameterError as exc:
         raise ConfigurationError(f"cannot read database secret {secret_id!r}: {exc}") from None
-    return DbCredentials.from_secret(value)
+    creds = DbCredentials.from_secret(value)
+    return replace(
+        creds, refresh=partial(credentials_from_secret_store, secret_id, force_fetch=True)
+    )
 
 
 def _clean(exc: Exception, creds: DbCredentials) -> str:

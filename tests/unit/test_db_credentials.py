@@ -2,6 +2,7 @@
 
 import json
 import ssl
+from dataclasses import replace
 
 import pytest
 
@@ -171,3 +172,11 @@ def test_certificate_checks_are_the_same_on_every_python():
     assert (store.verify_mode, named.verify_mode) == (ssl.CERT_REQUIRED, ssl.CERT_REQUIRED)
     assert (store.check_hostname, named.check_hostname) == (True, True)
     assert relaxed.ssl_context().verify_mode == ssl.CERT_NONE
+
+
+def test_the_way_back_to_the_secret_is_neither_compared_nor_shown_nor_copied():
+    creds = DbCredentials("u", "d", host="db.example.com", password="pw")
+    again = replace(creds, refresh=lambda: creds)
+    assert again == creds
+    assert "lambda" not in repr(again)
+    assert again.with_dbname("other").refresh is None
