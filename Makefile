@@ -21,15 +21,26 @@ PYTEST_ARGS ?=
 # PostgreSQL, moto and subprocesses). Each worker starts its own embedded PostgreSQL and moto
 # server (session fixtures); every test makes uniquely named databases and stacks. 0 = serial.
 PYTEST_WORKERS ?= 2
+# `make venv PYTHON=/path/to/python3.13` (or PYTHON in the environment, as .ci/run sets it)
+# builds .venv with that interpreter, and recreates a .venv made by another Python version.
+# Without PYTHON, .venv keeps the interpreter it was made with.
+PY_VERSION := import sys; print("%d.%d.%d" % sys.version_info[:3])
+ifneq ($(filter command line environment,$(origin PYTHON)),)
+ifneq "$(shell $(PYTHON) -c '$(PY_VERSION)' 2>&1)" "$(shell $(BIN)/python -c '$(PY_VERSION)' 2>/dev/null)"
+VENV_REBUILD := 1
+endif
+endif
 
 .PHONY: help demo test unit integration e2e template lint format security check build bench clean venv \
-	rds-ca sam-venv checkov-venv checkov
+	rds-ca sam-venv checkov-venv checkov FORCE
 
 help:
 	@echo "make demo | test | unit | integration | e2e | template | lint | format | security | checkov | check | build | bench [SCALE=N] | clean"
 	@echo "skip the slow tests: make test PYTEST_ARGS='-m \"not slow\"'"
+	@echo "another interpreter for .venv: make venv PYTHON=/path/to/python3.13"
 
-$(STAMP): $(REQS)
+$(STAMP): $(REQS) $(if $(VENV_REBUILD),FORCE)
+	$(if $(VENV_REBUILD),rm -rf $(VENV))
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements/dev.txt -c requirements/lock.txt
