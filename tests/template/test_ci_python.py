@@ -50,9 +50,11 @@ def test_without_a_3_13_the_ci_says_it_runs_on_the_default_python3(tmp_path, ver
 
 def make_venv_plan(python: str) -> str:
     """What ``make venv PYTHON=python`` would do (-B: as if .venv were out of date)."""
+    outer_make = {"MAKEFLAGS", "MAKELEVEL", "MFLAGS"}  # when the suite runs under make test
+    env = {k: v for k, v in os.environ.items() if k not in outer_make}
     return subprocess.run(
-        ["make", "-n", "-B", "venv", f"PYTHON={python}"],
-        capture_output=True, text=True, cwd=REPO_ROOT, check=True,
+        ["make", "--no-print-directory", "-n", "-B", "venv", f"PYTHON={python}"],
+        capture_output=True, text=True, cwd=REPO_ROOT, check=True, env=env,
     ).stdout  # fmt: skip
 
 
