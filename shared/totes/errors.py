@@ -16,6 +16,10 @@ class DatabaseUnavailable(TotesError):
     """The database cannot be reached or refuses our credentials."""
 
 
+class AuthenticationFailed(DatabaseUnavailable):
+    """The server refused the user or password (SQLSTATE 28P01 or 28000)."""
+
+
 class SchemaDrift(TotesError):
     """A table or column the pipeline relies on is missing or has another type."""
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from sam_template import REPO_ROOT, as_list, render, resources_of
+from sam_template import REPO_ROOT, as_list, grants, policies, render, resolve, resources_of
 
 from totes.lake import MANIFEST_PREFIX, MANIFEST_SUFFIX
 from totes.settings import IngestSettings, LoadSettings, TransformSettings
@@ -48,34 +48,6 @@ WILDCARD_RESOURCE_ALLOWED: dict[tuple[str, str], str] = {
 }
 
 
-def statements(policy: dict, has_vpc: bool) -> list[dict]:
-    """A policy's statements as deployed with or without SubnetIds: ``!If [HasVpc, s, NoValue]``
-    resolved (HasVpc is the only condition a statement may carry)."""
-    out = []
-    for stmt in as_list(policy["PolicyDocument"]["Statement"]):
-        if "Fn::If" in stmt:
-            condition, when_true, when_false = stmt["Fn::If"]
-            assert condition == "HasVpc"
-            stmt = when_true if has_vpc else when_false
-            if stmt == {"Ref": "AWS::NoValue"}:
-                continue
-        out.append(stmt)
-    return out
-
-
-def grants(role: dict, has_vpc: bool = False) -> set[tuple]:
-    """Every (action, resource, condition) an IAM role's inline policies allow, rendered."""
-    out = set()
-    for policy in role["Properties"].get("Policies", []):
-        for stmt in statements(policy, has_vpc):
-            assert stmt["Effect"] == "Allow"
-            condition = json.dumps(render(stmt.get("Condition")), sort_keys=True)
-            for action in as_list(stmt["Action"]):
-                for resource in as_list(render(stmt["Resource"])):
-                    out.add((action, resource, condition))
-    return out
-
-
 def test_raw_bucket_notifies_transform_and_processed_bucket_notifies_load_on_manifests_only(
     expanded,
 ):
@@ -103,6 +75,29 @@ def test_raw_bucket_notifies_transform_and_processed_bucket_notifies_load_on_man
     }
 
 
+def test_s3_may_invoke_transform_and_load_only_for_the_stacks_own_buckets(expanded):
+    """SAM's S3 event source pins only the account; the explicit permissions pin the bucket
+    too, named (not referenced) so no bucket -> permission -> bucket cycle forms."""
+    res = expanded["Resources"]
+    permissions = {
+        render(p["Properties"]["FunctionName"]): (name, p["Properties"])
+        for name, p in resources_of(expanded, "AWS::Lambda::Permission").items()
+    }
+    pinned = {
+        fn: (render(p.get("SourceArn")), render(p.get("SourceAccount")))
+        for fn, (_, p) in permissions.items()
+    }
+    assert pinned == {
+        "<TransformFunction>": (RAW, "ACCOUNT"),
+        "<LoadFunction>": (PROCESSED, "ACCOUNT"),
+    }
+    assert render(res["RawBucket"]["Properties"]["BucketName"]) == RAW.split(":::")[1]
+    assert render(res["ProcessedBucket"]["Properties"]["BucketName"]) == PROCESSED.split(":::")[1]
+    # S3 checks the permission when it stores the notification: the bucket waits for it
+    assert as_list(res["RawBucket"]["DependsOn"]) == [permissions["<TransformFunction>"][0]]
+    assert as_list(res["ProcessedBucket"]["DependsOn"]) == [permissions["<LoadFunction>"][0]]
+
+
 def test_ingest_runs_on_the_schedule_at_the_rate_parameter_one_at_a_time(template, expanded):
     schedules = resources_of(expanded, "AWS::Scheduler::Schedule")
     assert len(schedules) == 1
@@ -120,6 +115,25 @@ def test_ingest_runs_on_the_schedule_at_the_rate_parameter_one_at_a_time(templat
     assert (
         expanded["Resources"]["IngestFunction"]["Properties"]["ReservedConcurrentExecutions"] == 1
     )
+
+
+def test_transform_and_load_reserve_the_warehouse_connection_budget(template, expanded):
+    """Load holds one warehouse connection per concurrent invocation (up to 880 s while it waits
+    on the load lock), so its reserved concurrency is the budget; transform, which feeds it,
+    gets the same so a burst of raw manifests cannot outrun load. Ingest stays at one run."""
+    budget = template["Parameters"]["WarehouseConnectionBudget"]
+    assert (budget["Type"], budget["Default"], budget["MinValue"]) == ("Number", 3, 1)
+    reserved = {
+        stage: expanded["Resources"][f"{stage}Function"]["Properties"].get(
+            "ReservedConcurrentExecutions"
+        )
+        for stage in STAGES
+    }
+    assert reserved == {
+        "Ingest": 1,
+        "Transform": {"Ref": "WarehouseConnectionBudget"},
+        "Load": {"Ref": "WarehouseConnectionBudget"},
+    }
 
 
 def test_the_schedule_sends_the_event_shape_of_the_sam_ingest_event(expanded):
@@ -310,12 +324,13 @@ def test_each_role_reaches_only_its_own_buckets_prefixes_secret_table_and_log_gr
             "dynamodb:DeleteItem",
         )
     }
-    manifests_only = json.dumps({"StringLike": {"s3:prefix": ["manifests/*"]}}, sort_keys=True)
     assert grants(res["IngestRole"]) == logs("Ingest") | failure | {
-        ("s3:ListBucket", RAW, manifests_only),
+        ("s3:ListBucket", RAW, no_condition),
         ("s3:GetObject", f"{RAW}/manifests/*", no_condition),
+        ("s3:GetObject", f"{RAW}/state/*", no_condition),
         ("s3:PutObject", f"{RAW}/raw/*", no_condition),
         ("s3:PutObject", f"{RAW}/manifests/*", no_condition),
+        ("s3:PutObject", f"{RAW}/state/*", no_condition),
         ("secretsmanager:GetSecretValue", "<SourceSecretArn>", no_condition),
     }
     assert grants(res["TransformRole"]) == logs("Transform") | failure | idempotency | {
@@ -340,7 +355,8 @@ def test_each_role_reaches_only_its_own_buckets_prefixes_secret_table_and_log_gr
 def test_no_role_allows_wildcard_actions_or_resources(expanded):
     found = []
     for name, role in resources_of(expanded, "AWS::IAM::Role").items():
-        for action, resource, _ in grants(role, has_vpc=False) | grants(role, has_vpc=True):
+        every = set().union(*(grants(role, vpc, kms) for vpc in (0, 1) for kms in (0, 1)))
+        for action, resource, _ in every:
             if action == "*" or action.endswith(":*"):
                 found.append((name, action, resource))
             if resource == "*" and (name, action) not in WILDCARD_RESOURCE_ALLOWED:
@@ -364,7 +380,7 @@ def test_in_a_vpc_roles_gain_only_the_eni_actions_and_no_managed_policy(expanded
     for name in VPC_ROLES:
         conditional = [
             stmt
-            for policy in roles[name]["Properties"]["Policies"]
+            for policy in policies(roles[name], has_kms=True)
             for stmt in as_list(policy["PolicyDocument"]["Statement"])
             if "Fn::If" in stmt
         ]
@@ -407,23 +423,39 @@ def test_functions_join_the_vpc_only_when_subnets_are_given(expanded):
 def test_a_deploy_with_subnets_but_no_security_groups_is_refused_before_any_resource(expanded):
     """Lambda would reject the VpcConfig mid-deploy; the template Rule fails the stack first.
     An empty CommaDelimitedList parameter is the list [""]."""
-    assert expanded["Rules"] == {
-        "VpcNeedsSecurityGroups": {
-            "RuleCondition": {"Fn::Not": [{"Fn::EachMemberEquals": [{"Ref": "SubnetIds"}, ""]}]},
-            "Assertions": [
-                {
-                    "Assert": {
-                        "Fn::Not": [{"Fn::EachMemberEquals": [{"Ref": "SecurityGroupIds"}, ""]}]
-                    },
-                    "AssertDescription": "SecurityGroupIds must name at least one security group "
-                    "when SubnetIds is set.",
-                }
-            ],
-        }
+    assert expanded["Rules"]["VpcNeedsSecurityGroups"] == {
+        "RuleCondition": {"Fn::Not": [{"Fn::EachMemberEquals": [{"Ref": "SubnetIds"}, ""]}]},
+        "Assertions": [
+            {
+                "Assert": {
+                    "Fn::Not": [{"Fn::EachMemberEquals": [{"Ref": "SecurityGroupIds"}, ""]}]
+                },
+                "AssertDescription": "SecurityGroupIds must name at least one security group "
+                "when SubnetIds is set.",
+            }
+        ],
     }
     assert expanded["Conditions"]["HasVpc"] == {
         "Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "SubnetIds"}]}, ""]}]
     }
+
+
+def test_a_stack_that_requires_a_vpc_refuses_to_deploy_without_subnets(template, expanded):
+    """RequireVpc=true (samconfig's prod) makes a missing SubnetIds fail before any resource
+    changes, so production never reaches its databases over the internet by omission."""
+    assert sorted(expanded["Rules"]) == ["VpcNeedsSecurityGroups", "VpcRequired"]
+    assert expanded["Rules"]["VpcRequired"] == {
+        "RuleCondition": {"Fn::Equals": [{"Ref": "RequireVpc"}, "true"]},
+        "Assertions": [
+            {
+                "Assert": {"Fn::Not": [{"Fn::EachMemberEquals": [{"Ref": "SubnetIds"}, ""]}]},
+                "AssertDescription": "RequireVpc is true, so SubnetIds (and SecurityGroupIds) "
+                "must name the private subnets ingest and load run in.",
+            }
+        ],
+    }
+    require = template["Parameters"]["RequireVpc"]
+    assert (require["Default"], require["AllowedValues"]) == ("false", ["false", "true"])
 
 
 def test_every_bucket_blocks_public_access_encrypts_versions_and_denies_plain_http(expanded):
@@ -432,29 +464,23 @@ def test_every_bucket_blocks_public_access_encrypts_versions_and_denies_plain_ht
         for p in resources_of(expanded, "AWS::S3::BucketPolicy").values()
     }
     buckets = resources_of(expanded, "AWS::S3::Bucket")
-    assert sorted(buckets) == ["ProcessedBucket", "RawBucket"]
+    assert sorted(buckets) == ["AccessLogBucket", "ProcessedBucket", "RawBucket"]
     for name, bucket in buckets.items():
         props = bucket["Properties"]
         assert props["PublicAccessBlockConfiguration"] == dict.fromkeys(
             ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"),
             True,
         )
-        assert props["BucketEncryption"] == {
-            "ServerSideEncryptionConfiguration": [
-                {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
-            ]
-        }
+        assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
         assert props["VersioningConfiguration"] == {"Status": "Enabled"}
-        assert render(policies[name]) == [
-            {
-                "Sid": "DenyInsecureTransport",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:*",
-                "Resource": [f"<{name}.Arn>", f"<{name}.Arn>/*"],
-                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-            }
-        ]
+        assert render(policies[name][0]) == {
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [f"<{name}.Arn>", f"<{name}.Arn>/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }
 
 
 def test_quarantine_and_old_versions_expire_by_lifecycle(expanded):
@@ -486,7 +512,8 @@ def test_quarantine_and_old_versions_expire_by_lifecycle(expanded):
 
 def test_the_idempotency_table_is_keyed_on_id_with_ttl_on_demand(expanded):
     (table,) = resources_of(expanded, "AWS::DynamoDB::Table").values()
-    assert table["Properties"] == {
+    props = resolve(table["Properties"], {"HasKmsKey": False})
+    assert props == {
         "BillingMode": "PAY_PER_REQUEST",
         "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
         "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
