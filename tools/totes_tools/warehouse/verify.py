@@ -42,6 +42,7 @@ from datetime import date
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pg8000.exceptions import DatabaseError
 from pg8000.native import Connection
 
 from totes import quality
@@ -523,7 +524,7 @@ def check_calendar(warehouse: Connection, dates: set[date], show: int) -> TableV
 def check_migrated(warehouse: Connection, where: str) -> None:
     try:
         done = {int(v) for [v] in warehouse.run("SELECT version FROM schema_migrations")}
-    except Exception:  # no ledger of migrations at all: not a warehouse of ours
+    except DatabaseError:  # no ledger of migrations at all: not a warehouse of ours
         raise TotesError(f"{where} has no schema_migrations table: is it the warehouse?") from None
     missing = [f"{m.version:04d}_{m.name}" for m in available() if m.version not in done]
     if missing:
