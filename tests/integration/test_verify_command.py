@@ -3,6 +3,7 @@ naming it (exit 2), before reading or writing anything; verify never writes."""
 
 from __future__ import annotations
 
+from totes.observability import logger
 from totes.warehouse.migrations import migrate
 from totes_tools import cli
 from totes_tools.source.generator import generate
@@ -48,8 +49,12 @@ def test_verify_names_a_source_without_the_totesys_schema(source_db, warehouse_d
 
 def test_rebuild_without_a_bucket_names_what_to_pass(warehouse_db, capsys, monkeypatch):
     monkeypatch.delenv("PROCESSED_BUCKET", raising=False)
+    monkeypatch.delenv("POWERTOOLS_LOG_LEVEL", raising=False)
+    level = logger.log_level
 
     code, err = totes(capsys, "warehouse", "rebuild", "--warehouse-url", warehouse_db.to_url())
+
+    assert logger.log_level == level  # quieted for the command only, not for its process
 
     assert (code, err) == (
         2,

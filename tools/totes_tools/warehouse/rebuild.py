@@ -174,11 +174,21 @@ def _processed_bucket(args) -> str:
 
 def command(args) -> int:
     """``python -m totes warehouse rebuild``: against the emulator (``--endpoint-url``) or AWS
-    (boto3's default credentials and region)."""
-    import boto3
-
+    (boto3's default credentials and region). The load code's INFO logs are quiet unless
+    ``POWERTOOLS_LOG_LEVEL`` asks for them (the level is restored afterwards: the command may
+    run inside another process, e.g. a test)."""
+    level = logger.log_level
     if not os.environ.get("POWERTOOLS_LOG_LEVEL"):
         logger.setLevel("ERROR")
+    try:
+        return _command(args)
+    finally:
+        logger.setLevel(level)
+
+
+def _command(args) -> int:
+    import boto3
+
     bucket = _processed_bucket(args)
     if args.endpoint_url:
         from totes_tools.local.aws import LOCAL_ENV, client, environment
