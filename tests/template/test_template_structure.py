@@ -510,6 +510,27 @@ def test_quarantine_and_old_versions_expire_by_lifecycle(expanded):
     }
 
 
+# What a lifecycle rule may not do to objects a warehouse rebuild reads (current versions).
+_REMOVES_CURRENT = ("ExpirationInDays", "ExpirationDate", "Transitions", "Transition")
+
+
+def test_no_lifecycle_rule_expires_what_a_rebuild_reads(expanded):
+    """``warehouse rebuild`` loads every batch of the processed lake: no rule may expire or
+    archive current objects under ``processed/`` or ``manifests/`` there (docs/deploy.md)."""
+    rules = expanded["Resources"]["ProcessedBucket"]["Properties"]["LifecycleConfiguration"]
+    offending = []
+    for rule in rules["Rules"]:
+        prefix = rule.get("Prefix", (rule.get("Filter") or {}).get("Prefix", ""))
+        covers = any(
+            p.startswith(prefix) or prefix.startswith(p) for p in ("processed/", MANIFEST_PREFIX)
+        )
+        if covers and any(k in rule for k in _REMOVES_CURRENT):
+            offending.append(rule["Id"])
+
+    assert [r["Id"] for r in rules["Rules"]] == ["ExpireNoncurrentVersions"]
+    assert offending == []
+
+
 def test_the_idempotency_table_is_keyed_on_id_with_ttl_on_demand(expanded):
     (table,) = resources_of(expanded, "AWS::DynamoDB::Table").values()
     props = resolve(table["Properties"], {"HasKmsKey": False})

@@ -168,6 +168,23 @@ class Failure:
 
 
 @dataclass
+class GoneFailure:
+    """A record on the failure queue whose batch data no longer exists: redriving it can never
+    succeed, so it is reported once (with the command that drops it) and not redriven."""
+
+    stage: str
+    batch_id: str
+    missing: str
+    command: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.stage} batch {self.batch_id} on the failure queue cannot be redriven: "
+            f"{self.missing}. Drop it: {self.command}"
+        )
+
+
+@dataclass
 class Metric:
     """One metric value a handler emitted (parsed from its EMF output)."""
 
@@ -208,13 +225,14 @@ class CycleReport:
         default_factory=lambda: {s: StageReport() for s in STAGES}
     )
     failures: list[Failure] = field(default_factory=list)
+    gone: list[GoneFailure] = field(default_factory=list)  # reported once, not redriven
     freshness_seconds: float | None = None
     seconds: float = 0.0
     replayed: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.gone
 
     def format(self) -> str:
         lines = [f"cycle: {self.seconds:.2f} s" + ("" if self.ok else " (with failures)")]
@@ -240,6 +258,7 @@ class CycleReport:
         if self.freshness_seconds is not None:
             lines.append(f"  warehouse freshness: {self.freshness_seconds:.1f} s")
         lines.extend(f"  FAILED: {failure}" for failure in self.failures)
+        lines.extend(f"  GONE: {gone}" for gone in self.gone)
         return "\n".join(lines)
 
 
@@ -396,18 +415,36 @@ class LocalChain:
     def replay_failures(self, report: CycleReport | None = None) -> CycleReport:
         """Redrive the S3 events on the failure queue (what an operator does after fixing the
         cause): each goes to its stage again under the same retry rule. Failed scheduled
-        ingests are dropped: the next run covers their window, the watermark never moved."""
+        ingests are dropped: the next run covers their window, the capture state never moved.
+
+        A record whose batch data is gone (its manifest, or a file the manifest lists, no
+        longer exists) can never succeed: it is not redriven but stays on the queue, reported
+        once (``report.gone``, with the command that drops it; later cycles keep it quietly
+        until the operator runs ``python -m totes failures drop``)."""
+        from totes_tools.failures import FailureQueue, drop_hint, missing_data
+
         report = report or CycleReport()
         self._fresh_clients()
         stage_of = {self.names.raw_bucket: "transform", self.names.processed_bucket: "load"}
-        for record in self.failures():
-            event = record.get("requestPayload") or {}
-            buckets = {r["s3"]["bucket"]["name"] for r in event.get("Records", ())}
-            stages = {stage_of.get(b) for b in buckets}
+        queue = FailureQueue(self.sqs, self._queue_url(self.names.failure_queue))
+        for record in queue.receive_all(hold_seconds=VISIBILITY_TIMEOUT_SECONDS):
+            stages = {stage_of.get(bucket) for bucket, _ in record.objects}
             if len(stages) != 1 or None in stages:
+                queue.delete(record)
                 continue
+            stage = stages.pop()
+            missing = missing_data(self.s3, record)
+            if missing:
+                if not record.reported:
+                    queue_url = None if self.names == StackNames() else queue.url
+                    command = drop_hint(record.batch, self.endpoint_url, queue_url)
+                    report.gone.append(GoneFailure(stage, record.batch, missing, command))
+                    logger.warning("failure record's data is gone", extra={"batch": record.batch})
+                queue.keep_reported(record)
+                continue
+            queue.delete(record)
             report.replayed += 1
-            self._handle(Delivery(stages.pop(), event), report)
+            self._handle(Delivery(stage, record.event), report)
         return report
 
     def receive(self, stage: str, queue: str) -> list[Delivery]:
@@ -678,6 +715,8 @@ def run_command(args) -> int:
     print(report.format(), flush=True)
     for failure in report.failures:
         print(f"error: {failure}", file=sys.stderr)
+    for gone in report.gone:
+        print(f"error: {gone}", file=sys.stderr)
     return 0 if report.ok else 1
 
 
