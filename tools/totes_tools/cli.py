@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--endpoint-url", default=None, help="a running `totes local-aws` (default: its own)"
     )
-    serve.add_argument("--port", type=int, default=None, help="port of its own emulator")
+    serve.add_argument("--port", type=PORT_OPTION, default=None, help="port of its own emulator")
     serve.add_argument("--out", default=".aws-sam/local/invoke", metavar="DIR")
     events = sam_local.add_parser(
         "events",
@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sam_local.add_parser(
         "check", help="one cycle of a generated source via sam-local and in-process; compare"
     )
-    check.add_argument("--scale", type=int, default=2000)
-    check.add_argument("--seed", type=int, default=42)
+    check.add_argument("--scale", type=SCALE_OPTION, default=2000)
+    check.add_argument("--seed", type=SEED_OPTION, default=42)
     return parser
 
 
