@@ -196,10 +196,13 @@ def _deletions(batch: str, data: pa.Table | None) -> pa.Table:
     tracked = {t.name for t in deletes.TRACKED_TABLES}
     names = set(data.column("star_table").unique().to_pylist())
     if names - tracked or data.column("key").null_count:
-        wrong_tables = sorted(names - tracked, key=str)
+        # Star tables are named; any other name is a row value of the file, only counted.
+        named = sorted(n for n in names - tracked if n in STAR_TABLES_BY_NAME)
+        others = len(names - tracked) - len(named)
+        unknown = f" and of {others} name(s) no star table has" if others else ""
         raise LoadFailed(
-            f"batch {batch}: table {DELETED_KEYS} deletes keys of {wrong_tables} or NULL keys;"
-            f" only keys of {sorted(tracked)} can be deleted"
+            f"batch {batch}: table {DELETED_KEYS} deletes keys of {named}{unknown} or NULL"
+            f" keys; only keys of {sorted(tracked)} can be deleted"
         )
     return data
 
