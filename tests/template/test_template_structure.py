@@ -561,6 +561,27 @@ def test_every_alarm_notifies_the_topic_and_the_set_covers_the_pipeline(expanded
         ("insights", "SELECT SUM(QuarantinedBatches) FROM TerrificTotes"),
         ("insights", "SELECT SUM(QuarantinedRows) FROM TerrificTotes"),
         ("insights", "SELECT MIN(WarehouseFreshnessSeconds) FROM TerrificTotes"),
+        ("TerrificTotes", "IngestStatesSetAside", "ingest"),
+    }
+
+
+def test_ingest_passing_over_a_capture_state_alarms_at_once(expanded):
+    """A forged or damaged capture state (a manifest dated ahead of the source, issue 14 M4)
+    is passed over and counted by ingest; one is enough to alarm. The dimensions are exactly
+    what ingest emits (tests/integration/test_ingest_handler.py checks the EMF)."""
+    props = expanded["Resources"]["CaptureStateSetAsideAlarm"]["Properties"]
+    assert {k: props[k] for k in props if k != "AlarmDescription"} == {
+        "Namespace": "TerrificTotes",
+        "MetricName": "IngestStatesSetAside",
+        "Dimensions": [{"Name": "service", "Value": "ingest"}],
+        "Statistic": "Sum",
+        "Period": 300,
+        "EvaluationPeriods": 1,
+        "Threshold": 0,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+        "AlarmActions": [{"Ref": "AlarmTopic"}],
+        "OKActions": [{"Ref": "AlarmTopic"}],
     }
 
 
