@@ -1,6 +1,15 @@
 """PostgreSQL connections for every stage and tool: from a URL (CLI, tests) or from a Secrets
 Manager secret (Lambda), with TLS verified for any host that is not loopback or a socket.
 
+``sslmode`` works as in libpq where both have it: an explicit ``disable``, ``require`` or
+``verify-full`` applies to every TCP host, loopback included (an SSM or SSH port forward to RDS
+is loopback); only when none is given does loopback mean plaintext and any other host
+``verify-full``. Unix sockets never use TLS (PostgreSQL offers none there).
+
+Credentials read from Secrets Manager re-read their secret once when the server refuses them,
+so a rotated password (single user, or alternating users after the cache outlived a rotation)
+costs one refused login instead of every call until the cache expires.
+
 Errors name the database and host but never the password.
 """
 
@@ -12,7 +21,9 @@ import ipaddress
 import json
 import os
 import ssl
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
@@ -21,7 +32,7 @@ import pg8000
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
-from totes.errors import ConfigurationError, DatabaseUnavailable
+from totes.errors import AuthenticationFailed, ConfigurationError, DatabaseUnavailable
 from totes.observability import logger
 
 SSL_MODES = ("verify-full", "require", "disable")
@@ -33,7 +44,11 @@ _AUTH_FAILURES = {"28P01", "28000"}
 
 @dataclass(frozen=True)
 class DbCredentials:
-    """Where and as whom to connect. ``repr`` hides the password."""
+    """Where and as whom to connect. ``repr`` hides the password.
+
+    ``sslmode`` None means "not given" (see the module docstring); ``refresh``, when set,
+    reads these credentials again from where they came from, bypassing any cache.
+    """
 
     user: str
     dbname: str
@@ -41,8 +56,9 @@ class DbCredentials:
     port: int = 5432
     password: str | None = field(default=None, repr=False)
     unix_socket_dir: str | None = None
-    sslmode: str = "verify-full"
+    sslmode: str | None = None
     sslrootcert: str | None = None
+    refresh: Callable[[], DbCredentials] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_url(cls, url: str) -> DbCredentials:
@@ -64,8 +80,8 @@ class DbCredentials:
         host = parts.hostname or (None if socket_dir else query.get("host"))
         if not host and not socket_dir:
             raise ConfigurationError("database URL names neither a host nor a socket directory")
-        sslmode = query.get("sslmode", "verify-full")
-        if sslmode not in SSL_MODES:
+        sslmode = query.get("sslmode")
+        if sslmode is not None and sslmode not in SSL_MODES:
             raise ConfigurationError(f"sslmode must be one of {SSL_MODES}, got {sslmode!r}")
         return cls(
             user=unquote(parts.username or "postgres"),
@@ -89,8 +105,8 @@ class DbCredentials:
             raise ConfigurationError(f"database secret lacks key(s): {', '.join(missing)}")
         host = str(data["host"])
         socket_dir = host if host.startswith("/") else None
-        sslmode = data.get("sslmode", "verify-full")
-        if sslmode not in SSL_MODES:
+        sslmode = data.get("sslmode")
+        if sslmode is not None and sslmode not in SSL_MODES:
             raise ConfigurationError(f"secret sslmode must be one of {SSL_MODES}, got {sslmode!r}")
         return cls(
             user=str(data.get("user") or data.get("username")),
@@ -112,14 +128,14 @@ class DbCredentials:
             "password": self.password or "",
             "dbname": self.dbname,
         }
-        if self.sslmode != "verify-full":
+        if self.sslmode is not None:
             data["sslmode"] = self.sslmode
         if self.sslrootcert:
             data["sslrootcert"] = self.sslrootcert
         return json.dumps(data)
 
     def with_dbname(self, dbname: str) -> DbCredentials:
-        return DbCredentials(**{**self.__dict__, "dbname": dbname})
+        return replace(self, dbname=dbname, refresh=None)
 
     def to_url(self) -> str:
         """A URL naming every field, password percent-encoded (for local tools; never logged):
@@ -133,7 +149,7 @@ class DbCredentials:
             query.update(host=self.unix_socket_dir, port=str(self.port))
         else:
             location = f"{self.host}:{self.port}"
-        if self.sslmode != "verify-full":
+        if self.sslmode is not None:
             query["sslmode"] = self.sslmode
         if self.sslrootcert:
             query["sslrootcert"] = self.sslrootcert
@@ -175,15 +191,39 @@ class DbCredentials:
             raise ConfigurationError(f"sslrootcert {root!r} is not a file (looked at {path})")
         return {"cafile": str(path)}
 
+    @property
+    def tls_mode(self) -> str:
+        """The sslmode in force: the explicit one on any TCP host, else ``disable`` on loopback
+        and ``verify-full`` elsewhere; always ``disable`` on a unix socket."""
+        if self.unix_socket_dir:
+            return "disable"
+        if self.sslmode is not None:
+            return self.sslmode
+        return "disable" if self.is_local else "verify-full"
+
     def ssl_context(self) -> ssl.SSLContext | None:
-        """TLS for every remote host, verified unless the configuration relaxes it explicitly."""
-        if self.is_local or self.sslmode == "disable":
-            if not self.is_local:
+        """TLS for every remote host (and a loopback one that asks for it), verified unless the
+        configuration relaxes it explicitly.
+
+        Certificate checks are the same on every Python: 3.13 (the Lambda runtime) made
+        ``VERIFY_X509_STRICT`` and ``VERIFY_X509_PARTIAL_CHAIN`` defaults of
+        ``create_default_context`` and 3.11 has neither, so both are set here. Strict RFC 5280
+        checks stay on for the system store and the bundled RDS CAs; they are lifted only for
+        CAs the configuration names itself (``sslrootcert``), as libpq does, so a private CA
+        made by PostgreSQL's own recipe (no keyUsage extension) verifies. The chain up to that
+        CA, the validity dates and the host name are checked either way (docs/deploy.md).
+        """
+        mode = self.tls_mode
+        if mode == "disable":
+            if self.sslmode == "disable" and not self.is_local:
                 logger.warning("TLS disabled by explicit sslmode=disable", extra={"db": self.where})
             return None
         cas = self.ca_arguments()
         context = ssl.create_default_context(cafile=cas.get("cafile"), cadata=cas.get("cadata"))
-        if self.sslmode == "require":
+        context.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+        if self.sslrootcert is not None:
+            context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+        if mode == "require":
             logger.warning(
                 "TLS certificate verification relaxed by explicit sslmode=require",
                 extra={"db": self.where},
@@ -196,7 +236,30 @@ class DbCredentials:
 def connect(
     creds: DbCredentials, *, application_name: str = "totes", timeout: float = 10.0
 ) -> pg8000.native.Connection:
-    """A ``pg8000.native.Connection``; failures become ``DatabaseUnavailable`` naming the target."""
+    """A ``pg8000.native.Connection``; failures become ``DatabaseUnavailable`` naming the target.
+
+    When the server refuses the credentials and they can be read again (``creds.refresh``,
+    set for secrets), they are read again once, bypassing the cache; if the secret changed
+    meanwhile (a rotation), the connection is tried once more with the new one.
+    """
+    try:
+        return _connect_once(creds, application_name, timeout)
+    except AuthenticationFailed:
+        if creds.refresh is None:
+            raise
+        fresh = creds.refresh()
+        if fresh == creds:
+            raise  # the secret still says what the server refused: not a rotation
+    logger.warning(
+        "database refused the cached credentials; the secret has changed (rotated), retrying",
+        extra={"db": creds.where, "user": creds.user, "new_user": fresh.user},
+    )
+    return _connect_once(replace(fresh, refresh=None), application_name, timeout)
+
+
+def _connect_once(
+    creds: DbCredentials, application_name: str, timeout: float
+) -> pg8000.native.Connection:
     kwargs: dict[str, Any] = {
         "user": creds.user,
         "password": creds.password,
@@ -266,7 +329,7 @@ def _refused(exc: DatabaseError, creds: DbCredentials) -> DatabaseUnavailable:
     """The server answered and said no: name an authentication failure as such."""
     code = exc.args[0].get("C") if exc.args and isinstance(exc.args[0], dict) else None
     if code in _AUTH_FAILURES:
-        return DatabaseUnavailable(
+        return AuthenticationFailed(
             f"authentication failed for user {creds.user!r} on {creds.where}"
         )
     return DatabaseUnavailable(f"cannot connect to {creds.where}: {_clean(exc, creds)}")
@@ -306,15 +369,20 @@ def set_socket_timeout(con: pg8000.native.Connection, seconds: float) -> None:
     settimeout(seconds)
 
 
-def credentials_from_secret_store(secret_id: str) -> DbCredentials:
-    """Read database credentials from Secrets Manager through Powertools Parameters (cached)."""
+def credentials_from_secret_store(secret_id: str, *, force_fetch: bool = False) -> DbCredentials:
+    """Read database credentials from Secrets Manager through Powertools Parameters (cached
+    for 5 minutes); their ``refresh`` reads the secret again past the cache (and re-caches it),
+    which ``connect`` does once when the server refuses them."""
     from aws_lambda_powertools.utilities import parameters
 
     try:
-        value = parameters.get_secret(secret_id, max_age=300)
+        value = parameters.get_secret(secret_id, max_age=300, force_fetch=force_fetch)
     except parameters.exceptions.GetParameterError as exc:
         raise ConfigurationError(f"cannot read database secret {secret_id!r}: {exc}") from None
-    return DbCredentials.from_secret(value)
+    creds = DbCredentials.from_secret(value)
+    return replace(
+        creds, refresh=partial(credentials_from_secret_store, secret_id, force_fetch=True)
+    )
 
 
 def _clean(exc: Exception, creds: DbCredentials) -> str:

@@ -16,6 +16,10 @@ class DatabaseUnavailable(TotesError):
     """The database cannot be reached or refuses our credentials."""
 
 
+class AuthenticationFailed(DatabaseUnavailable):
+    """The server refused the user or password (SQLSTATE 28P01 or 28000)."""
+
+
 class SchemaDrift(TotesError):
     """A table or column the pipeline relies on is missing or has another type."""
 
@@ -30,3 +34,8 @@ class BatchRejected(TotesError):
 
 class LoadFailed(TotesError):
     """A batch could not be merged; nothing of it is visible. Names batch, table and cause."""
+
+
+class LoadedButUnreported(TotesError):
+    """A batch was merged and committed, then reporting it (metrics, logs) failed: nothing is
+    rolled back, and a retry is acknowledged by the warehouse ledger."""

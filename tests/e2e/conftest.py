@@ -15,7 +15,7 @@ from totes_tools.local.chain import LocalChain
 @pytest.fixture
 def make_chain(aws, fresh_db, new_stack_names):
     """A factory: a prepared LocalChain (resources created, warehouse migrated) over the given
-    source and a new warehouse unless one is given. No safety lag: tests write, then run."""
+    source and a new warehouse unless one is given."""
 
     def make(source, warehouse=None, **kwargs) -> LocalChain:
         chain = LocalChain(

@@ -5,6 +5,7 @@ intrinsic functions into comparable strings so tests can compare whole policies.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from pathlib import Path
@@ -68,12 +69,76 @@ def render(value):
     return {k: render(v) for k, v in value.items()}
 
 
+NO_VALUE = {"Ref": "AWS::NoValue"}
+
+
+def resolve(value, conditions: dict[str, bool]):
+    """``value`` as deployed when the named template conditions hold the given values:
+    ``Fn::If`` takes its branch, ``AWS::NoValue`` drops the key or list item it stands for.
+    A condition the dict does not name is an error, so a test says what it assumes."""
+    if isinstance(value, list):
+        items = [resolve(v, conditions) for v in value]
+        return [v for v in items if v is not NO_VALUE]
+    if not isinstance(value, dict):
+        return value
+    if value == NO_VALUE:
+        return NO_VALUE
+    if "Fn::If" in value:
+        condition, when_true, when_false = value["Fn::If"]
+        return resolve(when_true if conditions[condition] else when_false, conditions)
+    out = {k: resolve(v, conditions) for k, v in value.items()}
+    return {k: v for k, v in out.items() if v is not NO_VALUE}
+
+
 def resources_of(template: dict, type_: str) -> dict[str, dict]:
     return {n: r for n, r in template["Resources"].items() if r["Type"] == type_}
 
 
 def as_list(value) -> list:
     return value if isinstance(value, list) else [value]
+
+
+def policies(role: dict, has_kms: bool) -> list[dict]:
+    """A role's inline policies as deployed with or without KmsKeyArn: a whole policy may be
+    ``!If [HasKmsKey, policy, NoValue]`` (the role's use of the key)."""
+    out = []
+    for policy in role["Properties"].get("Policies", []):
+        if "Fn::If" in policy:
+            condition, when_true, when_false = policy["Fn::If"]
+            assert condition == "HasKmsKey"
+            policy = when_true if has_kms else when_false
+            if policy == NO_VALUE:
+                continue
+        out.append(policy)
+    return out
+
+
+def statements(policy: dict, has_vpc: bool) -> list[dict]:
+    """A policy's statements as deployed with or without SubnetIds: ``!If [HasVpc, s, NoValue]``
+    resolved (HasVpc is the only condition a statement may carry)."""
+    out = []
+    for stmt in as_list(policy["PolicyDocument"]["Statement"]):
+        if "Fn::If" in stmt:
+            condition, when_true, when_false = stmt["Fn::If"]
+            assert condition == "HasVpc"
+            stmt = when_true if has_vpc else when_false
+            if stmt == NO_VALUE:
+                continue
+        out.append(stmt)
+    return out
+
+
+def grants(role: dict, has_vpc: bool = False, has_kms: bool = False) -> set[tuple]:
+    """Every (action, resource, condition) an IAM role's inline policies allow, rendered."""
+    out = set()
+    for policy in policies(role, has_kms):
+        for stmt in statements(policy, has_vpc):
+            assert stmt["Effect"] == "Allow"
+            condition = json.dumps(render(stmt.get("Condition")), sort_keys=True)
+            for action in as_list(stmt["Action"]):
+                for resource in as_list(render(stmt["Resource"])):
+                    out.add((action, resource, condition))
+    return out
 
 
 def sam_required() -> bool:

@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from sam_template import REPO_ROOT, as_list, render, resources_of
+from sam_template import REPO_ROOT, as_list, grants, policies, render, resolve, resources_of
 
 from totes.extract.keysets import KEYSET_PREFIX
 from totes.lake import LOADED_KEY, MANIFEST_PREFIX, MANIFEST_SUFFIX, RAW_PREFIX, STATE_KEY
@@ -15,6 +15,7 @@ from totes.observability import CATALOGUE
 from totes.settings import IngestSettings, LoadSettings, TransformSettings
 
 RAW = "arn:aws:s3:::STACK-raw-ACCOUNT-REGION"
+NO_VALUE = {"Ref": "AWS::NoValue"}
 PROCESSED = "arn:aws:s3:::STACK-processed-ACCOUNT-REGION"
 STAGES = ("Ingest", "Transform", "Load")
 
@@ -48,34 +49,6 @@ WILDCARD_RESOURCE_ALLOWED: dict[tuple[str, str], str] = {
 }
 
 
-def statements(policy: dict, has_vpc: bool) -> list[dict]:
-    """A policy's statements as deployed with or without SubnetIds: ``!If [HasVpc, s, NoValue]``
-    resolved (HasVpc is the only condition a statement may carry)."""
-    out = []
-    for stmt in as_list(policy["PolicyDocument"]["Statement"]):
-        if "Fn::If" in stmt:
-            condition, when_true, when_false = stmt["Fn::If"]
-            assert condition == "HasVpc"
-            stmt = when_true if has_vpc else when_false
-            if stmt == {"Ref": "AWS::NoValue"}:
-                continue
-        out.append(stmt)
-    return out
-
-
-def grants(role: dict, has_vpc: bool = False) -> set[tuple]:
-    """Every (action, resource, condition) an IAM role's inline policies allow, rendered."""
-    out = set()
-    for policy in role["Properties"].get("Policies", []):
-        for stmt in statements(policy, has_vpc):
-            assert stmt["Effect"] == "Allow"
-            condition = json.dumps(render(stmt.get("Condition")), sort_keys=True)
-            for action in as_list(stmt["Action"]):
-                for resource in as_list(render(stmt["Resource"])):
-                    out.add((action, resource, condition))
-    return out
-
-
 def test_raw_bucket_notifies_transform_and_processed_bucket_notifies_load_on_manifests_only(
     expanded,
 ):
@@ -103,6 +76,29 @@ def test_raw_bucket_notifies_transform_and_processed_bucket_notifies_load_on_man
     }
 
 
+def test_s3_may_invoke_transform_and_load_only_for_the_stacks_own_buckets(expanded):
+    """SAM's S3 event source pins only the account; the explicit permissions pin the bucket
+    too, named (not referenced) so no bucket -> permission -> bucket cycle forms."""
+    res = expanded["Resources"]
+    permissions = {
+        render(p["Properties"]["FunctionName"]): (name, p["Properties"])
+        for name, p in resources_of(expanded, "AWS::Lambda::Permission").items()
+    }
+    pinned = {
+        fn: (render(p.get("SourceArn")), render(p.get("SourceAccount")))
+        for fn, (_, p) in permissions.items()
+    }
+    assert pinned == {
+        "<TransformFunction>": (RAW, "ACCOUNT"),
+        "<LoadFunction>": (PROCESSED, "ACCOUNT"),
+    }
+    assert render(res["RawBucket"]["Properties"]["BucketName"]) == RAW.split(":::")[1]
+    assert render(res["ProcessedBucket"]["Properties"]["BucketName"]) == PROCESSED.split(":::")[1]
+    # S3 checks the permission when it stores the notification: the bucket waits for it
+    assert as_list(res["RawBucket"]["DependsOn"]) == [permissions["<TransformFunction>"][0]]
+    assert as_list(res["ProcessedBucket"]["DependsOn"]) == [permissions["<LoadFunction>"][0]]
+
+
 def test_ingest_runs_on_the_schedule_at_the_rate_parameter_one_at_a_time(template, expanded):
     schedules = resources_of(expanded, "AWS::Scheduler::Schedule")
     assert len(schedules) == 1
@@ -122,6 +118,25 @@ def test_ingest_runs_on_the_schedule_at_the_rate_parameter_one_at_a_time(templat
     )
 
 
+def test_transform_and_load_reserve_the_warehouse_connection_budget(template, expanded):
+    """Load holds one warehouse connection per concurrent invocation (up to 880 s while it waits
+    on the load lock), so its reserved concurrency is the budget; transform, which feeds it,
+    gets the same so a burst of raw manifests cannot outrun load. Ingest stays at one run."""
+    budget = template["Parameters"]["WarehouseConnectionBudget"]
+    assert (budget["Type"], budget["Default"], budget["MinValue"]) == ("Number", 3, 1)
+    reserved = {
+        stage: expanded["Resources"][f"{stage}Function"]["Properties"].get(
+            "ReservedConcurrentExecutions"
+        )
+        for stage in STAGES
+    }
+    assert reserved == {
+        "Ingest": 1,
+        "Transform": {"Ref": "WarehouseConnectionBudget"},
+        "Load": {"Ref": "WarehouseConnectionBudget"},
+    }
+
+
 def test_the_schedule_sends_the_event_shape_of_the_sam_ingest_event(expanded):
     (schedule,) = resources_of(expanded, "AWS::Scheduler::Schedule").values()
     sent = json.loads(schedule["Properties"]["Target"]["Input"])
@@ -131,22 +146,30 @@ def test_the_schedule_sends_the_event_shape_of_the_sam_ingest_event(expanded):
 
 
 def test_functions_run_python313_on_arm64_with_the_three_layers_and_their_own_log_group(
-    expanded,
+    template, expanded
 ):
+    """As deployed (parameter defaults): arm64 and the TotesLayer. Local runs pass another
+    Architecture and a TotesLayerArn (tests/template/test_template_local_runs.py)."""
     res = expanded["Resources"]
     (layer_name,) = resources_of(expanded, "AWS::Lambda::LayerVersion")
+    params = template["Parameters"]
+    assert params["Architecture"]["Default"] == "arm64"
+    assert params["TotesLayerArn"]["Default"] == ""
+    assert expanded["Conditions"]["HasTotesLayerArn"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "TotesLayerArn"}, ""]}]
+    }
     sizes = {}
     for stage in STAGES:
         props = res[f"{stage}Function"]["Properties"]
         assert (props["Runtime"], props["Architectures"], props["Handler"]) == (
             "python3.13",
-            ["arm64"],
+            [{"Ref": "Architecture"}],
             "app.handler",
         )
         assert props["Layers"] == [
             {"Ref": "PandasLayerArn"},
             {"Ref": "PowertoolsLayerArn"},
-            {"Ref": layer_name},
+            {"Fn::If": ["HasTotesLayerArn", {"Ref": "TotesLayerArn"}, {"Ref": layer_name}]},
         ]
         assert props["Role"] == {"Fn::GetAtt": [f"{stage}Role", "Arn"]}
         assert props["LoggingConfig"] == {"LogGroup": {"Ref": f"{stage}LogGroup"}}
@@ -179,10 +202,22 @@ def test_layer_defaults_are_the_pinned_managed_layers(template):
     }
 
 
+LOCAL_ENDPOINT = {"Fn::If": ["HasLocalEndpointUrl", {"Ref": "LocalEndpointUrl"}, NO_VALUE]}
+
+
+def deployed_variables(variables: dict) -> dict:
+    """A function's variables as deployed with the default LocalEndpointUrl (empty): the
+    emulator endpoint every function declares for local runs is AWS::NoValue, i.e. absent."""
+    assert variables.get("AWS_ENDPOINT_URL") == LOCAL_ENDPOINT
+    return {k: v for k, v in variables.items() if k != "AWS_ENDPOINT_URL"}
+
+
 def test_each_function_gets_exactly_the_environment_its_settings_read(expanded):
     res = expanded["Resources"]
     env = {
-        stage: render(res[f"{stage}Function"]["Properties"]["Environment"]["Variables"])
+        stage: render(
+            deployed_variables(res[f"{stage}Function"]["Properties"]["Environment"]["Variables"])
+        )
         for stage in STAGES
     }
     raw_name = render(res["RawBucket"]["Properties"]["BucketName"])
@@ -224,7 +259,9 @@ def test_the_template_environment_satisfies_each_stage_settings_at_cold_start(te
 
     def env_of(stage):
         variables = render(
-            expanded["Resources"][f"{stage}Function"]["Properties"]["Environment"]["Variables"]
+            deployed_variables(
+                expanded["Resources"][f"{stage}Function"]["Properties"]["Environment"]["Variables"]
+            )
         )
         return {k: re.sub(r"<(\w+)>", lambda m: values[m[1]], v) for k, v in variables.items()}
 
@@ -326,7 +363,8 @@ def test_each_role_reaches_only_its_own_buckets_prefixes_secret_table_and_log_gr
 def test_no_role_allows_wildcard_actions_or_resources(expanded):
     found = []
     for name, role in resources_of(expanded, "AWS::IAM::Role").items():
-        for action, resource, _ in grants(role, has_vpc=False) | grants(role, has_vpc=True):
+        every = set().union(*(grants(role, vpc, kms) for vpc in (0, 1) for kms in (0, 1)))
+        for action, resource, _ in every:
             if action == "*" or action.endswith(":*"):
                 found.append((name, action, resource))
             if resource == "*" and (name, action) not in WILDCARD_RESOURCE_ALLOWED:
@@ -350,7 +388,7 @@ def test_in_a_vpc_roles_gain_only_the_eni_actions_and_no_managed_policy(expanded
     for name in VPC_ROLES:
         conditional = [
             stmt
-            for policy in roles[name]["Properties"]["Policies"]
+            for policy in policies(roles[name], has_kms=True)
             for stmt in as_list(policy["PolicyDocument"]["Statement"])
             if "Fn::If" in stmt
         ]
@@ -393,23 +431,39 @@ def test_functions_join_the_vpc_only_when_subnets_are_given(expanded):
 def test_a_deploy_with_subnets_but_no_security_groups_is_refused_before_any_resource(expanded):
     """Lambda would reject the VpcConfig mid-deploy; the template Rule fails the stack first.
     An empty CommaDelimitedList parameter is the list [""]."""
-    assert expanded["Rules"] == {
-        "VpcNeedsSecurityGroups": {
-            "RuleCondition": {"Fn::Not": [{"Fn::EachMemberEquals": [{"Ref": "SubnetIds"}, ""]}]},
-            "Assertions": [
-                {
-                    "Assert": {
-                        "Fn::Not": [{"Fn::EachMemberEquals": [{"Ref": "SecurityGroupIds"}, ""]}]
-                    },
-                    "AssertDescription": "SecurityGroupIds must name at least one security group "
-                    "when SubnetIds is set.",
-                }
-            ],
-        }
+    assert expanded["Rules"]["VpcNeedsSecurityGroups"] == {
+        "RuleCondition": {"Fn::Not": [{"Fn::EachMemberEquals": [{"Ref": "SubnetIds"}, ""]}]},
+        "Assertions": [
+            {
+                "Assert": {
+                    "Fn::Not": [{"Fn::EachMemberEquals": [{"Ref": "SecurityGroupIds"}, ""]}]
+                },
+                "AssertDescription": "SecurityGroupIds must name at least one security group "
+                "when SubnetIds is set.",
+            }
+        ],
     }
     assert expanded["Conditions"]["HasVpc"] == {
         "Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "SubnetIds"}]}, ""]}]
     }
+
+
+def test_a_stack_that_requires_a_vpc_refuses_to_deploy_without_subnets(template, expanded):
+    """RequireVpc=true (samconfig's prod) makes a missing SubnetIds fail before any resource
+    changes, so production never reaches its databases over the internet by omission."""
+    assert sorted(expanded["Rules"]) == ["VpcNeedsSecurityGroups", "VpcRequired"]
+    assert expanded["Rules"]["VpcRequired"] == {
+        "RuleCondition": {"Fn::Equals": [{"Ref": "RequireVpc"}, "true"]},
+        "Assertions": [
+            {
+                "Assert": {"Fn::Not": [{"Fn::EachMemberEquals": [{"Ref": "SubnetIds"}, ""]}]},
+                "AssertDescription": "RequireVpc is true, so SubnetIds (and SecurityGroupIds) "
+                "must name the private subnets ingest and load run in.",
+            }
+        ],
+    }
+    require = template["Parameters"]["RequireVpc"]
+    assert (require["Default"], require["AllowedValues"]) == ("false", ["false", "true"])
 
 
 def test_every_bucket_blocks_public_access_encrypts_versions_and_denies_plain_http(expanded):
@@ -418,29 +472,23 @@ def test_every_bucket_blocks_public_access_encrypts_versions_and_denies_plain_ht
         for p in resources_of(expanded, "AWS::S3::BucketPolicy").values()
     }
     buckets = resources_of(expanded, "AWS::S3::Bucket")
-    assert sorted(buckets) == ["ProcessedBucket", "RawBucket"]
+    assert sorted(buckets) == ["AccessLogBucket", "ProcessedBucket", "RawBucket"]
     for name, bucket in buckets.items():
         props = bucket["Properties"]
         assert props["PublicAccessBlockConfiguration"] == dict.fromkeys(
             ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"),
             True,
         )
-        assert props["BucketEncryption"] == {
-            "ServerSideEncryptionConfiguration": [
-                {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
-            ]
-        }
+        assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
         assert props["VersioningConfiguration"] == {"Status": "Enabled"}
-        assert render(policies[name]) == [
-            {
-                "Sid": "DenyInsecureTransport",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:*",
-                "Resource": [f"<{name}.Arn>", f"<{name}.Arn>/*"],
-                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-            }
-        ]
+        assert render(policies[name][0]) == {
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [f"<{name}.Arn>", f"<{name}.Arn>/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }
 
 
 def test_lifecycle_expires_old_raw_batches_but_never_the_state_and_keeps_the_processed_lake(
@@ -478,9 +526,31 @@ def test_lifecycle_expires_old_raw_batches_but_never_the_state_and_keeps_the_pro
     assert not [p for p in expiring if STATE_KEY.startswith(p) or LOADED_KEY.startswith(p)]
 
 
+# What a lifecycle rule may not do to objects a warehouse rebuild reads (current versions).
+_REMOVES_CURRENT = ("ExpirationInDays", "ExpirationDate", "Transitions", "Transition")
+
+
+def test_no_lifecycle_rule_expires_what_a_rebuild_reads(expanded):
+    """``warehouse rebuild`` loads every batch of the processed lake: no rule may expire or
+    archive current objects under ``processed/`` or ``manifests/`` there (docs/deploy.md)."""
+    rules = expanded["Resources"]["ProcessedBucket"]["Properties"]["LifecycleConfiguration"]
+    offending = []
+    for rule in rules["Rules"]:
+        prefix = rule.get("Prefix", (rule.get("Filter") or {}).get("Prefix", ""))
+        covers = any(
+            p.startswith(prefix) or prefix.startswith(p) for p in ("processed/", MANIFEST_PREFIX)
+        )
+        if covers and any(k in rule for k in _REMOVES_CURRENT):
+            offending.append(rule["Id"])
+
+    assert [r["Id"] for r in rules["Rules"]] == ["ExpireNoncurrentVersions"]
+    assert offending == []
+
+
 def test_the_idempotency_table_is_keyed_on_id_with_ttl_on_demand(expanded):
     (table,) = resources_of(expanded, "AWS::DynamoDB::Table").values()
-    assert table["Properties"] == {
+    props = resolve(table["Properties"], {"HasKmsKey": False})
+    assert props == {
         "BillingMode": "PAY_PER_REQUEST",
         "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
         "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
@@ -509,6 +579,27 @@ def test_every_alarm_notifies_the_topic_and_the_set_covers_the_pipeline(expanded
         ("insights", 'SELECT SUM(QuarantinedRows) FROM SCHEMA(TerrificTotes, "service", "table")'),
         ("TerrificTotes", "WarehouseFreshnessSeconds", "ingest"),
         ("TerrificTotes", "IngestCaptureLagSeconds", "ingest"),
+        ("TerrificTotes", "IngestStatesSetAside", "ingest"),
+    }
+
+
+def test_ingest_passing_over_a_capture_state_alarms_at_once(expanded):
+    """A forged or damaged capture state (a manifest dated ahead of the source, issue 14 M4)
+    is passed over and counted by ingest; one is enough to alarm. The dimensions are exactly
+    what ingest emits (tests/integration/test_ingest_handler.py checks the EMF)."""
+    props = expanded["Resources"]["CaptureStateSetAsideAlarm"]["Properties"]
+    assert {k: props[k] for k in props if k != "AlarmDescription"} == {
+        "Namespace": "TerrificTotes",
+        "MetricName": "IngestStatesSetAside",
+        "Dimensions": [{"Name": "service", "Value": "ingest"}],
+        "Statistic": "Sum",
+        "Period": 300,
+        "EvaluationPeriods": 1,
+        "Threshold": 0,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+        "AlarmActions": [{"Ref": "AlarmTopic"}],
+        "OKActions": [{"Ref": "AlarmTopic"}],
     }
 
 

@@ -11,6 +11,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 from cfnlint.api import lint
 from sam_template import REPO_ROOT, TEMPLATE, expand, load_template, need_sam
@@ -151,7 +152,15 @@ def test_samconfig_overrides_name_template_parameters_and_carry_no_secrets_or_ne
         overrides = _overrides(env["deploy"]["parameters"]["parameter_overrides"])
         assert set(overrides) <= set(parameters), name
         assert set(overrides).isdisjoint(
-            {"SourceSecretArn", "WarehouseSecretArn", "AlarmEmail", "SubnetIds", "SecurityGroupIds"}
+            {
+                "SourceSecretArn",
+                "WarehouseSecretArn",
+                "AlarmEmail",
+                "SubnetIds",
+                "SecurityGroupIds",
+                "KmsKeyArn",
+                "BreakGlassRoleArn",
+            }
         )
         rate = re.compile(parameters["IngestScheduleRate"]["AllowedPattern"])
         assert rate.match(overrides["IngestScheduleRate"])
@@ -168,6 +177,8 @@ def test_deploy_script_passes_samconfig_overrides_plus_the_environment_secrets(t
         "SOURCE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:src-AbCdEf",
         "WAREHOUSE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:wh-AbCdEf",
         "SUBNET_IDS": "subnet-1,subnet-2",
+        "SECURITY_GROUP_IDS": "sg-1",
+        "KMS_KEY_ARN": "arn:aws:kms:eu-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-12345678",
     }
     result = subprocess.run(
         ["bash", str(REPO_ROOT / "sam" / "deploy.sh"), "prod"],
@@ -189,8 +200,53 @@ def test_deploy_script_passes_samconfig_overrides_plus_the_environment_secrets(t
         f'WarehouseSecretArn="{env["WAREHOUSE_SECRET_ARN"]}"',
         'AlarmEmail=""',
         'SubnetIds="subnet-1,subnet-2"',
-        'SecurityGroupIds=""',
+        'SecurityGroupIds="sg-1"',
+        f'KmsKeyArn="{env["KMS_KEY_ARN"]}"',
+        'BreakGlassRoleArn=""',
     ]
+
+
+def test_prod_is_private_the_stack_and_the_deploy_script_refuse_it_without_subnets(tmp_path):
+    """samconfig's prod sets RequireVpc (the template's VpcRequired rule then fails a deploy
+    without SubnetIds before any resource changes), and sam/deploy.sh refuses prod without
+    SUBNET_IDS and SECURITY_GROUP_IDS before it packages anything. dev and the sandbox may
+    still run outside a VPC."""
+    requires = {
+        name: _overrides(env["deploy"]["parameters"]["parameter_overrides"]).get("RequireVpc")
+        for name, env in _samconfig().items()
+        if name != "version"
+    }
+    assert requires == {"default": None, "dev": None, "prod": "true"}
+    assert load_template()["Parameters"]["RequireVpc"]["AllowedValues"] == ["false", "true"]
+
+    fake = tmp_path / "sam"
+    fake.write_text("#!/bin/sh\necho deployed\n")
+    fake.chmod(0o755)
+    secrets = {
+        "PATH": os.environ["PATH"],
+        "SAM": str(fake),
+        "SOURCE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:src-AbCdEf",
+        "WAREHOUSE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:wh-AbCdEf",
+    }
+
+    def deploy(env_name, **extra):
+        return subprocess.run(
+            ["bash", str(REPO_ROOT / "sam" / "deploy.sh"), env_name],
+            capture_output=True,
+            text=True,
+            env={**secrets, **extra},
+            timeout=30,
+        )
+
+    no_subnets = deploy("prod")
+    no_groups = deploy("prod", SUBNET_IDS="subnet-1")
+    private = deploy("prod", SUBNET_IDS="subnet-1", SECURITY_GROUP_IDS="sg-1")
+    dev = deploy("dev")
+    assert no_subnets.returncode != 0
+    assert no_groups.returncode != 0
+    assert "SUBNET_IDS is required for prod" in no_subnets.stderr
+    assert "SECURITY_GROUP_IDS is required for prod" in no_groups.stderr
+    assert (private.stdout, dev.stdout) == ("deployed\n", "deployed\n")
 
 
 def test_deploy_script_refuses_to_run_without_the_secret_arns(tmp_path):
@@ -239,8 +295,8 @@ def test_the_workflow_checks_every_push_and_deploys_main_to_dev_then_approved_pr
     }
     oidc = {"id-token": "write", "contents": "read"}
     assert deploys == {
-        "deploy-dev": ("build", "dev", oidc),
-        "deploy-prod": ("deploy-dev", "prod", oidc),
+        "deploy-dev": (["build"], "dev", oidc),
+        "deploy-prod": (["build", "deploy-dev"], "prod", oidc),
     }
     for name in deploys:
         uses = [s.get("uses", "") for s in jobs[name]["steps"]]
@@ -250,3 +306,186 @@ def test_the_workflow_checks_every_push_and_deploys_main_to_dev_then_approved_pr
         )
         assert set(creds["with"]) == {"role-to-assume", "role-session-name", "aws-region"}
     assert "aws-access-key-id" not in WORKFLOW.read_text()
+
+
+# ------------------------------------------------------------------ deploy pipeline hardening
+
+MAIN_PUSH = "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+USES = re.compile(r"^\s*(?:-\s+)?uses:\s*(\S+)(.*)$")
+PINNED = re.compile(r"^[\w.-]+/[\w.-]+(?:/[\w./-]+)?@[0-9a-f]{40}$")
+TAG_COMMENT = re.compile(r"^\s+#\s+v\d+(?:\.\d+){0,2}\s*$")
+LOCKS = ("pip", "sam", "checkov")
+
+
+def _workflow() -> dict:
+    return yaml.safe_load(WORKFLOW.read_text())
+
+
+def _steps(job: str) -> list[dict]:
+    return _workflow()["jobs"][job]["steps"]
+
+
+def _index(steps: list[dict], predicate) -> int:
+    (index,) = [i for i, step in enumerate(steps) if predicate(step)]
+    return index
+
+
+def _make_dry_run(*targets: str) -> list[str]:
+    """The commands `make` would run for these targets (forced, not run)."""
+    result = subprocess.run(
+        ["make", "-n", "-B", *targets],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout.splitlines()
+
+
+def _hashed_pip_installs_only(commands: list[str]) -> list[str]:
+    """Commands that install with pip but not from a hash-pinned lock (empty when all are)."""
+    bad = []
+    for command in commands:
+        if re.search(r"\bpip3?\b.*\binstall\b", command) and not (
+            "--require-hashes" in command
+            and "--only-binary :all:" in command
+            and re.search(r"-r requirements/\w+\.lock\b", command)
+        ):
+            bad.append(command)
+    return bad
+
+
+def test_every_action_is_pinned_by_a_full_commit_sha_with_its_release_tag_in_a_comment():
+    lines = [USES.match(line) for line in WORKFLOW.read_text().splitlines()]
+    used = [(m[1], m[2]) for m in lines if m]
+    in_yaml = [
+        s["uses"] for job in _workflow()["jobs"].values() for s in job["steps"] if "uses" in s
+    ]
+    assert [ref for ref, _ in used] == in_yaml  # the text scan sees every step the YAML has
+    assert [ref for ref, _ in used if not PINNED.match(ref)] == []
+    assert [ref for ref, comment in used if not TAG_COMMENT.match(comment)] == []
+    # one SHA per action across the file, so an update cannot leave a job on the old commit
+    by_action: dict[str, set[str]] = {}
+    for ref, comment in used:
+        action, sha = ref.split("@")
+        by_action.setdefault(action, set()).add((sha, comment.strip()))
+    assert {action: len(pins) for action, pins in by_action.items()} == dict.fromkeys(by_action, 1)
+
+
+def test_checkouts_do_not_leave_the_job_token_in_the_git_config():
+    for name, job in _workflow()["jobs"].items():
+        for step in job["steps"]:
+            if step.get("uses", "").startswith("actions/checkout@"):
+                assert step.get("with", {}).get("persist-credentials") is False, name
+
+
+def test_build_and_deploy_jobs_install_tools_only_from_hash_pinned_locks():
+    jobs = _workflow()["jobs"]
+    runs = {
+        name: [step["run"] for step in jobs[name]["steps"] if "run" in step]
+        for name in ("build", "deploy-dev", "deploy-prod")
+    }
+    assert [c for commands in runs.values() for c in _hashed_pip_installs_only(commands)] == []
+    targets = {
+        m[1] for commands in runs.values() for c in commands for m in re.finditer(r"make (\S+)", c)
+    }
+    assert targets == {"sam-venv", "rds-ca", "build"}
+    commands = _make_dry_run(*sorted(targets))
+    installs = [c for c in commands if "pip install" in c]
+    assert installs, commands
+    assert _hashed_pip_installs_only(commands) == []
+    assert [c.split("-r ")[-1] for c in installs] == [
+        "requirements/pip.lock",
+        "requirements/sam.lock",
+    ]
+    assert not any("--upgrade" in c or " -U " in c for c in commands)
+    assert _hashed_pip_installs_only(_make_dry_run("checkov-venv")) == []
+
+
+def test_the_guard_would_catch_an_unhashed_install():
+    assert _hashed_pip_installs_only(
+        [
+            ".venv-sam/bin/python -m pip install --quiet --upgrade pip",
+            ".venv-sam/bin/python -m pip install -r requirements/sam.in",
+            "pip install --require-hashes --only-binary :all: -r requirements/sam.lock",
+        ]
+    ) == [
+        ".venv-sam/bin/python -m pip install --quiet --upgrade pip",
+        ".venv-sam/bin/python -m pip install -r requirements/sam.in",
+    ]
+
+
+@pytest.mark.parametrize("lock", LOCKS)
+def test_every_tool_lock_pins_every_package_with_hashes_and_covers_its_input(lock):
+    text = (REPO_ROOT / "requirements" / f"{lock}.lock").read_text()
+    entries = re.split(r"\n(?=[A-Za-z])", text.split("\n", 2)[2] if text.startswith("#") else text)
+    entries = [e for e in entries if e.strip() and not e.startswith("#")]
+    assert entries
+    for entry in entries:
+        head = entry.splitlines()[0]
+        assert re.match(r"^[A-Za-z0-9._-]+(\[[^]]+\])?==[^ ;]+( ;.*)? \\$", head), head
+        assert re.search(r"--hash=sha256:[0-9a-f]{64}", entry), head
+    pinned = {
+        re.split(r"[\[=]", e)[0].lower().replace("_", "-"): e.split("==")[1].split()[0]
+        for e in entries
+    }
+    inputs = [
+        line.split("==")
+        for line in (REPO_ROOT / "requirements" / f"{lock}.in").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert inputs
+    assert {name: pinned.get(name) for name, _ in inputs} == dict(inputs)
+
+
+def test_deploy_jobs_install_and_check_everything_before_they_hold_credentials():
+    for name in ("deploy-dev", "deploy-prod"):
+        steps = _steps(name)
+        creds = _index(steps, lambda s: "configure-aws-credentials" in s.get("uses", ""))
+        install = _index(steps, lambda s: s.get("run") == "make sam-venv")
+        download = _index(steps, lambda s: "download-artifact" in s.get("uses", ""))
+        verify = _index(steps, lambda s: "sam/artifact.sh verify" in s.get("run", ""))
+        assert install < creds, name
+        assert download < verify < creds, name
+        after = steps[creds + 1 :]
+        assert [s.get("run") for s in after] == [f"sam/deploy.sh {name.split('-')[1]}"], name
+        assert not any("uses" in s for s in after), name
+
+
+def test_only_the_deploy_jobs_get_an_identity_token_and_only_for_pushes_to_main():
+    workflow = _workflow()
+    assert workflow["permissions"] == {"contents": "read"}
+    jobs = workflow["jobs"]
+    with_token = {
+        name for name, job in jobs.items() if job.get("permissions", {}).get("id-token") == "write"
+    }
+    with_environment = {name for name, job in jobs.items() if "environment" in job}
+    assert with_token == with_environment == {"deploy-dev", "deploy-prod"}
+    assert {name: jobs[name].get("if") for name in ("build", *sorted(with_token))} == dict.fromkeys(
+        ("build", "deploy-dev", "deploy-prod"), MAIN_PUSH
+    )
+
+
+def test_both_environments_deploy_the_build_jobs_tarball_checked_against_its_digest():
+    jobs = _workflow()["jobs"]
+    build = jobs["build"]
+    assert build["outputs"] == {"digest": "${{ steps.pack.outputs.digest }}"}
+    pack = next(s for s in build["steps"] if s.get("id") == "pack")
+    assert "sam/artifact.sh pack .aws-sam/build sam-build.tar.gz" in pack["run"]
+    assert 'echo "digest=${digest}" >> "$GITHUB_OUTPUT"' in pack["run"]
+    upload = next(s for s in build["steps"] if "upload-artifact" in s.get("uses", ""))
+    assert (upload["with"]["name"], upload["with"]["path"]) == ("sam-build", "sam-build.tar.gz")
+    runs = [s.get("run", "") for s in build["steps"]]
+    assert runs.index("make rds-ca") < runs.index("make build")
+    rds = next(s for s in build["steps"] if s.get("run") == "make rds-ca")
+    assert rds["env"] == {"RDS_CA_SHA256": "${{ vars.RDS_CA_SHA256 }}"}
+    for name in ("deploy-dev", "deploy-prod"):
+        assert "build" in jobs[name]["needs"]
+        download = next(s for s in jobs[name]["steps"] if "download-artifact" in s.get("uses", ""))
+        assert download["with"] == {"name": "sam-build", "path": "dist"}
+        verify = next(s for s in jobs[name]["steps"] if "artifact.sh verify" in s.get("run", ""))
+        assert verify["env"] == {"DIGEST": "${{ needs.build.outputs.digest }}"}
+        assert verify["run"] == (
+            'sam/artifact.sh verify dist/sam-build.tar.gz "$DIGEST" .aws-sam/build'
+        )

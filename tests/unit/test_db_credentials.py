@@ -1,5 +1,9 @@
 """Connection settings parse both URL forms and the secret JSON, and never leak a password."""
 
+import json
+import ssl
+from dataclasses import replace
+
 import pytest
 
 from totes.db import DbCredentials
@@ -120,3 +124,59 @@ def test_to_url_keeps_a_pem_sslrootcert():
     creds = DbCredentials("reader", "totesys", host="db.example", password="x", sslrootcert=PEM)
 
     assert DbCredentials.from_url(creds.to_url()) == creds
+
+
+@pytest.mark.parametrize(
+    ("url", "mode"),
+    [
+        ("postgresql://u@db.example.com/d", "verify-full"),
+        ("postgresql://u@127.0.0.1/d", "disable"),
+        ("postgresql://u@localhost/d", "disable"),
+        ("postgresql://u@[::1]/d", "disable"),
+        ("postgresql://u@127.0.0.1:15432/d?sslmode=require", "require"),
+        ("postgresql://u@localhost:15432/d?sslmode=verify-full", "verify-full"),
+        ("postgresql://u@db.example.com/d?sslmode=disable", "disable"),
+        ("postgresql://u@/d?host=/tmp/pg&sslmode=verify-full", "disable"),
+    ],
+    ids=lambda v: v.split("@")[-1] if "@" in v else v,
+)
+def test_an_explicit_sslmode_holds_on_loopback_too(url, mode):
+    """Issue 14, L1: only without an sslmode does loopback (a port forward) mean plaintext;
+    unix sockets never use TLS (PostgreSQL has none there)."""
+    creds = DbCredentials.from_url(url)
+    assert creds.tls_mode == mode
+    assert (creds.ssl_context() is None) == (mode == "disable")
+
+
+def test_an_explicit_sslmode_survives_the_secret_and_the_url():
+    creds = DbCredentials.from_url("postgresql://u:x@localhost:15432/d?sslmode=verify-full")
+    assert DbCredentials.from_secret(creds.to_secret()).tls_mode == "verify-full"
+    assert DbCredentials.from_url(creds.to_url()) == creds
+    plain = DbCredentials.from_url("postgresql://u:x@localhost:15432/d")
+    assert "sslmode" not in json.loads(plain.to_secret())
+    assert DbCredentials.from_secret(plain.to_secret()).tls_mode == "disable"
+
+
+def test_certificate_checks_are_the_same_on_every_python():
+    """Issue 14, P1: strict X.509 for the system store (3.13's default, now on 3.11 too),
+    lifted for a CA the configuration names; partial chains as on 3.13."""
+    certifi = pytest.importorskip("certifi")
+    store = DbCredentials.from_url("postgresql://u@db.example.com/d").ssl_context()
+    named = DbCredentials.from_url(
+        f"postgresql://u@db.example.com/d?sslrootcert={certifi.where()}"
+    ).ssl_context()
+    relaxed = DbCredentials.from_url("postgresql://u@db.example.com/d?sslmode=require")
+    both = ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+    assert store.verify_flags & both == both
+    assert named.verify_flags & both == ssl.VERIFY_X509_PARTIAL_CHAIN
+    assert (store.verify_mode, named.verify_mode) == (ssl.CERT_REQUIRED, ssl.CERT_REQUIRED)
+    assert (store.check_hostname, named.check_hostname) == (True, True)
+    assert relaxed.ssl_context().verify_mode == ssl.CERT_NONE
+
+
+def test_the_way_back_to_the_secret_is_neither_compared_nor_shown_nor_copied():
+    creds = DbCredentials("u", "d", host="db.example.com", password="pw")
+    again = replace(creds, refresh=lambda: creds)
+    assert again == creds
+    assert "lambda" not in repr(again)
+    assert again.with_dbname("other").refresh is None

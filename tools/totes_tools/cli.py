@@ -12,18 +12,26 @@ import sys
 from collections.abc import Callable
 
 from totes.errors import TotesError
-from totes.settings import CHUNK_ROWS, MAX_BATCH_ROWS
+from totes.settings import CHUNK_ROWS, MAX_BATCH_ROWS, bounded_int
 
 # command path -> "module:function"; each function takes the parsed args and returns an exit code.
 COMMANDS = {
     ("source", "create"): "totes_tools.source.commands:create",
     ("source", "simulate"): "totes_tools.source.commands:simulate",
     ("warehouse", "migrate"): "totes_tools.warehouse.commands:migrate",
+    ("warehouse", "verify"): "totes_tools.warehouse.verify:command",
+    ("warehouse", "rebuild"): "totes_tools.warehouse.rebuild:command",
+    ("failures", "list"): "totes_tools.failures:list_command",
+    ("failures", "drop"): "totes_tools.failures:drop_command",
     ("local-aws",): "totes_tools.local.commands:local_aws",
     ("run",): "totes_tools.local.commands:run",
     ("replay",): "totes_tools.replay:command",
     ("demo",): "totes_tools.local.demo:main",
     ("bench",): "totes_tools.local.bench:main",
+    ("sam-local", "serve"): "totes_tools.local.sam_commands:serve",
+    ("sam-local", "events"): "totes_tools.local.sam_commands:events",
+    ("sam-local", "layers"): "totes_tools.local.sam_commands:layers",
+    ("sam-local", "check"): "totes_tools.local.sam_commands:check",
     ("dashboard",): "totes_tools.ops.dashboard:command",
 }
 
@@ -41,6 +49,20 @@ def option(parse: Callable[[str], int]) -> Callable[[str], int]:
     return convert
 
 
+# Every numeric option of the command line, from the one rule the Lambda settings use
+# (``totes.settings.bounded_int``): a whole number in range, so "nan", "inf", "-5", "0.5",
+# "1e12" and absurd sizes are refused by argparse, naming the option, before anything runs.
+BATCH_ROWS_OPTION = option(MAX_BATCH_ROWS)
+CHUNK_ROWS_OPTION = option(CHUNK_ROWS)
+SCALE_OPTION = option(bounded_int(1, 10_000_000))  # sales orders the generator writes
+SEED_OPTION = option(bounded_int(0, 2**32 - 1))  # numpy seeds are non-negative
+STEPS_OPTION = option(bounded_int(1, 1_000_000))  # simulator steps, each one commit
+PORT_OPTION = option(bounded_int(1, 65_535))
+ROUNDS_OPTION = option(bounded_int(1, 1_000))  # demo rounds of activity and a cycle
+RANGE_KEYS_OPTION = option(bounded_int(1, 2**31))  # keys per digest range of verify
+SHOW_OPTION = option(bounded_int(0, 1_000_000))  # keys printed per table and kind
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m totes", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,35 +74,103 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--url", required=True, help="postgresql://... of an empty database")
     what = create.add_mutually_exclusive_group(required=True)
     what.add_argument("--snapshot", metavar="DIR", help="directory with one Parquet per table")
-    what.add_argument("--scale", type=int, metavar="N", help="generate about N sales orders")
-    create.add_argument("--seed", type=int, default=42)
+    what.add_argument(
+        "--scale", type=SCALE_OPTION, metavar="N", help="generate about N sales orders"
+    )
+    create.add_argument("--seed", type=SEED_OPTION, default=42)
     simulate = source.add_parser("simulate", help="advance the database like the live business")
     simulate.add_argument("--url", required=True)
-    simulate.add_argument("--steps", type=int, required=True)
-    simulate.add_argument("--seed", type=int, default=None)
+    simulate.add_argument("--steps", type=STEPS_OPTION, required=True)
+    simulate.add_argument("--seed", type=SEED_OPTION, default=None)
 
     warehouse = sub.add_parser("warehouse", help="the star-schema warehouse").add_subparsers(
         dest="action", required=True
     )
     migrate = warehouse.add_parser("migrate", help="apply the schema migrations (idempotent)")
     migrate.add_argument("--url", required=True)
+    verify = warehouse.add_parser(
+        "verify", help="compare every warehouse table with the source; exit 1 on a difference"
+    )
+    verify.add_argument("--source-url", required=True)
+    verify.add_argument("--warehouse-url", required=True)
+    verify.add_argument(
+        "--range-keys",
+        type=RANGE_KEYS_OPTION,
+        default=32_768,
+        metavar="N",
+        help="keys per digest range (default 32768); only differing ranges are read row by row",
+    )
+    verify.add_argument(
+        "--show",
+        type=SHOW_OPTION,
+        default=20,
+        metavar="N",
+        help="keys printed per table and kind of difference (default 20)",
+    )
+    rebuild = warehouse.add_parser(
+        "rebuild", help="load every processed batch of the lake into an empty warehouse"
+    )
+    rebuild.add_argument("--warehouse-url", required=True, help="a new, empty database")
+    rebuild.add_argument(
+        "--endpoint-url", default=None, help="a running `totes local-aws` (default: AWS)"
+    )
+    rebuild.add_argument(
+        "--bucket",
+        default=None,
+        help="the processed bucket (default: $PROCESSED_BUCKET, or the local one)",
+    )
+    rebuild.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted rebuild (batches in the ledger are skipped)",
+    )
+
+    failures = sub.add_parser(
+        "failures", help="the failure queue: events whose retries were exhausted"
+    ).add_subparsers(dest="action", required=True)
+    for name, what in (("list", "list the records"), ("drop", "delete records")):
+        cmd = failures.add_parser(name, help=what)
+        cmd.add_argument(
+            "--endpoint-url", default=None, help="a running `totes local-aws` (default: AWS)"
+        )
+        cmd.add_argument(
+            "--queue-url",
+            default=None,
+            help="the failure queue (the stack's FailureQueueUrl output; default:"
+            " $FAILURE_QUEUE_URL, or the local one)",
+        )
+        if name == "drop":
+            which = cmd.add_mutually_exclusive_group(required=True)
+            which.add_argument("--batch", metavar="BATCH_ID", help="drop this batch's records")
+            which.add_argument(
+                "--gone",
+                action="store_true",
+                help="drop every record whose manifest (or a file it lists) no longer exists",
+            )
 
     local_aws = sub.add_parser("local-aws", help="run the local AWS emulation in the foreground")
-    local_aws.add_argument("--port", type=int, default=None)
+    local_aws.add_argument("--port", type=PORT_OPTION, default=None)
 
     run = sub.add_parser("run", help="one cycle of the deployed chain, run locally")
+    run.add_argument(
+        "--invoker",
+        choices=("in-process", "sam-local"),
+        default="in-process",
+        help="call each handler in this process (default) or through `sam local invoke` in"
+        " Docker, offline (needs Docker, the Lambda base image and `make build`'s .venv-sam)",
+    )
     run.add_argument("--source-url", required=True)
     run.add_argument("--warehouse-url", required=True)
     run.add_argument("--endpoint-url", default=None, help="a running `totes local-aws`")
     run.add_argument(
         "--max-batch-rows",
-        type=option(MAX_BATCH_ROWS),
+        type=BATCH_ROWS_OPTION,
         default=None,
         help="rows per bounded batch (INGEST_MAX_BATCH_ROWS; default 500000)",
     )
     run.add_argument(
         "--chunk-rows",
-        type=option(CHUNK_ROWS),
+        type=CHUNK_ROWS_OPTION,
         default=None,
         help="rows per Parquet part (INGEST_CHUNK_ROWS; default 100000)",
     )
@@ -102,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = sub.add_parser("demo", help="the whole chain on an embedded PostgreSQL, with answers")
-    demo.add_argument("--scale", type=int, default=20_000)
-    demo.add_argument("--rounds", type=int, default=3)
+    demo.add_argument("--scale", type=SCALE_OPTION, default=20_000)
+    demo.add_argument("--rounds", type=ROUNDS_OPTION, default=3)
 
     dashboard = sub.add_parser(
         "dashboard", help="draw the template's dashboard from the metrics of local runs"
@@ -120,10 +210,46 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--run", default=None, help="only this run's metrics")
 
     bench = sub.add_parser("bench", help="throughput and memory per stage, with baselines")
-    bench.add_argument("--scale", type=int, default=1_000_000)
+    bench.add_argument("--scale", type=SCALE_OPTION, default=1_000_000)
     bench.add_argument("--output", default="bench-results.json")
     bench.add_argument("--source-url", default=None)
     bench.add_argument("--warehouse-url", default=None)
+
+    sam_local = sub.add_parser(
+        "sam-local", help="sam local invoke by hand (serve, events), and make sam-local's check"
+    ).add_subparsers(dest="action", required=True)
+    serve = sam_local.add_parser(
+        "serve",
+        help="keep the local stack reachable from containers until Ctrl-C; write env-vars,"
+        " a SAM config and events to --out and print the sam local invoke commands",
+    )
+    serve.add_argument("--source-url", required=True)
+    serve.add_argument("--warehouse-url", required=True)
+    serve.add_argument(
+        "--endpoint-url", default=None, help="a running `totes local-aws` (default: its own)"
+    )
+    serve.add_argument("--port", type=PORT_OPTION, default=None, help="port of its own emulator")
+    serve.add_argument("--out", default=".aws-sam/local/invoke", metavar="DIR")
+    events = sam_local.add_parser(
+        "events",
+        help="write ingest.json, and transform.json/load.json naming the newest manifests",
+    )
+    events.add_argument("--endpoint-url", required=True)
+    events.add_argument("--out", default=".aws-sam/local/invoke", metavar="DIR")
+    layers = sam_local.add_parser(
+        "layers",
+        help="use the real AWS managed layers (--from-aws, needs your AWS credentials once)"
+        " or local builds from requirements/runtime.txt (--local, the default)",
+    )
+    which = layers.add_mutually_exclusive_group()
+    which.add_argument("--from-aws", action="store_true")
+    which.add_argument("--local", action="store_true")
+    layers.add_argument("--region", default=None, help="for the SSM lookup (default: yours)")
+    check = sam_local.add_parser(
+        "check", help="one cycle of a generated source via sam-local and in-process; compare"
+    )
+    check.add_argument("--scale", type=SCALE_OPTION, default=2000)
+    check.add_argument("--seed", type=SEED_OPTION, default=42)
     return parser
 
 

@@ -8,12 +8,17 @@ warehouse's batch ledger sits behind it, so a redelivered event changes nothing 
 its idempotency record has expired.
 
 Failures are raised, naming the batch, table and cause: the batch rolled back, so the async
-retry or the failure destination can take over safely.
+retry or the failure destination can take over safely. A manifest that cannot be trusted
+(``totes.manifest_checks``: another batch's, files that are not the batch's own, no files,
+malformed capture fields) is refused before any file is read or the warehouse is reached.
+The one failure after the commit (reporting the batch) is ``LoadedButUnreported``: the batch
+stays loaded and a retry is acknowledged by the ledger.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -23,7 +28,7 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from pg8000.native import Connection
 
-from totes import freshness
+from totes import freshness, manifest_checks
 from totes.db import (
     DbCredentials,
     close,
@@ -31,7 +36,7 @@ from totes.db import (
     credentials_from_secret_store,
     set_socket_timeout,
 )
-from totes.errors import DatabaseUnavailable, LoadFailed
+from totes.errors import DatabaseUnavailable, LoadedButUnreported, LoadFailed
 from totes.lake import Lake, Manifest, batch_id_from_manifest_key, schema_fingerprint
 from totes.observability import emit, logger
 from totes.settings import LoadSettings
@@ -65,8 +70,10 @@ def read_batch(lake: Lake, manifest: Manifest) -> dict[str, pa.Table]:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "?")
             raise LoadFailed(f"{where}: cannot read the file ({code})") from None
-        except (pa.ArrowException, OSError) as exc:
-            raise LoadFailed(f"{where}: not a readable Parquet file: {exc}") from None
+        except (pa.ArrowException, OSError) as exc:  # its message may quote the data: not kept
+            raise LoadFailed(
+                f"{where}: not a readable Parquet file ({type(exc).__name__})"
+            ) from None
         if table.num_rows != entry.rows:
             raise LoadFailed(
                 f"{where}: file has {table.num_rows} rows, the manifest says {entry.rows}"
@@ -151,13 +158,13 @@ def _load(
     lake = Lake(s3_client, settings.processed_bucket)
     try:
         manifest = lake.get_manifest(processed_manifest_key)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, or not a manifest's
         raise LoadFailed(f"batch {batch_id}: unreadable manifest: {exc}") from None
-    if manifest.batch_id != batch_id or manifest.stage != "processed":
-        raise LoadFailed(
-            f"batch {batch_id}: {processed_manifest_key} holds a {manifest.stage!r} manifest"
-            f" of batch {manifest.batch_id!r}"
-        )
+    refused = manifest_checks.problems(
+        manifest, processed_manifest_key, "processed", datetime.now(UTC)
+    )
+    if refused:  # before any file is read or the warehouse is reached
+        raise LoadFailed(f"batch {batch_id}: {processed_manifest_key}: {'; '.join(refused)}")
     tables = read_batch(lake, manifest)
     try:
         con = connect(creds, application_name="totes-load")
@@ -167,9 +174,27 @@ def _load(
     try:
         _ensure_schema(con, creds)
         result = load_batch(con, manifest, tables)
-        marker = record_loaded(con, lake)
+        try:  # the batch is committed (or was already): what follows cannot roll it back
+            marker = record_loaded(con, lake)
+        except Exception as exc:
+            raise LoadedButUnreported(
+                f"batch {batch_id}: in the warehouse ledger (committed), then writing the"
+                f" loaded marker failed: {type(exc).__name__}: {exc}"
+            ) from exc
     finally:
         close(con)  # quietly when broken: a dead connection cannot close politely
+    try:
+        return _report(batch_id, result, marker)
+    except Exception as exc:
+        raise LoadedButUnreported(
+            f"batch {batch_id}: in the warehouse ledger (committed), then reporting it failed:"
+            f" {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _report(
+    batch_id: str, result: LoadResult, marker: freshness.LoadedMarker | None
+) -> dict[str, Any]:
     fresh = None
     if marker is not None:
         fresh = freshness.seconds_since(marker.hi_utc)
@@ -193,8 +218,16 @@ def from_s3_event(event: S3Event, context: LambdaContext | None = None) -> dict[
         creds = credentials_from_secret_store(config.warehouse_secret_id)
         try:
             return load(ref.key, config, s3_client, creds)
+        except LoadedButUnreported:
+            logger.exception(
+                "batch committed; what followed failed (a retry finds it in the ledger)",
+                extra={"key": ref.key},
+            )
+            raise
         except Exception:
-            logger.exception("batch load failed; rolled back", extra={"key": ref.key})
+            logger.exception(
+                "batch load failed; rolled back, nothing of it committed", extra={"key": ref.key}
+            )
             raise
 
     return handle_manifests(

@@ -26,7 +26,7 @@ is raised naming the batch, the step, the table and the cause.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import re
 
 import pyarrow as pa
 from pg8000.exceptions import DatabaseError, InterfaceError
@@ -35,10 +35,10 @@ from pg8000.native import Connection
 from totes.errors import DatabaseUnavailable, LoadFailed
 from totes.identifiers import quote
 from totes.lake import Manifest, schema_fingerprint
+from totes.manifest_checks import Capture, ManifestRefused, capture
 from totes.star.model import (
     DELETED_KEYS,
     DELETED_KEYS_SCHEMA,
-    SET_ASIDE,
     STAR_TABLES,
     STAR_TABLES_BY_NAME,
     StarTable,
@@ -167,40 +167,13 @@ def load_batch(
         raise
 
 
-@dataclass(frozen=True)
-class Capture:
-    """What the processed manifest says about the batch's capture: its sequence in commit
-    order (0 for batches from before capture by commit order), its time (ISO, UTC) and the
-    dimension keys transform set aside."""
-
-    seq: int
-    hi_utc: str | None
-    set_aside: dict[str, list[int]]
-
-
 def _capture(batch: str, manifest: Manifest) -> Capture:
-    """The manifest's capture fields, or a refusal naming what is wrong."""
-    extra = manifest.extra or {}
-    seq = extra.get("capture_seq", 0)
-    if type(seq) is not int or seq < 0:
-        raise LoadFailed(f"batch {batch}: capture_seq must be a non-negative integer: {seq!r}")
-    hi_utc = extra.get("hi_utc")
-    if hi_utc is not None and not isinstance(hi_utc, str):
-        raise LoadFailed(f"batch {batch}: hi_utc must be an ISO time: {hi_utc!r}")
-    raw = extra.get(SET_ASIDE) or {}
-    dimensions = {t.name for t in deletes.TRACKED_TABLES if t.kind == "dimension"}
-    if not isinstance(raw, dict) or set(raw) - dimensions:
-        raise LoadFailed(
-            f"batch {batch}: set_aside must map dimension tables {sorted(dimensions)} to keys:"
-            f" {sorted(raw) if isinstance(raw, dict) else raw!r}"
-        )
-    set_aside: dict[str, list[int]] = {}
-    for name, keys in raw.items():
-        if not isinstance(keys, list) or any(type(k) is not int for k in keys):
-            raise LoadFailed(f"batch {batch}: set_aside {name} must be a list of integer keys")
-        if keys:
-            set_aside[name] = sorted(set(keys))
-    return Capture(seq, hi_utc, set_aside)
+    """The manifest's capture fields, or a refusal naming what is wrong (before the
+    transaction: a malformed ``hi_utc`` never reaches the ledger or a commit)."""
+    try:
+        return capture(manifest.extra)
+    except ManifestRefused as exc:
+        raise LoadFailed(f"batch {batch}: {exc}") from None
 
 
 def _deletions(batch: str, data: pa.Table | None) -> pa.Table:
@@ -223,10 +196,13 @@ def _deletions(batch: str, data: pa.Table | None) -> pa.Table:
     tracked = {t.name for t in deletes.TRACKED_TABLES}
     names = set(data.column("star_table").unique().to_pylist())
     if names - tracked or data.column("key").null_count:
-        wrong_tables = sorted(names - tracked, key=str)
+        # Star tables are named; any other name is a row value of the file, only counted.
+        named = sorted(n for n in names - tracked if n in STAR_TABLES_BY_NAME)
+        others = len(names - tracked) - len(named)
+        unknown = f" and of {others} name(s) no star table has" if others else ""
         raise LoadFailed(
-            f"batch {batch}: table {DELETED_KEYS} deletes keys of {wrong_tables} or NULL keys;"
-            f" only keys of {sorted(tracked)} can be deleted"
+            f"batch {batch}: table {DELETED_KEYS} deletes keys of {named}{unknown} or NULL"
+            f" keys; only keys of {sorted(tracked)} can be deleted"
         )
     return data
 
@@ -285,16 +261,44 @@ def _rollback(con: Connection) -> None:
         con.run("ROLLBACK")
 
 
+# SQLSTATE classes whose primary message names objects only (table, column, constraint, type,
+# role), never a value: connection (08), integrity constraint violations (23), transaction
+# state (25), rollbacks such as deadlocks (40), syntax or access rules (42), resources (53),
+# program limits (54), object state such as locks (55) and operator intervention such as
+# timeouts (57). The rest, data exceptions (22) above all, may quote the offending value
+# ('invalid input syntax for type integer: "..."'), so only their condition name is kept.
+_MESSAGE_NAMES_ONLY = frozenset({"08", "23", "25", "40", "42", "53", "54", "55", "57"})
+_CONDITIONS = {
+    "22001": "value too long for its column",
+    "22003": "numeric value out of range",
+    "22007": "invalid datetime format",
+    "22008": "datetime field overflow",
+    "22012": "division by zero",
+    "22021": "character not in repertoire",
+    "22P02": "invalid text representation",
+}
+# The key columns of a unique, exclusion or foreign-key violation's DETAIL, without the
+# values that follow: 'Key (staff_id)=(42) already exists.' gives "staff_id".
+_DETAIL_KEY = re.compile(r"^Key \((?P<columns>.+?)\)=\(")
+
+
 def _describe(exc: DatabaseError) -> str:
-    """PostgreSQL's message, detail and the constraint or column it names."""
+    """What PostgreSQL refused, naming table, column, key column(s) and constraint, never a
+    row value: its DETAIL ("Failing row contains (...)", "Key (id)=(42) already exists.") and
+    context (a COPY line) are left out, as is the message of a class that may quote a value.
+    Load's exception, logs and failure-queue record carry this text (issue 14, M5)."""
     info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
     if not info:
-        return str(exc)
-    parts = [info.get("M", "error")]
-    if info.get("D"):
-        parts.append(info["D"])
-    if info.get("n"):
-        parts.append(f"constraint {info['n']}")
-    if info.get("c"):
-        parts.append(f"column {info['c']}")
-    return f"{'; '.join(parts)} [SQLSTATE {info.get('C', '?')}]"
+        return f"{type(exc).__name__} without PostgreSQL's error fields"
+    code = str(info.get("C", "?"))
+    if code[:2] in _MESSAGE_NAMES_ONLY:
+        parts = [str(info.get("M", "error"))]
+    else:
+        parts = [_CONDITIONS.get(code, f"error of SQLSTATE class {code[:2]}")]
+    for label, field in (("table", "t"), ("column", "c"), ("constraint", "n"), ("type", "d")):
+        if info.get(field):
+            parts.append(f"{label} {info[field]}")
+    key = _DETAIL_KEY.match(str(info.get("D", "")))
+    if key:
+        parts.append(f"key ({key['columns']})")
+    return f"{'; '.join(parts)} [SQLSTATE {code}]"

@@ -173,6 +173,23 @@ class Failure:
 
 
 @dataclass
+class GoneFailure:
+    """A record on the failure queue whose batch data no longer exists: redriving it can never
+    succeed, so it is reported once (with the command that drops it) and not redriven."""
+
+    stage: str
+    batch_id: str
+    missing: str
+    command: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.stage} batch {self.batch_id} on the failure queue cannot be redriven: "
+            f"{self.missing}. Drop it: {self.command}"
+        )
+
+
+@dataclass
 class Metric:
     """One metric value a handler emitted (parsed from its EMF output)."""
 
@@ -215,6 +232,7 @@ class CycleReport:
         default_factory=lambda: {s: StageReport() for s in STAGES}
     )
     failures: list[Failure] = field(default_factory=list)
+    gone: list[GoneFailure] = field(default_factory=list)  # reported once, not redriven
     freshness_seconds: float | None = None
     seconds: float = 0.0
     replayed: int = 0
@@ -225,7 +243,7 @@ class CycleReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.gone
 
     def format(self) -> str:
         lines = [f"cycle: {self.seconds:.2f} s" + ("" if self.ok else " (with failures)")]
@@ -255,6 +273,7 @@ class CycleReport:
                 f"  failure queue: oldest event waiting {self.failure_queue_oldest_seconds:.0f} s"
             )
         lines.extend(f"  FAILED: {failure}" for failure in self.failures)
+        lines.extend(f"  GONE: {gone}" for gone in self.gone)
         return "\n".join(lines)
 
 
@@ -463,42 +482,43 @@ class LocalChain:
     def replay_failures(self, report: CycleReport | None = None) -> CycleReport:
         """Redrive the S3 events on the failure queue (what an operator does after fixing the
         cause): each goes to its stage again under the same retry rule. Failed scheduled
-        ingests are dropped: the next run covers their window, the capture never moved.
+        ingests are dropped: the next run covers their window, the capture state never moved.
 
-        An event is deleted from the queue only once its redrive succeeds; one that fails
+        A record is deleted from the queue only once its redrive succeeds; one that fails
         again stays as it was (no second record), so the queue's oldest-message age keeps
-        saying since when the batch is stuck."""
+        saying since when the batch is stuck.
+
+        A record whose batch data is gone (its manifest, or a file the manifest lists, no
+        longer exists) can never succeed: it is not redriven but stays on the queue, reported
+        once (``report.gone``, with the command that drops it; later cycles keep it quietly
+        until the operator runs ``python -m totes failures drop``)."""
+        from totes_tools.failures import FailureQueue, drop_hint, missing_data
+
         report = report or CycleReport()
         self._fresh_clients()
         stage_of = {self.names.raw_bucket: "transform", self.names.processed_bucket: "load"}
-        url = self._queue_url(self.names.failure_queue)
-        for record, receipt in self._failure_messages():
-            event = record.get("requestPayload") or {}
-            buckets = {r["s3"]["bucket"]["name"] for r in event.get("Records", ())}
-            stages = {stage_of.get(b) for b in buckets}
+        queue = FailureQueue(self.sqs, self._queue_url(self.names.failure_queue))
+        for record in queue.receive_all(hold_seconds=VISIBILITY_TIMEOUT_SECONDS):
+            stages = {stage_of.get(bucket) for bucket, _ in record.objects}
             if len(stages) != 1 or None in stages:
-                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=receipt)
+                queue.delete(record)
+                continue
+            stage = stages.pop()
+            missing = missing_data(self.s3, record)
+            if missing:
+                if not record.reported:
+                    queue_url = None if self.names == StackNames() else queue.url
+                    command = drop_hint(record.batch, self.endpoint_url, queue_url)
+                    report.gone.append(GoneFailure(stage, record.batch, missing, command))
+                    logger.warning("failure record's data is gone", extra={"batch": record.batch})
+                queue.keep_reported(record)
                 continue
             report.replayed += 1
-            if self._handle(Delivery(stages.pop(), event), report, record_failure=False):
-                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=receipt)
+            if self._handle(Delivery(stage, record.event), report, record_failure=False):
+                queue.delete(record)
             else:
-                self.sqs.change_message_visibility(
-                    QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=0
-                )
+                queue.release(record)
         return report
-
-    def _failure_messages(self) -> list[tuple[dict, str]]:
-        """Every record on the failure queue with its receipt, held invisible meanwhile."""
-        url = self._queue_url(self.names.failure_queue)
-        out = []
-        while True:
-            messages = self.sqs.receive_message(
-                QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=VISIBILITY_TIMEOUT_SECONDS
-            ).get("Messages", [])
-            if not messages:
-                return out
-            out.extend((json.loads(m["Body"]), m["ReceiptHandle"]) for m in messages)
 
     def receive(self, stage: str, queue: str) -> list[Delivery]:
         """Every S3 event waiting on ``queue`` (moto's ``s3:TestEvent`` dropped)."""
@@ -757,7 +777,9 @@ def check_warehouse(creds: DbCredentials) -> None:
 
 
 def run_command(args) -> int:
-    """``python -m totes run``: one cycle of the deployed chain against the user's databases."""
+    """``python -m totes run``: one cycle of the deployed chain against the user's databases,
+    the handlers called in this process or (``--invoker sam-local``) each through
+    ``sam local invoke`` in Docker (``totes_tools.local.sam_local``)."""
     if not os.environ.get("POWERTOOLS_LOG_LEVEL"):
         logger.setLevel("ERROR")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulator's request log
@@ -771,15 +793,23 @@ def run_command(args) -> int:
         if args.endpoint_url:
             _check_endpoint(endpoint)
         metrics_path = metricstore.default_metrics_path() if args.endpoint_url else None
+        sam_local = None
+        if getattr(args, "invoker", "in-process") == "sam-local":
+            from totes_tools.local.sam_local import SamLocal
+
+            sam_local = stack.enter_context(SamLocal(endpoint, source, warehouse))
         chain = LocalChain(
             endpoint,
             StackNames(),
             source,
             warehouse,
+            handlers=sam_local.handlers if sam_local else None,
             max_batch_rows=args.max_batch_rows,
             chunk_rows=args.chunk_rows,
             metrics_path=metrics_path,
         )
+        if sam_local:
+            sam_local.bind(chain)
         if not _has_manifest(chain):
             check_source_has_rows(source)
         chain.prepare()
@@ -789,6 +819,8 @@ def run_command(args) -> int:
         print(f"metrics: {metrics_path} (python -m totes dashboard draws them)", flush=True)
     for failure in report.failures:
         print(f"error: {failure}", file=sys.stderr)
+    for gone in report.gone:
+        print(f"error: {gone}", file=sys.stderr)
     return 0 if report.ok else 1
 
 

@@ -9,15 +9,20 @@ drop databases. Each caller gets fresh databases with unique names.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pg8000.native
+
 from totes.db import DbCredentials, connect
+from totes.errors import AuthenticationFailed
 from totes.identifiers import quote
 
 URL_ENV = "TOTES_TEST_DATABASE_URL"
@@ -61,6 +66,49 @@ class PostgresCluster:
         finally:
             admin.run(f"ALTER DATABASE {quote(creds.dbname)} WITH ALLOW_CONNECTIONS true")
             admin.close()
+
+    @contextlib.contextmanager
+    def checking_passwords_of(self, group: str) -> Iterator[None]:
+        """Inside the block the server checks the passwords (SCRAM) of the members of role
+        ``group``, on its socket and over TCP; everyone else logs in as before. The embedded
+        server trusts every local login, so a password change (a secret rotation) means
+        nothing there without this. Needs the server's pg_hba.conf to be writable from here
+        (the embedded one is); the block starts only once a wrong password is refused."""
+        admin = connect(self.admin)
+        try:
+            [[hba_file]] = admin.run("SHOW hba_file")
+            hba = Path(hba_file)
+            before = hba.read_text()
+            rule = f"local all +{group} scram-sha-256\nhost all +{group} all scram-sha-256\n"
+            hba.write_text(rule + before)
+            try:
+                admin.run("SELECT pg_reload_conf()")
+                self._wait_for_password_checks(admin, group)
+                yield
+            finally:
+                hba.write_text(before)
+                admin.run("SELECT pg_reload_conf()")
+        finally:
+            admin.close()
+
+    def _wait_for_password_checks(self, admin: pg8000.native.Connection, group: str) -> None:
+        """The postmaster reloads pg_hba.conf asynchronously: poll until it refuses a member
+        with a wrong password."""
+        probe = f"{group}_probe"
+        admin.run(f"CREATE ROLE {quote(probe)} LOGIN PASSWORD NULL IN ROLE {quote(group)}")
+        try:
+            wrong = dataclasses.replace(self.admin, user=probe, password=f"not-{probe}")
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    connect(wrong, timeout=5).close()
+                except AuthenticationFailed:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the server still lets a wrong password in")
+                time.sleep(0.05)
+        finally:
+            admin.run(f"DROP ROLE {quote(probe)}")
 
     @contextlib.contextmanager
     def database(self, prefix: str = "totes") -> Iterator[DbCredentials]:

@@ -1,0 +1,124 @@
+"""Batches on the failure queue whose data is gone (issue 12, item 7): the local chain reports
+such a record once, with the command that drops it, and never redrives it again; ``python -m
+totes failures list`` shows it and ``failures drop`` removes it, after which cycles succeed.
+
+The record is made the way it happens: the warehouse is down for a cycle, so every load lands
+on the failure queue; then the processed data of one of those batches is deleted from the lake
+while its record waits there.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from totes.db import connect
+from totes.lake import manifest_key
+from totes_tools import cli
+from totes_tools.local.chain import GoneFailure
+
+SMALL_BATCHES = {"INGEST_MAX_BATCH_ROWS": "400"}
+
+
+@pytest.fixture(scope="module")
+def source(generated_source):
+    with generated_source("failures_src", 250, seed=13) as creds:
+        yield creds
+
+
+@pytest.fixture
+def stranded(make_chain, source, pg_cluster):
+    """A chain whose loads all went to the failure queue while the warehouse was down, and the
+    batch (the newest) whose processed manifest and files were then deleted."""
+    chain = make_chain(source, env=SMALL_BATCHES)
+    with pg_cluster.refusing_connections(chain.warehouse):
+        down = chain.run_cycle()
+    batches = down.stages["ingest"].batches
+    assert len(batches) >= 3
+    assert sorted((f.stage, f.batch_id, f.attempts) for f in down.failures) == [
+        ("load", b, 3) for b in batches
+    ]
+    lost = batches[-1]
+    doomed = [k for k in chain.processed.keys("processed/") if f"/{lost}/" in k]
+    assert doomed
+    for key in [*doomed, manifest_key(lost)]:
+        chain.s3.delete_object(Bucket=chain.names.processed_bucket, Key=key)
+    return chain, batches, lost
+
+
+def ledger(chain) -> list[str]:
+    con = connect(chain.warehouse)
+    try:
+        return [r[0] for r in con.run("SELECT batch_id FROM etl_batch_ledger ORDER BY 1")]
+    finally:
+        con.close()
+
+
+def failures(*args: str) -> int:
+    return cli.main(["failures", *args])
+
+
+def test_a_batch_whose_processed_data_is_deleted_on_the_failure_queue_is_reported_once_and_dropped(
+    stranded, capsys
+):
+    chain, batches, lost = stranded
+    queue_url = chain.sqs.get_queue_url(QueueName=chain.names.failure_queue)["QueueUrl"]
+    where = ["--endpoint-url", chain.endpoint_url, "--queue-url", queue_url]
+    missing = f"s3://{chain.names.processed_bucket}/{manifest_key(lost)} no longer exists"
+    command = f"python -m totes failures drop --batch {lost} {' '.join(where)}"
+
+    reported = chain.run_cycle()
+
+    assert reported.gone == [GoneFailure("load", lost, missing, command)]
+    assert (reported.ok, reported.failures, reported.replayed) == (False, [], len(batches) - 1)
+    assert reported.format().splitlines()[-1] == (
+        f"  GONE: load batch {lost} on the failure queue cannot be redriven: {missing}."
+        f" Drop it: {command}"
+    )
+    assert ledger(chain) == batches[:-1]
+
+    quiet = chain.run_cycle()  # reported once: kept on the queue, neither redriven nor repeated
+
+    assert (quiet.ok, quiet.gone, quiet.failures, quiet.replayed) == (True, [], [], 0)
+
+    assert failures("list", *where) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0] == f"failure queue {queue_url}: 1 record(s)"
+    assert re.fullmatch(rf"  load      {lost} +attempts 3, failed \d+ s ago", listed[1])
+    assert listed[2].startswith(f"    DatabaseUnavailable: batch {lost}: ")
+    assert listed[3:] == [f"    data: GONE ({missing})"]
+
+    assert failures("drop", "--batch", lost, *where) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"dropped load batch {lost}",
+        f"1 record(s) dropped, 0 left on {queue_url}",
+    ]
+    assert failures("drop", "--batch", lost, *where) == 1  # nothing left of it
+    assert (
+        capsys.readouterr().err.strip() == f"error: no record of batch {lost} on the failure queue"
+    )
+
+    later = chain.run_cycle()
+
+    assert (later.ok, later.gone, later.failures, later.replayed) == (True, [], [], 0)
+    assert chain.failures() == []
+
+
+def test_drop_gone_removes_only_the_records_whose_data_is_gone(stranded, capsys):
+    chain, batches, lost = stranded
+    queue_url = chain.sqs.get_queue_url(QueueName=chain.names.failure_queue)["QueueUrl"]
+    where = ["--endpoint-url", chain.endpoint_url, "--queue-url", queue_url]
+
+    assert failures("drop", "--gone", *where) == 0
+
+    assert capsys.readouterr().out.splitlines() == [
+        f"dropped load batch {lost} (s3://{chain.names.processed_bucket}/{manifest_key(lost)}"
+        " no longer exists)",
+        f"1 record(s) dropped, {len(batches) - 1} left on {queue_url}",
+    ]
+    healed = chain.run_cycle()
+    assert (healed.ok, healed.gone, healed.failures) == (True, [], [])
+    assert healed.replayed == len(batches) - 1
+    assert ledger(chain) == batches[:-1]
+    assert chain.failures() == []

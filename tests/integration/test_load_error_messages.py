@@ -1,0 +1,76 @@
+"""What load says about an error PostgreSQL raised (``merge._describe``): the table, column,
+key column(s) and constraint, never a value of the row (issue 14, M5). Real server errors,
+one per kind of refusal the warehouse can raise; each carries a distinctive value that must
+not survive."""
+
+from __future__ import annotations
+
+import pytest
+from pg8000.exceptions import DatabaseError
+
+from totes.warehouse.merge import _describe
+
+SECRET = "quokka.zanzibarsson@leak.example"
+
+
+@pytest.fixture
+def con(warehouse_db, pg_connect):
+    con = pg_connect(warehouse_db)
+    con.run("CREATE TABLE person (id int PRIMARY KEY, email text NOT NULL UNIQUE, born date)")
+    con.run("CREATE TABLE visit (person_id int REFERENCES person, at date)")
+    con.run("INSERT INTO person VALUES (738291, :e, '1970-01-01')", e=SECRET)
+    return con
+
+
+def refusal(con, sql: str, **params) -> DatabaseError:
+    with pytest.raises(DatabaseError) as raised:
+        con.run(sql, **params)
+    return raised.value
+
+
+@pytest.mark.parametrize(
+    ("sql", "described"),
+    [
+        (
+            "INSERT INTO person VALUES (1, :secret, NULL)",
+            'duplicate key value violates unique constraint "person_email_key"; table person;'
+            " constraint person_email_key; key (email) [SQLSTATE 23505]",
+        ),
+        (
+            "INSERT INTO person VALUES (2, NULL, CAST(:secret AS text)::date)",
+            "invalid datetime format [SQLSTATE 22007]",
+        ),
+        (
+            "INSERT INTO person (id, email) VALUES (CAST(:secret AS text)::int, 'x')",
+            "invalid text representation [SQLSTATE 22P02]",
+        ),
+    ],
+    ids=["unique", "bad-date", "bad-integer"],
+)
+def test_a_refusal_names_table_key_and_constraint_but_no_value(con, sql, described):
+    exc = refusal(con, sql, secret=SECRET)
+    assert SECRET in str(exc.args[0])  # PostgreSQL's own fields carry the value
+    assert _describe(exc) == described
+
+
+def test_a_foreign_key_refusal_names_the_key_column_not_the_missing_value(con):
+    exc = refusal(con, "INSERT INTO visit VALUES (9876543, '2031-07-19')")
+    assert "9876543" in str(exc.args[0])
+    assert _describe(exc) == (
+        'insert or update on table "visit" violates foreign key constraint'
+        ' "visit_person_id_fkey"; table visit; constraint visit_person_id_fkey;'
+        " key (person_id) [SQLSTATE 23503]"
+    )
+
+
+def test_a_not_null_refusal_names_the_column_without_the_failing_row(con):
+    exc = refusal(con, "INSERT INTO person VALUES (5, NULL, '2031-07-19')")
+    assert "Failing row contains (5, null, 2031-07-19)" in str(exc.args[0])
+    assert _describe(exc) == (
+        'null value in column "email" of relation "person" violates not-null constraint;'
+        " table person; column email [SQLSTATE 23502]"
+    )
+
+
+def test_an_error_without_postgresqls_fields_is_named_by_its_kind_only():
+    assert _describe(DatabaseError(SECRET)) == "DatabaseError without PostgreSQL's error fields"
