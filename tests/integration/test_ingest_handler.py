@@ -128,7 +128,8 @@ def test_a_manifest_dated_ahead_of_the_source_is_passed_over_counted_and_capture
         for directive in doc["_aws"]["CloudWatchMetrics"]
         if any(m["Name"] == "IngestStatesSetAside" for m in directive["Metrics"])
     ]
-    assert counted == [([1.0, 1.0], [["service"]], "ingest")]  # the pointer and the manifest
+    # the pointer and the manifest, counted once per run (issue 15: 0 on a run passing none)
+    assert counted == [([2.0], [["service"]], "ingest")]
     passed_over = [
         json.loads(line)["key"]
         for line in log_lines.getvalue().splitlines()

@@ -101,7 +101,7 @@ def _ensure_schema(con: Connection, creds: DbCredentials) -> None:
         _migrated.add(target)
 
 
-def _emit_rows(result: LoadResult) -> None:
+def _emit(result: LoadResult) -> None:
     """Rows per table and outcome (``LoadRowsDeleted``: rows this batch marked deleted at the
     source)."""
     for name, counts in result.row_counts().items():
@@ -202,7 +202,7 @@ def _report(
     if not result.loaded:
         logger.info("batch already in the warehouse ledger; nothing to do")
         return {"status": "already_loaded", "batch_id": batch_id}
-    _emit_rows(result)
+    _emit(result)
     rows = result.row_counts()
     logger.info("batch loaded", extra={"rows": rows, "freshness_seconds": fresh})
     return {"status": "loaded", "batch_id": batch_id, "rows": rows}
