@@ -196,12 +196,16 @@ def _figure(panels_: Sequence[Panel], rate: int, scale: float = 0.62):
 
     rows = max(p.widget["y"] + p.widget["height"] for p in panels_)
     fig = plt.figure(figsize=(GRID_COLUMNS * scale, rows * scale * 1.05), dpi=110)
-    grid = fig.add_gridspec(rows, GRID_COLUMNS, hspace=6, wspace=1.5)
+    grid = fig.add_gridspec(rows, GRID_COLUMNS, hspace=6, wspace=0)
+    fig.subplots_adjust(left=0.0, right=1.0, top=0.98, bottom=0.04)
     for panel in panels_:
         w = panel.widget
         ax = fig.add_subplot(grid[w["y"] : w["y"] + w["height"], w["x"] : w["x"] + w["width"]])
+        # Each panel keeps a margin of its own, so a right-hand axis's labels never run into
+        # the next panel's left-hand ones.
+        box = ax.get_position()
+        ax.set_position((box.x0 + 0.035, box.y0, box.width - 0.07, box.height))
         _draw(ax, panel, rate)
-    fig.subplots_adjust(left=0.03, right=0.97, top=0.98, bottom=0.04)
     return fig
 
 
