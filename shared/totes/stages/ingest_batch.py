@@ -24,7 +24,13 @@ from botocore.client import BaseClient
 from pg8000.native import Connection
 
 from totes import freshness
-from totes.db import DbCredentials, close, connect, credentials_from_secret_store
+from totes.db import (
+    DbCredentials,
+    close,
+    connect,
+    credentials_from_secret_store,
+    set_socket_timeout,
+)
 from totes.errors import TotesError
 from totes.extract import capture, keysets, plan, stream
 from totes.extract.capture import CaptureState, KeySet, Resume
@@ -45,6 +51,11 @@ from totes.observability import emit, logger
 from totes.settings import IngestSettings
 from totes.source.model import TABLES, Table
 from totes.stages import runtime
+
+# pg8000's connect timeout (10 s) bounds every later socket wait too, and a first capture's
+# planning query sorts millions of stamps before it answers a byte (over 10 s at 1M orders on a
+# busy server). Statements may run up to just under the function's 900 s timeout.
+SOCKET_TIMEOUT_SECONDS = 880.0
 
 STAGE = "raw"
 
@@ -123,6 +134,7 @@ def ingest_run(settings: IngestSettings, creds: DbCredentials, s3_client: BaseCl
     young enough to outlive the lake's lifecycle rules (``keysets.refresh``)."""
     lake = Lake(s3_client, settings.raw_bucket)
     con = connect(creds, application_name="totes-ingest")
+    set_socket_timeout(con, SOCKET_TIMEOUT_SECONDS)
     run = IngestRun()
     try:
         with snapshot(con):
