@@ -10,11 +10,15 @@ import re
 from datetime import datetime
 from decimal import Decimal
 
+import numpy as np
 import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from totes.extract import capture, closure
 from totes.extract import stream as stream_module
 from totes.extract.capture import CaptureState, KeySet, Resume, Snapshot
+from totes.extract.keysets import union_sorted
 from totes.extract.stream import _CsvChunks, copy_table
 from totes.source.model import TABLES, TABLES_BY_NAME
 
@@ -259,3 +263,20 @@ def test_the_batch_sequence_only_grows_and_never_falls_below_the_transaction_cou
     assert capture.next_seq(state, Snapshot(120, 130)) == 5_001
     assert capture.next_seq(state, Snapshot(9_000, 9_000)) == 9_000
     assert capture.next_seq(None, Snapshot(3, 3)) == 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    known=st.sets(st.integers(-(2**31), 2**31 - 1), max_size=200),
+    extra=st.sets(st.integers(-(2**31), 2**31 - 1), max_size=50),
+)
+def test_a_key_set_merged_with_new_keys_equals_their_sorted_union(known, extra):
+    """``union_sorted`` merges in one pass what ``np.union1d`` sorts again: same keys, order
+    and type."""
+    old = np.array(sorted(known), np.int32)
+    new = np.array(sorted(extra - known), np.int32)
+
+    merged = union_sorted(old, new)
+
+    assert merged.dtype == np.int32
+    assert merged.tolist() == sorted(known | extra)
