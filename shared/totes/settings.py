@@ -128,9 +128,7 @@ class LoadSettings:
             processed_bucket=_read(env, "PROCESSED_BUCKET", str),
             idempotency_table=_read(env, "IDEMPOTENCY_TABLE", str),
             warehouse_secret_id=_read(env, "WAREHOUSE_SECRET_ID", str),
-            warehouse_schema=_read(
-                env, "WAREHOUSE_SCHEMA", schema_name, DEFAULT_WAREHOUSE_SCHEMA
-            ),
+            warehouse_schema=_read(env, "WAREHOUSE_SCHEMA", schema_name, DEFAULT_WAREHOUSE_SCHEMA),
         )
 
 
@@ -148,8 +146,6 @@ class MigrateSettings:
         env = os.environ if env is None else env
         return cls(
             owner_secret_id=_read(env, "WAREHOUSE_OWNER_SECRET_ID", str),
-            warehouse_schema=_read(
-                env, "WAREHOUSE_SCHEMA", schema_name, DEFAULT_WAREHOUSE_SCHEMA
-            ),
+            warehouse_schema=_read(env, "WAREHOUSE_SCHEMA", schema_name, DEFAULT_WAREHOUSE_SCHEMA),
             loader_role=_read(env, "WAREHOUSE_LOADER_ROLE", str, None),
         )

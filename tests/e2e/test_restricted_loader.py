@@ -50,13 +50,8 @@ def test_the_chain_loads_as_a_role_without_ddl_rights_exactly_as_the_owner_and_i
     admin.run(f"CREATE SCHEMA {quote(SCHEMA)} AUTHORIZATION {quote(owner.user)}")
     # The owner's step, before any load.
     assert cli_main(["warehouse", "migrate", "--url", owner.to_url(), "--schema", SCHEMA]) == 0
-    assert (
-        cli_main(
-            ["warehouse", "grant-loader", "--url", owner.to_url(), "--role", loader.user]
-            + ["--schema", SCHEMA]
-        )
-        == 0
-    )
+    grant = ["grant-loader", "--url", owner.to_url(), "--role", loader.user]
+    assert cli_main(["warehouse", *grant, "--schema", SCHEMA]) == 0
     source = pg_connect(source_db)
     load_snapshot(source, snapshot_dir)
     chain = LocalChain(
@@ -107,7 +102,7 @@ def test_the_chain_loads_as_a_role_without_ddl_rights_exactly_as_the_owner_and_i
             f"TRUNCATE {name}",
         ]
         if "DELETE" not in LOADER_TABLE_PRIVILEGES[table]:  # the park's queue only
-            attempts.append(f"DELETE FROM {name}")
+            attempts.append(f"DELETE FROM {name}")  # noqa: S608
     for table in STAR_TABLES:
         attempts.append(f"ALTER TABLE {quote(table.name)} DISABLE TRIGGER ALL")
     problems = [p for p in (refused(as_loader, s) for s in attempts) if p]
@@ -118,4 +113,3 @@ def test_the_chain_loads_as_a_role_without_ddl_rights_exactly_as_the_owner_and_i
     }
     assert table_checksums(warehouse) == checksums
     warehouse.close()
-
