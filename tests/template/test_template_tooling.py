@@ -155,6 +155,7 @@ def test_samconfig_overrides_name_template_parameters_and_carry_no_secrets_or_ne
             {
                 "SourceSecretArn",
                 "WarehouseSecretArn",
+                "WarehouseOwnerSecretArn",
                 "AlarmEmail",
                 "SubnetIds",
                 "SecurityGroupIds",
