@@ -69,7 +69,7 @@ def test_sam_build_succeeds_offline_with_the_handlers_and_the_totes_layer(sam_bu
             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
         }
 
-    for stage in ("ingest", "transform", "load"):
+    for stage in ("ingest", "transform", "load", "migrate"):
         built = build_dir / f"{stage.capitalize()}Function"
         assert files(built) == files(REPO_ROOT / "functions" / stage)
         assert (built / "app.py").read_text() == (
@@ -87,6 +87,7 @@ def test_sam_build_succeeds_offline_with_the_handlers_and_the_totes_layer(sam_bu
         "IngestFunction": "IngestFunction",
         "TransformFunction": "TransformFunction",
         "LoadFunction": "LoadFunction",
+        "MigrateFunction": "MigrateFunction",
         "TotesLayer": "TotesLayer",
     }
 
