@@ -521,3 +521,20 @@ def test_an_unmigrated_warehouse_is_refused_naming_every_migration_and_gets_no_t
         ) == [[0]]
     finally:
         con.close()
+
+
+def test_the_schema_version_is_checked_once_per_process_not_per_batch(
+    aws, stack, processed, warehouse_db, monkeypatch
+):
+    """A warm container does not read schema_migrations again for each batch."""
+    from totes.warehouse import migrations
+
+    checks = []
+    real = migrations.missing
+    monkeypatch.setattr(migrations, "missing", lambda con: checks.append(1) or real(con))
+    handler = load_handler()
+    for n in (7, 8):
+        put_processed_batch(processed, f"2024010{n}T000000000000-000", star_batch(sales=3))
+        [outcome] = handler(one_event(aws, stack), Context())["results"]
+        assert outcome["status"] == "loaded"
+    assert checks == [1]
