@@ -95,6 +95,12 @@ def test_grant_loader_refuses_a_role_that_would_keep_ddl_rights(
     with pytest.raises(GrantRefused, match=r"is or acts as .*the owner of public\.dim_"):
         grant_loader(owner_con, member_of_owner.user, "public")
 
+    noinherit = new_role(warehouse_db, "setrole")  # may still SET ROLE to the owner
+    owner_con.run(f"ALTER ROLE {quote(noinherit.user)} NOINHERIT")
+    owner_con.run(f"GRANT {quote(pg_cluster.admin.user)} TO {quote(noinherit.user)}")
+    with pytest.raises(GrantRefused, match=r"is or acts as .*the owner of public\.dim_"):
+        grant_loader(owner_con, noinherit.user, "public")
+
     with pytest.raises(GrantRefused, match="is a superuser"):
         grant_loader(owner_con, pg_cluster.admin.user, "public")
 

@@ -86,7 +86,8 @@ def fact_sequences(con: Connection, schema: str) -> list[str]:
 
 def _check_role(con: Connection, role: str, schema: str) -> None:
     """Refuse a role that would keep DDL rights whatever is granted: a superuser, the
-    current (owner) user, or an owner (or member of the owner) of the warehouse's tables."""
+    current (owner) user, or an owner (or member of the owner) of the warehouse's tables.
+    Membership counts even without INHERIT: a member may ``SET ROLE`` to the owner."""
     found = con.run("SELECT rolsuper FROM pg_roles WHERE rolname = :r", r=role)
     if not found:
         raise GrantRefused(f"role {role!r} does not exist: create it first (docs/deploy.md)")
@@ -99,7 +100,7 @@ def _check_role(con: Connection, role: str, schema: str) -> None:
         "SELECT DISTINCT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c"
         " JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = :schema AND c.relname = ANY(:tables)"
-        " AND pg_has_role(:role, c.relowner, 'USAGE') ORDER BY 1",
+        " AND pg_has_role(:role, c.relowner, 'MEMBER') ORDER BY 1",
         schema=schema,
         tables=list(LOADER_TABLE_PRIVILEGES),
         role=role,
