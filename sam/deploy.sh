@@ -2,7 +2,11 @@
 # Deploy the already built stack (.aws-sam/build, from `make build`) to one samconfig
 # environment. Used by the GitHub workflow and by hand:
 #
-#   SOURCE_SECRET_ARN=arn:... WAREHOUSE_SECRET_ARN=arn:... sam/deploy.sh dev
+#   SOURCE_SECRET_ARN=arn:... WAREHOUSE_SECRET_ARN=arn:... WAREHOUSE_OWNER_SECRET_ARN=arn:... \
+#     sam/deploy.sh dev
+#
+# WAREHOUSE_SECRET_ARN is the loader's secret (no DDL rights), WAREHOUSE_OWNER_SECRET_ARN the
+# owner's, read only by the stack's WarehouseMigration step (docs/deploy.md, Warehouse roles).
 #
 # Optional: ALARM_EMAIL, SUBNET_IDS and SECURITY_GROUP_IDS (comma-separated; both required for
 # prod, which runs ingest and load in private subnets), KMS_KEY_ARN, BREAK_GLASS_ROLE_ARN, SAM
@@ -14,6 +18,7 @@ env_name="${1:?usage: sam/deploy.sh <default|dev|prod>}"
 sam="${SAM:-.venv-sam/bin/sam}"
 : "${SOURCE_SECRET_ARN:?SOURCE_SECRET_ARN is required}"
 : "${WAREHOUSE_SECRET_ARN:?WAREHOUSE_SECRET_ARN is required}"
+: "${WAREHOUSE_OWNER_SECRET_ARN:?WAREHOUSE_OWNER_SECRET_ARN is required}"
 if [[ "$env_name" == prod ]]; then
   # The template refuses it too (RequireVpc=true in samconfig's prod): fail before packaging.
   : "${SUBNET_IDS:?SUBNET_IDS is required for prod (private subnets for ingest and load)}"
@@ -34,6 +39,7 @@ export SAM_CLI_TELEMETRY=0
   --parameter-overrides "$overrides" \
   "SourceSecretArn=\"${SOURCE_SECRET_ARN}\"" \
   "WarehouseSecretArn=\"${WAREHOUSE_SECRET_ARN}\"" \
+  "WarehouseOwnerSecretArn=\"${WAREHOUSE_OWNER_SECRET_ARN}\"" \
   "AlarmEmail=\"${ALARM_EMAIL:-}\"" \
   "SubnetIds=\"${SUBNET_IDS:-}\"" \
   "SecurityGroupIds=\"${SECURITY_GROUP_IDS:-}\"" \

@@ -164,3 +164,42 @@ def generated_source(pg_cluster):
             pg_cluster.drop_database(creds)
 
     return make
+
+
+@pytest.fixture
+def new_role(pg_cluster):
+    """A factory: ``new_role(db)`` creates a unique LOGIN role (no privileges; the embedded
+    server trusts local logins) and returns credentials of it on database ``db``; after the
+    test its privileges there are revoked (``DROP OWNED BY``) and the role dropped."""
+    made: list[tuple[str, DbCredentials]] = []
+
+    def make(db: DbCredentials, prefix: str = "loader") -> DbCredentials:
+        import dataclasses
+        import uuid
+
+        from totes.identifiers import quote
+
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        con = connect(pg_cluster.admin)
+        try:
+            con.run(f"CREATE ROLE {quote(name)} LOGIN")
+        finally:
+            con.close()
+        made.append((name, db))
+        return dataclasses.replace(db, user=name, password=None, refresh=None)
+
+    yield make
+    from totes.identifiers import quote
+
+    for name, db in made:
+        with contextlib.suppress(Exception):  # the database may be gone already
+            con = connect(pg_cluster.admin.with_dbname(db.dbname))
+            try:
+                con.run(f"DROP OWNED BY {quote(name)}")
+            finally:
+                con.close()
+        con = connect(pg_cluster.admin)
+        try:
+            con.run(f"DROP ROLE IF EXISTS {quote(name)}")
+        finally:
+            con.close()

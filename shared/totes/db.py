@@ -33,6 +33,7 @@ import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from totes.errors import AuthenticationFailed, ConfigurationError, DatabaseUnavailable
+from totes.identifiers import quote as quote_identifier
 from totes.observability import logger
 
 SSL_MODES = ("verify-full", "require", "disable")
@@ -234,16 +235,25 @@ class DbCredentials:
 
 
 def connect(
-    creds: DbCredentials, *, application_name: str = "totes", timeout: float = 10.0
+    creds: DbCredentials,
+    *,
+    application_name: str = "totes",
+    timeout: float = 10.0,
+    search_path: str | None = None,
 ) -> pg8000.native.Connection:
     """A ``pg8000.native.Connection``; failures become ``DatabaseUnavailable`` naming the target.
+
+    ``search_path`` names the one schema unqualified names resolve in, sent in the start-up
+    message (it overrides any ``ALTER ROLE ... SET search_path``), with ``pg_temp`` after it:
+    a session's temporary tables never shadow the schema's tables (see
+    :func:`search_path_setting`).
 
     When the server refuses the credentials and they can be read again (``creds.refresh``,
     set for secrets), they are read again once, bypassing the cache; if the secret changed
     meanwhile (a rotation), the connection is tried once more with the new one.
     """
     try:
-        return _connect_once(creds, application_name, timeout)
+        return _connect_once(creds, application_name, timeout, search_path)
     except AuthenticationFailed:
         if creds.refresh is None:
             raise
@@ -254,11 +264,20 @@ def connect(
         "database refused the cached credentials; the secret has changed (rotated), retrying",
         extra={"db": creds.where, "user": creds.user, "new_user": fresh.user},
     )
-    return _connect_once(replace(fresh, refresh=None), application_name, timeout)
+    return _connect_once(replace(fresh, refresh=None), application_name, timeout, search_path)
+
+
+def search_path_setting(schema: str) -> str:
+    """The ``search_path`` value for ``schema``: the schema (quoted), then ``pg_temp``.
+
+    ``pg_catalog`` is searched first implicitly. ``pg_temp`` named last means a temporary
+    table is found only under a name the schema does not hold (the load's ``stage_*``
+    tables), so nothing a session creates can stand in for a warehouse table."""
+    return f"{quote_identifier(schema)}, pg_temp"
 
 
 def _connect_once(
-    creds: DbCredentials, application_name: str, timeout: float
+    creds: DbCredentials, application_name: str, timeout: float, search_path: str | None = None
 ) -> pg8000.native.Connection:
     kwargs: dict[str, Any] = {
         "user": creds.user,
@@ -267,6 +286,8 @@ def _connect_once(
         "application_name": application_name,
         "timeout": timeout,
     }
+    if search_path is not None:
+        kwargs["startup_params"] = {"search_path": search_path_setting(search_path)}
     if creds.unix_socket_dir:
         kwargs["unix_sock"] = os.path.join(creds.unix_socket_dir, f".s.PGSQL.{creds.port}")
     else:

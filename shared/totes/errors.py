@@ -24,6 +24,15 @@ class SchemaDrift(TotesError):
     """A table or column the pipeline relies on is missing or has another type."""
 
 
+class SchemaBehind(SchemaDrift):
+    """The warehouse lacks migrations the code ships. The load refuses instead of migrating
+    (it holds no DDL rights); ``missing`` names them (``NNNN_name``), for logs and alarms."""
+
+    def __init__(self, message: str, missing: list[str]):
+        super().__init__(message)
+        self.missing = list(missing)
+
+
 class BatchRejected(TotesError):
     """A batch failed a data-quality gate; ``reason`` is the JSON-able quarantine record."""
 

@@ -7,6 +7,7 @@ Each stage reads only what it needs, so a function's environment in the template
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -58,6 +59,20 @@ CHUNK_ROWS = bounded_int(1, 5_000_000)
 RETENTION_DAYS = bounded_int(2, 36_500)
 
 
+# A warehouse schema as operators create it (``CREATE SCHEMA name``, unquoted): lowercase
+# letters, digits and underscores. It still enters SQL only quoted (``totes.identifiers``).
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+DEFAULT_WAREHOUSE_SCHEMA = "public"
+
+
+def schema_name(raw: str) -> str:
+    """A warehouse schema name, or ValueError saying what one looks like."""
+    name = raw.strip()
+    if not _SCHEMA_NAME.match(name):
+        raise ValueError("must be a schema name: lowercase letters, digits, _ (at most 63)")
+    return name
+
+
 @dataclass(frozen=True)
 class IngestSettings:
     raw_bucket: str
@@ -102,6 +117,9 @@ class LoadSettings:
     processed_bucket: str
     idempotency_table: str
     warehouse_secret_id: str
+    # The schema holding the star, the ledger and schema_migrations: every load connection
+    # resolves unqualified names there only (``search_path``, set at connect).
+    warehouse_schema: str = DEFAULT_WAREHOUSE_SCHEMA
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LoadSettings:
@@ -110,4 +128,24 @@ class LoadSettings:
             processed_bucket=_read(env, "PROCESSED_BUCKET", str),
             idempotency_table=_read(env, "IDEMPOTENCY_TABLE", str),
             warehouse_secret_id=_read(env, "WAREHOUSE_SECRET_ID", str),
+            warehouse_schema=_read(env, "WAREHOUSE_SCHEMA", schema_name, DEFAULT_WAREHOUSE_SCHEMA),
+        )
+
+
+@dataclass(frozen=True)
+class MigrateSettings:
+    """The deploy step's migration function (a CloudFormation custom resource): the OWNER's
+    secret (never the loader's), the schema, and the loader role it grants to."""
+
+    owner_secret_id: str
+    warehouse_schema: str = DEFAULT_WAREHOUSE_SCHEMA
+    loader_role: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> MigrateSettings:
+        env = os.environ if env is None else env
+        return cls(
+            owner_secret_id=_read(env, "WAREHOUSE_OWNER_SECRET_ID", str),
+            warehouse_schema=_read(env, "WAREHOUSE_SCHEMA", schema_name, DEFAULT_WAREHOUSE_SCHEMA),
+            loader_role=_read(env, "WAREHOUSE_LOADER_ROLE", str, None),
         )

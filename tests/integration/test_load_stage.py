@@ -20,6 +20,7 @@ from totes.lake import Lake, Manifest, ManifestFile, data_key, manifest_key
 from totes.stages import load_batch as load_stage
 from totes.stages import runtime
 from totes.star.model import DELETED_KEYS, STAR_TABLES_BY_NAME
+from totes.warehouse.migrations import migrate
 from totes_tools.local.aws import free_port, receive_s3_events
 from totes_tools.warehouse.checksums import table_checksums
 from totes_tools.warehouse.synthetic import (
@@ -52,6 +53,16 @@ class Context:
 
     def get_remaining_time_in_millis(self) -> int:
         return 600_000
+
+
+@pytest.fixture(autouse=True)
+def migrated(stack, warehouse_db):
+    """The deploy's owner step (the stack's WarehouseMigration): the load never migrates."""
+    con = connect(warehouse_db)
+    try:
+        migrate(con)
+    finally:
+        con.close()
 
 
 @pytest.fixture
@@ -420,3 +431,110 @@ def test_an_unreadable_file_is_named_without_the_readers_message(aws, stack, pro
     assert str(failure.value) == (
         f"batch {batch}: table dim_staff ({key}): not a readable Parquet file (ArrowInvalid)"
     )
+
+
+def warehouse_state(creds) -> dict:
+    """What a refused load must leave as it was: the migrations recorded, the tables of the
+    schema, and every star table's and the ledger's rows."""
+    con = connect(creds)
+    try:
+        applied = con.run("SELECT version, name FROM schema_migrations ORDER BY version")
+        tables = con.run(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = 'public' ORDER BY table_name"
+        )
+        [[ledger]] = con.run("SELECT count(*) FROM etl_batch_ledger")
+    finally:
+        con.close()
+    return {"applied": applied, "tables": tables, "ledger": ledger, "rows": rows(creds)}
+
+
+def test_a_warehouse_behind_the_code_is_refused_naming_the_missing_migration_and_untouched(
+    aws, stack, processed, warehouse_db, monkeypatch, log_lines
+):
+    """The load never migrates (its role may not): a warehouse lacking a migration the code
+    ships fails the batch, naming it, and writes nothing; once the owner migrates, the same
+    batch loads (a refusal is not cached)."""
+    from totes.errors import SchemaBehind
+    from totes.warehouse import migrations
+
+    shipped = migrations.available()
+    newest = shipped[-1]
+    con = connect(warehouse_db)
+    try:  # the warehouse as it was before the newest migration shipped
+        con.run("DELETE FROM schema_migrations WHERE version = :v", v=newest.version)
+    finally:
+        con.close()
+    before = warehouse_state(warehouse_db)
+    tables = star_batch(sales=5)
+    put_processed_batch(processed, "20240105T000000000000-000", tables)
+    event = one_event(aws, stack)
+
+    with pytest.raises(SchemaBehind) as refused:
+        load_handler()(event, Context())
+
+    assert refused.value.missing == [newest.label]
+    assert str(refused.value).startswith(
+        f"batch 20240105T000000000000-000: the warehouse at {warehouse_db.where} (schema public)"
+        f" lacks migration(s) {newest.label}: the load never migrates"
+    )
+    assert warehouse_state(warehouse_db) == before
+    logged = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    [record] = [r for r in logged if r.get("missing_migrations")]
+    assert record["missing_migrations"] == [newest.label]
+    assert record["level"] == "ERROR"
+
+    con = connect(warehouse_db)
+    try:  # the owner's step (the migration itself is there: only its record was taken away)
+        con.run(
+            "INSERT INTO schema_migrations (version, name) VALUES (:v, :n)",
+            v=newest.version,
+            n=newest.name,
+        )
+    finally:
+        con.close()
+    [outcome] = load_handler()(event, Context())["results"]
+    assert outcome["status"] == "loaded"
+
+
+def test_an_unmigrated_warehouse_is_refused_naming_every_migration_and_gets_no_table(
+    aws, stack, processed, fresh_db, monkeypatch
+):
+    from totes.errors import SchemaBehind
+    from totes.warehouse import migrations
+
+    empty = fresh_db("wh_empty")
+    boto3.client("secretsmanager").put_secret_value(
+        SecretId=stack.warehouse_secret, SecretString=empty.to_secret()
+    )
+    put_processed_batch(processed, "20240106T000000000000-000", star_batch(sales=5))
+
+    with pytest.raises(SchemaBehind) as refused:
+        load_handler()(one_event(aws, stack), Context())
+
+    assert refused.value.missing == [m.label for m in migrations.available()]
+    con = connect(empty)
+    try:
+        assert con.run(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public'"
+        ) == [[0]]
+    finally:
+        con.close()
+
+
+def test_the_schema_version_is_checked_once_per_process_not_per_batch(
+    aws, stack, processed, warehouse_db, monkeypatch
+):
+    """A warm container does not read schema_migrations again for each batch."""
+    from totes.warehouse import migrations
+
+    checks = []
+    real = migrations.missing
+    monkeypatch.setattr(migrations, "missing", lambda con: checks.append(1) or real(con))
+    handler = load_handler()
+    for n in (7, 8):
+        put_processed_batch(processed, f"2024010{n}T000000000000-000", star_batch(sales=3))
+        [outcome] = handler(one_event(aws, stack), Context())["results"]
+        assert outcome["status"] == "loaded"
+    assert checks == [1]

@@ -12,7 +12,8 @@ moto. Both strategies Secrets Manager offers:
   rotation still works; an older one is refused, which is the case shown.
 
 The two users share their privileges through a group role, and each logs in as that group
-(``ALTER ROLE ... SET role``), so what one user's migrations create the other may change:
+(``ALTER ROLE ... SET role``). On the warehouse the group is the loader: the owner migrated
+and ran grant-loader for the group, so either user loads and neither holds a DDL right;
 docs/deploy.md describes the same setup for the real databases.
 """
 
@@ -33,6 +34,8 @@ from totes.identifiers import quote
 from totes.lake import Lake
 from totes.observability import logger
 from totes.stages import runtime
+from totes.warehouse.migrations import migrate
+from totes.warehouse.roles import grant_loader
 from totes_tools.local.aws import receive_s3_events
 from totes_tools.local.chain import context_for, load_handler, schedule_event
 from totes_tools.source.generator import generate
@@ -82,8 +85,9 @@ class Roles:
 
 @pytest.fixture
 def roles(pg_cluster, source_db, warehouse_db):
-    """Users a and b, members of a group that owns the warehouse database and may read the
-    source; the server checks their passwords for the duration of the test."""
+    """Users a and b, members of a group (the warehouse's loader role, granted by the tests
+    that load) that may read the source; the server checks their passwords for the duration
+    of the test."""
     group = f"rot_{uuid.uuid4().hex[:10]}"
     made = Roles(pg_cluster, group)
     con = made.admin()
@@ -92,7 +96,6 @@ def roles(pg_cluster, source_db, warehouse_db):
         for user in (made.a, made.b):
             con.run(f"CREATE ROLE {quote(user)} LOGIN PASSWORD NULL IN ROLE {quote(group)}")
             con.run(f"ALTER ROLE {quote(user)} SET role = {quote(group)}")
-        con.run(f"ALTER DATABASE {quote(warehouse_db.dbname)} OWNER TO {quote(group)}")
     finally:
         con.close()
 
@@ -208,6 +211,14 @@ def test_ingest_fails_naming_the_refusal_when_the_secret_did_not_change(
 
 @pytest.fixture
 def warehouse_as_a(stack, warehouse_db, roles) -> DbCredentials:
+    """The owner's step (migrate, grant-loader to the group), then the load's secret naming
+    user a."""
+    con = connect(warehouse_db)
+    try:
+        migrate(con)
+        grant_loader(con, roles.group, "public")
+    finally:
+        con.close()
     creds = replace(warehouse_db, user=roles.a, password=f"pw-{uuid.uuid4().hex}")
     roles.set_password(creds.user, creds.password)
     put_secret(stack.warehouse_secret, creds)

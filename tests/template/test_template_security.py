@@ -266,7 +266,7 @@ def test_with_a_kms_key_each_role_may_use_it_only_through_its_services_for_its_o
     res = expanded["Resources"]
     added = {
         role: grants(res[role], has_kms=True) - grants(res[role], has_kms=False)
-        for role in ("IngestRole", "TransformRole", "LoadRole")
+        for role in ("IngestRole", "TransformRole", "LoadRole", "MigrateRole")
     }
     write_read = ("kms:GenerateDataKey", "kms:Decrypt")
     queue = {(a, KEY, _via("sqs", "aws:sqs:arn", "<FailureQueue.Arn>")) for a in write_read}
@@ -289,6 +289,10 @@ def test_with_a_kms_key_each_role_may_use_it_only_through_its_services_for_its_o
         # reads batches, writes the loaded marker (issue 15)
         | {(a, KEY, _via("s3", "aws:s3:arn", PROCESSED)) for a in write_read}
         | {("kms:Decrypt", KEY, _via("secretsmanager", "SecretARN", "<WarehouseSecretArn>"))},
+        # the deploy's migration step: only to read the owner's secret
+        "MigrateRole": {
+            ("kms:Decrypt", KEY, _via("secretsmanager", "SecretARN", "<WarehouseOwnerSecretArn>"))
+        },
     }
     # without a key the roles name no KMS action at all
     for role in added:
@@ -348,6 +352,7 @@ EXPECTED_SKIPS = {
     "IngestFunction": {"CKV_AWS_116", "CKV_AWS_173"},
     "TransformFunction": {"CKV_AWS_116", "CKV_AWS_117", "CKV_AWS_173"},
     "LoadFunction": {"CKV_AWS_116", "CKV_AWS_173"},
+    "MigrateFunction": {"CKV_AWS_116", "CKV_AWS_173"},
     "RawBucket": {"CKV_AWS_18"},
     "ProcessedBucket": {"CKV_AWS_18"},
     "AccessLogBucket": {"CKV_AWS_18"},

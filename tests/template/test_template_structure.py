@@ -12,7 +12,7 @@ from sam_template import REPO_ROOT, as_list, grants, policies, render, resolve, 
 from totes.extract.keysets import KEYSET_PREFIX
 from totes.lake import LOADED_KEY, MANIFEST_PREFIX, MANIFEST_SUFFIX, RAW_PREFIX, STATE_KEY
 from totes.observability import CATALOGUE
-from totes.settings import IngestSettings, LoadSettings, TransformSettings
+from totes.settings import IngestSettings, LoadSettings, MigrateSettings, TransformSettings
 
 RAW = "arn:aws:s3:::STACK-raw-ACCOUNT-REGION"
 NO_VALUE = {"Ref": "AWS::NoValue"}
@@ -37,7 +37,7 @@ ENI_ACTIONS = (
     "ec2:AssignPrivateIpAddresses",
     "ec2:UnassignPrivateIpAddresses",
 )
-VPC_ROLES = ("IngestRole", "LoadRole")
+VPC_ROLES = ("IngestRole", "LoadRole", "MigrateRole")
 
 # (role, action) pairs allowed a "*" resource, with the reason. Metrics are EMF log lines (no
 # cloudwatch:PutMetricData) and there is no X-Ray tracing; only the VPC ENI actions remain.
@@ -246,7 +246,16 @@ def test_each_function_gets_exactly_the_environment_its_settings_read(expanded):
             "PROCESSED_BUCKET": processed_name,
             "IDEMPOTENCY_TABLE": "<IdempotencyTable>",
             "WAREHOUSE_SECRET_ID": "<WarehouseSecretArn>",
+            "WAREHOUSE_SCHEMA": "<WarehouseSchema>",
         },
+    }
+    migrate = res["MigrateFunction"]["Properties"]["Environment"]["Variables"]
+    assert render(deployed_variables(migrate)) == {
+        "POWERTOOLS_SERVICE_NAME": "migrate",
+        # the OWNER's secret, never the loader's
+        "WAREHOUSE_OWNER_SECRET_ID": "<WarehouseOwnerSecretArn>",
+        "WAREHOUSE_SCHEMA": "<WarehouseSchema>",
+        "WAREHOUSE_LOADER_ROLE": "<WarehouseLoaderRole>",
     }
 
 
@@ -281,6 +290,15 @@ def test_the_template_environment_satisfies_each_stage_settings_at_cold_start(te
         processed_bucket="STACK-processed-ACCOUNT-REGION",
         idempotency_table="STACK-IdempotencyTable-XYZ",
         warehouse_secret_id=values["WarehouseSecretArn"],
+        warehouse_schema="public",
+    )
+    values["WarehouseOwnerSecretArn"] = (
+        "arn:aws:secretsmanager:eu-west-2:123456789012:secret:owner-AbCdEf"
+    )
+    assert MigrateSettings.from_env(env_of("Migrate")) == MigrateSettings(
+        owner_secret_id=values["WarehouseOwnerSecretArn"],
+        warehouse_schema="public",
+        loader_role="totes_loader",
     )
 
 
@@ -354,6 +372,10 @@ def test_each_role_reaches_only_its_own_buckets_prefixes_secret_table_and_log_gr
         ("s3:GetObject", f"{PROCESSED}/manifests/*", no_condition),
         ("s3:PutObject", f"{PROCESSED}/{LOADED_KEY}", no_condition),
         ("secretsmanager:GetSecretValue", "<WarehouseSecretArn>", no_condition),
+    }
+    # The deploy's migration step: its logs and the OWNER's secret, nothing else.
+    assert grants(res["MigrateRole"]) == logs("Migrate") | {
+        ("secretsmanager:GetSecretValue", "<WarehouseOwnerSecretArn>", no_condition),
     }
     assert grants(res["IngestFunctionScheduleRole"]) == {
         ("lambda:InvokeFunction", "<IngestFunction.Arn>", no_condition)
@@ -672,3 +694,33 @@ def test_the_dashboard_shows_every_catalogue_metric_and_lists_every_alarm(expand
     assert sorted(alarm_widget["properties"]["alarms"]) == sorted("x" for _ in alarms)
     body = expanded["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
     assert sorted(re.findall(r"\$\{(\w+)\.Arn\}", body)) == sorted(alarms)
+
+
+def test_the_owner_migrates_in_the_deploy_before_load_or_its_event_source_goes_live(expanded):
+    """The load never migrates (its role has no DDL rights): the WarehouseMigration custom
+    resource (MigrateFunction, the owner's secret) runs first on every deploy that changes
+    the code layer, and both the load function and S3's permission to invoke it wait for it
+    (so the processed bucket's notification, which needs that permission, does too)."""
+    res = expanded["Resources"]
+    migration = res["WarehouseMigration"]
+    assert migration["Type"] == "Custom::WarehouseMigration"
+    # SAM names the layer version by a hash of its content: a changed shared/ is a new ARN.
+    [layer] = [name for name in res if name.startswith("TotesLayer") and name != "TotesLayer"]
+    code = {"Fn::If": ["HasTotesLayerArn", {"Ref": "TotesLayerArn"}, {"Ref": layer}]}
+    assert code in res["LoadFunction"]["Properties"]["Layers"]
+    assert migration["Properties"] == {
+        "ServiceToken": {"Fn::GetAtt": ["MigrateFunction", "Arn"]},
+        "ServiceTimeout": 960,
+        "Code": code,
+        "Schema": {"Ref": "WarehouseSchema"},
+        "LoaderRole": {"Ref": "WarehouseLoaderRole"},
+    }
+    assert "WarehouseMigration" in as_list(res["LoadFunction"]["DependsOn"])
+    assert "WarehouseMigration" in as_list(
+        res["LoadFunctionProcessedManifestPermission"]["DependsOn"]
+    )
+    assert "LoadFunctionProcessedManifestPermission" in as_list(res["ProcessedBucket"]["DependsOn"])
+    migrate = res["MigrateFunction"]["Properties"]
+    assert migrate["Timeout"] < migration["Properties"]["ServiceTimeout"]
+    assert migrate["ReservedConcurrentExecutions"] == 1
+    assert migrate["VpcConfig"] == res["LoadFunction"]["Properties"]["VpcConfig"]

@@ -69,7 +69,7 @@ def test_sam_build_succeeds_offline_with_the_handlers_and_the_totes_layer(sam_bu
             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
         }
 
-    for stage in ("ingest", "transform", "load"):
+    for stage in ("ingest", "transform", "load", "migrate"):
         built = build_dir / f"{stage.capitalize()}Function"
         assert files(built) == files(REPO_ROOT / "functions" / stage)
         assert (built / "app.py").read_text() == (
@@ -87,6 +87,7 @@ def test_sam_build_succeeds_offline_with_the_handlers_and_the_totes_layer(sam_bu
         "IngestFunction": "IngestFunction",
         "TransformFunction": "TransformFunction",
         "LoadFunction": "LoadFunction",
+        "MigrateFunction": "MigrateFunction",
         "TotesLayer": "TotesLayer",
     }
 
@@ -155,6 +156,7 @@ def test_samconfig_overrides_name_template_parameters_and_carry_no_secrets_or_ne
             {
                 "SourceSecretArn",
                 "WarehouseSecretArn",
+                "WarehouseOwnerSecretArn",
                 "AlarmEmail",
                 "SubnetIds",
                 "SecurityGroupIds",
@@ -176,6 +178,9 @@ def test_deploy_script_passes_samconfig_overrides_plus_the_environment_secrets(t
         "SAM": str(fake),
         "SOURCE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:src-AbCdEf",
         "WAREHOUSE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:wh-AbCdEf",
+        "WAREHOUSE_OWNER_SECRET_ARN": (
+            "arn:aws:secretsmanager:eu-west-2:123456789012:secret:owner-AbCdEf"
+        ),
         "SUBNET_IDS": "subnet-1,subnet-2",
         "SECURITY_GROUP_IDS": "sg-1",
         "KMS_KEY_ARN": "arn:aws:kms:eu-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-12345678",
@@ -198,6 +203,7 @@ def test_deploy_script_passes_samconfig_overrides_plus_the_environment_secrets(t
         _samconfig()["prod"]["deploy"]["parameters"]["parameter_overrides"],
         f'SourceSecretArn="{env["SOURCE_SECRET_ARN"]}"',
         f'WarehouseSecretArn="{env["WAREHOUSE_SECRET_ARN"]}"',
+        f'WarehouseOwnerSecretArn="{env["WAREHOUSE_OWNER_SECRET_ARN"]}"',
         'AlarmEmail=""',
         'SubnetIds="subnet-1,subnet-2"',
         'SecurityGroupIds="sg-1"',
@@ -227,6 +233,9 @@ def test_prod_is_private_the_stack_and_the_deploy_script_refuse_it_without_subne
         "SAM": str(fake),
         "SOURCE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:src-AbCdEf",
         "WAREHOUSE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-2:123456789012:secret:wh-AbCdEf",
+        "WAREHOUSE_OWNER_SECRET_ARN": (
+            "arn:aws:secretsmanager:eu-west-2:123456789012:secret:owner-AbCdEf"
+        ),
     }
 
     def deploy(env_name, **extra):

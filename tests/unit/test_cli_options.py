@@ -26,7 +26,7 @@ def numeric_options() -> list[tuple[tuple[str, ...], str, object]]:
     return [
         (path, flag, action.type)
         for path, flag, action in _options(cli.build_parser())
-        if action.type is not None and action.type is not str
+        if action.type is not None and action.type not in (str, cli.SCHEMA_OPTION)
     ]
 
 
@@ -76,3 +76,13 @@ def test_each_numeric_option_takes_its_whole_range_and_nothing_else(where, flag,
 
     wanted = f"error: argument {flag}: must be a whole number from {low:,} to {high:,}"
     assert [m.split(": ", 1)[1] for m in messages] == [wanted] * len(refused)
+
+
+@pytest.mark.parametrize("command", ["migrate", "grant-loader"])
+@pytest.mark.parametrize("bad", ["Public", "wh; DROP", "", "a" * 64, "1wh"])
+def test_the_warehouse_schema_option_takes_only_a_schema_name(command, bad, capsys):
+    extra = ["--role", "r"] if command == "grant-loader" else []
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["warehouse", command, "--url", "u", *extra, "--schema", bad])
+    err = capsys.readouterr().err
+    assert "argument --schema: must be a schema name" in err

@@ -22,7 +22,9 @@ REQUIRED = {
     "transform": ["RAW_BUCKET", "PROCESSED_BUCKET", "IDEMPOTENCY_TABLE"],
     "load": ["PROCESSED_BUCKET", "IDEMPOTENCY_TABLE", "WAREHOUSE_SECRET_ID"],
 }
-ALL_VARIABLES = sorted({name for names in REQUIRED.values() for name in names})
+ALL_VARIABLES = sorted(
+    {name for names in REQUIRED.values() for name in names} | {"WAREHOUSE_SCHEMA"}
+)
 
 
 @pytest.fixture
@@ -64,6 +66,28 @@ def test_a_handler_imported_with_a_malformed_variable_fails_naming_it(cold):
 
     with pytest.raises(ConfigurationError, match="INGEST_MAX_BATCH_ROWS='0' is malformed"):
         import_handler("ingest")
+
+
+@pytest.mark.parametrize("schema", ["Public", "wh-1", "wh;drop", "a" * 64])
+def test_load_imported_with_a_malformed_warehouse_schema_fails_naming_it(cold, schema):
+    """The schema enters the load's search_path (quoted); a name operators could not have
+    created unquoted is refused at the cold start, by name."""
+    for name in REQUIRED["load"]:
+        cold.setenv(name, "x")
+    cold.setenv("WAREHOUSE_SCHEMA", schema)
+
+    with pytest.raises(ConfigurationError, match=f"WAREHOUSE_SCHEMA={schema!r} is malformed"):
+        import_handler("load")
+
+
+def test_load_uses_the_public_schema_unless_told(cold):
+    for name in REQUIRED["load"]:
+        cold.setenv(name, "x")
+    import_handler("load")
+    assert runtime.settings(LoadSettings).warehouse_schema == "public"
+    runtime.reset()
+    cold.setenv("WAREHOUSE_SCHEMA", "totes_wh")
+    assert runtime.settings(LoadSettings).warehouse_schema == "totes_wh"
 
 
 @pytest.mark.parametrize("stage", sorted(REQUIRED))

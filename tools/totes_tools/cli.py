@@ -10,15 +10,23 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 from totes.errors import TotesError
-from totes.settings import CHUNK_ROWS, MAX_BATCH_ROWS, bounded_int
+from totes.settings import (
+    CHUNK_ROWS,
+    DEFAULT_WAREHOUSE_SCHEMA,
+    MAX_BATCH_ROWS,
+    bounded_int,
+    schema_name,
+)
 
 # command path -> "module:function"; each function takes the parsed args and returns an exit code.
 COMMANDS = {
     ("source", "create"): "totes_tools.source.commands:create",
     ("source", "simulate"): "totes_tools.source.commands:simulate",
     ("warehouse", "migrate"): "totes_tools.warehouse.commands:migrate",
+    ("warehouse", "grant-loader"): "totes_tools.warehouse.commands:grant_loader",
     ("warehouse", "verify"): "totes_tools.warehouse.verify:command",
     ("warehouse", "rebuild"): "totes_tools.warehouse.rebuild:command",
     ("failures", "list"): "totes_tools.failures:list_command",
@@ -35,12 +43,14 @@ COMMANDS = {
     ("dashboard",): "totes_tools.ops.dashboard:command",
 }
 
+T = TypeVar("T")
 
-def option(parse: Callable[[str], int]) -> Callable[[str], int]:
+
+def option(parse: Callable[[str], T]) -> Callable[[str], T]:
     """An argparse type from a settings parser: the Lambda settings and the command line refuse
     the same values ("nan", "inf", negative, absurd) with the same words."""
 
-    def convert(raw: str) -> int:
+    def convert(raw: str) -> T:
         try:
             return parse(raw)
         except ValueError as exc:
@@ -61,6 +71,7 @@ PORT_OPTION = option(bounded_int(1, 65_535))
 ROUNDS_OPTION = option(bounded_int(1, 1_000))  # demo rounds of activity and a cycle
 RANGE_KEYS_OPTION = option(bounded_int(1, 2**31))  # keys per digest range of verify
 SHOW_OPTION = option(bounded_int(0, 1_000_000))  # keys printed per table and kind
+SCHEMA_OPTION = option(schema_name)  # the warehouse schema, as the load's WAREHOUSE_SCHEMA
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,8 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     warehouse = sub.add_parser("warehouse", help="the star-schema warehouse").add_subparsers(
         dest="action", required=True
     )
-    migrate = warehouse.add_parser("migrate", help="apply the schema migrations (idempotent)")
-    migrate.add_argument("--url", required=True)
+    migrate = warehouse.add_parser(
+        "migrate", help="apply the schema migrations as the warehouse owner (idempotent)"
+    )
+    migrate.add_argument("--url", required=True, help="the OWNER's connection URL")
+    migrate.add_argument("--schema", type=SCHEMA_OPTION, default=DEFAULT_WAREHOUSE_SCHEMA)
+    grant = warehouse.add_parser(
+        "grant-loader",
+        help="give a role exactly the load's privileges (no DDL); run as the owner, idempotent",
+    )
+    grant.add_argument("--url", required=True, help="the OWNER's connection URL")
+    grant.add_argument("--role", required=True, help="the loader role (it must exist)")
+    grant.add_argument("--schema", type=SCHEMA_OPTION, default=DEFAULT_WAREHOUSE_SCHEMA)
     verify = warehouse.add_parser(
         "verify", help="compare every warehouse table with the source; exit 1 on a difference"
     )

@@ -1,9 +1,12 @@
 """The load stage: one processed batch (named by its manifest) merged into the warehouse.
 
 Reads the processed manifest and its Parquet files, refuses files that do not match the
-manifest (row count, schema fingerprint) or the star model, applies pending warehouse
-migrations once per process, and merges the batch in one transaction
-(``totes.warehouse.merge``). Powertools idempotency sits in front (``run_once``); the
+manifest (row count, schema fingerprint) or the star model, checks once per process that the
+warehouse holds every migration the code ships (it never migrates: its role has no DDL
+rights; a warehouse behind the code is refused, ``SchemaBehind``, naming the missing
+migrations), and merges the batch in one transaction (``totes.warehouse.merge``). Its
+connection resolves unqualified names in the warehouse schema only (``search_path`` set at
+connect, from ``WAREHOUSE_SCHEMA``). Powertools idempotency sits in front (``run_once``); the
 warehouse's batch ledger sits behind it, so a redelivered event changes nothing even after
 its idempotency record has expired.
 
@@ -26,6 +29,7 @@ from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
+from pg8000.exceptions import DatabaseError
 from pg8000.native import Connection
 
 from totes import freshness, manifest_checks
@@ -36,7 +40,7 @@ from totes.db import (
     credentials_from_secret_store,
     set_socket_timeout,
 )
-from totes.errors import DatabaseUnavailable, LoadedButUnreported, LoadFailed
+from totes.errors import DatabaseUnavailable, LoadedButUnreported, LoadFailed, SchemaBehind
 from totes.lake import Lake, Manifest, batch_id_from_manifest_key, schema_fingerprint
 from totes.observability import emit, logger
 from totes.settings import LoadSettings
@@ -44,7 +48,7 @@ from totes.stages import runtime
 from totes.stages.trigger import ObjectRef, handle_manifests
 from totes.warehouse import ledger
 from totes.warehouse.merge import expected_fingerprint, load_batch
-from totes.warehouse.migrations import migrate
+from totes.warehouse.migrations import require_current
 from totes.warehouse.results import LoadResult
 
 # pg8000's timeout bounds every socket wait, not just connecting: a bulk merge statement or a
@@ -52,7 +56,9 @@ from totes.warehouse.results import LoadResult
 # then let statements run up to (just under) the function's timeout.
 SOCKET_TIMEOUT_SECONDS = 880.0
 
-_migrated: set[tuple[str, str]] = set()  # databases whose schema this process has checked
+# Warehouses (database, user, schema) this process found current; one behind is checked
+# again on every batch, so the first batch after the owner migrates goes through.
+_current: set[tuple[str, str, str]] = set()
 
 
 def read_batch(lake: Lake, manifest: Manifest) -> dict[str, pa.Table]:
@@ -93,12 +99,32 @@ def read_batch(lake: Lake, manifest: Manifest) -> dict[str, pa.Table]:
     return {name: pa.concat_tables(tables) for name, tables in parts.items()}
 
 
-def _ensure_schema(con: Connection, creds: DbCredentials) -> None:
-    """Apply pending migrations once per process (a cold start), not once per batch."""
-    target = (creds.where, creds.user)
-    if target not in _migrated:
-        migrate(con)
-        _migrated.add(target)
+def _check_schema(con: Connection, creds: DbCredentials, schema: str, batch_id: str) -> None:
+    """Refuse to load into a warehouse behind the code (once per process when current: a
+    cheap read of ``schema_migrations``). Never migrates: that is the owner's step."""
+    target = (creds.where, creds.user, schema)
+    if target in _current:
+        return
+    try:
+        require_current(con, f"{creds.where} (schema {schema})")
+    except DatabaseError as exc:  # e.g. the role may not read schema_migrations
+        raise LoadFailed(
+            f"batch {batch_id}: cannot read the warehouse's schema version in schema {schema}:"
+            f" {_server_message(exc)}"
+        ) from None
+    except SchemaBehind as exc:
+        logger.error(
+            "warehouse schema is behind the code; batch refused, nothing written",
+            extra={"missing_migrations": exc.missing, "schema": schema},
+        )
+        raise SchemaBehind(f"batch {batch_id}: {exc}", exc.missing) from None
+    _current.add(target)
+
+
+def _server_message(exc: DatabaseError) -> str:
+    """The server's SQLSTATE and message (they name objects, never row values)."""
+    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return f"{fields.get('C', '?')} {fields.get('M', type(exc).__name__)}"
 
 
 def _emit(result: LoadResult) -> None:
@@ -167,12 +193,12 @@ def _load(
         raise LoadFailed(f"batch {batch_id}: {processed_manifest_key}: {'; '.join(refused)}")
     tables = read_batch(lake, manifest)
     try:
-        con = connect(creds, application_name="totes-load")
+        con = connect(creds, application_name="totes-load", search_path=settings.warehouse_schema)
     except DatabaseUnavailable as exc:
         raise DatabaseUnavailable(f"batch {batch_id}: {exc}") from None
     set_socket_timeout(con, SOCKET_TIMEOUT_SECONDS)
     try:
-        _ensure_schema(con, creds)
+        _check_schema(con, creds, settings.warehouse_schema, batch_id)
         result = load_batch(con, manifest, tables)
         try:  # the batch is committed (or was already): what follows cannot roll it back
             marker = record_loaded(con, lake)

@@ -20,9 +20,9 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from botocore.client import BaseClient
 
-from totes.settings import IngestSettings, LoadSettings, TransformSettings
+from totes.settings import IngestSettings, LoadSettings, MigrateSettings, TransformSettings
 
-SettingsT = TypeVar("SettingsT", IngestSettings, TransformSettings, LoadSettings)
+SettingsT = TypeVar("SettingsT", IngestSettings, TransformSettings, LoadSettings, MigrateSettings)
 
 _settings: dict[type, object] = {}
 

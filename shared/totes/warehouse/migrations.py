@@ -1,10 +1,16 @@
 """The warehouse schema as a history of numbered SQL files (``sql/NNNN_name.sql``), applied in
-order, each at most once.
+order, each at most once, by the warehouse OWNER only.
 
-``schema_migrations`` records what ran. The whole run holds a transaction-scoped advisory lock,
-so concurrent cold starts of the load function serialise: the first applies, the others wait,
-then find nothing left to do. Each file runs in the same transaction as its ledger row, so a
-failing migration leaves neither its objects nor its record behind.
+``schema_migrations`` records what ran. Migrating is a step of its own (``python -m totes
+warehouse migrate``; on AWS the stack's WarehouseMigration custom resource, before the new
+functions go live), run with the owner's credentials: the load connects as a role without DDL
+rights and only checks, once per process, that nothing is missing (:func:`require_current`),
+refusing to load into a warehouse that is behind its code.
+
+The whole run holds a transaction-scoped advisory lock, so concurrent runs serialise: the
+first applies, the others wait, then find nothing left to do. Each file runs in the same
+transaction as its ledger row, so a failing migration leaves neither its objects nor its
+record behind.
 """
 
 from __future__ import annotations
@@ -15,10 +21,14 @@ from importlib import resources
 
 from pg8000.native import Connection
 
+from totes.errors import SchemaBehind, SchemaDrift
+from totes.identifiers import quote
 from totes.observability import logger
+from totes.settings import DEFAULT_WAREHOUSE_SCHEMA
 
 # An arbitrary, fixed 64-bit key: "totes schema migrations".
 MIGRATION_LOCK_KEY = 0x70746573_6D696772
+MIGRATIONS_TABLE = "schema_migrations"
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -28,6 +38,11 @@ class Migration:
     version: int
     name: str
     sql: str
+
+    @property
+    def label(self) -> str:
+        """``NNNN_name``, as reports and errors name a migration."""
+        return f"{self.version:04d}_{self.name}"
 
 
 def available() -> list[Migration]:
@@ -44,28 +59,37 @@ def available() -> list[Migration]:
     return found
 
 
-def migrate(con: Connection) -> list[str]:
-    """Apply the migrations this database lacks; returns the ones applied (``NNNN_name``)."""
+def migrate(con: Connection, schema: str = DEFAULT_WAREHOUSE_SCHEMA) -> list[str]:
+    """Apply the migrations this database lacks, in ``schema`` (which must exist); returns the
+    ones applied (``NNNN_name``). Needs the owner's rights; the load never calls it."""
     applied: list[str] = []
     con.run("BEGIN")
     try:
         con.run("SELECT pg_advisory_xact_lock(:key)", key=MIGRATION_LOCK_KEY)
+        if not con.run("SELECT 1 FROM pg_namespace WHERE nspname = :s", s=schema):
+            raise SchemaDrift(
+                f"schema {schema!r} does not exist: create it as the warehouse owner"
+                f" (CREATE SCHEMA {quote(schema)}), then migrate"
+            )
+        # Unqualified names in the files land in (and resolve in) the schema, this
+        # transaction only.
+        con.run(f"SET LOCAL search_path TO {quote(schema)}")
         con.run(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
             " version INT PRIMARY KEY, name VARCHAR NOT NULL,"
             " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         )
-        done = {row[0] for row in con.run("SELECT version FROM schema_migrations")}
+        done = {row[0] for row in con.run(f"SELECT version FROM {MIGRATIONS_TABLE}")}  # noqa: S608  # nosec B608
         for migration in available():
             if migration.version in done:
                 continue
             con.run(migration.sql)  # simple-query protocol: one file, many statements
             con.run(
-                "INSERT INTO schema_migrations (version, name) VALUES (:v, :n)",
+                f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES (:v, :n)",  # noqa: S608  # nosec B608
                 v=migration.version,
                 n=migration.name,
             )
-            applied.append(f"{migration.version:04d}_{migration.name}")
+            applied.append(migration.label)
         con.run("COMMIT")
     except BaseException:
         con.run("ROLLBACK")
@@ -73,3 +97,28 @@ def migrate(con: Connection) -> list[str]:
     if applied:
         logger.info("warehouse migrations applied", extra={"migrations": applied})
     return applied
+
+
+def missing(con: Connection) -> list[str]:
+    """The shipped migrations the warehouse behind ``con`` (its ``search_path``) lacks, as
+    ``NNNN_name`` in order: all of them when it has no ``schema_migrations`` at all. One
+    catalog probe and one small read; writes nothing. A warehouse ahead of the code (a
+    rollback of the functions) is not refused: migrations only add."""
+    [[table]] = con.run("SELECT to_regclass(:t) IS NOT NULL", t=MIGRATIONS_TABLE)
+    done: set[int] = set()
+    if table:
+        done = {int(v) for [v] in con.run(f"SELECT version FROM {MIGRATIONS_TABLE}")}  # noqa: S608  # nosec B608
+    return [m.label for m in available() if m.version not in done]
+
+
+def require_current(con: Connection, where: str) -> None:
+    """Refuse (``SchemaBehind``, naming every missing migration) unless the warehouse holds
+    every migration the code ships. The load calls this instead of migrating."""
+    lacking = missing(con)
+    if lacking:
+        raise SchemaBehind(
+            f"the warehouse at {where} lacks migration(s) {', '.join(lacking)}: the load never"
+            " migrates; run `python -m totes warehouse migrate` as the warehouse owner (on"
+            " AWS the stack's WarehouseMigration step does, before the functions go live)",
+            lacking,
+        )

@@ -292,6 +292,8 @@ class LocalChain:
     ``handlers`` replaces any stage's handler (tests inject faults this way) and ``deliver``
     may reorder or repeat the S3 events taken from a queue before they are handed over, as
     S3 and Lambda are allowed to. ``env`` adds function environment (e.g. batch sizes).
+    ``warehouse`` is what the load's secret holds; ``owner`` (default: the same) is who
+    migrates, a step of its own before any load, as the deploy's WarehouseMigration step is.
     """
 
     def __init__(
@@ -308,11 +310,13 @@ class LocalChain:
         deliver: Callable[[str, list[Delivery]], list[Delivery]] | None = None,
         max_attempts: int = MAX_ATTEMPTS,
         metrics_path: Path | None = None,
+        owner: DbCredentials | None = None,
     ):
         self.endpoint_url = endpoint_url
         self.names = names
         self.source = source
         self.warehouse = warehouse
+        self.owner = owner or warehouse
         self.env = dict(env or {})
         if max_batch_rows is not None:
             self.env["INGEST_MAX_BATCH_ROWS"] = str(max_batch_rows)
@@ -338,18 +342,22 @@ class LocalChain:
     # -- set-up -----------------------------------------------------------------------------
 
     def prepare(self, *, migrate: bool = True) -> None:
-        """Create whatever resources are missing (secrets updated) and migrate the warehouse."""
+        """Create whatever resources are missing (secrets updated) and, as the owner,
+        migrate the warehouse: the deploy's step before the functions go live (the load
+        never migrates; it refuses a warehouse behind its code)."""
         create_stack_resources(self.endpoint_url, self.names, self.source, self.warehouse)
         self._fresh_clients()
         if migrate:
             self.migrate()
 
     def migrate(self) -> list:
+        from totes.settings import DEFAULT_WAREHOUSE_SCHEMA, schema_name
         from totes.warehouse.migrations import migrate
 
-        con = connect(self.warehouse, application_name="totes-migrate")
+        schema = schema_name(self.env.get("WAREHOUSE_SCHEMA", DEFAULT_WAREHOUSE_SCHEMA))
+        con = connect(self.owner, application_name="totes-migrate")
         try:
-            return migrate(con)
+            return migrate(con, schema)
         finally:
             con.close()
 
