@@ -20,9 +20,10 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from botocore.client import BaseClient
 
+from totes.iceberg.settings import IcebergSettings
 from totes.settings import IngestSettings, LoadSettings, TransformSettings
 
-SettingsT = TypeVar("SettingsT", IngestSettings, TransformSettings, LoadSettings)
+SettingsT = TypeVar("SettingsT", IngestSettings, TransformSettings, LoadSettings, IcebergSettings)
 
 _settings: dict[type, object] = {}
 
