@@ -51,8 +51,8 @@ STAGES = ("ingest", "transform", "load")
 MAX_RETRY_ATTEMPTS = 2
 MAX_ATTEMPTS = MAX_RETRY_ATTEMPTS + 1
 # The template's Timeout and MemorySize per function (tests/template checks they agree).
-FUNCTION_TIMEOUT_SECONDS = {"ingest": 900, "transform": 300, "load": 900}
-FUNCTION_MEMORY_MB = {"ingest": 1769, "transform": 1769, "load": 1024}
+FUNCTION_TIMEOUT_SECONDS = {"ingest": 900, "transform": 300, "load": 900, "iceberg": 900}
+FUNCTION_MEMORY_MB = {"ingest": 1769, "transform": 1769, "load": 1024, "iceberg": 2048}
 # Longer than any function's timeout, so a slow handler never sees its event redelivered.
 VISIBILITY_TIMEOUT_SECONDS = 15 * 60
 ACCOUNT = "123456789012"
