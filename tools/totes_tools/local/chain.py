@@ -44,6 +44,7 @@ from totes_tools.local.aws import (
     environment,
     moto_server,
 )
+from totes_tools.local.iceberg import IcebergNames, create_iceberg_resources
 from totes_tools.repository import functions_dir, sam_dir
 
 STAGES = ("ingest", "transform", "load")
@@ -140,6 +141,8 @@ class Delivery:
 
     @property
     def keys(self) -> list[str]:
+        if "detail" in self.event:  # EventBridge (the Iceberg target's rule)
+            return [unquote_plus(self.event["detail"]["object"]["key"])]
         return [unquote_plus(r["s3"]["object"]["key"]) for r in self.event.get("Records", ())]
 
     @property
@@ -238,7 +241,7 @@ class CycleReport:
         lines = [f"cycle: {self.seconds:.2f} s" + ("" if self.ok else " (with failures)")]
         if self.replayed:
             lines.append(f"  redriven from the failure queue: {self.replayed} event(s)")
-        for stage in STAGES:
+        for stage in [*STAGES, *(s for s in self.stages if s not in STAGES)]:
             report = self.stages[stage]
             extra = f", {len(report.quarantined)} quarantined" if report.quarantined else ""
             if report.rows_set_aside:
@@ -308,6 +311,7 @@ class LocalChain:
         handlers: Mapping[str, Handler] | None = None,
         deliver: Callable[[str, list[Delivery]], list[Delivery]] | None = None,
         max_attempts: int = MAX_ATTEMPTS,
+        iceberg: bool = False,
     ):
         self.endpoint_url = endpoint_url
         self.names = names
@@ -326,12 +330,17 @@ class LocalChain:
         self.raw = Lake(self.s3, names.raw_bucket)
         self.processed = Lake(self.s3, names.processed_bucket)
         self._queue_urls: dict[str, str] = {}
+        # The optional Iceberg target: a fourth handler fed by its own rule and queue.
+        self.iceberg = IcebergNames.of(names) if iceberg else None
+        self.stages = ("transform", "load", "iceberg") if iceberg else ("transform", "load")
 
     # -- set-up -----------------------------------------------------------------------------
 
     def prepare(self, *, migrate: bool = True) -> None:
         """Create whatever resources are missing (secrets updated) and migrate the warehouse."""
         create_stack_resources(self.endpoint_url, self.names, self.source, self.warehouse)
+        if self.iceberg:
+            create_iceberg_resources(self.endpoint_url, self.names, self.iceberg)
         self._fresh_clients()
         if migrate:
             self.migrate()
@@ -360,8 +369,12 @@ class LocalChain:
         return self._handlers[stage]
 
     def function_env(self, stage: str) -> dict[str, str]:
+        iceberg = {}
+        if self.iceberg and stage == "iceberg":
+            iceberg = self.iceberg.function_env(self.names)
         return {
             **self.names.function_env(),
+            **iceberg,
             "POWERTOOLS_SERVICE_NAME": stage,
             "AWS_LAMBDA_FUNCTION_NAME": f"totes-{stage}-local",
             **self.env,
@@ -395,15 +408,15 @@ class LocalChain:
         return report
 
     def drain(
-        self, report: CycleReport | None = None, stages: tuple[str, ...] = ("transform", "load")
+        self, report: CycleReport | None = None, stages: tuple[str, ...] | None = None
     ) -> CycleReport:
-        """Hand queued S3 events to ``stages`` (default: transform and load) until their
-        queues are empty."""
+        """Hand queued S3 events to ``stages`` (default: transform and load, and the Iceberg
+        target when it is on) until their queues are empty."""
         report = report or CycleReport()
         self._fresh_clients()
         while True:
             handled = 0
-            for stage in stages:
+            for stage in stages or self.stages:
                 queue = self._queue_of(stage)
                 deliveries = self.deliver(stage, self.receive(stage, queue))
                 for delivery in deliveries:
@@ -445,7 +458,25 @@ class LocalChain:
             queue.delete(record)
             report.replayed += 1
             self._handle(Delivery(stage, record.event), report)
+        if self.iceberg:  # its own failure queue: EventBridge events, redriven to it alone
+            for record in self._take(self.iceberg.failure_queue):
+                report.replayed += 1
+                self._handle(Delivery("iceberg", record.get("requestPayload") or {}), report)
         return report
+
+    def _take(self, queue: str) -> list[dict]:
+        """Every message on ``queue`` (JSON), consumed."""
+        url = self._queue_url(queue)
+        out = []
+        while True:
+            messages = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get(
+                "Messages", []
+            )
+            if not messages:
+                return out
+            for message in messages:
+                out.append(json.loads(message["Body"]))
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
     def receive(self, stage: str, queue: str) -> list[Delivery]:
         """Every S3 event waiting on ``queue`` (moto's ``s3:TestEvent`` dropped)."""
@@ -462,7 +493,8 @@ class LocalChain:
                 return out
             for message in messages:
                 body = json.loads(message["Body"])
-                if body.get("Event") == "s3:TestEvent" or not body.get("Records"):
+                delivered = body.get("Records") or "detail" in body  # S3 or EventBridge
+                if body.get("Event") == "s3:TestEvent" or not delivered:
                     self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
                     continue
                 out.append(Delivery(stage, body, message["ReceiptHandle"]))
@@ -470,7 +502,8 @@ class LocalChain:
     def pending(self) -> dict[str, int]:
         """Messages waiting (visible or in flight) per notification queue."""
         out = {}
-        for queue in (self.names.transform_queue, self.names.load_queue):
+        queues = [self.names.transform_queue, self.names.load_queue]
+        for queue in queues + ([self.iceberg.queue] if self.iceberg else []):
             attrs = self.sqs.get_queue_attributes(
                 QueueUrl=self._queue_url(queue),
                 AttributeNames=[
@@ -498,7 +531,7 @@ class LocalChain:
     # -- invocation ---------------------------------------------------------------------------
 
     def _handle(self, delivery: Delivery, report: CycleReport) -> None:
-        stage = report.stages[delivery.stage]
+        stage = report.stages.setdefault(delivery.stage, StageReport())
         result = self._invoke(delivery.stage, delivery.event, delivery.batch_id, report)
         if delivery.receipt is not None:
             with contextlib.suppress(Exception):  # a repeated delivery was already deleted
@@ -527,7 +560,7 @@ class LocalChain:
 
     def _invoke(self, stage: str, event: dict, batch_id: str, report: CycleReport) -> object:
         """Up to ``max_attempts`` invocations; then a record on the failure queue."""
-        stage_report = report.stages[stage]
+        stage_report = report.stages.setdefault(stage, StageReport())
         handler = self.handler(stage)
         error = ""
         for attempt in range(1, self.max_attempts + 1):
@@ -589,12 +622,17 @@ class LocalChain:
                 "stackTrace": traceback.format_exception(exc)[-3:],
             },
         }
+        failure_queue = self.names.failure_queue
+        if stage == "iceberg" and self.iceberg:
+            failure_queue = self.iceberg.failure_queue
         self.sqs.send_message(
-            QueueUrl=self._queue_url(self.names.failure_queue),
+            QueueUrl=self._queue_url(failure_queue),
             MessageBody=json.dumps(record, default=str),
         )
 
     def _queue_of(self, stage: str) -> str:
+        if stage == "iceberg" and self.iceberg:
+            return self.iceberg.queue
         return self.names.transform_queue if stage == "transform" else self.names.load_queue
 
     def _queue_url(self, queue: str) -> str:
