@@ -11,14 +11,18 @@ Glue in the emulator (as on AWS); the tables' files go to the emulated S3.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from totes.iceberg.settings import IcebergSettings
+from totes.identifiers import quote, quote_all
 from totes.lake import MANIFEST_PREFIX, MANIFEST_SUFFIX
+from totes.star.model import STAR_TABLES, StarTable
 from totes_tools.local.aws import REGION, StackNames, client
 
 
@@ -116,4 +120,47 @@ def read_tables(
     for name in names or list(schemas):
         table = catalog.load_table((settings.database, name))
         out[name] = read_all(table, schemas[name].as_arrow())
+    return out
+
+
+# -- the two targets compared ---------------------------------------------------------------------
+
+
+def _comparable(value: object) -> object:
+    """A warehouse value as the Iceberg table holds it (times as ``HH:MM:SS.mmm`` text)."""
+    if isinstance(value, dt.time):
+        return f"{value:%H:%M:%S}.{value.microsecond // 1000:03d}"
+    return value
+
+
+def warehouse_rows(con, table: StarTable) -> Counter:
+    """The warehouse table's rows, in the Iceberg table's columns (facts without their
+    warehouse-assigned ``*_record_id``), as a multiset of tuples."""
+    from totes.iceberg.tables import star_schema
+
+    names = [f.name for f in star_schema(table).fields]
+    rows = con.run(f"SELECT {quote_all(names)} FROM {quote(table.name)}")  # noqa: S608  # nosec B608
+    return Counter(tuple(_comparable(v) for v in row) for row in rows)
+
+
+def iceberg_rows(data: pa.Table) -> Counter:
+    return Counter(tuple(row.values()) for row in data.to_pylist())
+
+
+def differences(con, tables: dict[str, pa.Table]) -> dict[str, str]:
+    """Per star table, how the warehouse and the Iceberg table differ (nothing when equal):
+    row counts and the keys of the rows only one side holds."""
+    out = {}
+    for table in STAR_TABLES:
+        warehouse = warehouse_rows(con, table)
+        iceberg = iceberg_rows(tables[table.name])
+        if warehouse == iceberg:
+            continue
+        only_warehouse = sorted({row[0] for row in warehouse - iceberg}, key=str)
+        only_iceberg = sorted({row[0] for row in iceberg - warehouse}, key=str)
+        out[table.name] = (
+            f"warehouse {sum(warehouse.values())} rows, Iceberg {sum(iceberg.values())};"
+            f" keys only in the warehouse {only_warehouse[:10]},"
+            f" only in Iceberg {only_iceberg[:10]}"
+        )
     return out
