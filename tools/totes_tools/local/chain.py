@@ -743,6 +743,7 @@ def run_command(args) -> int:
             handlers=sam_local.handlers if sam_local else None,
             max_batch_rows=args.max_batch_rows,
             chunk_rows=args.chunk_rows,
+            iceberg=getattr(args, "iceberg", False),
         )
         if sam_local:
             sam_local.bind(chain)
