@@ -167,18 +167,14 @@ def apply_batch(
         plan = _plan_star(dim, rows.get(dim.name), keys, tombstones.get(dim.name))
         outcome(writer.apply(dim.name, plan), dim.name)
 
-    dimension_keys: dict[str, pa.Array] = {}
     for fact in FACTS:
         parked_now = read_all(writer.table(park_name(fact)), star_schema(fact).as_arrow())
         incoming = rows.get(fact.name)
         deletions = deleted_keys.get(fact.name)
         if incoming is None and deletions is None and not parked_now.num_rows:
             continue
-        for _, referenced in fact.references:
-            if referenced not in dimension_keys:
-                dimension_keys[referenced] = _dimension_keys(
-                    writer.table(referenced), STAR_TABLES_BY_NAME[referenced]
-                )
+        referenced = [t for t in (incoming, parked_now) if t is not None and t.num_rows]
+        dimension_keys = _present_keys(writer, rows, fact, referenced)
         to_park = star_schema(fact).as_arrow().empty_table()
         if incoming is not None:
             incoming, to_park = split_parked(
@@ -187,15 +183,16 @@ def apply_batch(
         released = parked_now.filter(pa.array(resolved(parked_now, fact, dimension_keys)))
         merged = _concat([t for t in (incoming, released) if t is not None])
         keys = _keys(merged, fact, deletions)
+        fact_counts = counts.setdefault(fact.name, TableCounts())
         if keys is not None:
             plan = _plan_star(fact, merged, keys, tombstones.get(fact.name))
-            outcome(writer.apply(fact.name, plan), fact.name)
-        fact_counts = counts.setdefault(fact.name, TableCounts())
+            done = writer.apply(fact.name, plan)
+            outcome(done, fact.name)
+            if done.status == "committed":
+                fact_counts.released += released.num_rows
         park = writer.apply(park_name(fact), _plan_park(writer, fact, to_park))
         result.outcomes.append(park)
         fact_counts.parked += to_park.num_rows
-        if park.status == "committed":
-            fact_counts.released += released.num_rows
 
     writer.apply(LEDGER, _plan_ledger(manifest, capture, result))
     result.commits, result.conflicts = writer.commits, writer.conflicts
@@ -274,10 +271,28 @@ def _tombstones_by_table(table: Table) -> dict[str, pa.Table]:
     }
 
 
-def _dimension_keys(table: Table, dim: StarTable) -> pa.Array:
-    schema = star_schema(dim).as_arrow()
-    keys = read_all(table, schema, (dim.key,)).column(dim.key)
-    return keys.combine_chunks()
+def _present_keys(
+    writer: Writer, rows: dict[str, pa.Table], fact: StarTable, tables: list[pa.Table]
+) -> dict[str, pa.Array]:
+    """Per dimension the fact references, which of the keys ``tables`` reference exist: the
+    batch's own rows first (a self-contained batch holds every row its facts reference, and
+    they are committed by now), then the stored rows of the rest, looked up by key; a table
+    is read only for keys its batch lacks (set-aside rows, parked facts)."""
+    wanted: dict[str, list[pa.Array]] = {}
+    for column, dim_name in fact.references:
+        wanted.setdefault(dim_name, []).extend(t.column(column).combine_chunks() for t in tables)
+    out = {}
+    for name, parts in wanted.items():
+        dim = STAR_TABLES_BY_NAME[name]
+        values = pc.unique(pa.concat_arrays(parts)) if parts else pa.array([], pa.int32())
+        own = rows[name].column(dim.key) if name in rows else pa.chunked_array([], values.type)
+        known = values.filter(pc.is_in(values, value_set=own.combine_chunks()))
+        missing = values.filter(pc.invert(pc.is_in(values, value_set=known)))
+        if len(missing):
+            stored = read_keys(writer.table(name), dim.key, missing, star_schema(dim).as_arrow())
+            known = pa.concat_arrays([known, stored.column(dim.key).combine_chunks()])
+        out[name] = known
+    return out
 
 
 def _plan_park(writer: Writer, fact: StarTable, to_park: pa.Table) -> Any:
