@@ -25,6 +25,7 @@ ICEBERG = "IcebergEnabled"
 def pipeline(resources: dict[str, dict]) -> dict[str, dict]:
     return {n: r for n, r in resources.items() if r.get("Condition") != ICEBERG}
 
+
 MANIFEST_FILTER = {
     "S3Key": {
         "Rules": [
