@@ -200,3 +200,12 @@ def test_through_the_glue_catalog_of_the_emulator_the_tables_hold_athena_types(a
     facts = read_tables(settings, ["fact_sales_order"])["fact_sales_order"]
     assert facts.num_rows == 20
     assert pc.all(pc.match_like(facts.column("created_time"), "__:__:__.___")).as_py()
+
+
+def test_a_cold_start_finds_the_tables_and_writes_nothing(sql_target, tmp_path):
+    catalog, settings = sql_target
+    files = sorted(p for p in (tmp_path / "warehouse").rglob("*") if p.is_file())
+
+    ensure_tables(catalog, settings)
+
+    assert sorted(p for p in (tmp_path / "warehouse").rglob("*") if p.is_file()) == files

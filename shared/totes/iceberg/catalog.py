@@ -13,7 +13,11 @@ from typing import Any
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.glue import GlueCatalog
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchNamespaceError
+from pyiceberg.exceptions import (
+    NamespaceAlreadyExistsError,
+    NoSuchNamespaceError,
+    NoSuchTableError,
+)
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 
@@ -61,12 +65,15 @@ def ensure_tables(catalog: Catalog, settings: IcebergSettings) -> dict[str, Tabl
             catalog.create_namespace(namespace)
     out = {}
     for name, schema in all_tables().items():
-        table = catalog.create_table_if_not_exists(
-            (namespace, name),
-            schema,
-            location=table_location(settings, name),
-            properties=TABLE_PROPERTIES,
-        )
+        try:  # loaded first: creating writes a metadata file even when the table exists
+            table = catalog.load_table((namespace, name))
+        except NoSuchTableError:
+            table = catalog.create_table_if_not_exists(
+                (namespace, name),
+                schema,
+                location=table_location(settings, name),
+                properties=TABLE_PROPERTIES,
+            )
         out[name] = _evolve(table, schema)
     return out
 
