@@ -15,6 +15,8 @@ Errors name the database and host but never the password.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import ipaddress
 import json
 import os
@@ -274,14 +276,53 @@ def _connect_once(
     try:
         return pg8000.native.Connection(**kwargs)
     except InterfaceError as exc:
+        _release_sockets(exc)
         refused = _refusal(exc)
         if refused is None:
             raise DatabaseUnavailable(f"cannot reach {creds.where}: {_clean(exc, creds)}") from None
         raise _refused(refused, creds) from None
     except DatabaseError as exc:
+        _release_sockets(exc)
         raise _refused(exc, creds) from None
     except OSError as exc:
+        _release_sockets(exc)
         raise DatabaseUnavailable(f"cannot reach {creds.where}: {exc.strerror or exc}") from None
+
+
+def close(con: pg8000.native.Connection) -> None:
+    """Close ``con``, quietly if it is broken (the server went away, the backend was killed).
+
+    pg8000's ``close`` writes a Terminate message into its buffered socket file and flushes
+    it; on a dead peer the flush fails and the file is dropped with the message still in its
+    buffer, so when it is garbage-collected the flush is tried again and Python 3.13 prints
+    "Exception ignored ... BrokenPipeError" to stderr: a plain-text line among JSON logs. Here
+    the file is closed at once instead (its pending bytes dropped with the error)."""
+    buffered = getattr(con, "_sock", None)
+    try:
+        con.close()
+    except Exception:
+        if isinstance(buffered, io.IOBase):
+            with contextlib.suppress(Exception):
+                buffered.close()
+
+
+def _release_sockets(exc: BaseException) -> None:
+    """After a failed connect: close the buffered socket files pg8000's frames still hold
+    (kept alive by the exception's traceback), for the reason :func:`close` gives."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None:
+            if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("pg8000"):
+                for value in list(tb.tb_frame.f_locals.values()):
+                    for file in (value, getattr(value, "_sock", None)):
+                        if isinstance(file, io.IOBase):
+                            with contextlib.suppress(Exception):
+                                file.close()
+            tb = tb.tb_next
+        error = error.__context__
 
 
 def _refused(exc: DatabaseError, creds: DbCredentials) -> DatabaseUnavailable:

@@ -34,3 +34,8 @@ class BatchRejected(TotesError):
 
 class LoadFailed(TotesError):
     """A batch could not be merged; nothing of it is visible. Names batch, table and cause."""
+
+
+class LoadedButUnreported(TotesError):
+    """A batch was merged and committed, then reporting it (metrics, logs) failed: nothing is
+    rolled back, and a retry is acknowledged by the warehouse ledger."""

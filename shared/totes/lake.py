@@ -40,6 +40,9 @@ BATCH_ID = re.compile(r"^(c[0-9]{19}|[0-9]{8}T[0-9]{12})-[0-9]{3}$")
 # finding the state costs one request however old the lake (listing is the fallback).
 STATE_PREFIX = "state/"
 STATE_KEY = f"{STATE_PREFIX}latest.json"
+# In the processed bucket: the newest batch the warehouse ledger holds and its capture time,
+# written by load after each batch; ingest reads it on every run (the freshness heartbeat).
+LOADED_KEY = f"{STATE_PREFIX}loaded.json"
 
 
 def data_key(prefix: str, table: str, batch_id: str, part: int = 0) -> str:
@@ -193,6 +196,16 @@ class Lake:
             o["Key"]
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix)
             for o in page.get("Contents", ())
+        )
+
+    def renew(self, key: str) -> None:
+        """Copy a Parquet object onto itself, so its current version counts as written now."""
+        self.s3.copy_object(
+            Bucket=self.bucket,
+            Key=key,
+            CopySource={"Bucket": self.bucket, "Key": key},
+            MetadataDirective="REPLACE",
+            ContentType="application/vnd.apache.parquet",
         )
 
     def copy(self, key: str, new_key: str) -> None:

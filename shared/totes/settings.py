@@ -53,6 +53,9 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
 # Rows per bounded batch and per Parquet part: at least one, at most what one Lambda can hold.
 MAX_BATCH_ROWS = bounded_int(1, 50_000_000)
 CHUNK_ROWS = bounded_int(1, 5_000_000)
+# Days the raw lake keeps manifests, data and superseded key sets (the lifecycle rules'
+# expiry): ingest rewrites a key set its state still needs once it is half that old.
+RETENTION_DAYS = bounded_int(2, 36_500)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class IngestSettings:
     source_secret_id: str
     max_batch_rows: int = 500_000
     chunk_rows: int = 100_000
+    # Where load's loaded marker is read from (the freshness heartbeat); None: not measured.
+    processed_bucket: str | None = None
+    raw_retention_days: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> IngestSettings:
@@ -70,6 +76,8 @@ class IngestSettings:
             source_secret_id=_read(env, "SOURCE_SECRET_ID", str),
             max_batch_rows=_read(env, "INGEST_MAX_BATCH_ROWS", MAX_BATCH_ROWS, 500_000),
             chunk_rows=_read(env, "INGEST_CHUNK_ROWS", CHUNK_ROWS, 100_000),
+            processed_bucket=_read(env, "PROCESSED_BUCKET", str, None),
+            raw_retention_days=_read(env, "RAW_RETENTION_DAYS", RETENTION_DAYS, 30),
         )
 
 

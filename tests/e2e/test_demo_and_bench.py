@@ -43,7 +43,13 @@ def totes(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """Run ``python -m totes ARGS`` with its temporary files under ``tmp_path``, and check that
     nothing it started (PostgreSQL under that directory, bench children) outlives it."""
     marker = uuid.uuid4().hex
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TMPDIR": str(tmp_path), RUN_MARKER: marker}
+    env = {
+        **os.environ,
+        "PYTHONPATH": PYTHONPATH,
+        "TMPDIR": str(tmp_path),
+        RUN_MARKER: marker,
+        "TOTES_STATE_DIR": str(tmp_path / "state"),
+    }
     env.pop("AWS_ENDPOINT_URL", None)
     done = subprocess.run(
         [sys.executable, "-m", "totes", *args],
@@ -71,6 +77,12 @@ def test_the_demo_loads_runs_incremental_rounds_and_answers_bi_questions(tmp_pat
     for question in ("Revenue by month and currency", "Top 5 designs", "counterparty country"):
         assert question in out
     assert out.rstrip().endswith("nothing left running")
+    assert "quiet round 2 (no activity)" in out
+    drawn = tmp_path / "state" / "demo"
+    assert f"{drawn / 'dashboard.png'}" in out
+    assert (drawn / "dashboard.png").read_bytes()[:4] == b"\x89PNG"
+    assert "data:image/png;base64," in (drawn / "dashboard.html").read_text()
+    assert "in alarm: none" in out
 
 
 @pytest.mark.slow
@@ -95,3 +107,12 @@ def test_the_bench_reports_every_stage_baselines_and_ratios_as_json(tmp_path):
         "load_vs_copy_floor",
     }
     assert "ratios:" in done.stdout
+    lambda_cost = results["lambda_cost"]
+    assert "per GB-s" in lambda_cost["price"]
+    quiet, changes = lambda_cost["quiet"], lambda_cost["incremental"]
+    assert quiet["stages"]["ingest"]["requests"] == 1  # one scheduled run, nothing else
+    assert quiet["stages"]["transform"]["requests"] == quiet["stages"]["load"]["requests"] == 0
+    assert changes["stages"]["load"]["requests"] >= 1
+    assert 0 < quiet["usd_per_run"] < changes["usd_per_run"]
+    assert quiet["usd_per_month"] == pytest.approx(quiet["usd_per_run"] * 8640)
+    assert "Lambda cost per run and per month" in done.stdout

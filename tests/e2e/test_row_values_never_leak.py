@@ -22,7 +22,7 @@ import pytest
 from totes.errors import LoadFailed
 from totes.observability import logger
 from totes_tools.local.chain import context_for
-from totes_tools.warehouse.synthetic import put_processed_batch, star_batch
+from totes_tools.warehouse.synthetic import deleted_keys, put_processed_batch, star_batch
 
 BATCH = "20240301T000000000000-000"
 
@@ -124,3 +124,35 @@ def test_a_refused_row_leaves_no_value_in_logs_metrics_exceptions_or_failure_rec
     ])  # fmt: skip
     assert "SQLSTATE" in records  # the failure paths ran, and their text is in the haystack
     assert [value for value in distinctive(row) if value in haystack] == []
+
+
+def test_a_deletion_of_a_table_no_star_has_leaves_its_name_in_no_output(
+    make_chain, fresh_db, capsys, caplog, log_lines
+):
+    """The refusal of a ``deleted_keys`` file naming tables the star does not have counts those
+    names (values of the file's rows) and quotes none of them."""
+    caplog.set_level(logging.INFO)
+    chain = make_chain(fresh_db("src"))
+    leaked = "quokka.zanzibarsson@leak.example"
+    tables = {**star_batch(), "deleted_keys": deleted_keys(**{leaked: [738291], "dim_date": [1]})}
+    put_processed_batch(chain.processed, BATCH, tables, capture_seq=None)
+
+    report = chain.drain(stages=("load",))
+    records = failure_records(chain)
+
+    [failure] = report.failures
+    assert failure.error == (
+        f"LoadFailed: batch {BATCH}: table deleted_keys deletes keys of ['dim_date'] and of 1"
+        " name(s) no star table has or NULL keys; only keys of ['dim_counterparty',"
+        " 'dim_currency', 'dim_design', 'dim_location', 'dim_payment_type', 'dim_staff',"
+        " 'dim_transaction', 'fact_payment', 'fact_purchase_order', 'fact_sales_order'] can be"
+        " deleted"
+    )
+    out = capsys.readouterr()
+    haystack = "\n".join([
+        log_lines.getvalue(), caplog.text, out.out, out.err, records, report.format(),
+        *(repr(m) for m in report.stages["load"].metrics),
+    ])  # fmt: skip
+    assert "deleted_keys deletes keys of" in records
+    assert leaked not in haystack
+    assert "738291" not in haystack

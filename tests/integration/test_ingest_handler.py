@@ -4,12 +4,15 @@ correlation id, no credentials in any output; a run with nothing new says so in 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import boto3
 import pytest
+from ingest_support import batch_tables, ids, insert_sales_orders
 
-from totes.lake import Lake
+from totes.lake import Lake, batch_id_for, manifest_key
+from totes.observability import metrics
 from totes.stages import runtime
 from totes_tools.local.chain import context_for, load_handler, schedule_event
 from totes_tools.source.snapshot import load_snapshot
@@ -91,3 +94,48 @@ def test_no_credential_appears_in_any_output(handler, stack, capsys, log_lines):
     assert "cannot reach database" in log_lines.getvalue() + out.out
     assert "pw-that-must-not-leak" not in everything
     assert Lake(boto3.client("s3"), stack.raw_bucket).manifest_keys() == []
+
+
+def test_a_manifest_dated_ahead_of_the_source_is_passed_over_counted_and_capture_goes_on(
+    handler, stack, source_db, pg_connect, capsys, log_lines, monkeypatch
+):
+    """Issue 14, M4: a raw manifest dated 9999 (its capture state ahead of the source, its
+    capture time 9999) with the state pointer naming it once stalled ingest with ok: True.
+    Both are passed over and counted with exactly the dimensions the template's
+    CaptureStateSetAsideAlarm reads (tests/template), and the next rows are captured."""
+    handler(schedule_event(), context_for("ingest"))
+    lake = Lake(boto3.client("s3"), stack.raw_bucket)
+    genuine = lake.latest_manifest()
+    future = batch_id_for(10**15)
+    state = dict(genuine.extra["capture"], snapshot="999999999:999999999:", seq=10**15)
+    extra = {"capture": state, "capture_seq": 10**15, "hi_utc": "9999-12-31T23:59:59+00:00"}
+    lake.put_manifest(
+        dataclasses.replace(genuine, batch_id=future, files=(), extra={**genuine.extra, **extra})
+    )
+    lake.put_state(manifest_key(future), state)
+    new = set(insert_sales_orders(pg_connect(source_db), 2))
+    # In Lambda the shared Metrics is made with POWERTOOLS_SERVICE_NAME=ingest already set,
+    # which gives every function-level metric its one dimension; this process made it earlier.
+    monkeypatch.setattr(metrics, "service", "ingest")
+    capsys.readouterr()
+
+    result = handler(schedule_event(), context_for("ingest"))
+
+    docs, _ = emitted(capsys.readouterr().out)
+    counted = [
+        (doc["IngestStatesSetAside"], directive["Dimensions"], doc["service"])
+        for doc in docs
+        for directive in doc["_aws"]["CloudWatchMetrics"]
+        if any(m["Name"] == "IngestStatesSetAside" for m in directive["Metrics"])
+    ]
+    # the pointer and the manifest, counted once per run (issue 15: 0 on a run passing none)
+    assert counted == [([2.0], [["service"]], "ingest")]
+    passed_over = [
+        json.loads(line)["key"]
+        for line in log_lines.getvalue().splitlines()
+        if "lake object passed over as capture state" in line
+    ]
+    assert passed_over == ["state/latest.json", manifest_key(future)]
+    [batch] = result["batches"]
+    assert batch < future
+    assert new <= ids(batch_tables(lake, lake.get_manifest(manifest_key(batch))))["sales_order"]

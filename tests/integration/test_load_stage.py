@@ -4,6 +4,7 @@ the batch, table and cause and leave nothing behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import uuid
@@ -14,8 +15,9 @@ import pyarrow as pa
 import pytest
 
 from totes.db import connect
-from totes.errors import DatabaseUnavailable, LoadFailed
-from totes.lake import Lake, ManifestFile, data_key
+from totes.errors import DatabaseUnavailable, LoadedButUnreported, LoadFailed
+from totes.lake import Lake, Manifest, ManifestFile, data_key, manifest_key
+from totes.stages import load_batch as load_stage
 from totes.stages import runtime
 from totes.star.model import DELETED_KEYS, STAR_TABLES_BY_NAME
 from totes_tools.local.aws import free_port, receive_s3_events
@@ -269,4 +271,152 @@ def test_an_unreachable_warehouse_fails_naming_the_batch(aws, stack, processed, 
         load_handler()(one_event(aws, stack), Context())
     assert str(failure.value).startswith(
         f"batch {batch}: cannot reach database 'warehouse' at 127.0.0.1:"
+    )
+
+
+# -- Manifests load does not trust (issue 14, M4 and L3) ------------------------------------
+
+GENUINE = "c0000000000000000007-000"
+OTHER = "c0000000000000000006-000"
+
+
+def with_(manifest: Manifest, **changes) -> Manifest:
+    extra = {**manifest.extra, **changes.pop("extra", {})}
+    return dataclasses.replace(manifest, extra=extra, **changes)
+
+
+# Each forged manifest (from the genuine one and another batch's), and the start of the refusal.
+FORGERIES = {
+    "content naming another batch": (
+        lambda genuine, other: other,
+        f"it holds batch {OTHER!r}, its key names {GENUINE!r}",
+    ),
+    "no files": (lambda genuine, other: with_(genuine, files=()), "it lists no files"),
+    "files of another batch": (
+        lambda genuine, other: with_(genuine, files=other.files),
+        f"file 'processed/dim_counterparty/{OTHER}/part-0000.parquet' (",
+    ),
+    "hi_utc now": (
+        lambda genuine, other: with_(genuine, extra={"hi_utc": "now"}),
+        "hi_utc must be an ISO time in UTC like 2024-11-15T12:00:00+00:00: 'now'",
+    ),
+    "hi_utc infinity": (
+        lambda genuine, other: with_(genuine, extra={"hi_utc": "infinity"}),
+        "hi_utc must be an ISO time in UTC like 2024-11-15T12:00:00+00:00: 'infinity'",
+    ),
+    "a raw manifest": (
+        lambda genuine, other: with_(genuine, stage="raw"),
+        "it is a 'raw' manifest, not a processed one",
+    ),
+    "another capture's sequence": (
+        lambda genuine, other: with_(genuine, extra={"capture_seq": 6}),
+        "capture_seq 6 is not the capture sequence its batch id carries (7;",
+    ),
+}
+
+
+def event_for(stack, batch_id: str, etag: str) -> dict:
+    """The S3 event of a put of ``batch_id``'s processed manifest (its own eTag)."""
+    record = {
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "s3": {
+            "bucket": {"name": stack.processed_bucket},
+            "object": {"key": manifest_key(batch_id), "eTag": etag, "size": 1},
+        },
+    }
+    return {"Records": [record]}
+
+
+def ledger(creds) -> list[str]:
+    con = connect(creds)
+    try:
+        if con.run("SELECT to_regclass('etl_batch_ledger')") == [[None]]:
+            return []
+        return [r[0] for r in con.run("SELECT batch_id FROM etl_batch_ledger ORDER BY 1")]
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("forgery", list(FORGERIES))
+def test_a_forged_manifest_is_refused_before_the_warehouse_and_the_genuine_batch_loads_after(
+    aws, stack, processed, warehouse_db, monkeypatch, log_lines, forgery
+):
+    forge, refusal = FORGERIES[forgery]
+    other = processed.get_manifest(
+        put_processed_batch(processed, OTHER, star_batch(sales=3, seed=1), capture_seq=6)
+    )
+    tables = star_batch(sales=5, purchases=2, payments_=3)
+    genuine = processed.get_manifest(put_processed_batch(processed, GENUINE, tables, capture_seq=7))
+    forged = forge(genuine, other)
+    processed.put_bytes(manifest_key(GENUINE), forged.to_json().encode(), "application/json")
+    receive_s3_events(aws, stack.load_queue)  # the events are given below, one by one
+    connections = []
+    real_connect = load_stage.connect
+    monkeypatch.setattr(
+        load_stage, "connect", lambda *a, **kw: connections.append(a) or real_connect(*a, **kw)
+    )
+    handler = load_handler()
+
+    with pytest.raises(LoadFailed) as refused:
+        handler(event_for(stack, GENUINE, "forged"), Context())
+
+    assert str(refused.value).startswith(f"batch {GENUINE}: {manifest_key(GENUINE)}: {refusal}")
+    assert connections == []  # refused before the warehouse was reached
+    assert ledger(warehouse_db) == []
+    assert "batch load failed; rolled back, nothing of it committed" in log_lines.getvalue()
+
+    processed.put_manifest(genuine)  # the genuine manifest of that batch id, later
+    [outcome] = handler(event_for(stack, GENUINE, "genuine"), Context())["results"]
+
+    assert outcome["status"] == "loaded"
+    assert ledger(warehouse_db) == [GENUINE]
+    assert warehouse_rows(warehouse_db, tables) == batch_rows(tables)
+
+
+def test_a_failure_after_the_commit_is_named_as_such_and_its_retry_is_acknowledged(
+    aws, stack, processed, warehouse_db, monkeypatch, log_lines
+):
+    """L3: the log says "rolled back" only for what was; after the commit it says committed."""
+    tables = star_batch(sales=5)
+    put_processed_batch(processed, GENUINE, tables, capture_seq=7)
+    event = one_event(aws, stack)
+    report = load_stage._emit
+
+    def unavailable(*args):
+        raise RuntimeError("metrics went away")
+
+    monkeypatch.setattr(load_stage, "_emit", unavailable)
+    handler = load_handler()
+
+    with pytest.raises(LoadedButUnreported) as failed:
+        handler(event, Context())
+
+    assert str(failed.value) == (
+        f"batch {GENUINE}: in the warehouse ledger (committed), then reporting it failed:"
+        " RuntimeError: metrics went away"
+    )
+    logged = log_lines.getvalue()
+    assert "batch committed; what followed failed (a retry finds it in the ledger)" in logged
+    assert "rolled back" not in logged
+    assert ledger(warehouse_db) == [GENUINE]
+    assert warehouse_rows(warehouse_db, tables) == batch_rows(tables)
+
+    monkeypatch.setattr(load_stage, "_emit", report)
+    assert handler(event, Context())["results"] == [
+        {"status": "already_loaded", "batch_id": GENUINE}
+    ]
+
+
+def test_an_unreadable_file_is_named_without_the_readers_message(aws, stack, processed):
+    """The reader's message may quote the bytes it choked on (row data): only its kind is
+    kept (issue 14, M5: no load error quotes a row value, bar check_references' ids)."""
+    batch = "20240105T000000000000-000"
+    put_processed_batch(processed, batch, star_batch(sales=5))
+    key = data_key("processed", "dim_staff", batch)
+    processed.put_bytes(key, b"PAR1 Quokkaleak Zanzibarsson PAR1", "application/octet-stream")
+    with pytest.raises(LoadFailed) as failure:
+        load_handler()(one_event(aws, stack), Context())
+    assert str(failure.value) == (
+        f"batch {batch}: table dim_staff ({key}): not a readable Parquet file (ArrowInvalid)"
     )

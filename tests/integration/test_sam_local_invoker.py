@@ -163,6 +163,7 @@ def test_ingest_is_one_sam_local_invoke_with_the_chains_event_env_and_the_local_
         "SOURCE_SECRET_ID": chain.names.source_secret,
         "POWERTOOLS_SERVICE_NAME": "ingest",
         "AWS_ENDPOINT_URL": sam.container_endpoint,
+        "PROCESSED_BUCKET": chain.names.processed_bucket,  # the loaded marker (issue 15)
     }
     assert sam.container_endpoint != chain.endpoint_url
     assert call["reached"] == 200
@@ -234,6 +235,9 @@ def test_a_handler_error_is_retried_by_the_chains_rule_then_goes_to_the_failure_
             }
         ]
     }
+    # The manifest exists (a redrive of data that is gone is reported, not invoked); the stand-in
+    # sam answers every invoke with the handler's error payload.
+    chain.raw.put_bytes(event["Records"][0]["s3"]["object"]["key"], b"{}", "application/json")
     chain.sqs.send_message(
         QueueUrl=chain._queue_url(chain.names.failure_queue),
         MessageBody=json.dumps({"requestPayload": event}),
@@ -244,10 +248,10 @@ def test_a_handler_error_is_retried_by_the_chains_rule_then_goes_to_the_failure_
     [failure] = report.failures
     assert (failure.stage, failure.attempts) == ("transform", 3)
     assert failure.error == "NoSuchKey: The specified key does not exist."
+    # a redrive that fails again leaves the record as it was (issue 15: its age says since
+    # when), no second one
     [record] = chain.failures()
-    assert record["requestPayload"] == event
-    assert record["responsePayload"]["errorType"] == "NoSuchKey"
-    assert record["requestContext"]["approximateInvokeCount"] == 3
+    assert record == {"requestPayload": event}
 
 
 def test_sam_failing_itself_is_a_failed_attempt_too(invoker):

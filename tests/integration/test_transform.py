@@ -458,7 +458,11 @@ def test_a_foreign_manifest_is_quarantined_naming_the_object_and_what_is_wrong(l
 
     reason = quarantined(raw, processed, transform(manifest_key(BATCH), settings, raw.s3))
 
-    files = [f"file {f.key!r} ({f.rows} rows) is not one of this batch's" for f in foreign.files]
+    files = [
+        f"file {f.key!r} ({f.rows} rows) is not one of this batch's"
+        f" (raw/<table>/{BATCH}/part-NNNN.parquet)"
+        for f in foreign.files
+    ]
     assert reason["problems"] == [
         {"check": "foreign_manifest", "message": f"{manifest_key(BATCH)}: {m}"}
         for m in [f"it holds batch {other!r}, its key names {BATCH!r}", *files]
@@ -484,6 +488,89 @@ def test_a_manifest_with_fields_of_the_wrong_kind_is_quarantined(lakes, snapshot
     assert messages[0] == f"{manifest_key(BATCH)}: it is a 'processed' manifest, not a raw one"
     assert messages[1].startswith(f"{manifest_key(BATCH)}: file entry ManifestFile(")
     assert messages[1].endswith("has fields of the wrong kind")
+
+
+def test_files_of_the_batch_that_are_not_its_deterministic_keys_are_quarantined(lakes, snapshot):
+    raw, processed, settings = lakes
+    put_raw_batch(raw, small_batch(snapshot))
+    data = json.loads(raw.get_bytes(manifest_key(BATCH)))
+    sneaked = f"{data_key(RAW_PREFIX, 'design', BATCH)}.old"  # beside the batch's own file
+    raw.copy(data_key(RAW_PREFIX, "design", BATCH), sneaked)
+    [design] = [f for f in data["files"] if f["table"] == "design"]
+    design["key"] = sneaked
+    raw.put_bytes(manifest_key(BATCH), json.dumps(data).encode(), "application/json")
+
+    reason = quarantined(raw, processed, transform(manifest_key(BATCH), settings, raw.s3))
+
+    assert reason["problems"] == [
+        {
+            "check": "foreign_manifest",
+            "message": f"{manifest_key(BATCH)}: file {sneaked!r} ({design['rows']} rows) is not"
+            f" one of this batch's (raw/<table>/{BATCH}/part-NNNN.parquet)",
+        }
+    ]
+    assert reason["quarantined_objects"] == [f"quarantine/{BATCH}/{manifest_key(BATCH)}"]
+
+
+@pytest.mark.parametrize("hi_utc", ["now", "infinity", "9999-12-31T00:00:00+00:00"])
+def test_a_manifest_with_a_malformed_or_future_capture_time_is_quarantined(lakes, snapshot, hi_utc):
+    raw, processed, settings = lakes
+    put_raw_batch(raw, small_batch(snapshot))
+    data = json.loads(raw.get_bytes(manifest_key(BATCH)))
+    data["extra"]["hi_utc"] = hi_utc
+    raw.put_bytes(manifest_key(BATCH), json.dumps(data).encode(), "application/json")
+
+    reason = quarantined(raw, processed, transform(manifest_key(BATCH), settings, raw.s3))
+
+    [problem] = reason["problems"]
+    assert problem["check"] == "foreign_manifest"
+    assert problem["message"].startswith(f"{manifest_key(BATCH)}: hi_utc ")
+    assert repr(hi_utc) in problem["message"]
+
+
+def test_a_manifest_key_that_names_no_batch_is_quarantined_apart_naming_the_key(lakes, snapshot):
+    raw, processed, settings = lakes
+    key = "manifests/rows.json"  # "rows" is no batch id (and quarantine/rows/ holds row records)
+    put_raw_batch(raw, small_batch(snapshot))
+    raw.copy(manifest_key(BATCH), key)
+
+    result = transform(key, settings, raw.s3)
+
+    assert result["status"] == "quarantined"
+    assert result["reason_key"].startswith("quarantine/not-a-batch/")
+    reason = json.loads(raw.get_bytes(result["reason_key"]))
+    assert (reason["raw_manifest_key"], reason["batch_id"]) == (key, "rows")
+    assert reason["problems"][0] == {
+        "check": "foreign_manifest",
+        "message": f"{key}: its key does not name a batch: 'rows' is neither c<capture sequence,"
+        " 19 digits>-<part, 3 digits> nor a window id",
+    }
+    assert raw.keys("quarantine/rows/") == []
+    assert processed.keys("") == []
+
+
+@pytest.mark.parametrize("rows", ["none", "all set aside"])
+def test_a_batch_without_processed_rows_publishes_no_processed_manifest(lakes, snapshot, rows):
+    """Nothing to load: an empty processed manifest would be recorded in the warehouse ledger
+    and stand for the batch id (a genuine batch of that id would later be skipped)."""
+    raw, processed, settings = lakes
+    if rows == "none":  # what ingest writes when only key sets changed
+        raw.put_manifest(Manifest(BATCH, "raw", None, WINDOW_HI, (), extra={"hi_utc": HI_UTC}))
+    else:  # one staff member, set aside: their department is not in the batch
+        put_raw_batch(raw, {"staff": snapshot["staff"].slice(0, 1)})
+
+    result = transform(manifest_key(BATCH), settings, raw.s3)
+
+    assert result == {
+        "status": "nothing_to_load",
+        "batch_id": BATCH,
+        "manifest_key": None,
+        "rows": {},
+        "quarantined_rows": 0 if rows == "none" else 1,
+        "quarantined_rows_key": None if rows == "none" else f"quarantine/rows/{BATCH}.jsonl",
+    }
+    assert processed.keys("manifests/") == []
+    assert [k for k in raw.keys("quarantine/") if not k.startswith("quarantine/rows/")] == []
 
 
 def test_a_manifest_gone_before_transform_is_reported_once_without_an_exception(
@@ -772,7 +859,7 @@ def test_a_quarantined_batch_is_counted_and_the_next_batch_still_transforms(
         rejected,
     )
     assert not [name for name, _ in bad if name == "TransformRows"]
-    assert ("QuarantinedBatches", None) not in good
+    assert good[("QuarantinedBatches", None)] == 0  # the check ran, nothing quarantined
     assert {t: good["TransformRows", t] for t in SMALL_BATCH_TABLES} == (
         processed.get_manifest(manifest_key(later)).row_counts
     )

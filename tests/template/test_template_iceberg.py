@@ -14,6 +14,7 @@ from sam_template import REPO_ROOT, grants, render, resolve, resources_of
 
 from totes.iceberg.settings import IcebergSettings
 from totes.lake import MANIFEST_PREFIX, MANIFEST_SUFFIX
+from totes.observability import CATALOGUE
 
 PROCESSED = "arn:aws:s3:::STACK-processed-ACCOUNT-REGION"
 ICEBERG = "arn:aws:s3:::STACK-iceberg-ACCOUNT-REGION"
@@ -57,6 +58,7 @@ def test_the_target_is_off_by_default_and_every_resource_of_it_is_conditional(te
         "IcebergErrorsAlarm",
         "IcebergThrottlesAlarm",
         "IcebergFailureQueueDepthAlarm",
+        "IcebergFailureQueueAgeAlarm",
         "IcebergFreshnessAlarm",
         "IcebergDashboard",
     } == names
@@ -233,20 +235,55 @@ def test_only_the_iceberg_role_writes_the_tables_and_the_bucket_is_closed_and_en
         assert {"KmsKeyId", "KmsMasterKeyId"} & set(props), name
 
 
-def test_the_alarms_and_dashboard_watch_metrics_the_iceberg_stage_emits(expanded):
+def test_no_lifecycle_rule_expires_or_archives_the_tables_data_or_metadata(expanded):
+    """Iceberg's data and metadata files under ``warehouse/`` are deleted by maintenance only,
+    once no kept snapshot references them: a rule expiring or archiving a current object
+    there would break the tables. Only Athena's query results expire, and the noncurrent
+    versions of what maintenance deleted."""
+    rules = expanded["Resources"]["IcebergBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    removes_current = ("ExpirationInDays", "ExpirationDate", "Transitions", "Transition")
+    for rule in rules:
+        prefix = rule.get("Prefix", (rule.get("Filter") or {}).get("Prefix", ""))
+        if any(k in rule for k in removes_current):
+            assert prefix == "athena-results/", rule["Id"]
+    assert {r["Id"] for r in rules} == {"ExpireNoncurrentVersions", "ExpireAthenaResults"}
+    noncurrent = next(r for r in rules if r["Id"] == "ExpireNoncurrentVersions")
+    assert set(noncurrent) == {
+        "Id", "Status", "NoncurrentVersionExpiration", "AbortIncompleteMultipartUpload"
+    }  # fmt: skip
+    workgroup = expanded["Resources"]["AthenaWorkGroup"]["Properties"]
+    output = render(workgroup["WorkGroupConfiguration"]["ResultConfiguration"]["OutputLocation"])
+    assert output.endswith("/athena-results/")
+
+
+def test_the_iceberg_alarms_read_the_catalogues_metrics_with_their_exact_dimensions(expanded):
+    """The alarms read what the function emits (tests/e2e/test_operations.py checks every
+    alarm and widget against a local run's real EMF with the target on); the freshness alarm
+    reads the newest batch of a window and a quiet source (no batch) is not a breach."""
     res = iceberg_resources(expanded)
-    source = (REPO_ROOT / "shared" / "totes" / "stages" / "iceberg_batch.py").read_text()
-    emitted = set(re.findall(r'"(Iceberg[A-Za-z]+)"', source))
-    body = res["IcebergDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
-    shown = set(re.findall(r'MetricName=\\"(\w+)\\"', body))
-    watched = {
-        re.search(r"\((\w+)\)", a["Properties"]["Metrics"][0]["Expression"])[1]
-        for a in res.values()
-        if a["Type"] == "AWS::CloudWatch::Alarm" and "Metrics" in a["Properties"]
+    fresh = res["IcebergFreshnessAlarm"]["Properties"]
+    assert {k: v for k, v in fresh.items() if k != "AlarmDescription"} == {
+        "Namespace": "TerrificTotes",
+        "MetricName": "IcebergFreshnessSeconds",
+        "Dimensions": [{"Name": "service", "Value": "iceberg"}],
+        "Statistic": "Minimum",
+        "Period": 300,
+        "EvaluationPeriods": 1,
+        "Threshold": {"Ref": "FreshnessThresholdSeconds"},
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+        "AlarmActions": [{"Ref": "AlarmTopic"}],
+        "OKActions": [{"Ref": "AlarmTopic"}],
     }
-    assert shown
-    assert watched == {"IcebergFreshnessSeconds"}
-    assert (shown | watched) - emitted == set()
+    spec = CATALOGUE["IcebergFreshnessSeconds"]
+    assert (spec.dimensions, spec.stages) == (("service",), ("iceberg",))
+    age = res["IcebergFailureQueueAgeAlarm"]["Properties"]
+    assert (age["MetricName"], age["Dimensions"], age["Threshold"]) == (
+        "ApproximateAgeOfOldestMessage",
+        [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["IcebergFailureQueue", "QueueName"]}}],
+        {"Ref": "FailureMessageAgeSeconds"},
+    )
+    body = res["IcebergDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
     alarms = [n for n, r in res.items() if r["Type"] == "AWS::CloudWatch::Alarm"]
     for name in alarms:
         assert f"${{{name}.Arn}}" in body

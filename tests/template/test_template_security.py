@@ -88,7 +88,12 @@ LAKE_KEYS = {
     },
     ("ProcessedBucket", "manifests/20261129T101500Z-0001.json"): {"<TransformRole.Arn>"},
     ("ProcessedBucket", "raw/address/x.parquet"): set(),
+    # the loaded marker (issue 15's freshness heartbeat): one object, load's alone
+    ("ProcessedBucket", "state/loaded.json"): {"<LoadRole.Arn>"},
+    ("ProcessedBucket", "state/other.json"): set(),
 }
+# Keys granted as themselves, not by their prefix.
+SINGLE_OBJECTS = {("ProcessedBucket", "state/loaded.json")}
 
 
 @pytest.mark.parametrize("break_glass", [False, True], ids=["no-break-glass", "break-glass"])
@@ -128,7 +133,8 @@ def test_the_write_rules_match_what_each_role_is_granted(expanded):
     for (bucket, key), owners in LAKE_KEYS.items():
         prefix = key.split("/")[0]
         if "/" in key and owners:
-            by_policy |= {(owner, f"{arn_of[bucket]}/{prefix}/*") for owner in owners}
+            granted = key if (bucket, key) in SINGLE_OBJECTS else f"{prefix}/*"
+            by_policy |= {(owner, f"{arn_of[bucket]}/{granted}") for owner in owners}
     assert by_iam == by_policy
 
 
@@ -271,6 +277,8 @@ def test_with_a_kms_key_each_role_may_use_it_only_through_its_services_for_its_o
     assert added == {
         "IngestRole": queue
         | {(a, KEY, _via("s3", "aws:s3:arn", RAW)) for a in write_read}
+        # the loaded marker, read only (issue 15: the freshness heartbeat)
+        | {("kms:Decrypt", KEY, _via("s3", "aws:s3:arn", PROCESSED))}
         | {("kms:Decrypt", KEY, _via("secretsmanager", "SecretARN", "<SourceSecretArn>"))},
         "TransformRole": queue
         | table
@@ -278,7 +286,8 @@ def test_with_a_kms_key_each_role_may_use_it_only_through_its_services_for_its_o
         | {(a, KEY, _via("s3", "aws:s3:arn", PROCESSED)) for a in write_read},
         "LoadRole": queue
         | table
-        | {("kms:Decrypt", KEY, _via("s3", "aws:s3:arn", PROCESSED))}
+        # reads batches, writes the loaded marker (issue 15)
+        | {(a, KEY, _via("s3", "aws:s3:arn", PROCESSED)) for a in write_read}
         | {("kms:Decrypt", KEY, _via("secretsmanager", "SecretARN", "<WarehouseSecretArn>"))},
     }
     # without a key the roles name no KMS action at all

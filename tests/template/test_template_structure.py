@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 from sam_template import REPO_ROOT, as_list, grants, policies, render, resolve, resources_of
 
-from totes.lake import MANIFEST_PREFIX, MANIFEST_SUFFIX
+from totes.extract.keysets import KEYSET_PREFIX
+from totes.lake import LOADED_KEY, MANIFEST_PREFIX, MANIFEST_SUFFIX, RAW_PREFIX, STATE_KEY
+from totes.observability import CATALOGUE
 from totes.settings import IngestSettings, LoadSettings, TransformSettings
 
 RAW = "arn:aws:s3:::STACK-raw-ACCOUNT-REGION"
@@ -238,6 +239,8 @@ def test_each_function_gets_exactly_the_environment_its_settings_read(expanded):
             "RAW_BUCKET": raw_name,
             "SOURCE_SECRET_ID": "<SourceSecretArn>",
             "INGEST_MAX_BATCH_ROWS": "<IngestMaxBatchRows>",
+            "PROCESSED_BUCKET": processed_name,
+            "RAW_RETENTION_DAYS": "<RawRetentionDays>",
         },
         "Transform": {
             **common,
@@ -275,6 +278,8 @@ def test_the_template_environment_satisfies_each_stage_settings_at_cold_start(te
         raw_bucket="STACK-raw-ACCOUNT-REGION",
         source_secret_id=values["SourceSecretArn"],
         max_batch_rows=500_000,
+        processed_bucket="STACK-processed-ACCOUNT-REGION",
+        raw_retention_days=30,
     )
     assert TransformSettings.from_env(env_of("Transform")) == TransformSettings(
         raw_bucket="STACK-raw-ACCOUNT-REGION",
@@ -340,6 +345,8 @@ def test_each_role_reaches_only_its_own_buckets_prefixes_secret_table_and_log_gr
         ("s3:PutObject", f"{RAW}/raw/*", no_condition),
         ("s3:PutObject", f"{RAW}/manifests/*", no_condition),
         ("s3:PutObject", f"{RAW}/state/*", no_condition),
+        # the freshness heartbeat reads one object of the processed bucket
+        ("s3:GetObject", f"{PROCESSED}/{LOADED_KEY}", no_condition),
         ("secretsmanager:GetSecretValue", "<SourceSecretArn>", no_condition),
     }
     assert grants(res["TransformRole"]) == logs("Transform") | failure | idempotency | {
@@ -354,6 +361,7 @@ def test_each_role_reaches_only_its_own_buckets_prefixes_secret_table_and_log_gr
         ("s3:ListBucket", PROCESSED, no_condition),
         ("s3:GetObject", f"{PROCESSED}/processed/*", no_condition),
         ("s3:GetObject", f"{PROCESSED}/manifests/*", no_condition),
+        ("s3:PutObject", f"{PROCESSED}/{LOADED_KEY}", no_condition),
         ("secretsmanager:GetSecretValue", "<WarehouseSecretArn>", no_condition),
     }
     assert grants(res["IngestFunctionScheduleRole"]) == {
@@ -492,7 +500,9 @@ def test_every_bucket_blocks_public_access_encrypts_versions_and_denies_plain_ht
         }
 
 
-def test_quarantine_and_old_versions_expire_by_lifecycle(expanded):
+def test_lifecycle_expires_old_raw_batches_but_never_the_state_and_keeps_the_processed_lake(
+    expanded,
+):
     rules = {
         name: expanded["Resources"][name]["Properties"]["LifecycleConfiguration"]["Rules"]
         for name in ("RawBucket", "ProcessedBucket")
@@ -505,18 +515,24 @@ def test_quarantine_and_old_versions_expire_by_lifecycle(expanded):
         },
         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
     }
+
+    def expire(rule_id, prefix, days):
+        return {"Id": rule_id, "Status": "Enabled", "Prefix": prefix, "ExpirationInDays": days}
+
+    retention = {"Ref": "RawRetentionDays"}
     assert rules == {
         "RawBucket": [
-            {
-                "Id": "ExpireQuarantine",
-                "Status": "Enabled",
-                "Prefix": "quarantine/",
-                "ExpirationInDays": {"Ref": "QuarantineRetentionDays"},
-            },
+            expire("ExpireQuarantine", "quarantine/", {"Ref": "QuarantineRetentionDays"}),
+            expire("ExpireRawManifests", MANIFEST_PREFIX, retention),
+            expire("ExpireRawBatches", f"{RAW_PREFIX}/", retention),
+            expire("ExpireSupersededKeySets", f"{KEYSET_PREFIX}/", retention),
             noncurrent,
         ],
+        # `warehouse rebuild` replays the processed lake: nothing current expires there.
         "ProcessedBucket": [noncurrent],
     }
+    expiring = [r["Prefix"] for r in rules["RawBucket"] if "Prefix" in r]
+    assert not [p for p in expiring if STATE_KEY.startswith(p) or LOADED_KEY.startswith(p)]
 
 
 # What a lifecycle rule may not do to objects a warehouse rebuild reads (current versions).
@@ -568,21 +584,62 @@ def test_every_alarm_notifies_the_topic_and_the_set_covers_the_pipeline(expanded
     assert {_watched(a) for a in alarms.values()} == {
         *(("AWS/Lambda", m, f"<{s}Function>") for s in STAGES for m in ("Errors", "Throttles")),
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "<FailureQueue.QueueName>"),
-        ("insights", "SELECT SUM(QuarantinedBatches) FROM TerrificTotes"),
-        ("insights", "SELECT SUM(QuarantinedRows) FROM TerrificTotes"),
-        ("insights", "SELECT MIN(WarehouseFreshnessSeconds) FROM TerrificTotes"),
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage", "<FailureQueue.QueueName>"),
+        ("TerrificTotes", "QuarantinedBatches", "transform"),
+        ("insights", 'SELECT SUM(QuarantinedRows) FROM SCHEMA(TerrificTotes, "service", "table")'),
+        ("TerrificTotes", "WarehouseFreshnessSeconds", "ingest"),
+        ("TerrificTotes", "IngestCaptureLagSeconds", "ingest"),
+        ("TerrificTotes", "IngestStatesSetAside", "ingest"),
     }
 
 
-def test_freshness_alarm_breaches_above_the_threshold_or_when_loads_stop(template, expanded):
+def test_ingest_passing_over_a_capture_state_alarms_at_once(expanded):
+    """A forged or damaged capture state (a manifest dated ahead of the source, issue 14 M4)
+    is passed over and counted by ingest; one is enough to alarm. The dimensions are exactly
+    what ingest emits (tests/integration/test_ingest_handler.py checks the EMF)."""
+    props = expanded["Resources"]["CaptureStateSetAsideAlarm"]["Properties"]
+    assert {k: props[k] for k in props if k != "AlarmDescription"} == {
+        "Namespace": "TerrificTotes",
+        "MetricName": "IngestStatesSetAside",
+        "Dimensions": [{"Name": "service", "Value": "ingest"}],
+        "Statistic": "Sum",
+        "Period": 300,
+        "EvaluationPeriods": 1,
+        "Threshold": 0,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+        "AlarmActions": [{"Ref": "AlarmTopic"}],
+        "OKActions": [{"Ref": "AlarmTopic"}],
+    }
+
+
+def test_the_freshness_alarm_reads_the_ingest_heartbeat_over_one_threshold_long_window(
+    template, expanded
+):
+    """Every ingest run reports freshness, so a window of FreshnessThresholdSeconds with no
+    report at all means ingest stopped (breaching), and any report above the threshold means
+    captures stopped reaching the warehouse. Period and threshold are the one parameter."""
     props = expanded["Resources"]["FreshnessAlarm"]["Properties"]
-    assert (
-        props["Threshold"],
-        props["ComparisonOperator"],
-        props["TreatMissingData"],
-        props["EvaluationPeriods"] * props["Metrics"][0]["Period"],
-    ) == ({"Ref": "FreshnessThresholdSeconds"}, "GreaterThanThreshold", "breaching", 1800)
-    assert template["Parameters"]["FreshnessThresholdSeconds"]["Default"] == 1800
+    threshold = {"Ref": "FreshnessThresholdSeconds"}
+    assert {k: props[k] for k in (
+        "Namespace", "MetricName", "Dimensions", "Statistic", "Period", "EvaluationPeriods",
+        "DatapointsToAlarm", "Threshold", "ComparisonOperator", "TreatMissingData",
+    )} == {
+        "Namespace": "TerrificTotes",
+        "MetricName": "WarehouseFreshnessSeconds",
+        "Dimensions": [{"Name": "service", "Value": "ingest"}],
+        "Statistic": "Maximum",
+        "Period": threshold,
+        "EvaluationPeriods": 1,
+        "DatapointsToAlarm": 1,
+        "Threshold": threshold,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "breaching",
+    }  # fmt: skip
+    param = template["Parameters"]["FreshnessThresholdSeconds"]
+    assert param["Default"] == 1800
+    # each value is a valid alarm period, at least the default schedule rate, at most a day
+    assert all(v % 60 == 0 and 300 <= v <= 86400 for v in param["AllowedValues"])
     for name in ("QuarantineAlarm", "RowQuarantineAlarm"):  # any batch or row at all
         quarantine = expanded["Resources"][name]["Properties"]
         assert (quarantine["Threshold"], quarantine["ComparisonOperator"]) == (
@@ -601,60 +658,48 @@ def test_the_email_subscription_exists_only_when_an_address_is_given(template, e
     assert template["Parameters"]["AlarmEmail"]["Default"] == ""
 
 
-DASHBOARD_METRICS = {
-    "IngestRows",
-    "TransformRows",
-    "LoadRowsInserted",
-    "LoadRowsUpdated",
-    "LoadRowsSkipped",
-    "LoadRowsParked",
-    "LoadRowsDeleted",
-    "IngestDurationSeconds",
-    "TransformDurationSeconds",
-    "LoadDurationSeconds",
-    "WarehouseFreshnessSeconds",
-    "QuarantinedBatches",
-    "TransformRejectedRows",
-    "QuarantinedRows",
-    "IngestWindowLagSeconds",
-    "IngestEmptyRuns",
-}
-
-
-def _dashboard(expanded) -> dict:
-    body = expanded["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
-    samples = {"FreshnessThresholdSeconds": "1800"}
+def _dashboard(expanded, name: str = "Dashboard") -> dict:
+    body = expanded["Resources"][name]["Properties"]["DashboardBody"]["Fn::Sub"]
+    samples = {"FreshnessThresholdSeconds": "1800", "CaptureStallSeconds": "1050",
+               "FailureMessageAgeSeconds": "3600"}  # fmt: skip
     return json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: samples.get(m[1], "x"), body))
 
 
-def test_dashboard_shows_rows_per_stage_and_table_durations_errors_freshness_quarantine(
-    expanded,
+# The Iceberg target's metrics (emitted only by its function) are on its own dashboard, which
+# exists with IcebergTarget=ENABLED; every other catalogue metric is on the pipeline's.
+ICEBERG_METRICS = {n for n, spec in CATALOGUE.items() if spec.stages == ("iceberg",)}
+
+
+@pytest.mark.parametrize(
+    ("dashboard_name", "metrics", "condition"),
+    [
+        ("Dashboard", set(CATALOGUE) - ICEBERG_METRICS, None),
+        ("IcebergDashboard", ICEBERG_METRICS, ICEBERG),
+    ],
+)
+def test_the_dashboards_show_every_catalogue_metric_and_list_every_alarm(
+    expanded, dashboard_name, metrics, condition
 ):
-    dashboard = _dashboard(expanded)
+    """The metrics named on the dashboards are exactly the catalogue's (tests/e2e checks the
+    dimensions against a real run's EMF); each alarm widget lists every alarm that exists
+    with its dashboard (the pipeline's, or the Iceberg target's)."""
+    assert ICEBERG_METRICS
+    dashboard = _dashboard(expanded, dashboard_name)
+    assert expanded["Resources"][dashboard_name].get("Condition") == condition
     text = json.dumps(dashboard)
-    shown = set(re.findall(r'MetricName=\\"(\w+)\\"', text))
-    assert shown == DASHBOARD_METRICS
-    lambda_metrics = {
-        tuple(m[:2])
+    shown = set(re.findall(r'MetricName=\\"(\w+)\\"', text)) | {
+        m[1]
         for w in dashboard["widgets"]
         for m in w["properties"].get("metrics", [])
-        if isinstance(m[0], str)
+        if isinstance(m[0], str) and m[0] == "TerrificTotes"
     }
-    assert lambda_metrics == {
-        ("AWS/Lambda", "Errors"),
-        ("AWS/Lambda", "Throttles"),
-        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
-    }
+    assert shown == metrics
     (alarm_widget,) = [w for w in dashboard["widgets"] if w["type"] == "alarm"]
-    assert len(alarm_widget["properties"]["alarms"]) == len(
-        pipeline(resources_of(expanded, "AWS::CloudWatch::Alarm"))
-    )
-
-
-def test_every_metric_the_alarms_and_dashboard_watch_is_emitted_by_the_stages():
-    """A renamed metric in the code would leave an alarm silently watching nothing."""
-    source = "\n".join(
-        p.read_text() for p in Path(REPO_ROOT, "shared", "totes", "stages").glob("*.py")
-    )
-    emitted = set(re.findall(r'"([A-Z][A-Za-z]+)"', source))
-    assert DASHBOARD_METRICS - emitted == set()
+    alarms = {
+        n: r
+        for n, r in resources_of(expanded, "AWS::CloudWatch::Alarm").items()
+        if r.get("Condition") == condition
+    }
+    assert sorted(alarm_widget["properties"]["alarms"]) == sorted("x" for _ in alarms)
+    body = expanded["Resources"][dashboard_name]["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert sorted(re.findall(r"\$\{(\w+)\.Arn\}", body)) == sorted(alarms)

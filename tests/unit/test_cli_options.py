@@ -42,8 +42,14 @@ EXPECTED = {
     (("demo",), "--scale"): (1, 10_000_000),
     (("demo",), "--rounds"): (1, 1_000),
     (("bench",), "--scale"): (1, 10_000_000),
+    (("iceberg-bench",), "--scale"): (1, 10_000_000),
+    (("iceberg-bench",), "--cycles"): (1, 1_000),
+    (("iceberg-bench",), "--maintenance-age-hours"): (1, 1_000),
     (("warehouse", "verify"), "--range-keys"): (1, 2**31),
     (("warehouse", "verify"), "--show"): (0, 1_000_000),
+    (("sam-local", "serve"), "--port"): (1, 65_535),
+    (("sam-local", "check"), "--scale"): (1, 10_000_000),
+    (("sam-local", "check"), "--seed"): (0, 2**32 - 1),
 }
 BAD = ["nan", "NaN", "inf", "-inf", "-5", "0.5", "1e12", "1e3", "99999999999999999999", "", "x"]
 

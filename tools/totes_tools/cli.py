@@ -33,6 +33,7 @@ COMMANDS = {
     ("sam-local", "events"): "totes_tools.local.sam_commands:events",
     ("sam-local", "layers"): "totes_tools.local.sam_commands:layers",
     ("sam-local", "check"): "totes_tools.local.sam_commands:check",
+    ("dashboard",): "totes_tools.ops.dashboard:command",
 }
 
 
@@ -201,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--scale", type=SCALE_OPTION, default=20_000)
     demo.add_argument("--rounds", type=ROUNDS_OPTION, default=3)
 
+    dashboard = sub.add_parser(
+        "dashboard", help="draw the template's dashboard from the metrics of local runs"
+    )
+    dashboard.add_argument(
+        "--metrics",
+        default=None,
+        metavar="FILE",
+        help="metrics (JSON lines) a local run recorded (default: .totes/metrics.jsonl)",
+    )
+    dashboard.add_argument(
+        "--out", default=None, metavar="DIR", help="where to write dashboard.png and .html"
+    )
+    dashboard.add_argument("--run", default=None, help="only this run's metrics")
+
     iceberg_bench = sub.add_parser(
         "iceberg-bench",
         help="the Iceberg target: commit time per batch, files before and after"
@@ -230,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--endpoint-url", default=None, help="a running `totes local-aws` (default: its own)"
     )
-    serve.add_argument("--port", type=int, default=None, help="port of its own emulator")
+    serve.add_argument("--port", type=PORT_OPTION, default=None, help="port of its own emulator")
     serve.add_argument("--out", default=".aws-sam/local/invoke", metavar="DIR")
     events = sam_local.add_parser(
         "events",
@@ -250,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sam_local.add_parser(
         "check", help="one cycle of a generated source via sam-local and in-process; compare"
     )
-    check.add_argument("--scale", type=int, default=2000)
-    check.add_argument("--seed", type=int, default=42)
+    check.add_argument("--scale", type=SCALE_OPTION, default=2000)
+    check.add_argument("--seed", type=SEED_OPTION, default=42)
     return parser
 
 

@@ -94,17 +94,22 @@ class Resume:
 
 @dataclass(frozen=True)
 class KeySet:
-    """Where a table's key set (``extract.keysets``) is stored and how many keys it holds."""
+    """Where a table's key set (``extract.keysets``) is stored, how many keys it holds and
+    when its object was last written (UTC ISO; None in states from before it was recorded):
+    superseded key sets expire by lifecycle, so ingest rewrites the ones a state still needs
+    before they get that old (``keysets.refresh``)."""
 
     key: str
     rows: int
+    written_at: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "rows": self.rows}
+        return {"key": self.key, "rows": self.rows, "written_at": self.written_at}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> KeySet:
-        return cls(str(data["key"]), int(data["rows"]))
+        written = data.get("written_at")
+        return cls(str(data["key"]), int(data["rows"]), str(written) if written else None)
 
 
 @dataclass(frozen=True)

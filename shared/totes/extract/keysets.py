@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -159,13 +160,15 @@ def reconcile(
     *,
     complete: bool,
     exact: bool,
+    written_at: str | None = None,
 ) -> Reconciled:
     """Deleted keys and new key sets for every table.
 
     ``copied``: the distinct sorted keys the run copied per table; ``complete``: the run copied
     every row (a first or full capture), so the copied keys are the key set; ``exact``: the
     run read everything new since the state the key sets belong to (False after an
-    interrupted run), so the count identity holds.
+    interrupted run), so the count identity holds; ``written_at``: when the key sets this
+    run writes count as written (the run's capture time).
     """
     out = Reconciled()
     for table, tally in counts.items():
@@ -201,5 +204,29 @@ def reconcile(
                 continue
         key = keyset_key(table, batch_id)
         out.writes[key] = current
-        out.keysets[table] = KeySet(key, len(current))
+        out.keysets[table] = KeySet(key, len(current), written_at)
+    return out
+
+
+def refresh(
+    lake: Lake, keysets: Mapping[str, KeySet], now: datetime, retention_days: int
+) -> dict[str, KeySet]:
+    """The key sets a state is about to reference, each known to be younger than half the
+    raw lake's retention (``now`` is aware): a key set written by this run gets ``now``; one
+    older than that (or of unknown age) is copied onto itself, which renews the object (S3
+    lifecycle counts a current version's age from its last write), before the lifecycle rule
+    on ``state/keys/`` could expire it. A key set stays in use as long as its table does not
+    change, so without this a quiet table would lose it. Costs one copy per table every
+    ``retention_days / 2``."""
+    limit = timedelta(days=retention_days / 2)
+    out: dict[str, KeySet] = {}
+    for table, keyset in keysets.items():
+        written = datetime.fromisoformat(keyset.written_at) if keyset.written_at else None
+        if written is not None and written.tzinfo is None:
+            written = written.replace(tzinfo=UTC)
+        if written is not None and now - written < limit:
+            out[table] = keyset
+            continue
+        lake.renew(keyset.key)
+        out[table] = replace(keyset, written_at=now.isoformat())
     return out

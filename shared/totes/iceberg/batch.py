@@ -55,6 +55,7 @@ from totes.iceberg.tables import (
     version_columns,
 )
 from totes.lake import Manifest
+from totes.manifest_checks import Capture
 from totes.star.model import (
     CAPTURE_SEQ,
     DELETED_KEYS,
@@ -64,7 +65,7 @@ from totes.star.model import (
     STAR_TABLES_BY_NAME,
     StarTable,
 )
-from totes.warehouse.merge import Capture, _capture, _deletions
+from totes.warehouse.merge import _capture, _deletions
 from totes.warehouse.staging import LOADED_BATCH
 
 

@@ -26,18 +26,19 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.client import BaseClient
 from pyiceberg.catalog import Catalog
 
+from totes import manifest_checks
 from totes.errors import LoadFailed
+from totes.freshness import seconds_since
 from totes.iceberg.batch import BatchResult, apply_batch
 from totes.iceberg.catalog import ensure_tables, open_catalog
 from totes.iceberg.maintenance import maintain
 from totes.iceberg.settings import IcebergSettings
 from totes.lake import MANIFEST_PREFIX, MANIFEST_SUFFIX, Lake, batch_id_from_manifest_key
-from totes.observability import add_table_metric, logger, metrics
+from totes.observability import emit, logger
 from totes.stages import runtime
 from totes.stages.load_batch import read_batch
 from totes.stages.trigger import ObjectRef, run_once
@@ -78,30 +79,39 @@ def manifest_ref(event: dict[str, Any]) -> ObjectRef | None:
 def load(
     manifest_key: str, settings: IcebergSettings, s3_client: BaseClient, target: Catalog
 ) -> dict[str, Any]:
-    """Commit the processed batch ``manifest_key`` names into the Iceberg tables."""
+    """Commit the processed batch ``manifest_key`` names into the Iceberg tables. Its duration
+    is emitted whatever the outcome, a failure included."""
     started = time.monotonic()
+    try:
+        return _load(manifest_key, settings, s3_client, target)
+    finally:
+        emit("IcebergDurationSeconds", time.monotonic() - started)
+
+
+def _load(
+    manifest_key: str, settings: IcebergSettings, s3_client: BaseClient, target: Catalog
+) -> dict[str, Any]:
     batch_id = batch_id_from_manifest_key(manifest_key)
     logger.set_correlation_id(batch_id)
     lake = Lake(s3_client, settings.processed_bucket)
     try:
         manifest = lake.get_manifest(manifest_key)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, or not a manifest's
         raise LoadFailed(f"batch {batch_id}: unreadable manifest: {exc}") from None
-    if manifest.batch_id != batch_id or manifest.stage != "processed":
-        raise LoadFailed(
-            f"batch {batch_id}: {manifest_key} holds a {manifest.stage!r} manifest"
-            f" of batch {manifest.batch_id!r}"
-        )
+    # The checks load makes (issue 14): a copied, forged or damaged manifest stops here, named,
+    # before a file is read or a table is touched.
+    refused = manifest_checks.problems(manifest, manifest_key, "processed", datetime.now(UTC))
+    if refused:
+        raise LoadFailed(f"batch {batch_id}: {manifest_key}: {'; '.join(refused)}")
     tables = read_batch(lake, manifest)
     result = apply_batch(target, settings.database, manifest, tables)
-    seconds = time.monotonic() - started
-    metrics.add_metric(name="IcebergDurationSeconds", unit=MetricUnit.Seconds, value=seconds)
-    metrics.add_metric(name="IcebergCommitConflicts", unit=MetricUnit.Count, value=result.conflicts)
+    emit("IcebergCommitConflicts", result.conflicts)
+    emit("IcebergCommits", result.commits)
+    freshness = _freshness((manifest.extra or {}).get("hi_utc"))
     if not result.loaded:
         logger.info("batch already in the Iceberg ledger; nothing to do")
         return {"status": "already_loaded", "batch_id": batch_id}
-    metrics.add_metric(name="IcebergCommits", unit=MetricUnit.Count, value=result.commits)
-    freshness = _emit(result, (manifest.extra or {}).get("hi_utc"))
+    _emit(result)
     rows = result.row_counts()
     logger.info(
         "batch committed to Iceberg",
@@ -110,7 +120,9 @@ def load(
     return {"status": "loaded", "batch_id": batch_id, "rows": rows, "commits": result.commits}
 
 
-def _emit(result: BatchResult, hi_utc: str | None) -> float | None:
+def _emit(result: BatchResult) -> None:
+    """Rows per table and outcome (``IcebergRowsDeleted``: rows this batch marked deleted at
+    the source)."""
     for name, counts in result.row_counts().items():
         for metric_name, key in (
             ("IcebergRowsInserted", "inserted"),
@@ -118,27 +130,34 @@ def _emit(result: BatchResult, hi_utc: str | None) -> float | None:
             ("IcebergRowsParked", "parked"),
             ("IcebergRowsDeleted", "marked"),
         ):
-            add_table_metric(metric_name, MetricUnit.Count, counts[key], name)
+            emit(metric_name, counts[key], table=name)
+
+
+def _freshness(hi_utc: str | None) -> float | None:
+    """Now minus the batch's capture time (the manifest checks made sure it is one)."""
     if not hi_utc:
         return None
-    freshness = (datetime.now(UTC) - datetime.fromisoformat(hi_utc)).total_seconds()
-    metrics.add_metric(name="IcebergFreshnessSeconds", unit=MetricUnit.Seconds, value=freshness)
+    freshness = seconds_since(manifest_checks.parse_hi_utc(hi_utc))
+    emit("IcebergFreshnessSeconds", freshness)
     return freshness
 
 
 def maintain_tables(settings: IcebergSettings) -> dict[str, Any]:
-    """One maintenance run over every table (the schedule's invocation)."""
+    """One maintenance run over every table (the schedule's invocation); its duration is
+    emitted whatever the outcome, a failure included."""
     started = time.monotonic()
-    reports = maintain(catalog(settings), settings)
-    seconds = time.monotonic() - started
+    try:
+        reports = maintain(catalog(settings), settings)
+    finally:
+        seconds = time.monotonic() - started
+        emit("IcebergMaintenanceSeconds", seconds)
     totals = {
         "IcebergFilesCompacted": sum(r.files_compacted for r in reports),
         "IcebergSnapshotsExpired": sum(r.snapshots_expired for r in reports),
         "IcebergFilesRemoved": sum(r.files_removed for r in reports),
     }
     for name, value in totals.items():
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
-    metrics.add_metric(name="IcebergMaintenanceSeconds", unit=MetricUnit.Seconds, value=seconds)
+        emit(name, value)
     logger.info("Iceberg maintenance done", extra={"totals": totals, "seconds": seconds})
     return {"status": "maintained", "tables": [asdict(r) for r in reports]}
 

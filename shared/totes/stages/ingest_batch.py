@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.client import BaseClient
 from pg8000.native import Connection
 
-from totes.db import DbCredentials, connect, credentials_from_secret_store
+from totes import freshness
+from totes.db import DbCredentials, close, connect, credentials_from_secret_store
 from totes.errors import TotesError
 from totes.extract import capture, keysets, plan, stream
-from totes.extract.capture import CaptureState, Resume
+from totes.extract.capture import CaptureState, KeySet, Resume
+from totes.extract.keysets import refresh as keysets_refresh
 from totes.extract.snapshot import check_schema, snapshot
 from totes.extract.state import starting_point
 from totes.lake import (
@@ -39,7 +41,7 @@ from totes.lake import (
     manifest_key,
 )
 from totes.lake import schema_fingerprint as fingerprint_of
-from totes.observability import add_table_metric, logger, metrics
+from totes.observability import emit, logger
 from totes.settings import IngestSettings
 from totes.source.model import TABLES, Table
 from totes.stages import runtime
@@ -94,23 +96,63 @@ def _deletions_file(lake: Lake, batch_id: str, deleted: pa.Table) -> ManifestFil
     return ManifestFile(keysets.DELETED_KEYS, key, deleted.num_rows, schema, size)
 
 
+@dataclass
+class IngestRun:
+    """What one run did and saw: the manifests it wrote (none when nothing was new), the
+    capture it started from (for the freshness heartbeat), the lag between that capture and
+    this run's snapshot, and how many lake objects it passed over as capture state."""
+
+    manifests: list[Manifest] = field(default_factory=list)
+    capture: freshness.Capture = field(default_factory=lambda: freshness.Capture(None, None, True))
+    lag_seconds: float | None = None
+    states_set_aside: int = 0
+
+
 def ingest(settings: IngestSettings, creds: DbCredentials, s3_client: BaseClient) -> list[Manifest]:
     """Capture every change since the lake's state; return the manifests written (none when
     nothing changed). Raises ``DatabaseUnavailable`` / ``SchemaDrift`` before any object is
     written when the source is unreachable or not the schema we know."""
+    return ingest_run(settings, creds, s3_client).manifests
+
+
+def ingest_run(settings: IngestSettings, creds: DbCredentials, s3_client: BaseClient) -> IngestRun:
+    """:func:`ingest`, with what the run saw besides its manifests (:class:`IngestRun`).
+
+    Every run that ends with a capture state writes it, even when nothing is new (the state's
+    snapshot and capture time then advance), and every state it writes references key sets
+    young enough to outlive the lake's lifecycle rules (``keysets.refresh``)."""
     lake = Lake(s3_client, settings.raw_bucket)
     con = connect(creds, application_name="totes-ingest")
+    run = IngestRun()
     try:
         with snapshot(con):
             check_schema(con)
             current, captured_at, source_now = capture.read_snapshot(con)
             start = starting_point(lake, current)
-            for _ in start.passed_over:
-                metrics.add_metric(name="IngestStatesSetAside", unit=MetricUnit.Count, value=1)
+            run.states_set_aside = len(start.passed_over)
             state = start.state
+            run.capture = freshness.Capture(
+                start.manifest_key,
+                state.captured_at if state else None,
+                state is not None and state.resume is None,
+            )
+            if state is not None and state.captured_at:
+                run.lag_seconds = _seconds_between(captured_at.isoformat(), state.captured_at)
+            quiet = freshness.Capture(
+                start.manifest_key, None, run.capture.start_complete, quiet_run_at=captured_at
+            )
+
+            def fresh_keysets(keysets: dict[str, KeySet]) -> dict[str, KeySet]:
+                return keysets_refresh(lake, keysets, captured_at, settings.raw_retention_days)
+
             if state is not None and state.resume is None and state.snapshot == current:
                 logger.info("nothing committed at the source since the last capture")
-                return []
+                advanced = CaptureState(
+                    current, state.seq, fresh_keysets(state.keysets), None, captured_at.isoformat()
+                )
+                lake.put_state(start.manifest_key or "", advanced.to_json())
+                run.capture = quiet
+                return run
             selection, reason = capture.selection_for(con, state, current)
             if reason:
                 logger.info("capturing every row", extra={"reason": reason})
@@ -123,7 +165,6 @@ def ingest(settings: IngestSettings, creds: DbCredentials, s3_client: BaseClient
             seq = capture.next_seq(state, current)
             previous_keysets = state.keysets if state else {}
             copied: dict[str, list[pa.Array]] = {}
-            manifests: list[Manifest] = []
             for part, piece in enumerate(pieces):
                 batch_id = batch_id_for(seq, part)
                 logger.set_correlation_id(batch_id)
@@ -151,15 +192,21 @@ def ingest(settings: IngestSettings, creds: DbCredentials, s3_client: BaseClient
                         batch_id,
                         complete=selection.everything,
                         exact=state is None or state.resume is None,
+                        written_at=captured_at.isoformat(),
                     )
                     after = CaptureState(
-                        current, seq, reconciled.keysets, None, captured_at.isoformat()
+                        current,
+                        seq,
+                        fresh_keysets(reconciled.keysets),
+                        None,
+                        captured_at.isoformat(),
                     )
                     if not files and not reconciled.deleted and not reconciled.writes:
                         if state is not None:  # nothing new: only the capture advances
                             lake.put_state(start.manifest_key or "", after.to_json())
                         logger.info("nothing new at the source")
-                        return []
+                        run.capture = quiet
+                        return run
                     for key, keys in reconciled.writes.items():
                         keysets.write_keys(lake, key, keys)
                     if reconciled.deleted:
@@ -197,10 +244,10 @@ def ingest(settings: IngestSettings, creds: DbCredentials, s3_client: BaseClient
                         "deleted_rows": extra.get("deleted_rows", {}),
                     },
                 )
-                manifests.append(manifest)
-            return manifests
+                run.manifests.append(manifest)
+            return run
     finally:
-        con.close()
+        close(con)  # quietly when the source went away mid-run (the run's error stands)
 
 
 def _resume_after(con: Connection, state: CaptureState | None, written_up_to: str) -> Resume:
@@ -219,31 +266,66 @@ def _seconds_between(later: str, earlier: str) -> float:
 def from_schedule_event(
     event: dict[str, Any], context: LambdaContext | None = None
 ) -> dict[str, Any]:
-    """The Lambda's work: credentials from Secrets Manager, one ingest run, its metrics."""
+    """The Lambda's work: credentials from Secrets Manager, one ingest run, its metrics. The
+    duration and the freshness heartbeat are emitted whatever the run's outcome."""
     config = runtime.settings(IngestSettings)
     started = time.monotonic()
+    run: IngestRun | None = None
     try:
         creds = credentials_from_secret_store(config.source_secret_id)
-        manifests = ingest(config, creds, runtime.s3())
+        run = ingest_run(config, creds, runtime.s3())
     except TotesError as exc:  # operator-grade message, no credentials; the state is untouched
         logger.error("ingest failed", extra={"error": str(exc), "kind": type(exc).__name__})
         raise
     finally:
-        seconds = time.monotonic() - started
-        metrics.add_metric(name="IngestDurationSeconds", unit=MetricUnit.Seconds, value=seconds)
+        emit("IngestDurationSeconds", time.monotonic() - started)
+        heartbeat(config, run)
+    manifests = run.manifests
+    emit("IngestStatesSetAside", run.states_set_aside)
+    if run.lag_seconds is not None:
+        emit("IngestCaptureLagSeconds", run.lag_seconds)
     if not manifests:
-        metrics.add_metric(name="IngestEmptyRuns", unit=MetricUnit.Count, value=1)
+        emit("IngestEmptyRuns", 1)
         return {"batches": [], "rows": {}}
     rows: dict[str, int] = {}
     for manifest in manifests:
         for table, n in manifest.row_counts.items():
             rows[table] = rows.get(table, 0) + n
     for table, n in sorted(rows.items()):
-        add_table_metric("IngestRows", MetricUnit.Count, n, table)
-    size = sum(f.bytes for m in manifests for f in m.files)
-    metrics.add_metric(name="IngestBytes", unit=MetricUnit.Bytes, value=size)
-    first = manifests[0].extra
-    if first.get("previous_captured_at"):
-        lag = _seconds_between(first["hi_utc"], first["previous_captured_at"])
-        metrics.add_metric(name="IngestWindowLagSeconds", unit=MetricUnit.Seconds, value=lag)
+        emit("IngestRows", n, table=table)
+    emit("IngestBytes", sum(f.bytes for m in manifests for f in m.files))
     return {"batches": [m.batch_id for m in manifests], "rows": rows}
+
+
+def heartbeat(config: IngestSettings, run: IngestRun | None) -> float | None:
+    """Emit ``WarehouseFreshnessSeconds`` for this run (``totes.freshness``); after a failed
+    run, from the capture state the lake holds. Never raises (it runs while an exception may
+    be on its way out): a problem is logged, and the missing datapoint counts as breaching."""
+    if not config.processed_bucket:
+        return None
+    try:
+        s3_client = runtime.s3()
+        if run is None:
+            pointer = Lake(s3_client, config.raw_bucket).get_state() or {}
+            found = pointer.get("capture")
+            state: dict[str, Any] = found if isinstance(found, dict) else {}
+            known = freshness.Capture(
+                str(pointer.get("manifest_key") or "") or None,
+                state.get("captured_at"),
+                not state.get("resume"),
+            )
+        else:
+            known = run.capture
+        marker = freshness.read_marker(Lake(s3_client, config.processed_bucket))
+        held = freshness.held_by_warehouse(known, marker)
+    except Exception as exc:
+        logger.error(
+            "warehouse freshness not measured", extra={"error": f"{type(exc).__name__}: {exc}"}
+        )
+        return None
+    if held is None:
+        logger.info("warehouse freshness unknown: no batch loaded yet")
+        return None
+    seconds = freshness.seconds_since(held)
+    emit("WarehouseFreshnessSeconds", seconds)
+    return seconds

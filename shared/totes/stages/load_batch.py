@@ -8,31 +8,41 @@ warehouse's batch ledger sits behind it, so a redelivered event changes nothing 
 its idempotency record has expired.
 
 Failures are raised, naming the batch, table and cause: the batch rolled back, so the async
-retry or the failure destination can take over safely.
+retry or the failure destination can take over safely. A manifest that cannot be trusted
+(``totes.manifest_checks``: another batch's, files that are not the batch's own, no files,
+malformed capture fields) is refused before any file is read or the warehouse is reached.
+The one failure after the commit (reporting the batch) is ``LoadedButUnreported``: the batch
+stays loaded and a retry is acknowledged by the ledger.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from pg8000.native import Connection
 
-from totes.db import DbCredentials, connect, credentials_from_secret_store, set_socket_timeout
-from totes.errors import DatabaseUnavailable, LoadFailed
+from totes import freshness, manifest_checks
+from totes.db import (
+    DbCredentials,
+    close,
+    connect,
+    credentials_from_secret_store,
+    set_socket_timeout,
+)
+from totes.errors import DatabaseUnavailable, LoadedButUnreported, LoadFailed
 from totes.lake import Lake, Manifest, batch_id_from_manifest_key, schema_fingerprint
-from totes.observability import add_table_metric, logger, metrics
+from totes.observability import emit, logger
 from totes.settings import LoadSettings
 from totes.stages import runtime
 from totes.stages.trigger import ObjectRef, handle_manifests
+from totes.warehouse import ledger
 from totes.warehouse.merge import expected_fingerprint, load_batch
 from totes.warehouse.migrations import migrate
 from totes.warehouse.results import LoadResult
@@ -60,8 +70,10 @@ def read_batch(lake: Lake, manifest: Manifest) -> dict[str, pa.Table]:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "?")
             raise LoadFailed(f"{where}: cannot read the file ({code})") from None
-        except (pa.ArrowException, OSError) as exc:
-            raise LoadFailed(f"{where}: not a readable Parquet file: {exc}") from None
+        except (pa.ArrowException, OSError) as exc:  # its message may quote the data: not kept
+            raise LoadFailed(
+                f"{where}: not a readable Parquet file ({type(exc).__name__})"
+            ) from None
         if table.num_rows != entry.rows:
             raise LoadFailed(
                 f"{where}: file has {table.num_rows} rows, the manifest says {entry.rows}"
@@ -89,9 +101,9 @@ def _ensure_schema(con: Connection, creds: DbCredentials) -> None:
         _migrated.add(target)
 
 
-def _emit(result: LoadResult, manifest: Manifest) -> float | None:
+def _emit(result: LoadResult) -> None:
     """Rows per table and outcome (``LoadRowsDeleted``: rows this batch marked deleted at the
-    source); freshness is now minus the batch's ``hi`` (UTC)."""
+    source)."""
     for name, counts in result.row_counts().items():
         for metric_name, key in (
             ("LoadRowsInserted", "inserted"),
@@ -100,14 +112,23 @@ def _emit(result: LoadResult, manifest: Manifest) -> float | None:
             ("LoadRowsParked", "parked"),
             ("LoadRowsDeleted", "marked"),
         ):
-            add_table_metric(metric_name, MetricUnit.Count, counts[key], name)
-    hi_utc = (manifest.extra or {}).get("hi_utc")
-    if not hi_utc:
-        logger.warning("manifest carries no hi_utc; freshness not measured")
-        return None
-    freshness = (datetime.now(UTC) - datetime.fromisoformat(hi_utc)).total_seconds()
-    metrics.add_metric(name="WarehouseFreshnessSeconds", unit=MetricUnit.Seconds, value=freshness)
-    return freshness
+            emit(metric_name, counts[key], table=name)
+
+
+def record_loaded(con: Connection, lake: Lake) -> freshness.LoadedMarker | None:
+    """Write the loaded marker (``totes.freshness``) from the ledger's newest batch. The ledger
+    is read and the marker written under a session lock, so a slower load that finishes later
+    never writes an older marker over a newer one."""
+    con.run("SELECT pg_advisory_lock(:key)", key=ledger.MARKER_LOCK_KEY)
+    try:
+        newest = ledger.newest(con)
+        if newest is None:
+            return None
+        marker = freshness.LoadedMarker(*newest)
+        freshness.write_marker(lake, marker)
+        return marker
+    finally:
+        con.run("SELECT pg_advisory_unlock(:key)", key=ledger.MARKER_LOCK_KEY)
 
 
 def load(
@@ -116,20 +137,34 @@ def load(
     s3_client: BaseClient,
     creds: DbCredentials,
 ) -> dict[str, Any]:
-    """Merge the processed batch named by ``processed_manifest_key`` into the warehouse."""
+    """Merge the processed batch named by ``processed_manifest_key`` into the warehouse; then
+    move the loaded marker forward and report the warehouse's freshness (for a batch already
+    loaded too). Its duration is emitted whatever the outcome, a failure included."""
     started = time.monotonic()
+    try:
+        return _load(processed_manifest_key, settings, s3_client, creds)
+    finally:
+        emit("LoadDurationSeconds", time.monotonic() - started)
+
+
+def _load(
+    processed_manifest_key: str,
+    settings: LoadSettings,
+    s3_client: BaseClient,
+    creds: DbCredentials,
+) -> dict[str, Any]:
     batch_id = batch_id_from_manifest_key(processed_manifest_key)
     logger.set_correlation_id(batch_id)
     lake = Lake(s3_client, settings.processed_bucket)
     try:
         manifest = lake.get_manifest(processed_manifest_key)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, or not a manifest's
         raise LoadFailed(f"batch {batch_id}: unreadable manifest: {exc}") from None
-    if manifest.batch_id != batch_id or manifest.stage != "processed":
-        raise LoadFailed(
-            f"batch {batch_id}: {processed_manifest_key} holds a {manifest.stage!r} manifest"
-            f" of batch {manifest.batch_id!r}"
-        )
+    refused = manifest_checks.problems(
+        manifest, processed_manifest_key, "processed", datetime.now(UTC)
+    )
+    if refused:  # before any file is read or the warehouse is reached
+        raise LoadFailed(f"batch {batch_id}: {processed_manifest_key}: {'; '.join(refused)}")
     tables = read_batch(lake, manifest)
     try:
         con = connect(creds, application_name="totes-load")
@@ -139,17 +174,37 @@ def load(
     try:
         _ensure_schema(con, creds)
         result = load_batch(con, manifest, tables)
+        try:  # the batch is committed (or was already): what follows cannot roll it back
+            marker = record_loaded(con, lake)
+        except Exception as exc:
+            raise LoadedButUnreported(
+                f"batch {batch_id}: in the warehouse ledger (committed), then writing the"
+                f" loaded marker failed: {type(exc).__name__}: {exc}"
+            ) from exc
     finally:
-        with contextlib.suppress(Exception):  # a broken connection cannot close politely
-            con.close()
-    seconds = time.monotonic() - started
-    metrics.add_metric(name="LoadDurationSeconds", unit=MetricUnit.Seconds, value=seconds)
+        close(con)  # quietly when broken: a dead connection cannot close politely
+    try:
+        return _report(batch_id, result, marker)
+    except Exception as exc:
+        raise LoadedButUnreported(
+            f"batch {batch_id}: in the warehouse ledger (committed), then reporting it failed:"
+            f" {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _report(
+    batch_id: str, result: LoadResult, marker: freshness.LoadedMarker | None
+) -> dict[str, Any]:
+    fresh = None
+    if marker is not None:
+        fresh = freshness.seconds_since(marker.hi_utc)
+        emit("WarehouseFreshnessSeconds", fresh)
     if not result.loaded:
         logger.info("batch already in the warehouse ledger; nothing to do")
         return {"status": "already_loaded", "batch_id": batch_id}
-    freshness = _emit(result, manifest)
+    _emit(result)
     rows = result.row_counts()
-    logger.info("batch loaded", extra={"rows": rows, "freshness_seconds": freshness})
+    logger.info("batch loaded", extra={"rows": rows, "freshness_seconds": fresh})
     return {"status": "loaded", "batch_id": batch_id, "rows": rows}
 
 
@@ -163,8 +218,16 @@ def from_s3_event(event: S3Event, context: LambdaContext | None = None) -> dict[
         creds = credentials_from_secret_store(config.warehouse_secret_id)
         try:
             return load(ref.key, config, s3_client, creds)
+        except LoadedButUnreported:
+            logger.exception(
+                "batch committed; what followed failed (a retry finds it in the ledger)",
+                extra={"key": ref.key},
+            )
+            raise
         except Exception:
-            logger.exception("batch load failed; rolled back", extra={"key": ref.key})
+            logger.exception(
+                "batch load failed; rolled back, nothing of it committed", extra={"key": ref.key}
+            )
             raise
 
     return handle_manifests(

@@ -15,11 +15,17 @@ Bad input never stops good input (architecture invariant 7), and is never droppe
   dimension keys set aside so load parks the facts that point at them. A fixed row is captured
   again by ingest and flows like any other.
 - Damage to a whole file or to the manifest (unreadable, not what the manifest describes, a
-  manifest that is not JSON, lacks its fields or belongs to another batch) quarantines the
-  batch: copied under ``quarantine/<batch_id>/`` with a ``reason.json``, counted in
-  ``QuarantinedBatches``, replayable once repaired.
+  manifest that is not JSON or lacks its fields) quarantines the batch: copied under
+  ``quarantine/<batch_id>/`` with a ``reason.json``, counted in ``QuarantinedBatches``,
+  replayable once repaired. So does a manifest ``totes.manifest_checks`` refuses (its key or
+  content naming another batch or none, files that are not the batch's deterministic keys,
+  malformed capture fields): only the manifest is copied, never the files it points at.
 - A raw manifest that is gone before transform reads it is reported once (a ``reason.json``
   with status "gone", ``QuarantinedBatches``).
+
+A batch that yields no processed rows (none captured, or every one set aside) publishes no
+processed manifest (status ``nothing_to_load``): load never sees, and the warehouse ledger
+never records, an empty batch.
 
 Each of these is a normal result, not an exception: retrying cannot fix bad input, and later
 batches must go on. The raw objects stay where they are.
@@ -27,23 +33,24 @@ batches must go on. The raw objects stay where they are.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from totes import quality
+from totes import manifest_checks, quality
 from totes.errors import BatchRejected
 from totes.lake import (
+    BATCH_ID,
     PROCESSED_PREFIX,
     QUARANTINE_PREFIX,
-    RAW_PREFIX,
     Lake,
     Manifest,
     ManifestFile,
@@ -52,7 +59,7 @@ from totes.lake import (
     parquet_bytes_to_table,
     schema_fingerprint,
 )
-from totes.observability import add_table_metric, logger, metrics
+from totes.observability import emit, logger
 from totes.settings import TransformSettings
 from totes.stages import runtime
 from totes.stages.trigger import ObjectRef, handle_manifests
@@ -66,6 +73,8 @@ ROWS_QUARANTINE_PREFIX = f"{QUARANTINE_PREFIX}/rows"
 VALUE_LIMIT_BYTES = 64 * 1024
 # Set-aside rows named per table in one log line (the record holds them all).
 LOGGED_PROBLEMS = 50
+# Under quarantine/: manifests whose key names no batch.
+NOT_A_BATCH = "not-a-batch"
 
 
 def _is_missing(exc: ClientError) -> bool:
@@ -92,12 +101,22 @@ def read_files(raw: Lake, manifest: Manifest) -> dict[ManifestFile, pa.Table | E
     return read
 
 
+def quarantine_prefix(batch_id: str) -> str:
+    """Where a batch is quarantined: ``quarantine/<batch_id>/``; a manifest key that names no
+    batch (``lake.BATCH_ID``) under ``quarantine/not-a-batch/<digest of the id>/``, so a forged
+    key cannot place objects elsewhere under ``quarantine/`` (the record names the key)."""
+    if BATCH_ID.match(batch_id):
+        return f"{QUARANTINE_PREFIX}/{batch_id}/"
+    digest = hashlib.sha256(batch_id.encode()).hexdigest()[:16]
+    return f"{QUARANTINE_PREFIX}/{NOT_A_BATCH}/{digest}/"
+
+
 def quarantine(
     raw: Lake, manifest_key: str, batch_id: str, manifest: Manifest | None, reason: dict[str, Any]
 ) -> dict[str, Any]:
     """Copy the batch (manifest and files) under ``quarantine/<batch_id>/`` with its reason,
     so it can be inspected and replayed; count it; return the stage's result."""
-    prefix = f"{QUARANTINE_PREFIX}/{batch_id}/"
+    prefix = quarantine_prefix(batch_id)
     keys = [manifest_key, *(f.key for f in manifest.files)] if manifest else [manifest_key]
     copied, missing = [], []
     for key in keys:
@@ -120,10 +139,8 @@ def quarantine(
     raw.put_bytes(
         reason_key, json.dumps(record, indent=1, default=str).encode(), "application/json"
     )
-    metrics.add_metric(name="QuarantinedBatches", unit=MetricUnit.Count, value=1)
-    metrics.add_metric(
-        name="TransformRejectedRows", unit=MetricUnit.Count, value=reason.get("rejected_rows", 0)
-    )
+    emit("QuarantinedBatches", 1)
+    emit("TransformRejectedRows", reason.get("rejected_rows", 0))
     logger.error("batch quarantined", extra={"reason_key": reason_key, "reason": record})
     return {
         "status": "quarantined",
@@ -137,7 +154,7 @@ def gone(raw: Lake, manifest_key: str, batch_id: str, code: str) -> dict[str, An
     """The raw manifest no longer exists (deleted before transform read it): nothing can be
     transformed and no retry can change that, so report it once, with a record beside the
     quarantined batches, and answer normally (no retries, nothing on the failure queue)."""
-    reason_key = f"{QUARANTINE_PREFIX}/{batch_id}/reason.json"
+    reason_key = f"{quarantine_prefix(batch_id)}reason.json"
     record = {
         "status": "gone",
         "batch_id": batch_id,
@@ -153,28 +170,9 @@ def gone(raw: Lake, manifest_key: str, batch_id: str, code: str) -> dict[str, An
         "missing_objects": [manifest_key],
     }
     raw.put_bytes(reason_key, json.dumps(record, indent=1).encode(), "application/json")
-    metrics.add_metric(name="QuarantinedBatches", unit=MetricUnit.Count, value=1)
+    emit("QuarantinedBatches", 1)
     logger.error("raw manifest gone", extra={"reason_key": reason_key, "reason": record})
     return {"status": "gone", "batch_id": batch_id, "reason_key": reason_key}
-
-
-def manifest_problems(manifest: Manifest, manifest_key: str, batch_id: str) -> list[str]:
-    """What makes a parsed manifest unfit to drive this batch: fields of the wrong kind, or a
-    manifest of another batch or stage (copied or forged), or files outside the batch."""
-    problems = []
-    if not isinstance(manifest.batch_id, str) or manifest.batch_id != batch_id:
-        problems.append(f"it holds batch {manifest.batch_id!r}, its key names {batch_id!r}")
-    if manifest.stage != "raw":
-        problems.append(f"it is a {manifest.stage!r} manifest, not a raw one")
-    if not isinstance(manifest.window_hi, str) or not isinstance(manifest.extra or {}, dict):
-        problems.append("window_hi is not a string or extra is not an object")
-    for entry in manifest.files:
-        kinds = (entry.table, entry.key, entry.fingerprint)
-        if not all(isinstance(v, str) for v in kinds) or type(entry.rows) is not int:
-            problems.append(f"file entry {entry!r} has fields of the wrong kind")
-        elif entry.rows < 0 or not entry.key.startswith(f"{RAW_PREFIX}/{entry.table}/{batch_id}/"):
-            problems.append(f"file {entry.key!r} ({entry.rows} rows) is not one of this batch's")
-    return [f"{manifest_key}: {p}" for p in problems]
 
 
 def rows_quarantine_key(batch_id: str) -> str:
@@ -212,7 +210,7 @@ def record_set_aside(raw: Lake, batch_id: str, gated: quality.Gated) -> str | No
     lines = (json.dumps(row_record(p, batch_id), sort_keys=True) + "\n" for p in gated.problems)
     raw.put_bytes(key, "".join(lines).encode(), "application/x-ndjson")
     for table, rows in gated.set_aside_rows.items():
-        add_table_metric("QuarantinedRows", MetricUnit.Count, rows, table)
+        emit("QuarantinedRows", rows, table=table)
         named = [
             {"key": p.key, "column": p.column, "check": p.check, "reason": p.reason}
             for p in gated.problems
@@ -232,12 +230,40 @@ def record_set_aside(raw: Lake, batch_id: str, gated: quality.Gated) -> str | No
     return key
 
 
+def nothing_to_load(batch_id: str, gated: quality.Gated, records_key: str | None) -> dict[str, Any]:
+    """A batch that yields no processed rows (no rows at all, or every row set aside) has
+    nothing to load: no processed manifest is published, so load never records an empty batch
+    in the warehouse ledger (where it would stand for the batch id, ``manifest_checks``)."""
+    logger.info(
+        "batch transformed; nothing to load",
+        extra={"quarantined_rows": gated.set_aside_rows},
+    )
+    return {
+        "status": "nothing_to_load",
+        "batch_id": batch_id,
+        "manifest_key": None,
+        "rows": {},
+        "quarantined_rows": gated.rows_set_aside,
+        "quarantined_rows_key": records_key,
+    }
+
+
 def transform(
     raw_manifest_key: str, settings: TransformSettings, s3_client: BaseClient
 ) -> dict[str, Any]:
     """Transform the raw batch named by ``raw_manifest_key``; return what was written and how
-    many rows were set aside (or why the batch was quarantined, or that it is gone)."""
+    many rows were set aside (or why the batch was quarantined, or that it is gone). Its
+    duration is emitted whatever the outcome, a failure included."""
     started = time.monotonic()
+    try:
+        return _transform(raw_manifest_key, settings, s3_client)
+    finally:
+        emit("TransformDurationSeconds", time.monotonic() - started)
+
+
+def _transform(
+    raw_manifest_key: str, settings: TransformSettings, s3_client: BaseClient
+) -> dict[str, Any]:
     batch_id = batch_id_from_manifest_key(raw_manifest_key)
     logger.set_correlation_id(batch_id)
     raw = Lake(s3_client, settings.raw_bucket)
@@ -253,9 +279,11 @@ def transform(
             "message": f"{raw_manifest_key} is not a manifest: {type(exc).__name__}: {exc}",
         }
         return quarantine(raw, raw_manifest_key, batch_id, None, {"problems": [problem]})
-    foreign = manifest_problems(manifest, raw_manifest_key, batch_id)
+    foreign = manifest_checks.problems(manifest, raw_manifest_key, "raw", datetime.now(UTC))
     if foreign:
-        problems = [{"check": "foreign_manifest", "message": m} for m in foreign]
+        problems = [
+            {"check": "foreign_manifest", "message": f"{raw_manifest_key}: {m}"} for m in foreign
+        ]
         return quarantine(raw, raw_manifest_key, batch_id, None, {"problems": problems})
 
     try:
@@ -276,7 +304,10 @@ def transform(
         entries.append(
             ManifestFile(name, key, table.num_rows, schema_fingerprint(table.schema), size)
         )
-        add_table_metric("TransformRows", MetricUnit.Count, table.num_rows, name)
+        emit("TransformRows", table.num_rows, table=name)
+    if not entries:
+        emit("QuarantinedBatches", 0)  # transformed, not quarantined: the check ran
+        return nothing_to_load(batch_id, gated, records_key)
     out = Manifest(
         batch_id=manifest.batch_id,
         stage="processed",
@@ -291,9 +322,7 @@ def transform(
         },
     )
     manifest_key = processed.put_manifest(out)
-    metrics.add_metric(
-        name="TransformDurationSeconds", unit=MetricUnit.Seconds, value=time.monotonic() - started
-    )
+    emit("QuarantinedBatches", 0)
     logger.info(
         "batch transformed",
         extra={

@@ -11,6 +11,7 @@ record has expired.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from pg8000.native import Connection
 
@@ -54,3 +55,23 @@ def record(con: Connection, result: LoadResult) -> None:
         counts=json.dumps(result.row_counts(), sort_keys=True),
         batch=result.batch_id,
     )
+
+
+# Another fixed key: "totes loaded marker". Held while the newest loaded batch is read from
+# the ledger and written to the lake's loaded marker, so two loads never write it out of order.
+MARKER_LOCK_KEY = 0x70746573_6D61726B
+
+
+def newest(con: Connection) -> tuple[str, int, datetime] | None:
+    """The newest batch in the ledger that carries its capture time: (batch id, capture seq,
+    hi_utc, aware), or None. Newest is the greatest capture sequence, then batch id (the
+    parts of one run share its sequence; batches from before capture order have 0)."""
+    rows = con.run(
+        "SELECT batch_id, capture_seq, hi_utc FROM etl_batch_ledger"
+        " WHERE hi_utc IS NOT NULL ORDER BY capture_seq DESC, batch_id DESC LIMIT 1"
+    )
+    if not rows:
+        return None
+    batch_id, seq, hi_utc = rows[0]
+    when = hi_utc if hi_utc.tzinfo else hi_utc.replace(tzinfo=UTC)
+    return str(batch_id), int(seq), when.astimezone(UTC)

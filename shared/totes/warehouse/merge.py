@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass
 
 import pyarrow as pa
 from pg8000.exceptions import DatabaseError, InterfaceError
@@ -36,10 +35,10 @@ from pg8000.native import Connection
 from totes.errors import DatabaseUnavailable, LoadFailed
 from totes.identifiers import quote
 from totes.lake import Manifest, schema_fingerprint
+from totes.manifest_checks import Capture, ManifestRefused, capture
 from totes.star.model import (
     DELETED_KEYS,
     DELETED_KEYS_SCHEMA,
-    SET_ASIDE,
     STAR_TABLES,
     STAR_TABLES_BY_NAME,
     StarTable,
@@ -168,40 +167,13 @@ def load_batch(
         raise
 
 
-@dataclass(frozen=True)
-class Capture:
-    """What the processed manifest says about the batch's capture: its sequence in commit
-    order (0 for batches from before capture by commit order), its time (ISO, UTC) and the
-    dimension keys transform set aside."""
-
-    seq: int
-    hi_utc: str | None
-    set_aside: dict[str, list[int]]
-
-
 def _capture(batch: str, manifest: Manifest) -> Capture:
-    """The manifest's capture fields, or a refusal naming what is wrong."""
-    extra = manifest.extra or {}
-    seq = extra.get("capture_seq", 0)
-    if type(seq) is not int or seq < 0:
-        raise LoadFailed(f"batch {batch}: capture_seq must be a non-negative integer: {seq!r}")
-    hi_utc = extra.get("hi_utc")
-    if hi_utc is not None and not isinstance(hi_utc, str):
-        raise LoadFailed(f"batch {batch}: hi_utc must be an ISO time: {hi_utc!r}")
-    raw = extra.get(SET_ASIDE) or {}
-    dimensions = {t.name for t in deletes.TRACKED_TABLES if t.kind == "dimension"}
-    if not isinstance(raw, dict) or set(raw) - dimensions:
-        raise LoadFailed(
-            f"batch {batch}: set_aside must map dimension tables {sorted(dimensions)} to keys:"
-            f" {sorted(raw) if isinstance(raw, dict) else raw!r}"
-        )
-    set_aside: dict[str, list[int]] = {}
-    for name, keys in raw.items():
-        if not isinstance(keys, list) or any(type(k) is not int for k in keys):
-            raise LoadFailed(f"batch {batch}: set_aside {name} must be a list of integer keys")
-        if keys:
-            set_aside[name] = sorted(set(keys))
-    return Capture(seq, hi_utc, set_aside)
+    """The manifest's capture fields, or a refusal naming what is wrong (before the
+    transaction: a malformed ``hi_utc`` never reaches the ledger or a commit)."""
+    try:
+        return capture(manifest.extra)
+    except ManifestRefused as exc:
+        raise LoadFailed(f"batch {batch}: {exc}") from None
 
 
 def _deletions(batch: str, data: pa.Table | None) -> pa.Table:
@@ -224,10 +196,13 @@ def _deletions(batch: str, data: pa.Table | None) -> pa.Table:
     tracked = {t.name for t in deletes.TRACKED_TABLES}
     names = set(data.column("star_table").unique().to_pylist())
     if names - tracked or data.column("key").null_count:
-        wrong_tables = sorted(names - tracked, key=str)
+        # Star tables are named; any other name is a row value of the file, only counted.
+        named = sorted(n for n in names - tracked if n in STAR_TABLES_BY_NAME)
+        others = len(names - tracked) - len(named)
+        unknown = f" and of {others} name(s) no star table has" if others else ""
         raise LoadFailed(
-            f"batch {batch}: table {DELETED_KEYS} deletes keys of {wrong_tables} or NULL keys;"
-            f" only keys of {sorted(tracked)} can be deleted"
+            f"batch {batch}: table {DELETED_KEYS} deletes keys of {named}{unknown} or NULL"
+            f" keys; only keys of {sorted(tracked)} can be deleted"
         )
     return data
 

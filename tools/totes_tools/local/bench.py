@@ -37,7 +37,8 @@ from totes.observability import logger
 from totes.star.model import FACT_SALES_ORDER, SOURCE_VERSION
 from totes_tools.local.aws import StackNames, aws_environment, moto_server
 from totes_tools.local.bench_extract import RssSampler, _copy_rate, _fetch_rate
-from totes_tools.local.chain import LocalChain
+from totes_tools.local.chain import FUNCTION_MEMORY_MB, LocalChain
+from totes_tools.ops import cost
 from totes_tools.warehouse.bench import _raw_copy
 
 CHILD_ENV = "TOTES_BENCH_CHILD"
@@ -83,6 +84,8 @@ def run_child(stage: str) -> int:
         json.dumps(
             {
                 "stage": stage,
+                "invocations": stage_report.invocations,
+                "handler_seconds": round(stage_report.seconds, 3),
                 "batches": len(stage_report.batches),
                 "rows": rows,
                 "rows_by_table": stage_report.rows,
@@ -236,7 +239,7 @@ def _print(results: dict) -> None:
         f"{'peak RSS MB':>13}"
     )
     print(header)
-    for cycle in ("initial", "incremental"):
+    for cycle in ("initial", "incremental", "quiet"):
         for stage, r in results[cycle].items():
             print(
                 f"  {cycle:<12}{stage:<10}{r['batches']:>8}{r['rows']:>12,}{r['seconds']:>10.2f}"
@@ -260,6 +263,21 @@ def _print(results: dict) -> None:
         f" (the chain's load took {results['initial']['load']['seconds']} s)"
     )
     print("\n  ratios: " + ", ".join(f"{k} {v}" for k, v in results["ratios"].items()))
+    lambda_cost = results["lambda_cost"]
+    print(f"\nLambda cost per run and per month ({lambda_cost['price']}):")
+    for label, key in (
+        ("quiet source (nothing changed)", "quiet"),
+        (f"the bench's changes ({SIMULATOR_STEPS} simulator steps)", "incremental"),
+    ):
+        print("\n".join(cost.format_table(label, lambda_cost[key])))
+
+
+def _billed(stages: dict) -> dict:
+    """Per stage, the billed work of one run: the handlers' own time over their invocations."""
+    return {
+        stage: {"seconds": r["handler_seconds"], "invocations": r["invocations"]}
+        for stage, r in stages.items()
+    }
 
 
 def main(args) -> int:
@@ -299,6 +317,8 @@ def main(args) -> int:
             simulator.step()
         print(f"incremental cycle after {SIMULATOR_STEPS} simulator steps ...", flush=True)
         incremental = run_stages(endpoint, source, warehouse)
+        print("a quiet cycle (nothing changed at the source) ...", flush=True)
+        quiet = run_stages(endpoint, source, warehouse)
 
         print("baselines ...", flush=True)
         extraction = extraction_baselines(source)
@@ -313,9 +333,15 @@ def main(args) -> int:
         "initial": initial,
         "initial_wall_seconds": initial_wall,
         "incremental": incremental,
+        "quiet": quiet,
         "baselines": {"extraction": extraction, "load": load},
     }
     results["ratios"] = _ratios(initial, extraction, load)
+    results["lambda_cost"] = {
+        "price": cost.price_note(),
+        "quiet": cost.run_cost(_billed(quiet), FUNCTION_MEMORY_MB),
+        "incremental": cost.run_cost(_billed(incremental), FUNCTION_MEMORY_MB),
+    }
     _print(results)
     Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nwritten to {args.output}")

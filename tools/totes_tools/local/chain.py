@@ -26,12 +26,15 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import unquote_plus
+
+from aws_lambda_powertools.metrics.provider import cold_start
 
 from totes.db import DbCredentials, connect
 from totes.errors import SchemaDrift, TotesError
 from totes.identifiers import quote
-from totes.lake import Lake, Manifest, batch_id_from_manifest_key, manifest_key
+from totes.lake import MANIFEST_PREFIX, Lake, Manifest, batch_id_from_manifest_key, manifest_key
 from totes.observability import logger
 from totes.source.model import TABLES
 from totes.stages import runtime
@@ -45,6 +48,8 @@ from totes_tools.local.aws import (
     moto_server,
 )
 from totes_tools.local.iceberg import IcebergNames, create_iceberg_resources
+from totes_tools.ops import metricstore
+from totes_tools.ops.metricstore import Datapoint
 from totes_tools.repository import functions_dir, sam_dir
 
 STAGES = ("ingest", "transform", "load")
@@ -194,6 +199,8 @@ class Metric:
     name: str
     value: float
     dimensions: dict[str, str]
+    namespace: str = ""
+    unit: str = ""
 
 
 @dataclass
@@ -232,6 +239,10 @@ class CycleReport:
     freshness_seconds: float | None = None
     seconds: float = 0.0
     replayed: int = 0
+    # Every datapoint of the cycle: the handlers' EMF and what AWS would publish about it
+    # (Lambda errors and throttles, the failure queue's depth and oldest message's age).
+    datapoints: list[Datapoint] = field(default_factory=list)
+    failure_queue_oldest_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -260,6 +271,10 @@ class CycleReport:
                 lines.append(f"    {table:<22} {n:>10}")
         if self.freshness_seconds is not None:
             lines.append(f"  warehouse freshness: {self.freshness_seconds:.1f} s")
+        if self.failure_queue_oldest_seconds is not None:
+            lines.append(
+                f"  failure queue: oldest event waiting {self.failure_queue_oldest_seconds:.0f} s"
+            )
         lines.extend(f"  FAILED: {failure}" for failure in self.failures)
         lines.extend(f"  GONE: {gone}" for gone in self.gone)
         return "\n".join(lines)
@@ -267,27 +282,11 @@ class CycleReport:
 
 def parse_emf(text: str) -> list[Metric]:
     """The metric values in Powertools' EMF lines; other lines are ignored."""
-    metrics: list[Metric] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            blob = json.loads(line)
-        except ValueError:
-            continue
-        aws = blob.get("_aws") if isinstance(blob, dict) else None
-        if not aws:
-            continue
-        for directive in aws.get("CloudWatchMetrics", ()):
-            dim_names = {d for group in directive.get("Dimensions", ()) for d in group}
-            dims = {d: str(blob[d]) for d in dim_names if d in blob}
-            for definition in directive.get("Metrics", ()):
-                values = blob.get(definition["Name"])
-                for value in values if isinstance(values, list) else [values]:
-                    if isinstance(value, int | float):
-                        metrics.append(Metric(definition["Name"], float(value), dims))
-    return metrics
+    return [_metric(p) for p in metricstore.from_emf(text)]
+
+
+def _metric(point: Datapoint) -> Metric:
+    return Metric(point.name, point.value, point.dimensions, point.namespace, point.unit)
 
 
 class LocalChain:
@@ -311,6 +310,7 @@ class LocalChain:
         handlers: Mapping[str, Handler] | None = None,
         deliver: Callable[[str, list[Delivery]], list[Delivery]] | None = None,
         max_attempts: int = MAX_ATTEMPTS,
+        metrics_path: Path | None = None,
         iceberg: bool = False,
     ):
         self.endpoint_url = endpoint_url
@@ -333,6 +333,14 @@ class LocalChain:
         # The optional Iceberg target: a fourth handler fed by its own rule and queue.
         self.iceberg = IcebergNames.of(names) if iceberg else None
         self.stages = ("transform", "load", "iceberg") if iceberg else ("transform", "load")
+        # Metrics: every cycle's datapoints, kept here and (with ``metrics_path``) appended
+        # to that JSON-lines file, cycles numbered on from the file's last one.
+        self.metrics_path = metrics_path
+        self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.cycle = metricstore.last_cycle(metrics_path) + 1 if metrics_path else 0
+        self.datapoints: list[Datapoint] = []
+        self._names_written = False
+        self._warm: set[str] = set()  # stages whose "container" has served an invocation
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -384,27 +392,117 @@ class LocalChain:
 
     def run_cycle(self) -> CycleReport:
         """Redrive earlier failed events, ingest once on a scheduler event, then route
-        notifications until none is pending."""
+        notifications until none is pending; then record the cycle's metrics (one cycle
+        stands for one scheduled run)."""
         report = CycleReport()
         started = time.monotonic()
         self.replay_failures(report)
         self.ingest(report)
         self.drain(report)
         report.seconds = time.monotonic() - started
+        self.end_cycle(report)
         return report
 
     def ingest(self, report: CycleReport | None = None) -> CycleReport:
+        """One scheduled ingest run; its batches and rows are the handler's answer (nothing
+        is listed: a listing of the lake grows with its age)."""
         report = report or CycleReport()
         self._fresh_clients()
-        before = set(self.raw.manifest_keys())
         outcome = self._invoke("ingest", schedule_event(), "next window", report)
         stage = report.stages["ingest"]
-        for key in sorted(set(self.raw.manifest_keys()) - before):
-            manifest = self.raw.get_manifest(key)
-            stage.batches.append(manifest.batch_id)
-            stage.add_rows(manifest.row_counts)
         if outcome is _FAILED:
             logger.warning("ingest failed", extra={"failure": str(report.failures[-1])})
+        elif isinstance(outcome, dict):
+            stage.batches.extend(outcome.get("batches", []))
+            stage.add_rows(outcome.get("rows", {}))
+        return report
+
+    def end_cycle(self, report: CycleReport) -> None:
+        """What AWS would publish about the failure queue at the end of this cycle
+        (``ApproximateNumberOfMessagesVisible``, ``ApproximateAgeOfOldestMessage``), then the
+        cycle's datapoints kept and, with ``metrics_path``, appended to the file."""
+        depth, oldest = self.failure_queue_state()
+        report.failure_queue_oldest_seconds = oldest if depth else None
+        queues = [(self.names.failure_queue, depth, oldest)]
+        if self.iceberg:  # the Iceberg target's own failure queue
+            queues.append((self.iceberg.failure_queue, *self.failure_queue_state("iceberg")))
+        now = time.time()
+        for queue_name, depth, oldest in queues:
+            queue = {"QueueName": queue_name}
+            for name, value, unit in (
+                ("ApproximateNumberOfMessagesVisible", depth, "Count"),
+                ("ApproximateAgeOfOldestMessage", oldest, "Seconds"),
+            ):
+                report.datapoints.append(self._emulated("AWS/SQS", name, value, queue, unit, now))
+        self.datapoints.extend(report.datapoints)
+        if self.metrics_path is not None:
+            names = None if self._names_written else self.local_names()
+            metricstore.append(self.metrics_path, report.datapoints, names)
+            self._names_written = True
+        self.cycle += 1
+
+    def local_names(self) -> dict[str, object]:
+        """What the template's references mean here (``totes_tools.ops.cloudwatch``)."""
+        names: dict[str, object] = {
+            "functions": {f"{s.title()}Function": context_for(s).function_name for s in STAGES},
+            "failure_queue": self.names.failure_queue,
+            "region": REGION,
+            "account": ACCOUNT,
+        }
+        if self.iceberg:  # the template's IcebergTarget=ENABLED resources exist here too
+            names["functions"] = {
+                **names["functions"],  # type: ignore[dict-item]
+                "IcebergFunction": context_for("iceberg").function_name,
+            }
+            names["queues"] = {"IcebergFailureQueue": self.iceberg.failure_queue}
+            names["resources"] = {
+                "IcebergDatabase": self.iceberg.database,
+                "AthenaWorkGroup": "local",
+            }
+            names["conditions"] = {"IcebergEnabled": True}
+        return names
+
+    def failure_queue_state(self, stage: str = "") -> tuple[int, float]:
+        """Events on the failure queue (``stage`` "iceberg": the Iceberg target's) and the age
+        in seconds of the oldest (0 when empty), read as SQS measures them: from each
+        message's ``SentTimestamp``. A peek: messages are received with no visibility timeout,
+        so they stay where they are."""
+        queue = self.names.failure_queue
+        if stage == "iceberg" and self.iceberg:
+            queue = self.iceberg.failure_queue
+        url = self._queue_url(queue)
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]
+        depth = int(attrs.get("ApproximateNumberOfMessages", 0))
+        if not depth:
+            return 0, 0.0
+        messages = self.sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=0,
+            AttributeNames=["SentTimestamp"],
+        ).get("Messages", [])
+        sent = [int(m["Attributes"]["SentTimestamp"]) / 1000 for m in messages]
+        return depth, max(0.0, time.time() - min(sent)) if sent else 0.0
+
+    def _emulated(
+        self, namespace: str, name: str, value: float, dims: dict, unit: str, when: float
+    ) -> Datapoint:
+        return Datapoint(
+            namespace, name, float(value), dict(dims), unit, when, self.cycle, self.run_id,
+            "emulated",
+        )  # fmt: skip
+
+    def maintain_iceberg(self, report: CycleReport | None = None) -> CycleReport:
+        """The Iceberg target's maintenance, as its schedule invokes it (``{"action":
+        "maintain"}`` to the same function, under the same retry rule). Call ``end_cycle``
+        after it to record its metrics as one scheduled run."""
+        if not self.iceberg:
+            raise TotesError("the Iceberg target is off in this chain (LocalChain(iceberg=True))")
+        report = report or CycleReport()
+        self._fresh_clients()
+        self._invoke("iceberg", {"action": "maintain"}, "maintenance", report)
         return report
 
     def drain(
@@ -429,6 +527,10 @@ class LocalChain:
         """Redrive the S3 events on the failure queue (what an operator does after fixing the
         cause): each goes to its stage again under the same retry rule. Failed scheduled
         ingests are dropped: the next run covers their window, the capture state never moved.
+
+        A record is deleted from the queue only once its redrive succeeds; one that fails
+        again stays as it was (no second record), so the queue's oldest-message age keeps
+        saying since when the batch is stuck.
 
         A record whose batch data is gone (its manifest, or a file the manifest lists, no
         longer exists) can never succeed: it is not redriven but stays on the queue, reported
@@ -455,28 +557,25 @@ class LocalChain:
                     logger.warning("failure record's data is gone", extra={"batch": record.batch})
                 queue.keep_reported(record)
                 continue
-            queue.delete(record)
             report.replayed += 1
-            self._handle(Delivery(stage, record.event), report)
+            if self._handle(Delivery(stage, record.event), report, record_failure=False):
+                queue.delete(record)
+            else:
+                queue.release(record)
         if self.iceberg:  # its own failure queue: EventBridge events, redriven to it alone
-            for record in self._take(self.iceberg.failure_queue):
+            iceberg_queue = FailureQueue(self.sqs, self._queue_url(self.iceberg.failure_queue))
+            for record in iceberg_queue.receive_all(hold_seconds=VISIBILITY_TIMEOUT_SECONDS):
+                # Lambda's on-failure record wraps the event; EventBridge's DLQ holds it bare.
+                event = record.event or (record.body if "detail" in record.body else {})
+                if not event:
+                    iceberg_queue.delete(record)
+                    continue
                 report.replayed += 1
-                self._handle(Delivery("iceberg", record.get("requestPayload") or {}), report)
+                if self._handle(Delivery("iceberg", event), report, record_failure=False):
+                    iceberg_queue.delete(record)
+                else:
+                    iceberg_queue.release(record)
         return report
-
-    def _take(self, queue: str) -> list[dict]:
-        """Every message on ``queue`` (JSON), consumed."""
-        url = self._queue_url(queue)
-        out = []
-        while True:
-            messages = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get(
-                "Messages", []
-            )
-            if not messages:
-                return out
-            for message in messages:
-                out.append(json.loads(message["Body"]))
-                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
     def receive(self, stage: str, queue: str) -> list[Delivery]:
         """Every S3 event waiting on ``queue`` (moto's ``s3:TestEvent`` dropped)."""
@@ -530,9 +629,12 @@ class LocalChain:
 
     # -- invocation ---------------------------------------------------------------------------
 
-    def _handle(self, delivery: Delivery, report: CycleReport) -> None:
+    def _handle(self, delivery: Delivery, report: CycleReport, record_failure: bool = True) -> bool:
+        """Hand one event to its stage; False when it failed every attempt."""
         stage = report.stages.setdefault(delivery.stage, StageReport())
-        result = self._invoke(delivery.stage, delivery.event, delivery.batch_id, report)
+        result = self._invoke(
+            delivery.stage, delivery.event, delivery.batch_id, report, record_failure
+        )
         if delivery.receipt is not None:
             with contextlib.suppress(Exception):  # a repeated delivery was already deleted
                 self.sqs.delete_message(
@@ -540,12 +642,12 @@ class LocalChain:
                     ReceiptHandle=delivery.receipt,
                 )
         if result is _FAILED:
-            return
+            return False
         stage.batches.append(delivery.batch_id)
         stage.rows_set_aside += _rows_set_aside(result)
         if _quarantined(result):
             stage.quarantined.append(delivery.batch_id)
-            return
+            return True
         for key in delivery.keys:
             batch_id = batch_id_from_manifest_key(key)
             manifest = self._manifest(self.processed, manifest_key(batch_id))
@@ -557,9 +659,19 @@ class LocalChain:
                 report.freshness_seconds = (
                     datetime.now(UTC) - datetime.fromisoformat(hi_utc)
                 ).total_seconds()
+        return True
 
-    def _invoke(self, stage: str, event: dict, batch_id: str, report: CycleReport) -> object:
-        """Up to ``max_attempts`` invocations; then a record on the failure queue."""
+    def _invoke(
+        self,
+        stage: str,
+        event: dict,
+        batch_id: str,
+        report: CycleReport,
+        record_failure: bool = True,
+    ) -> object:
+        """Up to ``max_attempts`` invocations; then (``record_failure``) a record on the
+        failure queue. Each attempt also counts as Lambda would publish it: ``Errors`` 1 or 0,
+        ``Throttles`` 0 (one local process never throttles)."""
         stage_report = report.stages.setdefault(stage, StageReport())
         handler = self.handler(stage)
         error = ""
@@ -567,9 +679,14 @@ class LocalChain:
             context = context_for(stage)
             captured = io.StringIO()
             started = time.monotonic()
+            failed = True
+            if stage not in self._warm:  # each function's first invocation is a cold start
+                cold_start.reset_cold_start_flag()
+                self._warm.add(stage)
             try:
                 with environment(self.function_env(stage)), contextlib.redirect_stdout(captured):
                     result = handler(event, context)
+                failed = False
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 logger.warning(
@@ -582,17 +699,26 @@ class LocalChain:
             finally:
                 stage_report.invocations += 1
                 stage_report.seconds += time.monotonic() - started
-                self._passthrough(captured.getvalue(), stage_report)
-        self._send_failure(stage, event, context, attempt, last_exc)
+                self._passthrough(captured.getvalue(), stage_report, report)
+                function = {"FunctionName": context.function_name}
+                now = time.time()
+                for name, value in (("Errors", float(failed)), ("Throttles", 0.0)):
+                    report.datapoints.append(
+                        self._emulated("AWS/Lambda", name, value, function, "Count", now)
+                    )
+        if record_failure:
+            self._send_failure(stage, event, context, attempt, last_exc)
         report.failures.append(Failure(stage, batch_id, attempt, error))
         return _FAILED
 
-    @staticmethod
-    def _passthrough(text: str, stage_report: StageReport) -> None:
+    def _passthrough(self, text: str, stage_report: StageReport, report: CycleReport) -> None:
         """Keep the metrics a handler printed; anything else it printed goes on to stdout."""
-        metrics = parse_emf(text)
-        stage_report.metrics.extend(metrics)
-        if metrics:
+        points = metricstore.from_emf(
+            text, cycle=self.cycle, run=self.run_id, default_time=time.time()
+        )
+        stage_report.metrics.extend(_metric(p) for p in points)
+        report.datapoints.extend(points)
+        if points:
             text = "\n".join(line for line in text.splitlines() if '"_aws"' not in line)
         if text.strip():
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -730,6 +856,7 @@ def run_command(args) -> int:
         stack.enter_context(aws_environment(endpoint))
         if args.endpoint_url:
             _check_endpoint(endpoint)
+        metrics_path = metricstore.default_metrics_path() if args.endpoint_url else None
         sam_local = None
         if getattr(args, "invoker", "in-process") == "sam-local":
             from totes_tools.local.sam_local import SamLocal
@@ -743,6 +870,7 @@ def run_command(args) -> int:
             handlers=sam_local.handlers if sam_local else None,
             max_batch_rows=args.max_batch_rows,
             chunk_rows=args.chunk_rows,
+            metrics_path=metrics_path,
             iceberg=getattr(args, "iceberg", False),
         )
         if sam_local:
@@ -752,6 +880,8 @@ def run_command(args) -> int:
         chain.prepare()
         report = chain.run_cycle()
     print(report.format(), flush=True)
+    if metrics_path is not None:
+        print(f"metrics: {metrics_path} (python -m totes dashboard draws them)", flush=True)
     for failure in report.failures:
         print(f"error: {failure}", file=sys.stderr)
     for gone in report.gone:
@@ -772,7 +902,11 @@ def _check_endpoint(endpoint: str) -> None:
 
 
 def _has_manifest(chain: LocalChain) -> bool:
+    """Whether the raw lake holds any manifest: one bounded request, never a full listing."""
     try:
-        return bool(chain.raw.manifest_keys())
+        listed = chain.s3.list_objects_v2(
+            Bucket=chain.names.raw_bucket, Prefix=MANIFEST_PREFIX, MaxKeys=1
+        )
     except chain.s3.exceptions.NoSuchBucket:
         return False
+    return bool(listed.get("KeyCount"))

@@ -2,11 +2,13 @@
 
 An embedded PostgreSQL holds a generated totesys and an empty warehouse; an in-process moto
 server stands in for AWS. The chain runs the initial load, then a few rounds of live business
-activity (the simulator) each followed by an incremental cycle, and finally asks the star
-schema the questions a BI dashboard would, of both targets: the PostgreSQL warehouse, and the
-Iceberg tables the optional second target keeps (DuckDB over pyiceberg's Arrow scans, as
-Athena would over the Glue catalog), and shows that they agree. Everything it started is
-stopped and deleted when it ends, on success, on error or on Ctrl-C.
+activity (the simulator) each followed by an incremental cycle, then quiet cycles (nothing
+changes: the freshness heartbeat), and asks the star schema the questions a BI dashboard would
+of both targets: the PostgreSQL warehouse, and the Iceberg tables the optional second target
+keeps (DuckDB over pyiceberg's Arrow scans, as Athena would over the Glue catalog), showing
+that they agree. It draws the template's CloudWatch dashboards (the pipeline's and the Iceberg
+target's) from the metrics the run emitted (``.totes/demo/dashboard.png`` and ``.html``).
+Everything it started is stopped and deleted when it ends, on success, on error or on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from totes_tools.local.aws import StackNames, aws_environment, moto_server
 from totes_tools.local.chain import CycleReport, LocalChain
 from totes_tools.local.iceberg import read_tables
 from totes_tools.local.postgres import embedded_postgres
+from totes_tools.ops import cloudwatch, dashboard, metricstore
 
 STEPS_PER_ROUND = 25
+QUIET_ROUNDS = 2
 
 # Facts keep every version of an order; BI questions about orders read the latest one.
 QUESTIONS = {
@@ -192,7 +196,11 @@ def main(args) -> int:
             f" ({counts['sales_order']:,} sales orders, {counts['payment']:,} payments)",
         )
 
-        chain = LocalChain(endpoint, StackNames(), source, warehouse, iceberg=True)
+        metrics_path = metricstore.state_dir() / "demo" / "metrics.jsonl"
+        metrics_path.unlink(missing_ok=True)
+        chain = LocalChain(
+            endpoint, StackNames(), source, warehouse, metrics_path=metrics_path, iceberg=True
+        )
         chain.prepare()
         _say(
             started,
@@ -219,6 +227,11 @@ def main(args) -> int:
             _fail(report)
             _say(started, f"round {n}: " + _cycle_line(report))
 
+        for n in range(1, QUIET_ROUNDS + 1):  # the heartbeat: fresh while nothing changes
+            report = chain.run_cycle()
+            _fail(report)
+            _say(started, f"quiet round {n} (no activity): " + _cycle_line(report))
+
         print("\nWhat the warehouse can answer now:\n", flush=True)
         print(answers(warehouse), flush=True)
         print(
@@ -230,6 +243,20 @@ def main(args) -> int:
         print(verdicts, flush=True)
         print("  Both targets agree." if agree else "  The targets DISAGREE.", flush=True)
         print()
+        png, page, drawn = dashboard.write(
+            cloudwatch.load_template(),
+            dashboard.names_from_record(chain.local_names()),
+            chain.datapoints,
+            metrics_path.parent,
+        )
+        states = [e for p in drawn if p.kind == "alarm" for e in p.alarms]
+        alarming = [e.alarm for e in states if e.in_alarm]
+        _say(
+            started,
+            f"the stack's CloudWatch dashboard drawn from this run's {len(chain.datapoints)}"
+            f" datapoints ({len(states)} alarms, in alarm: {', '.join(alarming) or 'none'}):"
+            f"\n    {png}\n    {page}",
+        )
         if not agree:
             raise SystemExit("demo: the Iceberg tables answer differently from the warehouse")
         _say(started, "done; stopping PostgreSQL and the emulator and deleting their data")
