@@ -527,6 +527,8 @@ class LocalChain:
         """Redrive the S3 events on the failure queue (what an operator does after fixing the
         cause): each goes to its stage again under the same retry rule. Failed scheduled
         ingests are dropped: the next run covers their window, the capture state never moved.
+        With the Iceberg target on, its own failure queue is redriven to it alone (a failed
+        maintenance run is dropped likewise: the next scheduled one does its work).
 
         A record is deleted from the queue only once its redrive succeeds; one that fails
         again stays as it was (no second record), so the queue's oldest-message age keeps
@@ -567,8 +569,8 @@ class LocalChain:
             for record in iceberg_queue.receive_all(hold_seconds=VISIBILITY_TIMEOUT_SECONDS):
                 # Lambda's on-failure record wraps the event; EventBridge's DLQ holds it bare.
                 event = record.event or (record.body if "detail" in record.body else {})
-                if not event:
-                    iceberg_queue.delete(record)
+                if not event or event.get("action") == "maintain":
+                    iceberg_queue.delete(record)  # a failed maintenance: the next one covers it
                     continue
                 report.replayed += 1
                 if self._handle(Delivery("iceberg", event), report, record_failure=False):
