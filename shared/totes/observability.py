@@ -226,8 +226,10 @@ _SPECS = (
         "IcebergFreshnessSeconds",
         MetricUnit.Seconds,
         SERVICE,
-        ("iceberg",),
-        "Now minus the capture time of the batch just committed (or found already committed).",
+        ("ingest", "iceberg"),
+        "Now minus the newest source capture time the Iceberg tables are known to hold, by"
+        " WarehouseFreshnessSeconds' rule: ingest emits it on every run from the target's"
+        " committed marker (the heartbeat), the Iceberg function after each batch.",
     ),
     *(
         MetricSpec(name, MetricUnit.Count, SERVICE, ("iceberg",), meaning)

@@ -167,6 +167,9 @@ def test_the_role_reaches_only_what_the_target_needs(expanded):
             (a, f"{ICEBERG}/warehouse/*", NULL)
             for a in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject")
         },
+        # the committed marker ingest reads (the target's freshness heartbeat)
+        ("s3:GetObject", f"{ICEBERG}/state/iceberg-committed.json", NULL),
+        ("s3:PutObject", f"{ICEBERG}/state/iceberg-committed.json", NULL),
         *{
             (a, r, NULL)
             for a in (
@@ -207,7 +210,7 @@ def test_only_the_iceberg_role_writes_the_tables_and_the_bucket_is_closed_and_en
         "Effect": "Deny",
         "Principal": "*",
         "Action": ["s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"],
-        "Resource": "<IcebergBucket.Arn>/warehouse/*",
+        "Resource": ["<IcebergBucket.Arn>/warehouse/*", "<IcebergBucket.Arn>/state/*"],
         "Condition": {"ArnNotEquals": {"aws:PrincipalArn": ["<IcebergRole.Arn>"]}},
     }
     bucket = res["IcebergBucket"]["Properties"]
@@ -256,27 +259,52 @@ def test_no_lifecycle_rule_expires_or_archives_the_tables_data_or_metadata(expan
     assert output.endswith("/athena-results/")
 
 
+def test_ingest_reads_the_targets_committed_marker_only_with_the_target(expanded):
+    """The Iceberg target's heartbeat: with it on, ingest may read its committed marker (one
+    object) and, with KmsKeyArn, decrypt objects of the Iceberg bucket through S3; nothing
+    else of the bucket, and nothing at all without the target."""
+    role = expanded["Resources"]["IngestRole"]
+    marker = f"{ICEBERG}/state/iceberg-committed.json"
+    assert grants(role, iceberg=True) - grants(role) == {("s3:GetObject", marker, NULL)}
+    added = grants(role, has_kms=True, iceberg=True) - grants(role, has_kms=True)
+    assert {(a, r) for a, r, _ in added} == {
+        ("s3:GetObject", marker),
+        ("kms:Decrypt", "<KmsKeyArn>"),
+    }
+    (kms,) = [c for a, _, c in added if a == "kms:Decrypt"]
+    assert json.loads(kms) == {
+        "StringEquals": {
+            "kms:ViaService": "s3.REGION.amazonaws.com",
+            "kms:EncryptionContext:aws:s3:arn": ICEBERG,
+        }
+    }
+    assert not [g for g in grants(role, has_kms=True) if "iceberg" in g[1] or "iceberg" in g[2]]
+
+
 def test_the_iceberg_alarms_read_the_catalogues_metrics_with_their_exact_dimensions(expanded):
-    """The alarms read what the function emits (tests/e2e/test_operations.py checks every
-    alarm and widget against a local run's real EMF with the target on); the freshness alarm
-    reads the newest batch of a window and a quiet source (no batch) is not a breach."""
+    """The alarms read what the code emits (tests/e2e/test_operations.py checks every alarm
+    and widget against a local run's real EMF with the target on). The freshness alarm is the
+    pipeline's FreshnessAlarm over the target's own heartbeat: every ingest run reports it, so
+    a quiet source reads about 0 and a window with no report at all breaches."""
     res = iceberg_resources(expanded)
     fresh = res["IcebergFreshnessAlarm"]["Properties"]
+    threshold = {"Ref": "FreshnessThresholdSeconds"}
     assert {k: v for k, v in fresh.items() if k != "AlarmDescription"} == {
         "Namespace": "TerrificTotes",
         "MetricName": "IcebergFreshnessSeconds",
-        "Dimensions": [{"Name": "service", "Value": "iceberg"}],
-        "Statistic": "Minimum",
-        "Period": 300,
+        "Dimensions": [{"Name": "service", "Value": "ingest"}],
+        "Statistic": "Maximum",
+        "Period": threshold,
         "EvaluationPeriods": 1,
-        "Threshold": {"Ref": "FreshnessThresholdSeconds"},
+        "DatapointsToAlarm": 1,
+        "Threshold": threshold,
         "ComparisonOperator": "GreaterThanThreshold",
-        "TreatMissingData": "notBreaching",
+        "TreatMissingData": "breaching",
         "AlarmActions": [{"Ref": "AlarmTopic"}],
         "OKActions": [{"Ref": "AlarmTopic"}],
     }
     spec = CATALOGUE["IcebergFreshnessSeconds"]
-    assert (spec.dimensions, spec.stages) == (("service",), ("iceberg",))
+    assert (spec.dimensions, spec.stages) == (("service",), ("ingest", "iceberg"))
     age = res["IcebergFailureQueueAgeAlarm"]["Properties"]
     assert (age["MetricName"], age["Dimensions"], age["Threshold"]) == (
         "ApproximateAgeOfOldestMessage",

@@ -159,3 +159,16 @@ def test_an_alarm_counts_missing_periods_as_its_treat_missing_data_says():
     assert evaluate(heartbeat, stale, timeline).state == "ALARM"
     quiet_ok = Alarm("B", query, 300, 1, 1, 100.0, "GreaterThanThreshold", "notBreaching")
     assert evaluate(quiet_ok, silent, timeline).state == "OK"
+
+
+def test_a_marker_moves_forward_only_by_capture_sequence_then_batch_id():
+    """The Iceberg function keeps its committed marker as load keeps the loaded one: a batch
+    delivered late (older sequence, or an older part of the same run) never moves it back."""
+
+    when = datetime(2026, 11, 1, tzinfo=UTC)
+    newest = LoadedMarker("c0000000000000000812-001", 812, when)
+    assert newest.newer_than(None)
+    assert newest.newer_than(LoadedMarker("c0000000000000000812-000", 812, when))
+    assert newest.newer_than(LoadedMarker("c0000000000000000811-004", 811, when))
+    assert not newest.newer_than(newest)
+    assert not LoadedMarker("c0000000000000000811-009", 811, when).newer_than(newest)

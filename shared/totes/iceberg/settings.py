@@ -37,6 +37,13 @@ class IcebergSettings:
     orphan_age_hours: int = 24
     target_file_mb: int = 128
 
+    @property
+    def bucket(self) -> str | None:
+        """The bucket of an ``s3://`` warehouse (it also holds the committed marker); None for
+        a local ``file://`` one."""
+        scheme, _, rest = self.warehouse.partition("://")
+        return rest.split("/", 1)[0] if scheme == "s3" else None
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> IcebergSettings:
         env = os.environ if env is None else env

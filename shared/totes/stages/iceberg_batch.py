@@ -30,14 +30,20 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.client import BaseClient
 from pyiceberg.catalog import Catalog
 
-from totes import manifest_checks
+from totes import freshness, manifest_checks
 from totes.errors import LoadFailed
 from totes.freshness import seconds_since
 from totes.iceberg.batch import BatchResult, apply_batch
 from totes.iceberg.catalog import ensure_tables, open_catalog
 from totes.iceberg.maintenance import maintain
 from totes.iceberg.settings import IcebergSettings
-from totes.lake import MANIFEST_PREFIX, MANIFEST_SUFFIX, Lake, batch_id_from_manifest_key
+from totes.lake import (
+    ICEBERG_COMMITTED_KEY,
+    MANIFEST_PREFIX,
+    MANIFEST_SUFFIX,
+    Lake,
+    batch_id_from_manifest_key,
+)
 from totes.observability import emit, logger
 from totes.stages import runtime
 from totes.stages.load_batch import read_batch
@@ -105,6 +111,9 @@ def _load(
         raise LoadFailed(f"batch {batch_id}: {manifest_key}: {'; '.join(refused)}")
     tables = read_batch(lake, manifest)
     result = apply_batch(target, settings.database, manifest, tables)
+    # Committed (or found committed): what follows cannot undo it, and a retry finds the batch
+    # in the ledger and does this again.
+    record_committed(s3_client, settings, batch_id, manifest.extra)
     emit("IcebergCommitConflicts", result.conflicts)
     emit("IcebergCommits", result.commits)
     freshness = _freshness((manifest.extra or {}).get("hi_utc"))
@@ -118,6 +127,25 @@ def _load(
         extra={"rows": rows, "commits": result.commits, "freshness_seconds": freshness},
     )
     return {"status": "loaded", "batch_id": batch_id, "rows": rows, "commits": result.commits}
+
+
+def record_committed(
+    s3_client: BaseClient, settings: IcebergSettings, batch_id: str, extra: Any
+) -> freshness.LoadedMarker | None:
+    """Move the Iceberg target's committed marker (``totes.freshness``) forward to this batch
+    when it is newer than the one the marker names; ingest reads it on every run (the
+    target's freshness heartbeat). The function runs one invocation at a time (reserved
+    concurrency 1), so reading and writing the marker cannot race another batch."""
+    capture = manifest_checks.capture(extra)
+    if settings.bucket is None or not capture.hi_utc:
+        return None
+    lake = Lake(s3_client, settings.bucket)
+    mine = freshness.LoadedMarker(
+        batch_id, capture.seq, manifest_checks.parse_hi_utc(capture.hi_utc)
+    )
+    if mine.newer_than(freshness.read_marker(lake, ICEBERG_COMMITTED_KEY)):
+        freshness.write_marker(lake, mine, ICEBERG_COMMITTED_KEY)
+    return mine
 
 
 def _emit(result: BatchResult) -> None:

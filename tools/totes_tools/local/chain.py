@@ -380,6 +380,8 @@ class LocalChain:
         iceberg = {}
         if self.iceberg and stage == "iceberg":
             iceberg = self.iceberg.function_env(self.names)
+        elif self.iceberg and stage == "ingest":  # it reads the target's committed marker
+            iceberg = {"ICEBERG_BUCKET": self.iceberg.bucket}
         return {
             **self.names.function_env(),
             **iceberg,
