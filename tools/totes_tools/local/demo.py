@@ -85,11 +85,21 @@ def _cycle_line(report: CycleReport) -> str:
         iceberg_part = f", Iceberg {len(iceberg.batches)} batch(es) in {iceberg.seconds:.1f} s"
     else:
         iceberg_part = ""
+    heartbeat = [
+        p.value
+        for p in report.datapoints
+        if p.name == "IcebergFreshnessSeconds" and p.dimensions == {"service": "ingest"}
+    ]
     return (
         f"ingest {rows['ingest']:,} rows in {len(report.stages['ingest'].batches)} batch(es),"
         f" transform {rows['transform']:,}, load {rows['load']:,} ({new:,} new rows,"
         f" {changed:,} dimension rows updated){iceberg_part}; {report.seconds:.1f} s"
         + (f"; warehouse freshness {fresh:.1f} s" if fresh is not None else "")
+        + (
+            f"; Iceberg tables' freshness (ingest heartbeat) {heartbeat[-1]:.1f} s"
+            if heartbeat
+            else ""
+        )
     )
 
 
@@ -231,6 +241,24 @@ def main(args) -> int:
             report = chain.run_cycle()
             _fail(report)
             _say(started, f"quiet round {n} (no activity): " + _cycle_line(report))
+        maintenance = chain.maintain_iceberg()  # the target's schedule fires once
+        chain.end_cycle(maintenance)
+        _fail(maintenance)
+        done = maintenance.stages["iceberg"]
+        totals = {
+            name: int(sum(done.metric_total(metric).values()))
+            for name, metric in (
+                ("files compacted", "IcebergFilesCompacted"),
+                ("snapshots expired", "IcebergSnapshotsExpired"),
+                ("files removed", "IcebergFilesRemoved"),
+            )
+        }
+        _say(
+            started,
+            "Iceberg maintenance (its schedule): "
+            + ", ".join(f"{v} {k}" for k, v in totals.items())
+            + f"; {done.seconds:.1f} s",
+        )
 
         print("\nWhat the warehouse can answer now:\n", flush=True)
         print(answers(warehouse), flush=True)
