@@ -45,6 +45,7 @@ EXPECTED = {
     (("iceberg-bench",), "--scale"): (1, 10_000_000),
     (("iceberg-bench",), "--cycles"): (1, 1_000),
     (("iceberg-bench",), "--maintenance-age-hours"): (1, 1_000),
+    (("iceberg-bench",), "--maintain-every"): (1, 1_000),
     (("warehouse", "verify"), "--range-keys"): (1, 2**31),
     (("warehouse", "verify"), "--show"): (0, 1_000_000),
     (("sam-local", "serve"), "--port"): (1, 65_535),

@@ -224,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     iceberg_bench.add_argument("--scale", type=SCALE_OPTION, default=300_000)
     iceberg_bench.add_argument("--cycles", type=ROUNDS_OPTION, default=100)
     iceberg_bench.add_argument("--maintenance-age-hours", type=ROUNDS_OPTION, default=73)
+    iceberg_bench.add_argument(
+        "--maintain-every",
+        type=ROUNDS_OPTION,
+        default=None,
+        metavar="K",
+        help="run maintenance after every K incremental cycles (default: only at the end)",
+    )
     iceberg_bench.add_argument("--output", default="iceberg-bench.json")
 
     bench = sub.add_parser("bench", help="throughput and memory per stage, with baselines")
