@@ -58,3 +58,41 @@ def test_settings_have_defaults_and_a_missing_or_malformed_variable_is_named():
         IcebergSettings.from_env({**ENV, "ICEBERG_WAREHOUSE": "bucket/prefix"})
     with pytest.raises(ConfigurationError, match="ICEBERG_ORPHAN_AGE_HOURS"):
         IcebergSettings.from_env({**ENV, "ICEBERG_ORPHAN_AGE_HOURS": "0"})
+
+
+@pytest.mark.parametrize("forgery", ["hi_utc_now", "other_batch", "no_files"])
+def test_a_forged_processed_manifest_is_refused_before_a_file_is_read_or_a_table_touched(
+    monkeypatch, forgery
+):
+    """The checks load makes (issue 14, manifest_checks) guard the Iceberg target too: the same
+    manifests feed both. A refused batch is timed like any failure."""
+    import json
+
+    from test_manifest_checks import processed_manifest
+
+    from totes.errors import LoadFailed
+    from totes.lake import Lake, Manifest, manifest_key
+    from totes.stages import iceberg_batch
+
+    data = processed_manifest()
+    key = manifest_key(data["batch_id"])
+    if forgery == "hi_utc_now":
+        data["extra"]["hi_utc"] = "now"
+    elif forgery == "other_batch":
+        key = manifest_key("c0000000000000000001-000")
+    else:
+        data["files"] = []
+    manifest = Manifest.from_json(json.dumps(data))
+    monkeypatch.setattr(Lake, "get_manifest", lambda lake, k: manifest)
+
+    def untouchable(*args, **kwargs):
+        raise AssertionError("read or committed a refused batch")
+
+    monkeypatch.setattr(iceberg_batch, "read_batch", untouchable)
+    monkeypatch.setattr(iceberg_batch, "apply_batch", untouchable)
+    emitted = []
+    monkeypatch.setattr(iceberg_batch, "emit", lambda name, value, **d: emitted.append(name))
+
+    with pytest.raises(LoadFailed, match=key.replace(".", r"\.")):
+        iceberg_batch.load(key, IcebergSettings.from_env(ENV), object(), object())
+    assert emitted == ["IcebergDurationSeconds"]
