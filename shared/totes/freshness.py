@@ -12,6 +12,11 @@ loads finish in. Ingest reads the marker on every run, with or without changes, 
   nothing new, up to this run's snapshot: a quiet, caught-up source reads about 0 s;
 - otherwise only up to the marker's capture time (batches are in flight, or stuck).
 
+With the optional Iceberg target on, the Iceberg function keeps the same marker for its tables
+(``state/iceberg-committed.json`` in the Iceberg bucket, moved forward after each batch it
+commits or finds committed) and ingest emits ``IcebergFreshnessSeconds`` from it by the same
+rule: each target's heartbeat, neither waiting on the other.
+
 So the value grows only when captures stop reaching the warehouse (load failing, transform
 stuck, ingest failing: a failed run still reports), never because the source is quiet. What it
 cannot see: a batch that failed while newer ones loaded (batches load in any order). The
@@ -60,17 +65,24 @@ class LoadedMarker:
             raise ValueError("hi_utc carries no time zone")
         return cls(str(data["batch_id"]), int(data["capture_seq"]), hi_utc.astimezone(UTC))
 
+    def newer_than(self, other: LoadedMarker | None) -> bool:
+        """Newest is the greatest capture sequence, then batch id (``ledger.newest``'s order)."""
+        return other is None or (self.capture_seq, self.batch_id) > (
+            other.capture_seq,
+            other.batch_id,
+        )
 
-def write_marker(lake: Lake, marker: LoadedMarker) -> None:
+
+def write_marker(lake: Lake, marker: LoadedMarker, key: str = LOADED_KEY) -> None:
     body = json.dumps(marker.to_json(), sort_keys=True).encode()
-    lake.put_bytes(LOADED_KEY, body, "application/json")
+    lake.put_bytes(key, body, "application/json")
 
 
-def read_marker(lake: Lake) -> LoadedMarker | None:
-    """The loaded marker, None when no batch was loaded yet or the marker is damaged (logged:
-    load rewrites it after its next batch)."""
+def read_marker(lake: Lake, key: str = LOADED_KEY) -> LoadedMarker | None:
+    """The loaded marker (``key``: the Iceberg target's), None when no batch was loaded yet or
+    the marker is damaged (logged: its writer rewrites it after its next batch)."""
     try:
-        body = lake.get_bytes(LOADED_KEY)
+        body = lake.get_bytes(key)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in _MISSING:
             return None
@@ -78,7 +90,7 @@ def read_marker(lake: Lake) -> LoadedMarker | None:
     try:
         return LoadedMarker.from_json(json.loads(body))
     except (ValueError, KeyError, TypeError) as exc:
-        logger.error("loaded marker unreadable", extra={"key": LOADED_KEY, "problem": str(exc)})
+        logger.error("loaded marker unreadable", extra={"key": key, "problem": str(exc)})
         return None
 
 

@@ -43,6 +43,9 @@ STATE_KEY = f"{STATE_PREFIX}latest.json"
 # In the processed bucket: the newest batch the warehouse ledger holds and its capture time,
 # written by load after each batch; ingest reads it on every run (the freshness heartbeat).
 LOADED_KEY = f"{STATE_PREFIX}loaded.json"
+# In the Iceberg bucket (the optional target, issue 17): the same marker for the Iceberg tables,
+# written by the Iceberg function after each batch; ingest reads it too when the target is on.
+ICEBERG_COMMITTED_KEY = f"{STATE_PREFIX}iceberg-committed.json"
 
 
 def data_key(prefix: str, table: str, batch_id: str, part: int = 0) -> str:

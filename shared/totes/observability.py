@@ -184,11 +184,73 @@ _SPECS = (
         " it on every run (the heartbeat: a quiet source whose captures are all loaded reads"
         " about 0), load after each batch, loaded or already loaded.",
     ),
+    # -- the optional Iceberg target (issue 17; IcebergTarget=ENABLED) -----------------------
+    *(
+        MetricSpec(
+            f"IcebergRows{outcome.title()}",
+            MetricUnit.Count,
+            PER_TABLE,
+            ("iceberg",),
+            f"Iceberg table rows {meaning} by a batch, per star table.",
+        )
+        for outcome, meaning in (
+            ("inserted", "inserted"),
+            ("updated", "updated (dimension rows moved forward)"),
+            ("parked", "parked (facts waiting for a dimension row set aside)"),
+            ("deleted", "marked deleted at the source"),
+        )
+    ),
+    MetricSpec(
+        "IcebergCommits",
+        MetricUnit.Count,
+        SERVICE,
+        ("iceberg",),
+        "Table commits (snapshots) a batch added; 0 for a batch already committed.",
+    ),
+    MetricSpec(
+        "IcebergCommitConflicts",
+        MetricUnit.Count,
+        SERVICE,
+        ("iceberg",),
+        "Commits the catalog refused because another writer moved a table first (each was"
+        " re-planned and retried).",
+    ),
+    MetricSpec(
+        "IcebergDurationSeconds",
+        MetricUnit.Seconds,
+        SERVICE,
+        ("iceberg",),
+        "Wall time of one batch, whatever its outcome (committed, already committed, failed).",
+    ),
+    MetricSpec(
+        "IcebergFreshnessSeconds",
+        MetricUnit.Seconds,
+        SERVICE,
+        ("ingest", "iceberg"),
+        "Now minus the newest source capture time the Iceberg tables are known to hold, by"
+        " WarehouseFreshnessSeconds' rule: ingest emits it on every run from the target's"
+        " committed marker (the heartbeat), the Iceberg function after each batch.",
+    ),
+    *(
+        MetricSpec(name, MetricUnit.Count, SERVICE, ("iceberg",), meaning)
+        for name, meaning in (
+            ("IcebergFilesCompacted", "Data files a maintenance run rewrote into larger ones."),
+            ("IcebergSnapshotsExpired", "Snapshots a maintenance run expired."),
+            ("IcebergFilesRemoved", "Files no snapshot references, deleted by maintenance."),
+        )
+    ),
+    MetricSpec(
+        "IcebergMaintenanceSeconds",
+        MetricUnit.Seconds,
+        SERVICE,
+        ("iceberg",),
+        "Wall time of one maintenance run, a failed one included.",
+    ),
     MetricSpec(
         "ColdStart",
         MetricUnit.Count,
         ("function_name", "service"),
-        ("ingest", "transform", "load"),
+        ("ingest", "transform", "load", "iceberg"),
         "1 for the first invocation of a container (Powertools' own metric).",
         emitter="powertools",
     ),

@@ -82,6 +82,8 @@ class IngestSettings:
     # Where load's loaded marker is read from (the freshness heartbeat); None: not measured.
     processed_bucket: str | None = None
     raw_retention_days: int = 30
+    # With the optional Iceberg target: where its committed marker is read from; None: off.
+    iceberg_bucket: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> IngestSettings:
@@ -93,6 +95,7 @@ class IngestSettings:
             chunk_rows=_read(env, "INGEST_CHUNK_ROWS", CHUNK_ROWS, 100_000),
             processed_bucket=_read(env, "PROCESSED_BUCKET", str, None),
             raw_retention_days=_read(env, "RAW_RETENTION_DAYS", RETENTION_DAYS, 30),
+            iceberg_bucket=_read(env, "ICEBERG_BUCKET", str, None) or None,
         )
 
 

@@ -83,6 +83,16 @@ def test_the_demo_loads_runs_incremental_rounds_and_answers_bi_questions(tmp_pat
     assert (drawn / "dashboard.png").read_bytes()[:4] == b"\x89PNG"
     assert "data:image/png;base64," in (drawn / "dashboard.html").read_text()
     assert "in alarm: none" in out
+    # the Iceberg target: every question answered alike by both, its heartbeat while quiet,
+    # its maintenance, its dashboard drawn below the pipeline's
+    assert "Both targets agree." in out
+    assert out.count(": the same ") == 4
+    quiet = next(line for line in out.splitlines() if "quiet round 2 (no activity)" in line)
+    assert "Iceberg tables' freshness (ingest heartbeat)" in quiet
+    assert "Iceberg maintenance (its schedule):" in out
+    page = (drawn / "dashboard.html").read_text()
+    assert "Iceberg freshness" in page
+    assert "IcebergFreshnessAlarm" in page
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import pytest
 from ops_support import age_messages
 
 from totes.db import connect
-from totes.lake import LOADED_KEY, STATE_KEY, Lake, manifest_key
+from totes.lake import ICEBERG_COMMITTED_KEY, LOADED_KEY, STATE_KEY, Lake, manifest_key
 from totes.observability import CATALOGUE
 from totes_tools.local.chain import LocalChain
 from totes_tools.ops import cloudwatch, dashboard, metricstore
@@ -135,6 +135,54 @@ def test_a_real_stall_breaches_freshness_while_a_quiet_one_never_does(make_chain
     assert state(chain, alarms["FreshnessAlarm"]) == "ALARM"
 
 
+def test_the_iceberg_targets_heartbeat_stays_fresh_when_quiet_and_breaches_when_it_stalls(
+    make_chain, source, template
+):
+    """With the target on, every ingest run also reports how current the Iceberg tables are,
+    from the target's committed marker, by the warehouse's rule. Quiet: both fresh. The
+    Iceberg function stalls (its commits fail) while the warehouse keeps loading: only the
+    Iceberg freshness alarm breaches once its marker is an hour old."""
+    chain = make_chain(source, iceberg=True)
+    alarms = alarms_of(template, chain)
+    cycle_ok(chain)  # the initial load, into both targets
+
+    def iceberg_heartbeats(cycle: int) -> list[float]:
+        return [
+            p.value
+            for p in chain.datapoints
+            if p.cycle == cycle
+            and p.name == "IcebergFreshnessSeconds"
+            and p.dimensions == {"service": "ingest"}
+        ]
+
+    for cycle in (1, 2):  # a source where nothing happens
+        report = cycle_ok(chain)
+        assert report.stages["ingest"].batches == []
+        (fresh,) = iceberg_heartbeats(cycle)
+        assert fresh < 60  # caught up to this run's snapshot
+        assert state(chain, alarms["IcebergFreshnessAlarm"]) == "OK"
+    assert {e.alarm for e in _all(template, chain) if e.in_alarm} == set()
+
+    iceberg = Lake(chain.s3, chain.iceberg.bucket)
+    marker = json.loads(iceberg.get_bytes(ICEBERG_COMMITTED_KEY))
+    assert marker["batch_id"] == json.loads(chain.processed.get_bytes(LOADED_KEY))["batch_id"]
+    marker["hi_utc"] = (datetime.fromisoformat(marker["hi_utc"]) - timedelta(hours=1)).isoformat()
+    iceberg.put_bytes(ICEBERG_COMMITTED_KEY, json.dumps(marker).encode(), "application/json")
+
+    def stuck(event, context):
+        raise RuntimeError("the Iceberg function is stuck")
+
+    chain._handlers["iceberg"] = stuck
+    write_sql(chain.source, NEW_DESIGN)
+    chain.run_cycle()  # a batch is captured; the warehouse loads it, the Iceberg target fails
+    chain.run_cycle()  # the next run: that batch is not in the Iceberg tables
+
+    (fresh,) = iceberg_heartbeats(chain.cycle - 1)
+    assert fresh > 3600
+    assert state(chain, alarms["IcebergFreshnessAlarm"]) == "ALARM"
+    assert state(chain, alarms["FreshnessAlarm"]) == "OK"  # the warehouse is current
+
+
 # -- a stuck pipeline looks stuck -------------------------------------------------------------
 
 
@@ -237,12 +285,15 @@ def _all(template, chain: LocalChain) -> list[cloudwatch.Evaluation]:
     ]
 
 
+@pytest.mark.parametrize("iceberg", [False, True], ids=["pipeline", "with-iceberg-target"])
 def test_every_alarm_and_widget_reads_a_metric_the_chain_emitted_and_every_one_is_shown(
-    make_chain, source, template, tmp_path
+    make_chain, source, template, tmp_path, iceberg
 ):
     """A run that exercises every metric: an initial load, a batch quarantined whole, a row set
-    aside, quiet runs. Its real EMF output (kept in the run's JSON-lines file) is checked against
-    the catalogue, and every alarm and dashboard widget of template.yaml against it."""
+    aside, quiet runs (and with the Iceberg target on, its commits and a maintenance run, as
+    IcebergTarget=ENABLED deploys them). Its real EMF output (kept in the run's JSON-lines
+    file) is checked against the catalogue, and every alarm and dashboard widget of
+    template.yaml that exists in that configuration against it."""
     corrupt = []
 
     def damage(stage, deliveries):
@@ -254,7 +305,7 @@ def test_every_alarm_and_widget_reads_a_metric_the_chain_emitted_and_every_one_i
         return deliveries
 
     path = tmp_path / "metrics.jsonl"
-    chain = make_chain(source, deliver=damage, metrics_path=path)
+    chain = make_chain(source, deliver=damage, metrics_path=path, iceberg=iceberg)
     cycle_ok(chain)
     write_sql(chain.source, NEW_DESIGN)
     corrupt.append(True)
@@ -265,6 +316,10 @@ def test_every_alarm_and_widget_reads_a_metric_the_chain_emitted_and_every_one_i
         " WHERE sales_order_id = 2",
     )
     cycle_ok(chain)
+    if iceberg:  # the maintenance schedule fires between two runs
+        maintenance = chain.maintain_iceberg()
+        assert maintenance.ok, maintenance.format()
+        chain.end_cycle(maintenance)
     cycle_ok(chain)
 
     points, recorded = metricstore.read(path)
@@ -275,10 +330,19 @@ def test_every_alarm_and_widget_reads_a_metric_the_chain_emitted_and_every_one_i
         spec = CATALOGUE[p.name]
         assert tuple(sorted(p.dimensions)) == tuple(sorted(spec.dimensions)), p
         assert p.dimensions["service"] in spec.stages, p
-    assert {p.name for p in ours} == set(CATALOGUE)  # and every one of them
+    expected = {n for n in CATALOGUE if iceberg or not n.startswith("Iceberg")}
+    assert {p.name for p in ours} == expected  # and every one of them
+    if iceberg:
+        cold = {p.dimensions["service"] for p in ours if p.name == "ColdStart"}
+        assert cold == {"ingest", "transform", "load", "iceberg"}
 
     names = dashboard.names_from_record(recorded)
-    for name, alarm in cloudwatch.alarms_from_template(template, names).items():
+    alarms = cloudwatch.alarms_from_template(template, names)
+    optional = {
+        n for n, r in template["Resources"].items() if r.get("Condition") == "IcebergEnabled"
+    }
+    assert bool(set(alarms) & optional) == iceberg  # the target's alarms exist only with it
+    for name, alarm in alarms.items():
         assert any(alarm.query.matches(m) for m in emitted), f"{name} reads nothing emitted"
     body = cloudwatch.dashboard_body(template, names)
     queries = [q for w in body["widgets"] for q in cloudwatch.widget_queries(w)]
@@ -372,3 +436,49 @@ def test_every_stage_reports_its_duration_when_it_fails_too(
         down = chain.run_cycle()  # the redriven transform passes; its load fails
     assert [(f.stage, f.attempts) for f in down.failures] == [("load", 3)]
     assert timed(chain.cycle - 1, "LoadDurationSeconds") == 3
+
+
+def test_the_iceberg_stage_reports_its_durations_when_it_fails_and_trips_its_own_alarms(
+    make_chain, source, template, monkeypatch
+):
+    """With the target on, a failing Iceberg commit is timed on each attempt and trips the
+    Iceberg errors and failure queue alarms, not the pipeline's; a failing maintenance run is
+    timed too. The warehouse load of the same batch is untouched."""
+    from totes.stages import iceberg_batch
+
+    chain = make_chain(source, iceberg=True)
+    alarms = alarms_of(template, chain)
+    cycle_ok(chain)
+
+    def timed(cycle: int, name: str) -> int:
+        return sum(
+            1
+            for p in chain.datapoints
+            if p.cycle == cycle and p.name == name and p.dimensions == {"service": "iceberg"}
+        )
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("the Iceberg commit fails inside the stage")
+
+    monkeypatch.setattr(iceberg_batch, "apply_batch", failing)
+    monkeypatch.setattr(iceberg_batch, "maintain", failing)
+    write_sql(chain.source, NEW_DESIGN)
+    failed = chain.run_cycle()
+    assert [(f.stage, f.attempts) for f in failed.failures] == [("iceberg", 3)]
+    assert len(failed.stages["load"].batches) == 1  # the warehouse took the batch
+    assert timed(chain.cycle - 1, "IcebergDurationSeconds") == 3
+    assert state(chain, alarms["IcebergErrorsAlarm"]) == "ALARM"
+    assert state(chain, alarms["IcebergFailureQueueDepthAlarm"]) == "ALARM"
+    assert state(chain, alarms["LoadErrorsAlarm"]) == "OK"
+    assert state(chain, alarms["FailureQueueDepthAlarm"]) == "OK"
+
+    maintenance = chain.maintain_iceberg()
+    chain.end_cycle(maintenance)
+    assert [(f.stage, f.attempts) for f in maintenance.failures] == [("iceberg", 3)]
+    assert timed(chain.cycle - 1, "IcebergMaintenanceSeconds") == 3
+
+    monkeypatch.undo()
+    redriven = chain.run_cycle()  # the failure queue's record goes to the Iceberg stage again
+    assert redriven.ok, redriven.format()
+    assert redriven.replayed == 1
+    assert state(chain, alarms["IcebergFailureQueueDepthAlarm"]) == "OK"

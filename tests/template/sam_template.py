@@ -113,26 +113,31 @@ def policies(role: dict, has_kms: bool) -> list[dict]:
     return out
 
 
-def statements(policy: dict, has_vpc: bool) -> list[dict]:
-    """A policy's statements as deployed with or without SubnetIds: ``!If [HasVpc, s, NoValue]``
-    resolved (HasVpc is the only condition a statement may carry)."""
+def statements(policy: dict, has_vpc: bool, iceberg: bool = False) -> list[dict]:
+    """A policy's statements as deployed with or without SubnetIds and the Iceberg target:
+    ``!If [HasVpc, s, NoValue]`` and ``!If [IcebergEnabled, s, NoValue]`` resolved (the only
+    conditions a statement may carry)."""
     out = []
+    holds = {"HasVpc": has_vpc, "IcebergEnabled": iceberg}
     for stmt in as_list(policy["PolicyDocument"]["Statement"]):
         if "Fn::If" in stmt:
             condition, when_true, when_false = stmt["Fn::If"]
-            assert condition == "HasVpc"
-            stmt = when_true if has_vpc else when_false
+            assert condition in holds, condition
+            stmt = when_true if holds[condition] else when_false
             if stmt == NO_VALUE:
                 continue
         out.append(stmt)
     return out
 
 
-def grants(role: dict, has_vpc: bool = False, has_kms: bool = False) -> set[tuple]:
-    """Every (action, resource, condition) an IAM role's inline policies allow, rendered."""
+def grants(
+    role: dict, has_vpc: bool = False, has_kms: bool = False, iceberg: bool = False
+) -> set[tuple]:
+    """Every (action, resource, condition) an IAM role's inline policies allow, rendered
+    (``iceberg``: with IcebergTarget=ENABLED)."""
     out = set()
     for policy in policies(role, has_kms):
-        for stmt in statements(policy, has_vpc):
+        for stmt in statements(policy, has_vpc, iceberg):
             assert stmt["Effect"] == "Allow"
             condition = json.dumps(render(stmt.get("Condition")), sort_keys=True)
             for action in as_list(stmt["Action"]):

@@ -20,6 +20,8 @@ FUNCTION_ENV = {
     "IDEMPOTENCY_TABLE": "idempotency",
     "SOURCE_SECRET_ID": "source",
     "WAREHOUSE_SECRET_ID": "warehouse",
+    "ICEBERG_WAREHOUSE": "s3://iceberg/warehouse",
+    "ICEBERG_DATABASE": "star",
     "AWS_DEFAULT_REGION": "eu-west-2",
 }
 

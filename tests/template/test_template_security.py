@@ -159,7 +159,7 @@ def test_the_break_glass_role_is_optional_and_must_be_a_role_arn(template):
 
 
 def _props(expanded: dict, name: str, has_kms: bool) -> dict:
-    conditions = {"HasKmsKey": has_kms, "HasAccessLogs": False}
+    conditions = {"HasKmsKey": has_kms, "HasAccessLogs": False, "IcebergEnabled": False}
     return resolve(expanded["Resources"][name]["Properties"], conditions)
 
 
@@ -314,12 +314,12 @@ def test_s3_access_logging_is_optional_into_a_bucket_only_s3_logging_may_write(t
     )
     for bucket, prefix in (("RawBucket", "raw-bucket/"), ("ProcessedBucket", "processed-bucket/")):
         props = res[bucket]["Properties"]
-        assert resolve(props, {"HasAccessLogs": True, "HasKmsKey": False})[
-            "LoggingConfiguration"
-        ] == {"DestinationBucketName": {"Ref": "AccessLogBucket"}, "LogFilePrefix": prefix}
-        assert "LoggingConfiguration" not in resolve(
-            props, {"HasAccessLogs": False, "HasKmsKey": False}
-        )
+        off = {"HasKmsKey": False, "IcebergEnabled": False}
+        assert resolve(props, {"HasAccessLogs": True, **off})["LoggingConfiguration"] == {
+            "DestinationBucketName": {"Ref": "AccessLogBucket"},
+            "LogFilePrefix": prefix,
+        }
+        assert "LoggingConfiguration" not in resolve(props, {"HasAccessLogs": False, **off})
     log_bucket = res["AccessLogBucket"]["Properties"]
     assert log_bucket["BucketEncryption"] == {
         "ServerSideEncryptionConfiguration": [
@@ -357,7 +357,12 @@ EXPECTED_SKIPS = {
     "ProcessedBucket": {"CKV_AWS_18"},
     "AccessLogBucket": {"CKV_AWS_18"},
     "IdempotencyTable": {"CKV_AWS_28", "CKV_AWS_119"},
+    # The optional Iceberg target (IcebergTarget=ENABLED, test_template_iceberg.py).
+    "IcebergFunction": {"CKV_AWS_116", "CKV_AWS_117", "CKV_AWS_173"},
+    "IcebergBucket": {"CKV_AWS_18"},
 }
+# Resources checkov sees only in the variant with the optional features on.
+OPTIONAL = {"AccessLogBucket", "IcebergFunction", "IcebergBucket"}
 
 
 def test_every_checkov_skip_is_a_named_check_with_its_reason(template):
@@ -374,8 +379,9 @@ def test_every_checkov_skip_is_a_named_check_with_its_reason(template):
 
 
 def _variant(tmp_path: Path) -> Path:
-    """The template with the optional features on by default (a key, access logging), so
-    checkov, which evaluates conditions with the parameters' defaults, sees those resources."""
+    """The template with the optional features on by default (a key, access logging, the
+    Iceberg target), so checkov, which evaluates conditions with the parameters' defaults, sees
+    those resources."""
     text = TEMPLATE.read_text()
     key = "arn:aws:kms:eu-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     for old, new in (
@@ -386,6 +392,10 @@ def _variant(tmp_path: Path) -> Path:
         (
             "  AccessLogging:\n    Type: String\n    Default: DISABLED",
             "  AccessLogging:\n    Type: String\n    Default: ENABLED",
+        ),
+        (
+            "  IcebergTarget:\n    Type: String\n    Default: DISABLED",
+            "  IcebergTarget:\n    Type: String\n    Default: ENABLED",
         ),
     ):
         assert text.count(old) == 1
@@ -421,7 +431,7 @@ def _checkov(path: Path) -> dict:
     return report
 
 
-@pytest.mark.parametrize("variant", ["defaults", "key-and-access-logs"])
+@pytest.mark.parametrize("variant", ["defaults", "key-access-logs-and-iceberg"])
 def test_checkov_finds_no_failed_check(tmp_path, variant):
     path = TEMPLATE if variant == "defaults" else _variant(tmp_path)
 
@@ -436,7 +446,7 @@ def test_checkov_finds_no_failed_check(tmp_path, variant):
     expected = {
         name: ids
         for name, ids in EXPECTED_SKIPS.items()
-        if variant != "defaults" or name != "AccessLogBucket"
+        if variant != "defaults" or name not in OPTIONAL
     }
     assert skipped == expected
     assert report["summary"]["passed"] >= 50

@@ -10,7 +10,12 @@ from sam_template import render, resources_of
 chain = pytest.importorskip("totes_tools.local.chain")
 load_batch = pytest.importorskip("totes.stages.load_batch")
 
-FUNCTIONS = {"ingest": "IngestFunction", "transform": "TransformFunction", "load": "LoadFunction"}
+FUNCTIONS = {
+    "ingest": "IngestFunction",
+    "transform": "TransformFunction",
+    "load": "LoadFunction",
+    "iceberg": "IcebergFunction",
+}
 
 
 def function_properties(template: dict, stage: str) -> dict:

@@ -18,6 +18,14 @@ RAW = "arn:aws:s3:::STACK-raw-ACCOUNT-REGION"
 NO_VALUE = {"Ref": "AWS::NoValue"}
 PROCESSED = "arn:aws:s3:::STACK-processed-ACCOUNT-REGION"
 STAGES = ("Ingest", "Transform", "Load")
+# The optional Iceberg target's resources (IcebergTarget=ENABLED) have their own tests
+# (test_template_iceberg.py); the tests here enumerate the pipeline without them.
+ICEBERG = "IcebergEnabled"
+
+
+def pipeline(resources: dict[str, dict]) -> dict[str, dict]:
+    return {n: r for n, r in resources.items() if r.get("Condition") != ICEBERG}
+
 
 MANIFEST_FILTER = {
     "S3Key": {
@@ -57,7 +65,8 @@ def test_raw_bucket_notifies_transform_and_processed_bucket_notifies_load_on_man
         ("RawBucket", "TransformFunction"),
         ("ProcessedBucket", "LoadFunction"),
     ):
-        assert res[bucket]["Properties"]["NotificationConfiguration"] == {
+        notification = res[bucket]["Properties"]["NotificationConfiguration"]
+        assert resolve(notification, {ICEBERG: False}) == {
             "LambdaConfigurations": [
                 {
                     "Event": "s3:ObjectCreated:*",
@@ -68,7 +77,7 @@ def test_raw_bucket_notifies_transform_and_processed_bucket_notifies_load_on_man
         }
     permissions = {
         render(p["Properties"]["FunctionName"]): p["Properties"]
-        for p in resources_of(expanded, "AWS::Lambda::Permission").values()
+        for p in pipeline(resources_of(expanded, "AWS::Lambda::Permission")).values()
     }
     assert {fn: (p["Principal"], p["Action"]) for fn, p in permissions.items()} == {
         "<TransformFunction>": ("s3.amazonaws.com", "lambda:InvokeFunction"),
@@ -82,7 +91,7 @@ def test_s3_may_invoke_transform_and_load_only_for_the_stacks_own_buckets(expand
     res = expanded["Resources"]
     permissions = {
         render(p["Properties"]["FunctionName"]): (name, p["Properties"])
-        for name, p in resources_of(expanded, "AWS::Lambda::Permission").items()
+        for name, p in pipeline(resources_of(expanded, "AWS::Lambda::Permission")).items()
     }
     pinned = {
         fn: (render(p.get("SourceArn")), render(p.get("SourceAccount")))
@@ -100,7 +109,7 @@ def test_s3_may_invoke_transform_and_load_only_for_the_stacks_own_buckets(expand
 
 
 def test_ingest_runs_on_the_schedule_at_the_rate_parameter_one_at_a_time(template, expanded):
-    schedules = resources_of(expanded, "AWS::Scheduler::Schedule")
+    schedules = pipeline(resources_of(expanded, "AWS::Scheduler::Schedule"))
     assert len(schedules) == 1
     (schedule,) = schedules.values()
     props = schedule["Properties"]
@@ -138,7 +147,7 @@ def test_transform_and_load_reserve_the_warehouse_connection_budget(template, ex
 
 
 def test_the_schedule_sends_the_event_shape_of_the_sam_ingest_event(expanded):
-    (schedule,) = resources_of(expanded, "AWS::Scheduler::Schedule").values()
+    (schedule,) = pipeline(resources_of(expanded, "AWS::Scheduler::Schedule")).values()
     sent = json.loads(schedule["Properties"]["Target"]["Input"])
     example = json.loads((REPO_ROOT / "sam" / "events" / "ingest_schedule.json").read_text())
     assert sorted(sent) == sorted(example)
@@ -205,23 +214,29 @@ def test_layer_defaults_are_the_pinned_managed_layers(template):
 LOCAL_ENDPOINT = {"Fn::If": ["HasLocalEndpointUrl", {"Ref": "LocalEndpointUrl"}, NO_VALUE]}
 
 
-def deployed_variables(variables: dict) -> dict:
+def deployed_variables(variables: dict, iceberg: bool = False) -> dict:
     """A function's variables as deployed with the default LocalEndpointUrl (empty): the
-    emulator endpoint every function declares for local runs is AWS::NoValue, i.e. absent."""
+    emulator endpoint every function declares for local runs is AWS::NoValue, i.e. absent;
+    ``iceberg``: with IcebergTarget=ENABLED (ingest then also reads the target's marker)."""
     assert variables.get("AWS_ENDPOINT_URL") == LOCAL_ENDPOINT
-    return {k: v for k, v in variables.items() if k != "AWS_ENDPOINT_URL"}
+    rest = {k: v for k, v in variables.items() if k != "AWS_ENDPOINT_URL"}
+    return resolve(rest, {ICEBERG: iceberg})
 
 
-def test_each_function_gets_exactly_the_environment_its_settings_read(expanded):
+@pytest.mark.parametrize("iceberg", [False, True], ids=["pipeline", "with-iceberg-target"])
+def test_each_function_gets_exactly_the_environment_its_settings_read(expanded, iceberg):
     res = expanded["Resources"]
     env = {
         stage: render(
-            deployed_variables(res[f"{stage}Function"]["Properties"]["Environment"]["Variables"])
+            deployed_variables(
+                res[f"{stage}Function"]["Properties"]["Environment"]["Variables"], iceberg
+            )
         )
         for stage in STAGES
     }
     raw_name = render(res["RawBucket"]["Properties"]["BucketName"])
     processed_name = render(res["ProcessedBucket"]["Properties"]["BucketName"])
+    iceberg_name = render(res["IcebergBucket"]["Properties"]["BucketName"])
     common = {"POWERTOOLS_METRICS_NAMESPACE": "TerrificTotes"}
     assert env == {
         "Ingest": {
@@ -232,6 +247,7 @@ def test_each_function_gets_exactly_the_environment_its_settings_read(expanded):
             "INGEST_MAX_BATCH_ROWS": "<IngestMaxBatchRows>",
             "PROCESSED_BUCKET": processed_name,
             "RAW_RETENTION_DAYS": "<RawRetentionDays>",
+            **({"ICEBERG_BUCKET": iceberg_name} if iceberg else {}),
         },
         "Transform": {
             **common,
@@ -305,7 +321,7 @@ def test_the_template_environment_satisfies_each_stage_settings_at_cold_start(te
 def test_failed_async_events_are_retried_twice_then_sent_to_the_failure_queue(expanded):
     configs = {
         render(c["Properties"]["FunctionName"]): c["Properties"]
-        for c in resources_of(expanded, "AWS::Lambda::EventInvokeConfig").values()
+        for c in pipeline(resources_of(expanded, "AWS::Lambda::EventInvokeConfig")).values()
     }
     expected = {
         "DestinationConfig": {
@@ -412,7 +428,7 @@ def test_in_a_vpc_roles_gain_only_the_eni_actions_and_no_managed_policy(expanded
             stmt
             for policy in policies(roles[name], has_kms=True)
             for stmt in as_list(policy["PolicyDocument"]["Statement"])
-            if "Fn::If" in stmt
+            if "Fn::If" in stmt and stmt["Fn::If"][0] == "HasVpc"
         ]
         assert conditional == [
             {
@@ -494,7 +510,7 @@ def test_every_bucket_blocks_public_access_encrypts_versions_and_denies_plain_ht
         for p in resources_of(expanded, "AWS::S3::BucketPolicy").values()
     }
     buckets = resources_of(expanded, "AWS::S3::Bucket")
-    assert sorted(buckets) == ["AccessLogBucket", "ProcessedBucket", "RawBucket"]
+    assert sorted(buckets) == ["AccessLogBucket", "IcebergBucket", "ProcessedBucket", "RawBucket"]
     for name, bucket in buckets.items():
         props = bucket["Properties"]
         assert props["PublicAccessBlockConfiguration"] == dict.fromkeys(
@@ -593,6 +609,7 @@ def test_every_alarm_notifies_the_topic_and_the_set_covers_the_pipeline(expanded
     alarms = resources_of(expanded, "AWS::CloudWatch::Alarm")
     actions = {n: a["Properties"]["AlarmActions"] for n, a in alarms.items()}
     assert actions == {n: [{"Ref": "AlarmTopic"}] for n in alarms}
+    alarms = pipeline(alarms)
     assert {_watched(a) for a in alarms.values()} == {
         *(("AWS/Lambda", m, f"<{s}Function>") for s in STAGES for m in ("Errors", "Throttles")),
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "<FailureQueue.QueueName>"),
@@ -670,17 +687,34 @@ def test_the_email_subscription_exists_only_when_an_address_is_given(template, e
     assert template["Parameters"]["AlarmEmail"]["Default"] == ""
 
 
-def _dashboard(expanded) -> dict:
-    body = expanded["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+def _dashboard(expanded, name: str = "Dashboard") -> dict:
+    body = expanded["Resources"][name]["Properties"]["DashboardBody"]["Fn::Sub"]
     samples = {"FreshnessThresholdSeconds": "1800", "CaptureStallSeconds": "1050",
                "FailureMessageAgeSeconds": "3600"}  # fmt: skip
     return json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: samples.get(m[1], "x"), body))
 
 
-def test_the_dashboard_shows_every_catalogue_metric_and_lists_every_alarm(expanded):
-    """The metrics named on the dashboard are exactly the catalogue's (tests/e2e checks the
-    dimensions against a real run's EMF); the alarm widget lists every alarm."""
-    dashboard = _dashboard(expanded)
+# The Iceberg target's metrics (emitted only by its function) are on its own dashboard, which
+# exists with IcebergTarget=ENABLED; every other catalogue metric is on the pipeline's.
+ICEBERG_METRICS = {n for n in CATALOGUE if n.startswith("Iceberg")}
+
+
+@pytest.mark.parametrize(
+    ("dashboard_name", "metrics", "condition"),
+    [
+        ("Dashboard", set(CATALOGUE) - ICEBERG_METRICS, None),
+        ("IcebergDashboard", ICEBERG_METRICS, ICEBERG),
+    ],
+)
+def test_the_dashboards_show_every_catalogue_metric_and_list_every_alarm(
+    expanded, dashboard_name, metrics, condition
+):
+    """The metrics named on the dashboards are exactly the catalogue's (tests/e2e checks the
+    dimensions against a real run's EMF); each alarm widget lists every alarm that exists
+    with its dashboard (the pipeline's, or the Iceberg target's)."""
+    assert ICEBERG_METRICS
+    dashboard = _dashboard(expanded, dashboard_name)
+    assert expanded["Resources"][dashboard_name].get("Condition") == condition
     text = json.dumps(dashboard)
     shown = set(re.findall(r'MetricName=\\"(\w+)\\"', text)) | {
         m[1]
@@ -688,11 +722,15 @@ def test_the_dashboard_shows_every_catalogue_metric_and_lists_every_alarm(expand
         for m in w["properties"].get("metrics", [])
         if isinstance(m[0], str) and m[0] == "TerrificTotes"
     }
-    assert shown == set(CATALOGUE)
+    assert shown == metrics
     (alarm_widget,) = [w for w in dashboard["widgets"] if w["type"] == "alarm"]
-    alarms = resources_of(expanded, "AWS::CloudWatch::Alarm")
+    alarms = {
+        n: r
+        for n, r in resources_of(expanded, "AWS::CloudWatch::Alarm").items()
+        if r.get("Condition") == condition
+    }
     assert sorted(alarm_widget["properties"]["alarms"]) == sorted("x" for _ in alarms)
-    body = expanded["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    body = expanded["Resources"][dashboard_name]["Properties"]["DashboardBody"]["Fn::Sub"]
     assert sorted(re.findall(r"\$\{(\w+)\.Arn\}", body)) == sorted(alarms)
 
 

@@ -58,8 +58,10 @@ def test_cfn_lint_on_the_expanded_template_would_catch_a_bucket_function_cycle()
 
 
 def test_sam_build_succeeds_offline_with_the_handlers_and_the_totes_layer(sam_build):
-    """The same `sam build` as `make build`, into a scratch directory: no pip, Docker or
-    python3.13 needed, and the artifacts hold each handler and the whole totes package."""
+    """The same `sam build` as `make build`, into a scratch directory: no Docker or python3.13
+    needed (only the optional Iceberg function's Makefile runs pip, for pinned arm64 wheels:
+    test_template_iceberg.py), and the artifacts hold each handler and the whole totes
+    package."""
     build_dir = sam_build
 
     def files(root: Path) -> set[str]:
@@ -88,6 +90,7 @@ def test_sam_build_succeeds_offline_with_the_handlers_and_the_totes_layer(sam_bu
         "TransformFunction": "TransformFunction",
         "LoadFunction": "LoadFunction",
         "MigrateFunction": "MigrateFunction",
+        "IcebergFunction": "IcebergFunction",
         "TotesLayer": "TotesLayer",
     }
 

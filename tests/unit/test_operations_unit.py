@@ -50,7 +50,10 @@ def test_stages_emit_only_through_the_catalogue():
         for name in re.findall(r'emit\(\s*"(\w+)"', p.read_text())
     }
     emitted_in_loops = {"LoadRowsInserted", "LoadRowsUpdated", "LoadRowsSkipped",
-                        "LoadRowsParked", "LoadRowsDeleted"}  # fmt: skip
+                        "LoadRowsParked", "LoadRowsDeleted",
+                        "IcebergRowsInserted", "IcebergRowsUpdated", "IcebergRowsParked",
+                        "IcebergRowsDeleted", "IcebergFilesCompacted",
+                        "IcebergSnapshotsExpired", "IcebergFilesRemoved"}  # fmt: skip
     assert named | emitted_in_loops == {n for n, s in CATALOGUE.items() if s.emitter == "totes"}
 
 
@@ -59,7 +62,7 @@ def test_every_catalogue_entry_is_described_with_a_unit_stages_and_service_dimen
         assert spec.description
         assert spec.stages
         assert "service" in spec.dimensions
-        assert set(spec.stages) <= {"ingest", "transform", "load"}
+        assert set(spec.stages) <= {"ingest", "transform", "load", "iceberg"}
 
 
 # -- the freshness rule -----------------------------------------------------------------------
@@ -156,3 +159,16 @@ def test_an_alarm_counts_missing_periods_as_its_treat_missing_data_says():
     assert evaluate(heartbeat, stale, timeline).state == "ALARM"
     quiet_ok = Alarm("B", query, 300, 1, 1, 100.0, "GreaterThanThreshold", "notBreaching")
     assert evaluate(quiet_ok, silent, timeline).state == "OK"
+
+
+def test_a_marker_moves_forward_only_by_capture_sequence_then_batch_id():
+    """The Iceberg function keeps its committed marker as load keeps the loaded one: a batch
+    delivered late (older sequence, or an older part of the same run) never moves it back."""
+
+    when = datetime(2026, 11, 1, tzinfo=UTC)
+    newest = LoadedMarker("c0000000000000000812-001", 812, when)
+    assert newest.newer_than(None)
+    assert newest.newer_than(LoadedMarker("c0000000000000000812-000", 812, when))
+    assert newest.newer_than(LoadedMarker("c0000000000000000811-004", 811, when))
+    assert not newest.newer_than(newest)
+    assert not LoadedMarker("c0000000000000000811-009", 811, when).newer_than(newest)

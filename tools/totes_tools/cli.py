@@ -36,6 +36,7 @@ COMMANDS = {
     ("replay",): "totes_tools.replay:command",
     ("demo",): "totes_tools.local.demo:main",
     ("bench",): "totes_tools.local.bench:main",
+    ("iceberg-bench",): "totes_tools.local.iceberg_bench:main",
     ("sam-local", "serve"): "totes_tools.local.sam_commands:serve",
     ("sam-local", "events"): "totes_tools.local.sam_commands:events",
     ("sam-local", "layers"): "totes_tools.local.sam_commands:layers",
@@ -195,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="rows per Parquet part (INGEST_CHUNK_ROWS; default 100000)",
     )
+    run.add_argument(
+        "--iceberg",
+        action="store_true",
+        help="also commit each batch into the Iceberg tables (the optional second target;"
+        " Glue and S3 in the emulator), as IcebergTarget=ENABLED does on AWS",
+    )
 
     replay = sub.add_parser(
         "replay", help="re-run a raw batch (e.g. quarantined, then repaired) through the chain"
@@ -229,6 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, metavar="DIR", help="where to write dashboard.png and .html"
     )
     dashboard.add_argument("--run", default=None, help="only this run's metrics")
+
+    iceberg_bench = sub.add_parser(
+        "iceberg-bench",
+        help="the Iceberg target: commit time per batch, files before and after"
+        " maintenance, after a backfill and after incremental cycles",
+    )
+    iceberg_bench.add_argument("--scale", type=SCALE_OPTION, default=300_000)
+    iceberg_bench.add_argument("--cycles", type=ROUNDS_OPTION, default=100)
+    iceberg_bench.add_argument("--maintenance-age-hours", type=ROUNDS_OPTION, default=73)
+    iceberg_bench.add_argument(
+        "--maintain-every",
+        type=ROUNDS_OPTION,
+        default=None,
+        metavar="K",
+        help="run maintenance after every K incremental cycles (default: only at the end)",
+    )
+    iceberg_bench.add_argument("--output", default="iceberg-bench.json")
 
     bench = sub.add_parser("bench", help="throughput and memory per stage, with baselines")
     bench.add_argument("--scale", type=SCALE_OPTION, default=1_000_000)

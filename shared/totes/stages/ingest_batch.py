@@ -38,6 +38,8 @@ from totes.extract.keysets import refresh as keysets_refresh
 from totes.extract.snapshot import check_schema, snapshot
 from totes.extract.state import starting_point
 from totes.lake import (
+    ICEBERG_COMMITTED_KEY,
+    LOADED_KEY,
     RAW_PREFIX,
     Lake,
     Manifest,
@@ -311,8 +313,10 @@ def from_schedule_event(
 
 def heartbeat(config: IngestSettings, run: IngestRun | None) -> float | None:
     """Emit ``WarehouseFreshnessSeconds`` for this run (``totes.freshness``); after a failed
-    run, from the capture state the lake holds. Never raises (it runs while an exception may
-    be on its way out): a problem is logged, and the missing datapoint counts as breaching."""
+    run, from the capture state the lake holds. With the Iceberg target on, also
+    ``IcebergFreshnessSeconds`` from its committed marker, by the same rule. Never raises (it
+    runs while an exception may be on its way out): a problem is logged, and the missing
+    datapoint counts as breaching."""
     if not config.processed_bucket:
         return None
     try:
@@ -328,16 +332,33 @@ def heartbeat(config: IngestSettings, run: IngestRun | None) -> float | None:
             )
         else:
             known = run.capture
-        marker = freshness.read_marker(Lake(s3_client, config.processed_bucket))
-        held = freshness.held_by_warehouse(known, marker)
     except Exception as exc:
         logger.error(
             "warehouse freshness not measured", extra={"error": f"{type(exc).__name__}: {exc}"}
         )
         return None
+    processed = Lake(s3_client, config.processed_bucket)
+    seconds = _freshness(known, processed, LOADED_KEY, "WarehouseFreshnessSeconds", "warehouse")
+    if config.iceberg_bucket:
+        iceberg = Lake(s3_client, config.iceberg_bucket)
+        _freshness(known, iceberg, ICEBERG_COMMITTED_KEY, "IcebergFreshnessSeconds", "Iceberg")
+    return seconds
+
+
+def _freshness(
+    known: freshness.Capture, lake: Lake, key: str, metric: str, target: str
+) -> float | None:
+    """One target's freshness from its marker (never raises, as ``heartbeat``)."""
+    try:
+        held = freshness.held_by_warehouse(known, freshness.read_marker(lake, key))
+    except Exception as exc:
+        logger.error(
+            f"{target} freshness not measured", extra={"error": f"{type(exc).__name__}: {exc}"}
+        )
+        return None
     if held is None:
-        logger.info("warehouse freshness unknown: no batch loaded yet")
+        logger.info(f"{target} freshness unknown: no batch loaded yet")
         return None
     seconds = freshness.seconds_since(held)
-    emit("WarehouseFreshnessSeconds", seconds)
+    emit(metric, seconds)
     return seconds

@@ -20,9 +20,12 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from botocore.client import BaseClient
 
+from totes.iceberg.settings import IcebergSettings
 from totes.settings import IngestSettings, LoadSettings, MigrateSettings, TransformSettings
 
-SettingsT = TypeVar("SettingsT", IngestSettings, TransformSettings, LoadSettings, MigrateSettings)
+SettingsT = TypeVar(
+    "SettingsT", IngestSettings, TransformSettings, LoadSettings, MigrateSettings, IcebergSettings
+)
 
 _settings: dict[type, object] = {}
 

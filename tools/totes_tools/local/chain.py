@@ -47,6 +47,7 @@ from totes_tools.local.aws import (
     environment,
     moto_server,
 )
+from totes_tools.local.iceberg import IcebergNames, create_iceberg_resources
 from totes_tools.ops import metricstore
 from totes_tools.ops.metricstore import Datapoint
 from totes_tools.repository import functions_dir, sam_dir
@@ -56,8 +57,8 @@ STAGES = ("ingest", "transform", "load")
 MAX_RETRY_ATTEMPTS = 2
 MAX_ATTEMPTS = MAX_RETRY_ATTEMPTS + 1
 # The template's Timeout and MemorySize per function (tests/template checks they agree).
-FUNCTION_TIMEOUT_SECONDS = {"ingest": 900, "transform": 300, "load": 900}
-FUNCTION_MEMORY_MB = {"ingest": 1769, "transform": 1769, "load": 1024}
+FUNCTION_TIMEOUT_SECONDS = {"ingest": 900, "transform": 300, "load": 900, "iceberg": 900}
+FUNCTION_MEMORY_MB = {"ingest": 1769, "transform": 1769, "load": 1024, "iceberg": 2048}
 # Longer than any function's timeout, so a slow handler never sees its event redelivered.
 VISIBILITY_TIMEOUT_SECONDS = 15 * 60
 ACCOUNT = "123456789012"
@@ -145,6 +146,8 @@ class Delivery:
 
     @property
     def keys(self) -> list[str]:
+        if "detail" in self.event:  # EventBridge (the Iceberg target's rule)
+            return [unquote_plus(self.event["detail"]["object"]["key"])]
         return [unquote_plus(r["s3"]["object"]["key"]) for r in self.event.get("Records", ())]
 
     @property
@@ -249,7 +252,7 @@ class CycleReport:
         lines = [f"cycle: {self.seconds:.2f} s" + ("" if self.ok else " (with failures)")]
         if self.replayed:
             lines.append(f"  redriven from the failure queue: {self.replayed} event(s)")
-        for stage in STAGES:
+        for stage in [*STAGES, *(s for s in self.stages if s not in STAGES)]:
             report = self.stages[stage]
             extra = f", {len(report.quarantined)} quarantined" if report.quarantined else ""
             if report.rows_set_aside:
@@ -311,6 +314,7 @@ class LocalChain:
         max_attempts: int = MAX_ATTEMPTS,
         metrics_path: Path | None = None,
         owner: DbCredentials | None = None,
+        iceberg: bool = False,
     ):
         self.endpoint_url = endpoint_url
         self.names = names
@@ -330,6 +334,9 @@ class LocalChain:
         self.raw = Lake(self.s3, names.raw_bucket)
         self.processed = Lake(self.s3, names.processed_bucket)
         self._queue_urls: dict[str, str] = {}
+        # The optional Iceberg target: a fourth handler fed by its own rule and queue.
+        self.iceberg = IcebergNames.of(names) if iceberg else None
+        self.stages = ("transform", "load", "iceberg") if iceberg else ("transform", "load")
         # Metrics: every cycle's datapoints, kept here and (with ``metrics_path``) appended
         # to that JSON-lines file, cycles numbered on from the file's last one.
         self.metrics_path = metrics_path
@@ -346,6 +353,8 @@ class LocalChain:
         migrate the warehouse: the deploy's step before the functions go live (the load
         never migrates; it refuses a warehouse behind its code)."""
         create_stack_resources(self.endpoint_url, self.names, self.source, self.warehouse)
+        if self.iceberg:
+            create_iceberg_resources(self.endpoint_url, self.names, self.iceberg)
         self._fresh_clients()
         if migrate:
             self.migrate()
@@ -376,8 +385,14 @@ class LocalChain:
         return self._handlers[stage]
 
     def function_env(self, stage: str) -> dict[str, str]:
+        iceberg = {}
+        if self.iceberg and stage == "iceberg":
+            iceberg = self.iceberg.function_env(self.names)
+        elif self.iceberg and stage == "ingest":  # it reads the target's committed marker
+            iceberg = {"ICEBERG_BUCKET": self.iceberg.bucket}
         return {
             **self.names.function_env(),
+            **iceberg,
             "POWERTOOLS_SERVICE_NAME": stage,
             "AWS_LAMBDA_FUNCTION_NAME": f"totes-{stage}-local",
             **self.env,
@@ -418,13 +433,17 @@ class LocalChain:
         cycle's datapoints kept and, with ``metrics_path``, appended to the file."""
         depth, oldest = self.failure_queue_state()
         report.failure_queue_oldest_seconds = oldest if depth else None
-        queue = {"QueueName": self.names.failure_queue}
+        queues = [(self.names.failure_queue, depth, oldest)]
+        if self.iceberg:  # the Iceberg target's own failure queue
+            queues.append((self.iceberg.failure_queue, *self.failure_queue_state("iceberg")))
         now = time.time()
-        for name, value, unit in (
-            ("ApproximateNumberOfMessagesVisible", depth, "Count"),
-            ("ApproximateAgeOfOldestMessage", oldest, "Seconds"),
-        ):
-            report.datapoints.append(self._emulated("AWS/SQS", name, value, queue, unit, now))
+        for queue_name, depth, oldest in queues:
+            queue = {"QueueName": queue_name}
+            for name, value, unit in (
+                ("ApproximateNumberOfMessagesVisible", depth, "Count"),
+                ("ApproximateAgeOfOldestMessage", oldest, "Seconds"),
+            ):
+                report.datapoints.append(self._emulated("AWS/SQS", name, value, queue, unit, now))
         self.datapoints.extend(report.datapoints)
         if self.metrics_path is not None:
             names = None if self._names_written else self.local_names()
@@ -434,18 +453,34 @@ class LocalChain:
 
     def local_names(self) -> dict[str, object]:
         """What the template's references mean here (``totes_tools.ops.cloudwatch``)."""
-        return {
+        names: dict[str, object] = {
             "functions": {f"{s.title()}Function": context_for(s).function_name for s in STAGES},
             "failure_queue": self.names.failure_queue,
             "region": REGION,
             "account": ACCOUNT,
         }
+        if self.iceberg:  # the template's IcebergTarget=ENABLED resources exist here too
+            names["functions"] = {
+                **names["functions"],  # type: ignore[dict-item]
+                "IcebergFunction": context_for("iceberg").function_name,
+            }
+            names["queues"] = {"IcebergFailureQueue": self.iceberg.failure_queue}
+            names["resources"] = {
+                "IcebergDatabase": self.iceberg.database,
+                "AthenaWorkGroup": "local",
+            }
+            names["conditions"] = {"IcebergEnabled": True}
+        return names
 
-    def failure_queue_state(self) -> tuple[int, float]:
-        """Events on the failure queue and the age in seconds of the oldest (0 when empty),
-        read as SQS measures them: from each message's ``SentTimestamp``. A peek: messages
-        are received with no visibility timeout, so they stay where they are."""
-        url = self._queue_url(self.names.failure_queue)
+    def failure_queue_state(self, stage: str = "") -> tuple[int, float]:
+        """Events on the failure queue (``stage`` "iceberg": the Iceberg target's) and the age
+        in seconds of the oldest (0 when empty), read as SQS measures them: from each
+        message's ``SentTimestamp``. A peek: messages are received with no visibility timeout,
+        so they stay where they are."""
+        queue = self.names.failure_queue
+        if stage == "iceberg" and self.iceberg:
+            queue = self.iceberg.failure_queue
+        url = self._queue_url(queue)
         attrs = self.sqs.get_queue_attributes(
             QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
         )["Attributes"]
@@ -469,16 +504,27 @@ class LocalChain:
             "emulated",
         )  # fmt: skip
 
+    def maintain_iceberg(self, report: CycleReport | None = None) -> CycleReport:
+        """The Iceberg target's maintenance, as its schedule invokes it (``{"action":
+        "maintain"}`` to the same function, under the same retry rule). Call ``end_cycle``
+        after it to record its metrics as one scheduled run."""
+        if not self.iceberg:
+            raise TotesError("the Iceberg target is off in this chain (LocalChain(iceberg=True))")
+        report = report or CycleReport()
+        self._fresh_clients()
+        self._invoke("iceberg", {"action": "maintain"}, "maintenance", report)
+        return report
+
     def drain(
-        self, report: CycleReport | None = None, stages: tuple[str, ...] = ("transform", "load")
+        self, report: CycleReport | None = None, stages: tuple[str, ...] | None = None
     ) -> CycleReport:
-        """Hand queued S3 events to ``stages`` (default: transform and load) until their
-        queues are empty."""
+        """Hand queued S3 events to ``stages`` (default: transform and load, and the Iceberg
+        target when it is on) until their queues are empty."""
         report = report or CycleReport()
         self._fresh_clients()
         while True:
             handled = 0
-            for stage in stages:
+            for stage in stages or self.stages:
                 queue = self._queue_of(stage)
                 deliveries = self.deliver(stage, self.receive(stage, queue))
                 for delivery in deliveries:
@@ -491,6 +537,8 @@ class LocalChain:
         """Redrive the S3 events on the failure queue (what an operator does after fixing the
         cause): each goes to its stage again under the same retry rule. Failed scheduled
         ingests are dropped: the next run covers their window, the capture state never moved.
+        With the Iceberg target on, its own failure queue is redriven to it alone (a failed
+        maintenance run is dropped likewise: the next scheduled one does its work).
 
         A record is deleted from the queue only once its redrive succeeds; one that fails
         again stays as it was (no second record), so the queue's oldest-message age keeps
@@ -526,6 +574,19 @@ class LocalChain:
                 queue.delete(record)
             else:
                 queue.release(record)
+        if self.iceberg:  # its own failure queue: EventBridge events, redriven to it alone
+            iceberg_queue = FailureQueue(self.sqs, self._queue_url(self.iceberg.failure_queue))
+            for record in iceberg_queue.receive_all(hold_seconds=VISIBILITY_TIMEOUT_SECONDS):
+                # Lambda's on-failure record wraps the event; EventBridge's DLQ holds it bare.
+                event = record.event or (record.body if "detail" in record.body else {})
+                if not event or event.get("action") == "maintain":
+                    iceberg_queue.delete(record)  # a failed maintenance: the next one covers it
+                    continue
+                report.replayed += 1
+                if self._handle(Delivery("iceberg", event), report, record_failure=False):
+                    iceberg_queue.delete(record)
+                else:
+                    iceberg_queue.release(record)
         return report
 
     def receive(self, stage: str, queue: str) -> list[Delivery]:
@@ -543,7 +604,8 @@ class LocalChain:
                 return out
             for message in messages:
                 body = json.loads(message["Body"])
-                if body.get("Event") == "s3:TestEvent" or not body.get("Records"):
+                delivered = body.get("Records") or "detail" in body  # S3 or EventBridge
+                if body.get("Event") == "s3:TestEvent" or not delivered:
                     self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
                     continue
                 out.append(Delivery(stage, body, message["ReceiptHandle"]))
@@ -551,7 +613,8 @@ class LocalChain:
     def pending(self) -> dict[str, int]:
         """Messages waiting (visible or in flight) per notification queue."""
         out = {}
-        for queue in (self.names.transform_queue, self.names.load_queue):
+        queues = [self.names.transform_queue, self.names.load_queue]
+        for queue in queues + ([self.iceberg.queue] if self.iceberg else []):
             attrs = self.sqs.get_queue_attributes(
                 QueueUrl=self._queue_url(queue),
                 AttributeNames=[
@@ -580,7 +643,7 @@ class LocalChain:
 
     def _handle(self, delivery: Delivery, report: CycleReport, record_failure: bool = True) -> bool:
         """Hand one event to its stage; False when it failed every attempt."""
-        stage = report.stages[delivery.stage]
+        stage = report.stages.setdefault(delivery.stage, StageReport())
         result = self._invoke(
             delivery.stage, delivery.event, delivery.batch_id, report, record_failure
         )
@@ -621,7 +684,7 @@ class LocalChain:
         """Up to ``max_attempts`` invocations; then (``record_failure``) a record on the
         failure queue. Each attempt also counts as Lambda would publish it: ``Errors`` 1 or 0,
         ``Throttles`` 0 (one local process never throttles)."""
-        stage_report = report.stages[stage]
+        stage_report = report.stages.setdefault(stage, StageReport())
         handler = self.handler(stage)
         error = ""
         for attempt in range(1, self.max_attempts + 1):
@@ -697,12 +760,17 @@ class LocalChain:
                 "stackTrace": traceback.format_exception(exc)[-3:],
             },
         }
+        failure_queue = self.names.failure_queue
+        if stage == "iceberg" and self.iceberg:
+            failure_queue = self.iceberg.failure_queue
         self.sqs.send_message(
-            QueueUrl=self._queue_url(self.names.failure_queue),
+            QueueUrl=self._queue_url(failure_queue),
             MessageBody=json.dumps(record, default=str),
         )
 
     def _queue_of(self, stage: str) -> str:
+        if stage == "iceberg" and self.iceberg:
+            return self.iceberg.queue
         return self.names.transform_queue if stage == "transform" else self.names.load_queue
 
     def _queue_url(self, queue: str) -> str:
@@ -815,6 +883,7 @@ def run_command(args) -> int:
             max_batch_rows=args.max_batch_rows,
             chunk_rows=args.chunk_rows,
             metrics_path=metrics_path,
+            iceberg=getattr(args, "iceberg", False),
         )
         if sam_local:
             sam_local.bind(chain)

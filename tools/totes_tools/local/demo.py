@@ -3,10 +3,12 @@
 An embedded PostgreSQL holds a generated totesys and an empty warehouse; an in-process moto
 server stands in for AWS. The chain runs the initial load, then a few rounds of live business
 activity (the simulator) each followed by an incremental cycle, then quiet cycles (nothing
-changes: the freshness heartbeat), asks the star schema the questions a BI dashboard would,
-and draws the template's CloudWatch dashboard from the metrics the run emitted
-(``.totes/demo/dashboard.png`` and ``.html``). Everything it started is stopped and deleted when
-it ends, on success, on error or on Ctrl-C.
+changes: the freshness heartbeat), and asks the star schema the questions a BI dashboard would
+of both targets: the PostgreSQL warehouse, and the Iceberg tables the optional second target
+keeps (DuckDB over pyiceberg's Arrow scans, as Athena would over the Glue catalog), showing
+that they agree. It draws the template's CloudWatch dashboards (the pipeline's and the Iceberg
+target's) from the metrics the run emitted (``.totes/demo/dashboard.png`` and ``.html``).
+Everything it started is stopped and deleted when it ends, on success, on error or on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import os
 import time
 
 from totes.db import DbCredentials, connect
+from totes.iceberg.settings import IcebergSettings
 from totes.observability import logger
+from totes.star.model import STAR_TABLES
 from totes_tools.local.aws import StackNames, aws_environment, moto_server
 from totes_tools.local.chain import CycleReport, LocalChain
+from totes_tools.local.iceberg import read_tables
 from totes_tools.local.postgres import embedded_postgres
 from totes_tools.ops import cloudwatch, dashboard, metricstore
 
@@ -46,14 +51,14 @@ QUESTIONS = {
                    ORDER BY sales_order_id, last_updated_date DESC, last_updated_time DESC)
         SELECT d.design_name, sum(s.units_sold) AS units, count(*) AS orders
         FROM s JOIN dim_design d ON d.design_id = s.design_id
-        GROUP BY d.design_name ORDER BY units DESC LIMIT 5""",
+        GROUP BY d.design_name ORDER BY units DESC, d.design_name LIMIT 5""",
     "Sales by counterparty country (top 8, all currencies)": """
         WITH s AS (SELECT DISTINCT ON (sales_order_id) * FROM fact_sales_order
                    ORDER BY sales_order_id, last_updated_date DESC, last_updated_time DESC)
         SELECT cp.counterparty_legal_country AS country, count(*) AS orders,
                sum(s.units_sold) AS units
         FROM s JOIN dim_counterparty cp ON cp.counterparty_id = s.counterparty_id
-        GROUP BY cp.counterparty_legal_country ORDER BY units DESC LIMIT 8""",
+        GROUP BY cp.counterparty_legal_country ORDER BY units DESC, country LIMIT 8""",
     "Payments: paid vs unpaid (latest version of each)": """
         WITH p AS (SELECT DISTINCT ON (payment_id) * FROM fact_payment
                    ORDER BY payment_id, last_updated_date DESC, last_updated_time DESC)
@@ -75,11 +80,26 @@ def _cycle_line(report: CycleReport) -> str:
         for name in ("LoadRowsInserted", "LoadRowsUpdated")
     )
     fresh = report.freshness_seconds
+    iceberg = report.stages.get("iceberg")
+    if iceberg is not None:
+        iceberg_part = f", Iceberg {len(iceberg.batches)} batch(es) in {iceberg.seconds:.1f} s"
+    else:
+        iceberg_part = ""
+    heartbeat = [
+        p.value
+        for p in report.datapoints
+        if p.name == "IcebergFreshnessSeconds" and p.dimensions == {"service": "ingest"}
+    ]
     return (
         f"ingest {rows['ingest']:,} rows in {len(report.stages['ingest'].batches)} batch(es),"
         f" transform {rows['transform']:,}, load {rows['load']:,} ({new:,} new rows,"
-        f" {changed:,} dimension rows updated); {report.seconds:.1f} s"
+        f" {changed:,} dimension rows updated){iceberg_part}; {report.seconds:.1f} s"
         + (f"; warehouse freshness {fresh:.1f} s" if fresh is not None else "")
+        + (
+            f"; Iceberg tables' freshness (ingest heartbeat) {heartbeat[-1]:.1f} s"
+            if heartbeat
+            else ""
+        )
     )
 
 
@@ -101,18 +121,59 @@ def _fmt(value, header: str = "") -> str:
     return str(value)
 
 
-def answers(warehouse: DbCredentials) -> str:
-    """The BI questions, asked of the star schema only."""
+def warehouse_answers(warehouse: DbCredentials) -> dict[str, tuple[list[str], list]]:
+    """Each BI question's (column names, rows), asked of the PostgreSQL warehouse."""
     con = connect(warehouse, application_name="totes-demo-bi")
-    out = []
+    out = {}
     try:
         for question, sql in QUESTIONS.items():
             rows = con.run(sql)
-            headers = [c["name"] for c in con.columns]
-            out.append(f"  {question}\n{_table(rows, headers)}")
+            out[question] = ([c["name"] for c in con.columns], [list(r) for r in rows])
     finally:
         con.close()
-    return "\n\n".join(out)
+    return out
+
+
+def iceberg_answers(settings: IcebergSettings) -> dict[str, tuple[list[str], list]]:
+    """The same questions, in the same SQL, asked of the Iceberg tables: each table read
+    through the catalog (pyiceberg's Arrow scan) and queried by DuckDB."""
+    import duckdb
+
+    tables = read_tables(settings, [t.name for t in STAR_TABLES])
+    con = duckdb.connect()
+    try:
+        for name, data in tables.items():
+            con.register(name, data)
+        out = {}
+        for question, sql in QUESTIONS.items():
+            result = con.execute(sql)
+            headers = [d[0] for d in result.description]
+            out[question] = (headers, [list(r) for r in result.fetchall()])
+        return out
+    finally:
+        con.close()
+
+
+def answers(warehouse: DbCredentials) -> str:
+    """The BI questions, asked of the star schema only."""
+    return "\n\n".join(
+        f"  {question}\n{_table(rows, headers)}"
+        for question, (headers, rows) in warehouse_answers(warehouse).items()
+    )
+
+
+def agreement(warehouse: DbCredentials, settings: IcebergSettings) -> tuple[str, bool]:
+    """Whether the Iceberg tables give every answer the warehouse gives, question by question."""
+    ours, theirs = warehouse_answers(warehouse), iceberg_answers(settings)
+    lines, agree = [], True
+    for question, (_, rows) in ours.items():
+        same = rows == theirs[question][1]
+        agree &= same
+        verdict = f"the same {len(rows)} row(s)" if same else "DIFFERENT rows"
+        lines.append(f"    {question}: {verdict}")
+        if not same:
+            lines.append(f"{_table(theirs[question][1], theirs[question][0])}")
+    return "\n".join(lines), agree
 
 
 def _fail(report: CycleReport) -> None:
@@ -147,9 +208,15 @@ def main(args) -> int:
 
         metrics_path = metricstore.state_dir() / "demo" / "metrics.jsonl"
         metrics_path.unlink(missing_ok=True)
-        chain = LocalChain(endpoint, StackNames(), source, warehouse, metrics_path=metrics_path)
+        chain = LocalChain(
+            endpoint, StackNames(), source, warehouse, metrics_path=metrics_path, iceberg=True
+        )
         chain.prepare()
-        _say(started, "local stack ready (buckets, queues, secrets); warehouse migrated")
+        _say(
+            started,
+            "local stack ready (buckets, queues, secrets, the Iceberg target's bucket, Glue"
+            " database and rule); warehouse migrated",
+        )
         report = chain.run_cycle()
         _fail(report)
         _say(started, "initial load: " + _cycle_line(report))
@@ -174,9 +241,35 @@ def main(args) -> int:
             report = chain.run_cycle()
             _fail(report)
             _say(started, f"quiet round {n} (no activity): " + _cycle_line(report))
+        maintenance = chain.maintain_iceberg()  # the target's schedule fires once
+        chain.end_cycle(maintenance)
+        _fail(maintenance)
+        done = maintenance.stages["iceberg"]
+        totals = {
+            name: int(sum(done.metric_total(metric).values()))
+            for name, metric in (
+                ("files compacted", "IcebergFilesCompacted"),
+                ("snapshots expired", "IcebergSnapshotsExpired"),
+                ("files removed", "IcebergFilesRemoved"),
+            )
+        }
+        _say(
+            started,
+            "Iceberg maintenance (its schedule): "
+            + ", ".join(f"{v} {k}" for k, v in totals.items())
+            + f"; {done.seconds:.1f} s",
+        )
 
         print("\nWhat the warehouse can answer now:\n", flush=True)
         print(answers(warehouse), flush=True)
+        print(
+            "\nThe same questions asked of the Iceberg tables (Glue catalog in the emulator,"
+            " DuckDB over pyiceberg's Arrow scans):\n",
+            flush=True,
+        )
+        verdicts, agree = agreement(warehouse, chain.iceberg.settings(chain.names))
+        print(verdicts, flush=True)
+        print("  Both targets agree." if agree else "  The targets DISAGREE.", flush=True)
         print()
         png, page, drawn = dashboard.write(
             cloudwatch.load_template(),
@@ -192,6 +285,8 @@ def main(args) -> int:
             f" datapoints ({len(states)} alarms, in alarm: {', '.join(alarming) or 'none'}):"
             f"\n    {png}\n    {page}",
         )
+        if not agree:
+            raise SystemExit("demo: the Iceberg tables answer differently from the warehouse")
         _say(started, "done; stopping PostgreSQL and the emulator and deleting their data")
     _say(started, "nothing left running")
     return 0

@@ -66,6 +66,18 @@ class LocalNames:
     stack: str = "totes-local"
     account: str = "123456789012"
     parameters: dict[str, Any] = field(default_factory=dict)
+    # Other queues ("IcebergFailureQueue" -> its name), other resources a ``!Ref`` names (a
+    # dashboard's title), and the template's conditions that hold here ({"IcebergEnabled":
+    # True} when the local chain runs the Iceberg target). A resource whose condition is not
+    # given as true does not exist locally, as it would not on AWS.
+    queues: Mapping[str, str] = field(default_factory=dict)
+    resources: Mapping[str, str] = field(default_factory=dict)
+    conditions: Mapping[str, bool] = field(default_factory=dict)
+
+    def exists(self, resource: Mapping[str, Any]) -> bool:
+        """Whether a template resource is deployed under these conditions."""
+        condition = resource.get("Condition")
+        return condition is None or bool(self.conditions.get(condition, False))
 
     def value(self, name: str, template: Mapping[str, Any]) -> Any:
         """The value of ``${name}`` (a parameter, pseudo parameter, resource or attribute)."""
@@ -88,6 +100,10 @@ class LocalNames:
             return self.functions[name]
         if name == "FailureQueue.QueueName":
             return self.failure_queue
+        if name.endswith(".QueueName") and name.removesuffix(".QueueName") in self.queues:
+            return self.queues[name.removesuffix(".QueueName")]
+        if name in self.resources:
+            return self.resources[name]
         resource, _, attribute = name.partition(".")
         if attribute == "Arn" and resource in template.get("Resources", {}):
             return f"arn:aws:cloudwatch:{self.region}:{self.account}:alarm:{resource}"
@@ -113,14 +129,29 @@ class LocalNames:
 
 
 def dashboard_body(template: Mapping[str, Any], names: LocalNames) -> dict[str, Any]:
-    """The dashboard's JSON body exactly as the template writes it, resolved locally."""
+    """The dashboard's JSON body exactly as the template writes it, resolved locally. With an
+    optional target's dashboard deployed too (``IcebergDashboard``), its widgets follow the
+    pipeline's, below them, as one body (one page locally; two dashboards on AWS)."""
     dashboards = [
-        r for r in template["Resources"].values() if r["Type"] == "AWS::CloudWatch::Dashboard"
+        r
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::CloudWatch::Dashboard" and names.exists(r)
     ]
-    if len(dashboards) != 1:
-        raise UnsupportedMetric(f"expected one dashboard in the template, found {len(dashboards)}")
-    body = names.resolve(dashboards[0]["Properties"]["DashboardBody"], template)
-    parsed: dict[str, Any] = json.loads(body)
+    main = [r for r in dashboards if "Condition" not in r]
+    if len(main) != 1:
+        raise UnsupportedMetric(f"expected one unconditional dashboard, found {len(main)}")
+    parsed: dict[str, Any] = {}
+    below = 0
+    for resource in main + [r for r in dashboards if "Condition" in r]:
+        body = json.loads(names.resolve(resource["Properties"]["DashboardBody"], template))
+        widgets = body.get("widgets", [])
+        for widget in widgets:
+            widget["y"] = int(widget.get("y", 0)) + below
+        below = max([below, *(int(w["y"]) + int(w.get("height", 6)) for w in widgets)])
+        if not parsed:
+            parsed = body
+        else:
+            parsed["widgets"].extend(widgets)
     return parsed
 
 
@@ -377,7 +408,7 @@ def alarms_from_template(template: Mapping[str, Any], names: LocalNames) -> dict
     return {
         name: alarm_from_template(name, resource, template, names)
         for name, resource in template["Resources"].items()
-        if resource["Type"] == "AWS::CloudWatch::Alarm"
+        if resource["Type"] == "AWS::CloudWatch::Alarm" and names.exists(resource)
     }
 
 

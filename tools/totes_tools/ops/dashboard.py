@@ -290,6 +290,9 @@ def names_from_record(record: Mapping[str, Any]) -> LocalNames:
     return LocalNames(
         functions=dict(record["functions"]),
         failure_queue=str(record["failure_queue"]),
+        queues=dict(record.get("queues", {})),
+        resources=dict(record.get("resources", {})),
+        conditions=dict(record.get("conditions", {})),
         region=str(record.get("region", "eu-west-2")),
         account=str(record.get("account", "123456789012")),
     )

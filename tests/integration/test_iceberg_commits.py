@@ -1,0 +1,211 @@
+"""Iceberg commits against real catalogs: pyiceberg's SQL catalog (its conditional update is a
+real optimistic lock) on a local warehouse, and the Glue catalog of the emulator with the
+emulated S3 (as the local chain and, with AWS, the function use them)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+import totes.iceberg.commit as commit
+from totes.errors import LoadFailed
+from totes.iceberg.batch import apply_batch
+from totes.iceberg.catalog import ensure_tables, open_catalog
+from totes.iceberg.maintenance import data_file_stats, maintain
+from totes.iceberg.settings import IcebergSettings
+from totes.iceberg.tables import all_tables
+from totes_tools.local.aws import REGION, client
+from totes_tools.local.iceberg import read_tables
+from totes_tools.warehouse.synthetic import processed_manifest, star_batch
+
+DIMENSION = "dim_staff"
+
+
+@pytest.fixture
+def sql_target(tmp_path):
+    settings = IcebergSettings(
+        processed_bucket="processed",
+        idempotency_table="idempotency",
+        warehouse=f"file://{tmp_path}/warehouse",
+        database="star",
+        catalog_uri=f"sqlite:///{tmp_path}/catalog.db",
+    )
+    catalog = open_catalog(settings, endpoint_url="")
+    ensure_tables(catalog, settings)
+    return catalog, settings
+
+
+def batch(seq: int, sales: int = 50, *, seed: int = 0, renamed: str | None = None):
+    tables = star_batch(sales, 10, 20, seed=seed)
+    if renamed:  # every staff row with another name: an update of each stored row
+        staff = tables[DIMENSION]
+        tables[DIMENSION] = staff.set_column(
+            staff.schema.get_field_index("first_name"),
+            "first_name",
+            pa.array([renamed] * staff.num_rows),
+        )
+    name = f"c{seq:019d}-000"
+    return processed_manifest(name, tables, capture_seq=seq), tables
+
+
+def snapshots(catalog, settings) -> dict[str, int]:
+    return {
+        name: len(catalog.load_table((settings.database, name)).snapshots())
+        for name in all_tables()
+    }
+
+
+def test_two_batches_racing_for_the_same_tables_both_land_as_if_one_came_after_the_other(
+    sql_target, monkeypatch
+):
+    """Both writers plan every table on the same snapshot (a barrier holds each just before
+    its catalog commit); the catalog accepts one, the other's commit fails and is planned
+    again on the new state. The tables equal those of the two batches applied one by one."""
+    catalog, settings = sql_target
+    first, second = batch(1, seed=1, renamed="First"), batch(2, seed=1, renamed="Second")
+    barrier = threading.Barrier(2, timeout=10)
+    raced = set()
+
+    def hold(table: str) -> None:
+        """Each writer's first commit of the dimension waits for the other's."""
+        name = threading.current_thread().name
+        if table == DIMENSION and name not in raced:
+            raced.add(name)
+            barrier.wait()
+
+    monkeypatch.setattr(commit, "before_commit", hold)
+    writers = [
+        commit.Writer(catalog, settings.database, m.batch_id, m.extra["capture_seq"], lambda s: 0)
+        for m, _ in (first, second)
+    ]
+    results = {}
+
+    def run(i: int) -> None:
+        manifest, tables = (first, second)[i]
+        results[i] = apply_batch(catalog, settings.database, manifest, tables, writer=writers[i])
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"w{i}") for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+
+    assert sorted(results) == [0, 1]
+    assert sum(w.conflicts for w in writers) >= 1
+    staff = read_tables(settings, [DIMENSION], endpoint_url="")[DIMENSION]
+    assert set(staff.column("first_name").to_pylist()) == {"Second"}  # the later capture
+    assert set(staff.column("capture_seq").to_pylist()) == {2}
+    ledger = read_tables(settings, ["etl_batch_ledger"], endpoint_url="")["etl_batch_ledger"]
+    assert sorted(ledger.column("batch_id").to_pylist()) == [first[0].batch_id, second[0].batch_id]
+
+
+def test_a_table_that_keeps_losing_the_race_fails_the_batch_naming_it(sql_target, monkeypatch):
+    catalog, settings = sql_target
+    manifest, tables = batch(1)
+    rival = catalog.load_table((settings.database, DIMENSION))
+    empty = rival.schema().as_arrow().empty_table()
+
+    def rival_commits_first(table: str) -> None:
+        if table == DIMENSION:  # another writer commits a snapshot in between, every time
+            nonlocal rival
+            rival.append(empty)
+            rival = rival.refresh()
+
+    monkeypatch.setattr(commit, "before_commit", rival_commits_first)
+    writer = commit.Writer(catalog, settings.database, manifest.batch_id, 1, sleep=lambda s: None)
+
+    with pytest.raises(LoadFailed, match=rf"batch {manifest.batch_id}: Iceberg table {DIMENSION}"):
+        apply_batch(catalog, settings.database, manifest, tables, writer=writer)
+
+    assert writer.conflicts == commit.MAX_ATTEMPTS
+    staff = catalog.load_table((settings.database, DIMENSION))
+    assert manifest.batch_id not in commit.committed_batches(staff)
+    assert staff.scan().to_arrow().num_rows == 0
+
+
+def test_a_batch_applied_again_is_acknowledged_without_a_snapshot(sql_target):
+    catalog, settings = sql_target
+    manifest, tables = batch(1)
+    first = apply_batch(catalog, settings.database, manifest, tables)
+    before = snapshots(catalog, settings)
+
+    again = apply_batch(catalog, settings.database, manifest, tables)
+
+    assert (first.loaded, again.loaded) == (True, False)
+    assert snapshots(catalog, settings) == before
+
+
+def test_maintenance_compacts_small_files_expires_snapshots_and_removes_orphans_keeping_rows(
+    sql_target, monkeypatch
+):
+    catalog, settings = sql_target
+    for seq in range(1, 7):
+        manifest, tables = batch(seq, sales=30, seed=seq)
+        apply_batch(catalog, settings.database, manifest, tables)
+    # an orphan: a commit that wrote its files and never committed
+    crashed, tables = batch(7, sales=30, seed=7)
+
+    def crash(table: str) -> None:
+        raise SystemError("died before the commit")
+
+    monkeypatch.setattr(commit, "before_commit", crash)
+    with pytest.raises(SystemError):
+        apply_batch(catalog, settings.database, crashed, tables)
+    monkeypatch.undo()
+    before = read_tables(settings, endpoint_url="")
+    facts = catalog.load_table((settings.database, "fact_sales_order"))
+    assert data_file_stats(facts).files > 1
+
+    later = datetime.now(UTC) + timedelta(days=30)
+    tuned = IcebergSettings(**{**vars(settings), "keep_snapshots": 1})
+    reports = {r.table: r for r in maintain(catalog, tuned, now=later)}
+
+    sales = reports["fact_sales_order"]
+    assert (sales.before.files > 1, sales.after.files) == (True, 1)
+    assert sales.before.rows == sales.after.rows
+    assert sales.snapshots_expired >= 6
+    assert reports["dim_staff"].files_removed > 0  # expired snapshots' files and the orphan
+    after = read_tables(settings, endpoint_url="")
+    for name, rows in before.items():
+        assert sorted(map(str, after[name].to_pylist())) == sorted(map(str, rows.to_pylist()))
+    assert catalog.load_table((settings.database, "fact_sales_order")).current_snapshot()
+
+
+def test_through_the_glue_catalog_of_the_emulator_the_tables_hold_athena_types(aws):
+    s3 = client("s3", aws)
+    glue = client("glue", aws)
+    s3.create_bucket(Bucket="glue-ice", CreateBucketConfiguration={"LocationConstraint": REGION})
+    glue.create_database(DatabaseInput={"Name": "glue_star"})
+    settings = IcebergSettings("p", "i", "s3://glue-ice/warehouse", "glue_star")
+    catalog = open_catalog(settings)
+    ensure_tables(catalog, settings)
+    manifest, tables = batch(1, sales=20)
+
+    result = apply_batch(catalog, settings.database, manifest, tables)
+
+    assert result.loaded
+    columns = {
+        c["Name"]: c["Type"]
+        for c in glue.get_table(DatabaseName="glue_star", Name="fact_sales_order")["Table"][
+            "StorageDescriptor"
+        ]["Columns"]
+    }
+    assert columns["created_time"] == "string"  # Athena has no Iceberg time type
+    assert columns["unit_price"] == "decimal(10,2)"
+    assert columns["source_deleted_at"] == "timestamp"
+    facts = read_tables(settings, ["fact_sales_order"])["fact_sales_order"]
+    assert facts.num_rows == 20
+    assert pc.all(pc.match_like(facts.column("created_time"), "__:__:__.___")).as_py()
+
+
+def test_a_cold_start_finds_the_tables_and_writes_nothing(sql_target, tmp_path):
+    catalog, settings = sql_target
+    files = sorted(p for p in (tmp_path / "warehouse").rglob("*") if p.is_file())
+
+    ensure_tables(catalog, settings)
+
+    assert sorted(p for p in (tmp_path / "warehouse").rglob("*") if p.is_file()) == files
