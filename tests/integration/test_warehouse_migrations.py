@@ -84,9 +84,7 @@ def _server_version(con) -> int:
     return int(version)
 
 
-def test_every_fact_reference_is_declared_checked_by_the_load_and_indexed(
-    warehouse_db, pg_connect
-):
+def test_every_fact_reference_is_declared_checked_by_the_load_and_indexed(warehouse_db, pg_connect):
     """Migration 0006: on PostgreSQL >= 18 every fact reference stays a declared foreign key,
     NOT ENFORCED (the load checks it); below 18 the constraints are gone. On both, the column's
     comment names the dimension it references, and an index leads with the column."""
