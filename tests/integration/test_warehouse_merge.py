@@ -23,6 +23,7 @@ from totes_tools.warehouse.synthetic import (
     EPOCH,
     dimensions,
     processed_manifest,
+    sales_orders,
     star_batch,
     with_calendar,
 )
@@ -373,3 +374,22 @@ def test_a_batch_repeating_a_fact_version_stores_it_once(
         assert result.tables["fact_sales_order"] == TableResult(staged=47, inserted=40)
         outcomes.append(table_checksums(con))
     assert outcomes[0] == outcomes[1]
+
+
+def test_a_large_staged_table_is_analysed_from_a_small_sample(warehouse):
+    """A staged table of ANALYZE_ROWS or more gets statistics, at the small target (at most
+    STATISTICS_TARGET + 1 histogram bounds, against 101 at PostgreSQL's default)."""
+    dims = dimensions(staff=50, locations=100, designs=500, counterparties=200)
+    facts_ = sales_orders(staging.ANALYZE_ROWS, dims, seed=3)
+    table = STAR_TABLES_BY_NAME["fact_sales_order"]
+    warehouse.run("BEGIN")
+    try:
+        staging.stage(warehouse, table, facts_)
+        [[bounds]] = warehouse.run(
+            "SELECT cardinality(histogram_bounds::text::text[]) FROM pg_stats"
+            " WHERE tablename = :t AND attname = 'sales_order_id'",
+            t=staging.staging_name(table),
+        )
+    finally:
+        warehouse.run("ROLLBACK")
+    assert 2 <= bounds <= staging.STATISTICS_TARGET + 1
