@@ -393,3 +393,37 @@ def test_a_large_staged_table_is_analysed_from_a_small_sample(warehouse):
     finally:
         warehouse.run("ROLLBACK")
     assert 2 <= bounds <= staging.STATISTICS_TARGET + 1
+
+
+def test_index_probes_turn_hash_and_merge_joins_off_for_their_block_only(warehouse):
+    settings = "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin')"
+    warehouse.run("BEGIN")
+    try:
+        with facts._index_probes(warehouse, True):
+            assert warehouse.run(settings) == [["off", "off"]]
+        assert warehouse.run(settings) == [["on", "on"]]
+        with facts._index_probes(warehouse, False):
+            assert warehouse.run(settings) == [["on", "on"]]
+    finally:
+        warehouse.run("ROLLBACK")
+
+
+def test_the_version_joins_probe_only_a_table_much_larger_than_the_batch(
+    warehouse, batches, monkeypatch
+):
+    wanted: list[tuple[str, bool]] = []
+    real = facts._index_probes
+
+    def recording(con, want):
+        wanted.append(want)
+        return real(con, want)
+
+    monkeypatch.setattr(facts, "_index_probes", recording)
+    load(warehouse, "b1", batches["b1"])  # empty tables: the planner's hash joins
+    first = list(wanted)
+    warehouse.run("ANALYZE")
+    wanted.clear()
+    small = {"fact_sales_order": batches["b3"]["fact_sales_order"]}  # 5 versions onto 40
+    load(warehouse, "b3", with_calendar(small))
+    assert first == [False, False, False]
+    assert wanted == [True]
