@@ -49,8 +49,8 @@ def batch_rows(table: StarTable) -> str:
 
 
 # The version anti-join (and the rewrite's join) probe the version key's index once per staged
-# row when the stored table holds more than this many times the batch's rows; otherwise the
-# planner's hash join reads the whole fact table in every batch, an O(table) cost per batch
+# row when the fact table takes more than this many times the staged table's pages; otherwise
+# the planner's hash join reads the whole fact table in every batch, an O(table) cost per batch
 # that makes a backfill of k batches O(n * k). Measured: docs/load.md "One load path".
 PROBE_ABOVE_BATCHES = 2
 
@@ -59,18 +59,24 @@ def merge_fact(con: Connection, batch: str, seq: int, table: StarTable, staged: 
     """The staged facts' references checked set-based (naming missing ids), then their versions
     written with every index maintained."""
     check_staged_references(con, batch, table)
-    with _index_probes(con, stored_rows(con, table) > PROBE_ABOVE_BATCHES * staged):
+    with _index_probes(con, _much_larger_than_batch(con, table)):
         inserted, updated = merge_versions(con, table, batch_rows(table), batch=batch, seq=seq)
     return TableResult(staged, inserted, updated)
 
 
-def stored_rows(con: Connection, table: StarTable) -> int:
-    """The planner's row estimate of the fact table (no scan); never analysed counts as 0."""
-    [[estimate]] = con.run(
-        "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = CAST(:t AS regclass)",
-        t=table.name,
+def _much_larger_than_batch(con: Connection, table: StarTable) -> bool:
+    """Whether the fact table's storage exceeds ``PROBE_ABOVE_BATCHES`` times the staged
+    rows'. By size on disk (no scan, no statistics): ``reltuples`` lags a backfill, because
+    autovacuum analyses a table up to a minute after a batch grew it, so a row estimate would
+    leave most of a backfill's batches on the hash join."""
+    [[larger]] = con.run(
+        "SELECT pg_relation_size(CAST(:fact AS regclass))"
+        " > CAST(:k AS float8) * pg_relation_size(CAST(:stage AS regclass))",
+        fact=table.name,
+        stage=staging_name(table),
+        k=PROBE_ABOVE_BATCHES,
     )
-    return int(estimate)
+    return bool(larger)
 
 
 @contextlib.contextmanager
