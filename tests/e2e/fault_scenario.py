@@ -17,7 +17,7 @@ import logging
 import warnings
 
 from totes.db import connect
-from totes.warehouse import merge
+from totes.warehouse import facts
 from totes_tools.local.aws import StackNames, aws_environment, moto_server
 from totes_tools.local.chain import LocalChain
 from totes_tools.local.postgres import embedded_postgres
@@ -50,22 +50,22 @@ def main() -> None:
             outcome["warehouse_down"] = sorted({f.stage for f in chain.run_cycle().failures})
         outcome["redriven"] = chain.run_cycle().replayed
 
-        merge_fact, killed = merge._merge_fact, []
+        merge_fact, killed = facts.merge_fact, []
 
-        def merge_then_lose_the_connection(con, batch, table, *args, **kwargs):
-            result = merge_fact(con, batch, table, *args, **kwargs)
+        def merge_then_lose_the_connection(con, batch, seq, table, *args, **kwargs):
+            result = merge_fact(con, batch, seq, table, *args, **kwargs)
             if not killed:
                 killed.append(batch)
                 con.run("SELECT pg_terminate_backend(pg_backend_pid())")
             return result
 
-        merge._merge_fact = merge_then_lose_the_connection
+        facts.merge_fact = merge_then_lose_the_connection
         with contextlib.closing(connect(source)) as con:
             simulator = Simulator(con, seed=5)
             for _ in range(20):
                 simulator.step()
         outcome["killed_load_ok"] = chain.run_cycle().ok and bool(killed)
-        merge._merge_fact = merge_fact
+        facts.merge_fact = merge_fact
         outcome["final_ok"] = chain.run_cycle().ok
     print(json.dumps({"fault_scenario": outcome}), flush=True)
 

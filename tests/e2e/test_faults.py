@@ -13,7 +13,7 @@ from e2e_reference import expected_warehouse, source_state, warehouse_problems
 
 from totes.db import connect
 from totes.lake import Lake
-from totes.warehouse import merge
+from totes.warehouse import facts
 from totes_tools.local.aws import aws_environment
 from totes_tools.local.chain import LocalChain
 from totes_tools.warehouse.checksums import table_checksums
@@ -155,17 +155,17 @@ def test_a_load_crash_inside_its_transaction_leaves_nothing_and_the_retry_gives_
     chain_for, fault_free, monkeypatch
 ):
     chain = chain_for()
-    merge_fact = merge._merge_fact
+    merge_fact = facts.merge_fact
     crashes = []
 
-    def merge_then_lose_the_connection(con, batch, table, *args, **kwargs):
-        result = merge_fact(con, batch, table, *args, **kwargs)
+    def merge_then_lose_the_connection(con, batch, seq, table, *args, **kwargs):
+        result = merge_fact(con, batch, seq, table, *args, **kwargs)
         if not crashes:
             crashes.append((batch, table.name))
             con.run("SELECT pg_terminate_backend(pg_backend_pid())")
         return result
 
-    monkeypatch.setattr(merge, "_merge_fact", merge_then_lose_the_connection)
+    monkeypatch.setattr(facts, "merge_fact", merge_then_lose_the_connection)
 
     report = chain.run_cycle()
 

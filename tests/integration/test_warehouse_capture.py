@@ -21,6 +21,7 @@ from totes.star.model import (
     STAR_TABLES,
     STAR_TABLES_BY_NAME,
 )
+from totes.warehouse import facts
 from totes.warehouse.merge import load_batch
 from totes.warehouse.migrations import migrate
 from totes.warehouse.results import LoadResult, TableResult
@@ -50,12 +51,18 @@ def warehouse(warehouse_db, pg_connect):
     return con
 
 
-def load(con, batch_id, tables, seq=None, *, set_aside=None, **kw) -> LoadResult:
+def load(con, batch_id, tables, seq=None, *, set_aside=None) -> LoadResult:
     """Load ``tables`` as batch ``batch_id`` of capture ``seq`` (None: a legacy batch)."""
     manifest = processed_manifest(
         batch_id, tables, hi=captured(seq or 0), capture_seq=seq, set_aside=set_aside
     )
-    return load_batch(con, manifest, tables, **kw)
+    return load_batch(con, manifest, tables)
+
+
+def probing(monkeypatch, on: bool) -> None:
+    """Force the fact version joins to index probes (``on``) or leave them to the planner's
+    hash joins whatever the table's size: both must give the same warehouse."""
+    monkeypatch.setattr(facts, "PROBE_ABOVE_BATCHES", -1 if on else 10**12)
 
 
 def empty(con) -> None:
@@ -182,13 +189,15 @@ def test_a_legacy_batch_after_a_captured_one_never_overwrites_it(warehouse):
 # -- Facts: versions, in place when a later capture delivers one again ------------------------
 
 
-@pytest.mark.parametrize("fk_check", ["per-row", "set-based"])
+@pytest.mark.parametrize("probes", [True, False])
 def test_a_fact_version_delivered_again_by_a_later_capture_is_rewritten_in_place(
-    warehouse, fk_check
+    warehouse, probes, monkeypatch
 ):
     """Order 1 changed by a cascade that kept its stamp (capture 2: other units, same version),
     order 2 delivered again unchanged (capture 2): both rows take capture 2, order 1 its new
-    content; an older or equal capture changes nothing. Either order, either path: the same."""
+    content; an older or equal capture changes nothing. Either order, with or without index
+    probes for the version joins: the same."""
+    probing(monkeypatch, probes)
     dims = dimensions(staff=1, locations=1, designs=1, counterparties=1)
     orders = sales_orders(2, dims, seed=4)
     first = with_calendar({**dims, "fact_sales_order": orders})
@@ -197,10 +206,7 @@ def test_a_fact_version_delivered_again_by_a_later_capture_is_rewritten_in_place
     outcomes = []
     for order in ([("b1", first, 1), ("b2", second, 2)], [("b2", second, 2), ("b1", first, 1)]):
         empty(warehouse)
-        results = [
-            load(warehouse, b, t, seq, fk_check=fk_check).tables["fact_sales_order"]
-            for b, t, seq in order
-        ]
+        results = [load(warehouse, b, t, seq).tables["fact_sales_order"] for b, t, seq in order]
         facts = warehouse.run(
             "SELECT sales_order_id, units_sold, capture_seq, loaded_batch_id"
             " FROM fact_sales_order ORDER BY 1"
@@ -292,15 +298,18 @@ def test_deletes_and_returns_give_the_same_marks_in_every_order(warehouse):
 
 
 @pytest.mark.parametrize("order", [("c1", "d2", "c3", "d4"), ("d4", "c3", "d2", "c1")])
-def test_the_bulk_path_marks_deletes_as_the_per_row_path(fresh_db, pg_connect, order):
+def test_index_probed_version_joins_mark_deletes_as_hash_joins_do(
+    fresh_db, pg_connect, order, monkeypatch
+):
     history = deletion_history()
     states = []
-    for fk_check in ("per-row", "set-based"):
-        con = pg_connect(fresh_db(fk_check.replace("-", "")))
+    for probes in (True, False):
+        probing(monkeypatch, probes)
+        con = pg_connect(fresh_db(f"probes{int(probes)}"))
         migrate(con)
         for batch_id in order:
             seq, tables = history[batch_id]
-            load(con, batch_id, tables, seq, fk_check=fk_check)
+            load(con, batch_id, tables, seq)
         states.append(state(con))
     assert states[0] == states[1]
     assert [row[-1] for row in states[1]["fact_sales_order"]] == [
@@ -401,18 +410,19 @@ def parking_history() -> dict[str, tuple[int, dict[str, pa.Table], dict | None]]
     }
 
 
-@pytest.mark.parametrize("fk_check", ["per-row", "set-based"])
+@pytest.mark.parametrize("probes", [True, False])
 def test_a_fact_of_a_set_aside_dimension_row_waits_in_the_park_until_the_row_arrives(
-    warehouse, fk_check
+    warehouse, probes, monkeypatch
 ):
+    probing(monkeypatch, probes)
     history = parking_history()
     seq, tables, set_aside = history["p5"]
-    parked = load(warehouse, "p5", tables, seq, set_aside=set_aside, fk_check=fk_check)
+    parked = load(warehouse, "p5", tables, seq, set_aside=set_aside)
     waiting = warehouse.run(
         "SELECT sales_order_id, design_id, batch_id, capture_seq FROM etl_parked_fact_sales_order"
     )
     seq, tables, _ = history["f6"]
-    released = load(warehouse, "f6", tables, seq, fk_check=fk_check)
+    released = load(warehouse, "f6", tables, seq)
 
     assert parked.tables["fact_sales_order"] == TableResult(2, 1, parked=1)
     assert waiting == [[2, 50, "p5", 5]]
@@ -469,8 +479,7 @@ def test_a_fact_stays_parked_while_its_row_is_missing_and_a_stored_set_aside_row
     ) == [[1, 8, "p8"], [2, 8, "p8"]]
 
 
-@pytest.mark.parametrize("fk_check", ["per-row", "set-based"])
-def test_any_other_missing_reference_still_fails_the_batch_naming_it(warehouse, fk_check):
+def test_any_other_missing_reference_still_fails_the_batch_naming_it(warehouse):
     """A parked candidate whose other reference is missing too, and a missing design that was
     not set aside: each fails the whole batch, naming table, column and ids."""
     seq, tables, set_aside = parking_history()["p5"]
@@ -490,7 +499,7 @@ def test_any_other_missing_reference_still_fails_the_batch_naming_it(warehouse, 
     failures = []
     for bad in (both, unlisted):
         with pytest.raises(LoadFailed) as failure:
-            load(warehouse, "bad", bad, seq, set_aside=set_aside, fk_check=fk_check)
+            load(warehouse, "bad", bad, seq, set_aside=set_aside)
         failures.append(str(failure.value))
     assert failures == [
         "batch bad: table fact_sales_order: counterparty_id references 1 dim_counterparty"

@@ -14,7 +14,7 @@ import pytest
 
 from totes.errors import LoadFailed
 from totes.star.model import OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
-from totes.warehouse import staging
+from totes.warehouse import facts, staging
 from totes.warehouse.merge import load_batch
 from totes.warehouse.migrations import migrate
 from totes.warehouse.results import LoadResult, TableResult
@@ -23,6 +23,7 @@ from totes_tools.warehouse.synthetic import (
     EPOCH,
     dimensions,
     processed_manifest,
+    sales_orders,
     star_batch,
     with_calendar,
 )
@@ -304,13 +305,12 @@ def _schema_objects(con) -> dict[str, list]:
     }
 
 
-@pytest.mark.parametrize("fk_check", ["per-row", "set-based"])
-def test_a_fact_pointing_at_a_missing_dimension_row_fails_naming_it(warehouse, batches, fk_check):
+def test_a_fact_pointing_at_a_missing_dimension_row_fails_naming_it(warehouse, batches):
     before = _schema_objects(warehouse)
     tables = dict(batches["b1"])
     tables["fact_sales_order"] = changed(tables["fact_sales_order"], 3, EPOCH, design_id=999)
     with pytest.raises(LoadFailed) as failure:
-        load(warehouse, "bad", tables, fk_check=fk_check)
+        load(warehouse, "bad", tables)
     assert str(failure.value) == (
         "batch bad: table fact_sales_order: design_id references 1 dim_design row(s) that are"
         " neither in the warehouse nor in the batch, e.g. ['999']"
@@ -340,37 +340,91 @@ def test_a_table_with_the_wrong_types_is_refused_before_any_write(warehouse, bat
     assert set(_all_rows(warehouse).values()) == {0}
 
 
-def test_the_bulk_path_gives_the_same_warehouse_and_keeps_every_foreign_key_and_index(
-    batches, fresh_db, pg_connect
+def test_every_load_keeps_the_schema_and_probed_or_hashed_version_joins_agree(
+    batches, fresh_db, pg_connect, monkeypatch
 ):
-    """Bulk (foreign keys and BI indexes dropped, rebuilt and re-validated) and per-row loads
-    of the same history, redelivery included (the bulk path then rebuilds nothing)."""
+    """One load path, no DDL: the history (redelivery included) leaves every constraint and
+    index as migrated, and the fact version joins give the same warehouse whether they probe
+    the version index or hash-join the whole table."""
     outcomes = []
-    for fk_check in ("per-row", "set-based"):
-        con = pg_connect(fresh_db(fk_check.replace("-", "")))
+    for probes in (True, False):
+        monkeypatch.setattr(facts, "PROBE_ABOVE_BATCHES", -1 if probes else 10**12)
+        con = pg_connect(fresh_db(f"probes{int(probes)}"))
         migrate(con)
         before = _schema_objects(con)
-        results = [
-            load(con, batch_id, batches[batch_id], fk_check=fk_check)
-            for batch_id in ("b1", "b2", "b3", "b2x")
-        ]
+        results = [load(con, b, batches[b]) for b in ("b1", "b2", "b3", "b2x")]
         assert _schema_objects(con) == before
         assert results[-1].tables["fact_payment"] == TableResult(staged=10, inserted=0)
         outcomes.append((table_checksums(con), [r.row_counts() for r in results], ledger(con)))
     assert outcomes[0] == outcomes[1]
 
 
-def test_a_batch_repeating_a_fact_version_stores_it_once_on_both_paths(
-    batches, fresh_db, pg_connect
+def test_a_batch_repeating_a_fact_version_stores_it_once(
+    batches, fresh_db, pg_connect, monkeypatch
 ):
     tables = dict(batches["b1"])
-    facts = tables["fact_sales_order"]
-    tables["fact_sales_order"] = pa.concat_tables([facts, facts.slice(0, 7)])
+    sales = tables["fact_sales_order"]
+    tables["fact_sales_order"] = pa.concat_tables([sales, sales.slice(0, 7)])
     outcomes = []
-    for fk_check in ("per-row", "set-based"):
-        con = pg_connect(fresh_db(f"dup{fk_check.replace('-', '')}"))
+    for probes in (True, False):
+        monkeypatch.setattr(facts, "PROBE_ABOVE_BATCHES", -1 if probes else 10**12)
+        con = pg_connect(fresh_db(f"dup{int(probes)}"))
         migrate(con)
-        result = load(con, "b1", tables, fk_check=fk_check)
+        result = load(con, "b1", tables)
         assert result.tables["fact_sales_order"] == TableResult(staged=47, inserted=40)
         outcomes.append(table_checksums(con))
     assert outcomes[0] == outcomes[1]
+
+
+def test_a_large_staged_table_is_analysed_from_a_small_sample(warehouse):
+    """A staged table of ANALYZE_ROWS or more gets statistics, at the small target (at most
+    STATISTICS_TARGET + 1 histogram bounds, against 101 at PostgreSQL's default)."""
+    dims = dimensions(staff=50, locations=100, designs=500, counterparties=200)
+    facts_ = sales_orders(staging.ANALYZE_ROWS, dims, seed=3)
+    table = STAR_TABLES_BY_NAME["fact_sales_order"]
+    warehouse.run("BEGIN")
+    try:
+        staging.stage(warehouse, table, facts_)
+        [[bounds]] = warehouse.run(
+            "SELECT cardinality(histogram_bounds::text::text[]) FROM pg_stats"
+            " WHERE tablename = :t AND attname = 'sales_order_id'",
+            t=staging.staging_name(table),
+        )
+    finally:
+        warehouse.run("ROLLBACK")
+    assert 2 <= bounds <= staging.STATISTICS_TARGET + 1
+
+
+def test_index_probes_turn_hash_and_merge_joins_off_for_their_block_only(warehouse):
+    settings = "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin')"
+    warehouse.run("BEGIN")
+    try:
+        with facts._index_probes(warehouse, True):
+            assert warehouse.run(settings) == [["off", "off"]]
+        assert warehouse.run(settings) == [["on", "on"]]
+        with facts._index_probes(warehouse, False):
+            assert warehouse.run(settings) == [["on", "on"]]
+    finally:
+        warehouse.run("ROLLBACK")
+
+
+def test_the_version_joins_probe_only_a_table_much_larger_than_the_batch(warehouse, monkeypatch):
+    """By size on disk, so without waiting for statistics: a first load into empty tables
+    leaves the joins to the planner; a small batch onto a stored table many times its size
+    probes."""
+    wanted: list[bool] = []
+    real = facts._index_probes
+
+    def recording(con, want):
+        wanted.append(want)
+        return real(con, want)
+
+    monkeypatch.setattr(facts, "_index_probes", recording)
+    first = star_batch(sales=3000, purchases=3000, payments_=3000, seed=1)
+    load(warehouse, "big", first)
+    on_empty = list(wanted)
+    wanted.clear()
+    small = {"fact_sales_order": new_versions(first["fact_sales_order"], 5, DAY_MS)}
+    load(warehouse, "small", with_calendar(small))
+    assert on_empty == [False, False, False]
+    assert wanted == [True]

@@ -79,20 +79,44 @@ def test_migrations_build_every_star_table_with_the_models_columns(warehouse_db,
         assert _columns(con, table.name) == _expected_columns(table), table.name
 
 
-def test_every_fact_reference_is_an_enforced_foreign_key_with_an_index(warehouse_db, pg_connect):
+def _server_version(con) -> int:
+    [[version]] = con.run("SELECT current_setting('server_version_num')::int")
+    return int(version)
+
+
+def test_every_fact_reference_is_declared_checked_by_the_load_and_indexed(warehouse_db, pg_connect):
+    """Migration 0006: on PostgreSQL >= 18 every fact reference stays a declared foreign key,
+    NOT ENFORCED (the load checks it); below 18 the constraints are gone. On both, the column's
+    comment names the dimension it references, and an index leads with the column."""
     con = pg_connect(warehouse_db)
     migrate(con)
-    found = {
-        (table, column, target)
-        for table, column, target in con.run(
-            "SELECT c.conrelid::regclass::text, a.attname, c.confrelid::regclass::text"
-            " FROM pg_constraint c JOIN pg_attribute a"
-            " ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]"
-            " WHERE c.contype = 'f'"
+    expected = {(f.name, column, dim) for f in FACTS for column, dim in f.references}
+    fks = con.run(
+        "SELECT c.conrelid::regclass::text, a.attname, c.confrelid::regclass::text"
+        " FROM pg_constraint c JOIN pg_attribute a"
+        " ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]"
+        " WHERE c.contype = 'f'"
+    )
+    if _server_version(con) >= 180000:
+        assert {tuple(row) for row in fks} == expected
+        enforced = "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conenforced"
+        assert con.run(enforced) == [[0]]
+    else:
+        assert fks == []
+    comments = {
+        (table, column, comment)
+        for table, column, comment in con.run(
+            "SELECT c.relname, a.attname, col_description(c.oid, a.attnum) FROM pg_class c"
+            " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0"
+            " WHERE c.relname = ANY(:facts) AND col_description(c.oid, a.attnum) IS NOT NULL",
+            facts=[f.name for f in FACTS],
         )
     }
-    expected = {(f.name, column, dim) for f in FACTS for column, dim in f.references}
-    assert found == expected
+    assert {(t, c) for t, c, _ in comments} == {(t, c) for t, c, _ in expected}
+    for table, column, comment in comments:
+        fact = next(f for f in FACTS if f.name == table)
+        dim = dict(fact.references)[column]
+        assert comment.startswith(f"references {dim}("), (table, column, comment)
     indexed = {
         (table, column)
         for table, column in con.run(
@@ -236,7 +260,7 @@ def test_a_warehouse_holding_data_at_0004_migrates_to_legacy_rows_that_captures_
     _load_as_at_0004(con, legacy)
     before = table_checksums(con)
 
-    assert migrate(con) == ["0005_capture_order_and_deletes"]
+    assert migrate(con)[0] == "0005_capture_order_and_deletes"
 
     assert table_checksums(con) == before
     lineage = {

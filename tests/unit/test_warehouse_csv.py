@@ -57,17 +57,3 @@ def test_the_synthetic_calendar_follows_the_warehouse_conventions():
         }
         for d in days
     ]
-
-
-def test_foreign_keys_are_checked_set_based_only_for_large_batches_relative_to_the_table():
-    from totes.warehouse.fact_bulk import set_based_fk_check
-
-    assert [
-        set_based_fk_check(batch, stored)
-        for batch, stored in [
-            (1_000, 0),  # a small first batch: per row
-            (1_000_000, 0),  # a backfill into an empty table: set-based
-            (1_000_000, 10_000_000),  # a tenth of the table: set-based
-            (100_000, 50_000_000),  # large, but a sliver of a huge table: per row
-        ]
-    ] == [False, True, True, False]

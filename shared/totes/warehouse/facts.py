@@ -1,5 +1,4 @@
-"""Fact merges, per-row path (incremental batches), and the steps the bulk path and the park
-share.
+"""Fact merges: one path for every batch, and the steps the park shares.
 
 A fact row is one version of a source row (natural id, ``last_updated``), stored once: a version
 not stored yet is inserted, so the original and every changed version stay. A version delivered
@@ -7,14 +6,21 @@ again by a later capture (a greater ``capture_seq``) rewrites the stored one in 
 content may differ without a new stamp (an ``ON UPDATE CASCADE`` keeps ``last_updated``), and
 even with equal content the later capture records that the key was alive then, which decides
 whether a deletion of the key is newer (``deletes``). An equal or older capture changes nothing,
-so batches converge in any order. On the per-row path the references are pre-checked
-set-based (one anti-join per foreign key, an error naming the missing ids), then the rows are
-written with the enforced foreign keys and every BI index maintained row by row.
+so batches converge in any order.
+
+The fact tables' foreign keys are not enforced by PostgreSQL (migration 0006: ``NOT ENFORCED``
+on >= 18, dropped below), so the load guarantees them: after the dimension merges, inside the
+batch's transaction and under the load lock, one set-based statement per fact table checks the
+distinct values the staged rows reference against each dimension's key (O(batch): the staged
+rows are read, the dimensions only probed). A dangling reference fails the batch naming table,
+column and up to five ids. Then the versions are written with every index maintained. No DDL,
+no lock stronger than ROW EXCLUSIVE on any star table, so BI readers never wait on a load.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 
 from pg8000.native import Connection
 
@@ -42,14 +48,91 @@ def batch_rows(table: StarTable) -> str:
     )
 
 
-def merge_fact_per_row(
-    con: Connection, batch: str, seq: int, table: StarTable, staged: int
-) -> TableResult:
-    """References pre-checked (naming missing ids), then written with the foreign keys and
-    every index maintained row by row."""
-    check_references(con, batch, table)
-    inserted, updated = merge_versions(con, table, batch_rows(table), batch=batch, seq=seq)
+# The version anti-join (and the rewrite's join) probe the version key's index once per staged
+# row when the fact table takes more than this many times the staged table's pages; otherwise
+# the planner's hash join reads the whole fact table in every batch, an O(table) cost per batch
+# that makes a backfill of k batches O(n * k). Measured: docs/load.md "One load path".
+PROBE_ABOVE_BATCHES = 2
+
+
+def merge_fact(con: Connection, batch: str, seq: int, table: StarTable, staged: int) -> TableResult:
+    """The staged facts' references checked set-based (naming missing ids), then their versions
+    written with every index maintained."""
+    check_staged_references(con, batch, table)
+    with _index_probes(con, _much_larger_than_batch(con, table)):
+        inserted, updated = merge_versions(con, table, batch_rows(table), batch=batch, seq=seq)
     return TableResult(staged, inserted, updated)
+
+
+def _much_larger_than_batch(con: Connection, table: StarTable) -> bool:
+    """Whether the fact table's storage exceeds ``PROBE_ABOVE_BATCHES`` times the staged
+    rows'. By size on disk (no scan, no statistics): ``reltuples`` lags a backfill, because
+    autovacuum analyses a table up to a minute after a batch grew it, so a row estimate would
+    leave most of a backfill's batches on the hash join."""
+    [[larger]] = con.run(
+        "SELECT pg_relation_size(CAST(:fact AS regclass))"
+        " > CAST(:k AS float8) * pg_relation_size(CAST(:stage AS regclass))",
+        fact=table.name,
+        stage=staging_name(table),
+        k=PROBE_ABOVE_BATCHES,
+    )
+    return bool(larger)
+
+
+@contextlib.contextmanager
+def _index_probes(con: Connection, wanted: bool) -> Iterator[None]:
+    """Inside the block (one statement or two) the planner may join only by nested loops, i.e.
+    by probing the fact table's version index once per staged row; the settings the
+    transaction had are restored after it (``set_config(..., true)``: transaction-local)."""
+    if not wanted:
+        yield
+        return
+    [saved] = con.run(
+        "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin'),"
+        " set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)"
+    )
+    try:
+        yield
+    finally:
+        con.run(
+            "SELECT set_config('enable_hashjoin', :h, true),"
+            " set_config('enable_mergejoin', :m, true)",
+            h=saved[0],
+            m=saved[1],
+        )
+
+
+def check_staged_references(con: Connection, batch: str, table: StarTable) -> None:
+    """Every reference of the staged facts must exist in its dimension (which this batch may
+    just have filled). One statement: per referenced dimension, the distinct values of every
+    column referencing it, read from the staged rows only, each probed against the dimension's
+    primary key. Only when one is missing do the per-column anti-joins run, to name the column
+    and the ids in the error."""
+    if not table.references:
+        return
+    stage = quote(staging_name(table))
+    by_dimension: dict[str, list[str]] = {}
+    for column, dim_name in table.references:
+        by_dimension.setdefault(dim_name, []).append(column)
+    probes = []
+    for dim_name, columns in by_dimension.items():
+        dim = STAR_TABLES_BY_NAME[dim_name]
+        values = ", ".join(f"(s.{quote(c)})" for c in columns)
+        probes.append(
+            f"EXISTS (SELECT 1 FROM (SELECT DISTINCT v.id FROM {stage} s"  # noqa: S608  # nosec B608
+            f" CROSS JOIN LATERAL (VALUES {values}) AS v(id)) AS u"
+            f" WHERE u.id IS NOT NULL AND NOT EXISTS"
+            f" (SELECT 1 FROM {quote(dim.name)} d WHERE d.{quote(dim.key)} = u.id))"
+        )
+    [missing] = con.run(f"SELECT {', '.join(probes)}")
+    if not any(missing):
+        return
+    check_references(con, batch, table)  # raises naming the column and the ids
+    dims = [d for d, m in zip(by_dimension, missing, strict=True) if m]
+    raise LoadFailed(  # unreachable unless the two checks disagree: still name what failed
+        f"batch {batch}: table {table.name}: references {dims} row(s) that are neither in"
+        " the warehouse nor in the batch"
+    )
 
 
 def check_references(
@@ -60,8 +143,10 @@ def check_references(
     exempt: SetAside | None = None,
 ) -> None:
     """Every reference of the staged facts (or of ``relation``) must exist in its dimension
-    (which this batch may just have filled): one anti-join per foreign key, failing with the
-    missing ids. References to the ``exempt`` keys of a dimension are not checked."""
+    (which this batch may just have filled): one anti-join per referencing column, failing
+    with the missing ids. References to the ``exempt`` keys of a dimension are not checked.
+    The park's check (a few rows), and the diagnosis when ``check_staged_references`` found a
+    missing row."""
     source = relation or quote(staging_name(table))
     for column, dim_name in table.references:
         dim = STAR_TABLES_BY_NAME[dim_name]

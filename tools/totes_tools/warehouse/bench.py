@@ -4,14 +4,12 @@
 ``--url`` names an empty database it may fill and empty) times, in the same run and database:
 
 1. ``raw_copy``: the batch's CSV stream ``COPY``-ed into an empty table with no keys (the floor);
-2. ``merge_per_row_fk``: ``load_batch`` of the whole batch (staging, dimension upserts,
-   reference pre-check, fact insert) into an empty warehouse, foreign keys checked per row;
-3. ``merge_set_based_fk``: the same on the bulk path: the fact table's foreign keys and BI
-   indexes dropped, rebuilt (one sort each) and re-validated inside the batch's transaction;
-4. ``redelivery``: the same rows again under another batch id (every fact row already stored);
-5. ``incremental``: ``--increment`` new fact rows (with the whole dimension set) on top of the
-   stored batch, the path ``auto`` chooses for them (per-row);
-6. ``row_by_row_insert``: one autocommitted ``INSERT`` per row through pg8000, on a sample.
+2. ``merge``: ``load_batch`` of the whole batch (staging, dimension upserts, the set-based
+   reference check, fact insert with every index maintained) into an empty warehouse;
+3. ``redelivery``: the same rows again under another batch id (every fact row already stored);
+4. ``incremental``: ``--increment`` new fact rows (with the whole dimension set) on top of the
+   stored batch (the same path);
+5. ``row_by_row_insert``: one autocommitted ``INSERT`` per row through pg8000, on a sample.
 
 It prints one JSON document of seconds and rows/s. Not part of the test suite: the numbers
 depend on the machine. ``measure`` is what a wider benchmark (``make bench``) can call.
@@ -28,7 +26,7 @@ import pyarrow as pa
 
 from totes.db import DbCredentials, connect
 from totes.star.model import FACT_SALES_ORDER, SOURCE_VERSION, STAR_TABLES
-from totes.warehouse import fact_bulk, ledger, merge, staging
+from totes.warehouse import ledger, merge, staging
 from totes.warehouse.migrations import migrate
 from totes_tools.warehouse.synthetic import (
     dimensions,
@@ -111,16 +109,9 @@ def measure(
             "postgres": version,
             "raw_copy": _rate(fact_rows, _raw_copy(con, batch["fact_sales_order"])),
         }
-        for label, fk_check in (
-            ("merge_per_row_fk", "per-row"),
-            ("merge_set_based_fk", "set-based"),
-        ):
-            con.run(f"TRUNCATE {_WAREHOUSE_TABLES} RESTART IDENTITY")
-            manifest = processed_manifest(f"bench-{fk_check}", batch)
-            seconds = _timed(
-                lambda m=manifest, f=fk_check: merge.load_batch(con, m, batch, fk_check=f)
-            )
-            results[label] = _rate(total, seconds)
+        con.run(f"TRUNCATE {_WAREHOUSE_TABLES} RESTART IDENTITY")
+        manifest = processed_manifest("bench-merge", batch)
+        results["merge"] = _rate(total, _timed(lambda: merge.load_batch(con, manifest, batch)))
         again = processed_manifest("bench-redelivery", batch)
         results["redelivery"] = _rate(total, _timed(lambda: merge.load_batch(con, again, batch)))
         con.run("ANALYZE fact_sales_order")
@@ -138,10 +129,6 @@ def measure(
         sample = min(sample_rows, fact_rows)
         results["row_by_row_insert"] = _rate(sample, _row_by_row(con, batch, sample))
         con.run(f"TRUNCATE {_WAREHOUSE_TABLES} RESTART IDENTITY")
-        results["auto_set_based_from"] = {
-            "fact_rows": fact_bulk.BULK_FACT_ROWS,
-            "share_of_stored": fact_bulk.BULK_FACT_SHARE,
-        }
         return results
     finally:
         con.close()
