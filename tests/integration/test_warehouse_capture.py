@@ -67,7 +67,7 @@ def probing(monkeypatch, on: bool) -> None:
 
 def empty(con) -> None:
     tables = ", ".join([*STAR_TABLES_BY_NAME, "etl_batch_ledger", "etl_deleted_keys", *PARKS])
-    con.run(f"TRUNCATE {tables} RESTART IDENTITY")
+    con.run(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
 
 
 def state(con) -> dict[str, list]:

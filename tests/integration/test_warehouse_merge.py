@@ -147,8 +147,19 @@ def test_concurrent_loads_of_one_batch_load_it_once(
 
 
 def _empty(con) -> None:
+    """CASCADE although every referencing table is listed: on PostgreSQL 18.4, once VACUUM has
+    cleared ``relhastriggers`` on a fact whose foreign keys are all NOT ENFORCED (migration
+    0006), TRUNCATE skips that fact when it checks the list and refuses its dimensions."""
     tables = ", ".join([*STAR_TABLES_BY_NAME, "etl_batch_ledger"])
-    con.run(f"TRUNCATE {tables} RESTART IDENTITY")
+    con.run(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+
+
+def test_the_warehouse_empties_after_vacuum_cleared_the_facts_trigger_flag(warehouse):
+    """Seen as a flaky failure (autovacuum's timing) before the CASCADE above."""
+    for fact in ("fact_sales_order", "fact_purchase_order", "fact_payment"):
+        warehouse.run(f"VACUUM {fact}")
+    _empty(warehouse)
+    assert warehouse.run("SELECT count(*) FROM dim_date") == [[0]]
 
 
 @pytest.mark.slow

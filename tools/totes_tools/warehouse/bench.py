@@ -101,7 +101,7 @@ def measure(
     con = connect(creds, application_name="totes-bench-load", timeout=3600)
     try:
         migrate(con)
-        con.run(f"TRUNCATE {_WAREHOUSE_TABLES} RESTART IDENTITY")
+        con.run(f"TRUNCATE {_WAREHOUSE_TABLES} RESTART IDENTITY CASCADE")
         [[version]] = con.run("SHOW server_version")
         results: dict = {
             "fact_rows": fact_rows,
@@ -109,7 +109,7 @@ def measure(
             "postgres": version,
             "raw_copy": _rate(fact_rows, _raw_copy(con, batch["fact_sales_order"])),
         }
-        con.run(f"TRUNCATE {_WAREHOUSE_TABLES} RESTART IDENTITY")
+        con.run(f"TRUNCATE {_WAREHOUSE_TABLES} RESTART IDENTITY CASCADE")
         manifest = processed_manifest("bench-merge", batch)
         results["merge"] = _rate(total, _timed(lambda: merge.load_batch(con, manifest, batch)))
         again = processed_manifest("bench-redelivery", batch)
@@ -125,10 +125,10 @@ def measure(
         more = processed_manifest("bench-incremental", new)
         rows = sum(t.num_rows for t in new.values())
         results["incremental"] = _rate(rows, _timed(lambda: merge.load_batch(con, more, new)))
-        con.run(f"TRUNCATE {_WAREHOUSE_TABLES} RESTART IDENTITY")
+        con.run(f"TRUNCATE {_WAREHOUSE_TABLES} RESTART IDENTITY CASCADE")
         sample = min(sample_rows, fact_rows)
         results["row_by_row_insert"] = _rate(sample, _row_by_row(con, batch, sample))
-        con.run(f"TRUNCATE {_WAREHOUSE_TABLES} RESTART IDENTITY")
+        con.run(f"TRUNCATE {_WAREHOUSE_TABLES} RESTART IDENTITY CASCADE")
         return results
     finally:
         con.close()
