@@ -56,6 +56,8 @@ CHUNK_ROWS = bounded_int(1, 5_000_000)
 # Days the raw lake keeps manifests, data and superseded key sets (the lifecycle rules'
 # expiry): ingest rewrites a key set its state still needs once it is half that old.
 RETENTION_DAYS = bounded_int(2, 36_500)
+# Sessions a multi-batch run may open besides its own, one per large table it reads once.
+READERS = bounded_int(0, 16)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class IngestSettings:
     # Where load's loaded marker is read from (the freshness heartbeat); None: not measured.
     processed_bucket: str | None = None
     raw_retention_days: int = 30
+    # Tables a run of several batches reads once each on a session of its own (0: every
+    # batch selects its rows of every table again, on the run's one session).
+    readers: int = 4
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> IngestSettings:
@@ -78,6 +83,7 @@ class IngestSettings:
             chunk_rows=_read(env, "INGEST_CHUNK_ROWS", CHUNK_ROWS, 100_000),
             processed_bucket=_read(env, "PROCESSED_BUCKET", str, None),
             raw_retention_days=_read(env, "RAW_RETENTION_DAYS", RETENTION_DAYS, 30),
+            readers=_read(env, "INGEST_READERS", READERS, 4),
         )
 
 
