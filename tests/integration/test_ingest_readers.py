@@ -76,9 +76,7 @@ def test_a_multi_batch_capture_reads_each_large_table_once_and_writes_the_same_b
 
     assert len(manifests) >= 8
     assert contents(lake, manifests) == per_batch
-    read_once = {
-        t.name for t in TABLES if statements.count(closure.run_copy_sql(t)) == 1
-    }
+    read_once = {t.name for t in TABLES if statements.count(closure.run_copy_sql(t)) == 1}
     assert len(read_once) == readers.MAX_READERS
     assert {"sales_order", "payment"} <= read_once
     for table in TABLES:

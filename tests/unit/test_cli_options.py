@@ -42,6 +42,8 @@ EXPECTED = {
     (("demo",), "--scale"): (1, 10_000_000),
     (("demo",), "--rounds"): (1, 1_000),
     (("bench",), "--scale"): (1, 10_000_000),
+    (("bench",), "--floor-rounds"): (1, 1_000),
+    (("bench",), "--small-steps"): (1, 1_000_000),
     (("warehouse", "verify"), "--range-keys"): (1, 2**31),
     (("warehouse", "verify"), "--show"): (0, 1_000_000),
     (("sam-local", "serve"), "--port"): (1, 65_535),

@@ -93,9 +93,7 @@ class TableReader:
         self._stop = threading.Event()
         self._held: tuple[int, pa.Table] | _End | None = None
         self.rows = 0
-        self._thread = threading.Thread(
-            target=self._read, name=f"reader-{table.name}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._read, name=f"reader-{table.name}", daemon=True)
 
     def start(self) -> TableReader:
         self._thread.start()
@@ -199,8 +197,7 @@ def run_reads(
         return
     snapshot_id = snapshot.export(con)
     readers = {
-        t.name: TableReader(t, connect, snapshot_id, selection, pieces, chunk_rows)
-        for t in tables
+        t.name: TableReader(t, connect, snapshot_id, selection, pieces, chunk_rows) for t in tables
     }
     try:
         for reader in readers.values():
