@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import statistics
 import subprocess  # nosec B404 - runs dlt's own interpreter on our script, fixed arguments
 import sys
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="bench-dlt-results.json")
     args = parser.parse_args(argv)
     logger.setLevel("ERROR")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the S3 emulator's request log
     variants = [OURS, *(f"dlt_{f}" for f in args.formats.split(","))]
     records: list[dict] = []
     with contextlib.ExitStack() as stack:
