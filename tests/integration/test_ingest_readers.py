@@ -200,3 +200,27 @@ def test_a_readers_failure_fails_the_run_before_its_batch_is_written(
 
     assert lake.latest_manifest() is None
     assert _no_reader_left(pg_connect, source)
+
+
+@pytest.mark.parametrize("bound", [1_000_000, 5_000])  # one piece; several, with readers
+def test_a_statement_may_outlast_the_connect_timeout(
+    stack, source, lake, pg_connect, monkeypatch, bound
+):
+    """The run's statements (and a reader's sorted COPY) answer nothing for seconds on a busy
+    source; only connecting is bounded by the short connect timeout. Here every session
+    connects with a 0.3 s timeout and the source holds a table locked for 1.5 s."""
+    from totes.stages import ingest_batch
+
+    real = ingest_batch.connect
+    monkeypatch.setattr(ingest_batch, "connect", lambda creds, **kw: real(creds, timeout=0.3))
+    locker = pg_connect(source)
+    locker.run("BEGIN")
+    locker.run("LOCK TABLE payment IN ACCESS EXCLUSIVE MODE")
+    release = threading.Timer(1.5, lambda: locker.run("COMMIT"))
+    release.start()
+    try:
+        manifests = ingest(settings_for(stack, max_batch_rows=bound), source, lake.s3)
+    finally:
+        release.join()
+
+    assert sum(m.row_counts.get("payment", 0) for m in manifests) > 0

@@ -37,9 +37,6 @@ MAX_READERS = 4
 # Items (parts of chunks) a reader may hold ready beyond the one being written.
 QUEUE_ITEMS = 2
 _POLL_SECONDS = 0.1
-# A reader's first row waits for the server to sort its table's new rows (seconds per million
-# on a busy server), so its sessions wait longer on the socket than the run's own.
-READER_TIMEOUT_SECONDS = 120.0
 
 
 class _Stopped(Exception):
