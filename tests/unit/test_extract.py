@@ -259,3 +259,23 @@ def test_the_batch_sequence_only_grows_and_never_falls_below_the_transaction_cou
     assert capture.next_seq(state, Snapshot(120, 130)) == 5_001
     assert capture.next_seq(state, Snapshot(9_000, 9_000)) == 9_000
     assert capture.next_seq(None, Snapshot(3, 3)) == 3
+
+
+def test_the_union_of_key_sets_is_sorted_distinct_and_keeps_the_known_set_when_nothing_is_new():
+    import numpy as np
+
+    from totes.extract.keysets import union_sorted
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        pool = rng.permutation(10_000)[: rng.integers(0, 3_000)].astype(np.int32)
+        known = np.sort(pool[: len(pool) // 2])
+        extra = np.sort(np.concatenate([pool[len(pool) // 2 :], known[: rng.integers(0, 5)]]))
+        extra = np.unique(extra)
+
+        got = union_sorted(known, extra)
+
+        assert got.dtype == np.int32
+        assert np.array_equal(got, np.union1d(known, extra))
+    known = np.arange(5, dtype=np.int32)
+    assert union_sorted(known, known[:2]) is known  # nothing new: the same array

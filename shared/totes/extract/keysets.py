@@ -126,6 +126,18 @@ def isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     return found
 
 
+def union_sorted(known: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """The sorted union of two sorted arrays of distinct keys, by insertion (O(n + m log n)):
+    ``np.union1d`` hashes or sorts all n + m keys again, which took most of an incremental
+    run's client time with a million keys per table (the key set P is large, the new keys
+    few)."""
+    extra = extra[~isin_sorted(extra, known)]
+    if not len(extra):
+        return known
+    merged: np.ndarray = np.insert(known, np.searchsorted(known, extra), extra)
+    return merged
+
+
 @dataclass
 class Reconciled:
     """The outcome for the run: deleted keys per table, the new key sets (table -> KeySet),
@@ -192,9 +204,9 @@ def reconcile(
                 if not len(new):
                     out.keysets[table] = before
                     continue
-                current = np.union1d(known, new)
+                current = union_sorted(known, new)
             else:
-                current = current_keys(con, table, np.union1d(known, new))
+                current = current_keys(con, table, union_sorted(known, new))
         if known is not None:
             gone = known[~isin_sorted(known, current)]
             if len(gone):
