@@ -11,7 +11,13 @@ from dataclasses import replace
 import pg8000.native
 import pyarrow as pa
 import pytest
-from ingest_support import batch_tables, insert_sales_orders, settings_for
+from ingest_support import (
+    batch_tables,
+    insert_sales_orders,
+    settings_for,
+    versions_in_lake,
+    versions_in_source,
+)
 
 from totes.db import connect
 from totes.extract import capture, closure, readers
@@ -224,3 +230,29 @@ def test_a_statement_may_outlast_the_connect_timeout(
         release.join()
 
     assert sum(m.row_counts.get("payment", 0) for m in manifests) > 0
+
+
+def test_readers_select_the_same_new_rows_when_other_transactions_began_since_the_run_started(
+    stack, source, lake, pg_connect, monkeypatch
+):
+    """``age()`` counts from a per-transaction reference: a reader that asks after other
+    transactions began must not drop the rows just above the threshold (a busy source)."""
+    settings = settings_for(stack, max_batch_rows=3)
+    ingest(settings_for(stack), source, lake.s3)  # everything: the state has a threshold now
+    con = pg_connect(source)
+    insert_sales_orders(con, 3)
+    insert_sales_orders(con, 3)  # a second stamp: two pieces, so readers
+    busy = pg_connect(source)
+    real = readers.TableReader._read
+
+    def after_other_transactions(self):
+        for _ in range(20):
+            busy.run("SELECT txid_current()")  # each its own transaction: ids move on
+        real(self)
+
+    monkeypatch.setattr(readers.TableReader, "_read", after_other_transactions)
+
+    manifests = ingest(settings, source, lake.s3)
+
+    assert len(manifests) >= 2
+    assert versions_in_lake(lake) == versions_in_source(con)

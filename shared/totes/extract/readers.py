@@ -103,7 +103,7 @@ class TableReader:
             con = self._connect()
             try:
                 with snapshot.imported(con, self._snapshot_id):
-                    capture.publish(con, self._selection)
+                    capture.publish(con, capture.rebased(con, self._selection))
                     publish_bounds(con, self._pieces)
                     schema = self.table.lake_schema.append(pa.field(PIECE_COLUMN, pa.int32()))
                     stream.copy_table(
