@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 VENV_SAM := .venv-sam
 VENV_CHECKOV := .venv-checkov
+# dlt's own environment for `make bench-dlt` (pinned, never mixed into .venv).
+VENV_DLT := .venv-dlt
+DLT_STAMP := $(VENV_DLT)/.stamp
+ROUNDS ?= 3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp
 SAM_STAMP := $(VENV_SAM)/.stamp
@@ -31,11 +35,11 @@ VENV_REBUILD := 1
 endif
 endif
 
-.PHONY: help demo test unit integration e2e template lint format security check build bench clean venv \
+.PHONY: help demo test unit integration e2e template lint format security check build bench bench-dlt clean venv \
 	rds-ca sam-venv checkov-venv checkov sam-local FORCE
 
 help:
-	@echo "make demo | test | unit | integration | e2e | template | lint | format | security | checkov | check | build | bench [SCALE=N] | sam-local [SAM_SCALE=N] | clean"
+	@echo "make demo | test | unit | integration | e2e | template | lint | format | security | checkov | check | build | bench [SCALE=N] | bench-dlt [SCALE=N ROUNDS=3] | sam-local [SAM_SCALE=N] | clean"
 	@echo "skip the slow tests: make test PYTEST_ARGS='-m \"not slow\"'"
 	@echo "another interpreter for .venv: make venv PYTHON=/path/to/python3.13"
 
@@ -142,6 +146,19 @@ sam-local: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m totes bench --scale $(SCALE) --output bench-results.json
 
+$(DLT_STAMP): requirements/bench-dlt.txt
+	rm -rf $(VENV_DLT)
+	$(PYTHON) -m venv $(VENV_DLT)
+	$(VENV_DLT)/bin/python -m pip install --quiet -r requirements/bench-dlt.txt
+	@touch $@
+
+# Our initial chain against dlt (sql_database, pyarrow backend, parquet via ADBC) on one
+# source, alternating, ROUNDS rounds, medians and ratios (tools/totes_tools/local/bench_dlt.py).
+bench-dlt: $(STAMP) $(DLT_STAMP)
+	$(BIN)/python -m totes_tools.local.bench_dlt --scale $(SCALE) --rounds $(ROUNDS) \
+		--dlt-python $(VENV_DLT)/bin/python --output bench-dlt-results.json
+
 clean:
-	rm -rf $(VENV) $(VENV_SAM) $(VENV_CHECKOV) .aws-sam .pytest_cache .ruff_cache bench-results.json
+	rm -rf $(VENV) $(VENV_SAM) $(VENV_CHECKOV) $(VENV_DLT) .aws-sam .pytest_cache .ruff_cache \
+		bench-results.json bench-dlt-results.json
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -57,6 +57,8 @@ CHUNK_ROWS = bounded_int(1, 5_000_000)
 # Days the raw lake keeps manifests, data and superseded key sets (the lifecycle rules'
 # expiry): ingest rewrites a key set its state still needs once it is half that old.
 RETENTION_DAYS = bounded_int(2, 36_500)
+# Sessions a multi-batch run may open besides its own, one per large table it reads once.
+READERS = bounded_int(0, 16)
 
 
 # A warehouse schema as operators create it (``CREATE SCHEMA name``, unquoted): lowercase
@@ -84,6 +86,9 @@ class IngestSettings:
     raw_retention_days: int = 30
     # With the optional Iceberg target: where its committed marker is read from; None: off.
     iceberg_bucket: str | None = None
+    # Tables a run of several batches reads once each on a session of its own (0: every
+    # batch selects its rows of every table again, on the run's one session).
+    readers: int = 4
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> IngestSettings:
@@ -96,6 +101,7 @@ class IngestSettings:
             processed_bucket=_read(env, "PROCESSED_BUCKET", str, None),
             raw_retention_days=_read(env, "RAW_RETENTION_DAYS", RETENTION_DAYS, 30),
             iceberg_bucket=_read(env, "ICEBERG_BUCKET", str, None) or None,
+            readers=_read(env, "INGEST_READERS", READERS, 4),
         )
 
 

@@ -103,12 +103,14 @@ def test_the_bench_reports_every_stage_baselines_and_ratios_as_json(tmp_path):
 
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(output.read_text())
-    for cycle in ("initial", "incremental"):
+    for cycle in ("initial", "incremental_small", "incremental", "incremental_2"):
         assert sorted(results[cycle]) == ["ingest", "load", "transform"]
         for stage in results[cycle].values():
             assert stage["failures"] == []
             assert stage["rows"] > 0
             assert stage["peak_rss_mb"] > 0
+            assert stage["client_cpu_s"] > 0
+            assert stage["server_cpu_s"] is not None  # the embedded server is visible in /proc
     assert results["initial"]["ingest"]["rows"] >= results["source_rows"]  # batches carry refs
     assert set(results["ratios"]) == {
         "ingest_vs_select_fetchall",
@@ -117,6 +119,34 @@ def test_the_bench_reports_every_stage_baselines_and_ratios_as_json(tmp_path):
         "load_vs_copy_floor",
     }
     assert "ratios:" in done.stdout
+    floor = results["floor"]
+    assert floor["copy_to"]["rows"] >= results["source_rows"]  # every source row, once
+    assert floor["copy_from"]["rows"] == results["initial"]["load"]["rows"]
+    replay = floor["load_replay"]
+    assert replay["batches"]["rows"] == replay["one_batch"]["rows"] == floor["copy_from"]["rows"]
+    assert replay["batches"]["batches"] == results["initial"]["load"]["batches"]
+    assert replay["one_batch"]["batches"] == 1
+    ratios = results["floor_ratios"]
+    for name in (
+        "chain_wall_vs_floor",
+        "chain_stages_vs_floor",
+        "ingest_rate_vs_copy_to_rate",
+        "load_batches_vs_one_batch",
+        "load_batches_vs_one_batch_server_cpu",
+        "incremental_small_seconds",
+    ):
+        assert ratios[name] > 0, name
+    assert sorted(ratios["peak_rss_mb"]) == ["ingest", "load", "transform"]
+    for line in (
+        "bare COPY floor",
+        "whole initial chain / floor:",
+        "ingest rate / COPY TO rate:",
+        "the same rows as one batch:",
+        "rows ingested per cycle of the same activity:",
+        "peak RSS per stage",
+        "server CPU s",
+    ):
+        assert line in done.stdout, line
     lambda_cost = results["lambda_cost"]
     assert "per GB-s" in lambda_cost["price"]
     quiet, changes = lambda_cost["quiet"], lambda_cost["incremental"]

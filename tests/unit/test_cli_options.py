@@ -46,6 +46,8 @@ EXPECTED = {
     (("iceberg-bench",), "--cycles"): (1, 1_000),
     (("iceberg-bench",), "--maintenance-age-hours"): (1, 1_000),
     (("iceberg-bench",), "--maintain-every"): (1, 1_000),
+    (("bench",), "--floor-rounds"): (1, 1_000),
+    (("bench",), "--small-steps"): (1, 1_000_000),
     (("warehouse", "verify"), "--range-keys"): (1, 2**31),
     (("warehouse", "verify"), "--show"): (0, 1_000_000),
     (("sam-local", "serve"), "--port"): (1, 65_535),

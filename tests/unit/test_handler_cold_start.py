@@ -101,3 +101,16 @@ def test_a_handler_imported_with_its_variables_reads_them_once(cold, stage):
     read = runtime.settings(SETTINGS[stage])
     cold.setenv(REQUIRED[stage][0], "changed-after-the-cold-start")
     assert runtime.settings(SETTINGS[stage]) is read
+
+
+@pytest.mark.parametrize(("raw", "readers"), [(None, 4), ("0", 0), ("16", 16), ("17", None)])
+def test_ingest_readers_default_to_four_and_take_zero_to_sixteen(raw, readers):
+    env = {"RAW_BUCKET": "raw", "SOURCE_SECRET_ID": "secret"}
+    if raw is not None:
+        env["INGEST_READERS"] = raw
+
+    if readers is None:
+        with pytest.raises(ConfigurationError, match="INGEST_READERS='17' is malformed"):
+            IngestSettings.from_env(env)
+    else:
+        assert IngestSettings.from_env(env).readers == readers

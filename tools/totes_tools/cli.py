@@ -259,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", default="bench-results.json")
     bench.add_argument("--source-url", default=None)
     bench.add_argument("--warehouse-url", default=None)
+    bench.add_argument(
+        "--floor-rounds", type=ROUNDS_OPTION, default=3, help="rounds of the COPY floor (median)"
+    )
+    bench.add_argument(
+        "--small-steps",
+        type=STEPS_OPTION,
+        default=10,
+        help="simulator steps of the small incremental cycle (about 100 changed rows)",
+    )
 
     sam_local = sub.add_parser(
         "sam-local", help="sam local invoke by hand (serve, events), and make sam-local's check"

@@ -172,6 +172,9 @@ class Since:
     ``everything`` takes every row."""
 
     age: int
+    # T itself (64-bit), so another session can measure the same age from its own reference
+    # (``rebased``); None for ``EVERYTHING``.
+    threshold: int | None = None
 
     @property
     def everything(self) -> bool:
@@ -191,8 +194,26 @@ def since(con: Connection, base: Snapshot | None, current: Snapshot) -> tuple[Si
     t = threshold(base, current)
     if current.xmax - t >= MAX_DISTANCE:
         return EVERYTHING, "more than 2**31 transactions since the last capture"
+    return _age_since(con, t), None
+
+
+def _age_since(con: Connection, t: int) -> Since:
     [[age]] = con.run("SELECT age(CAST(:t AS xid))", t=str(t % XID_RANGE))
-    return Since(int(age)), None
+    return Since(int(age), t)
+
+
+def rebased(con: Connection, selection: Selection) -> Selection:
+    """``selection`` for another session reading the same snapshot (``extract.readers``).
+    ``age()`` counts from a reference that is fixed per transaction but differs between
+    sessions (the next transaction id when the transaction first asks), so ages computed by
+    the run's session would drop, in a session that asks later, the rows of the transactions
+    that began in between: each age is measured again here from its threshold."""
+
+    def again(since: Since) -> Since:
+        return since if since.threshold is None else _age_since(con, since.threshold)
+
+    resume = again(selection.resume) if selection.resume is not None else None
+    return Selection(again(selection.primary), resume, selection.resume_from)
 
 
 def read_snapshot(con: Connection) -> tuple[Snapshot, datetime, datetime]:

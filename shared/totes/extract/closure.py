@@ -15,7 +15,7 @@ published as transaction-local settings by ``closure_sql``.
 
 from __future__ import annotations
 
-from totes.extract.capture import changed
+from totes.extract.capture import changed, is_new, stamp
 from totes.extract.plan import new_keys_setting
 from totes.identifiers import quote
 from totes.source.model import TABLES, TABLES_BY_NAME, UNREPRESENTABLE, Column, Table
@@ -180,8 +180,7 @@ def selection_sql(table: Table, *, keyed: bool = False) -> str:
     ``keyed``: the new rows' keys were published (``plan.publish_new_keys``, a small change
     set), so the rows are found through the primary key, not by scanning the table again; the
     change test still applies, so both forms select the same rows."""
-    values = [_lake_value(c, "s") for c in table.columns]
-    columns = ", ".join([*values, f"{_unrepresentable(table, 's')} AS {quote(UNREPRESENTABLE)}"])
+    columns = _lake_columns(table)
     key = f"s.{quote(table.key)}"
     where = changed("s")
     if keyed and is_window_only(table):
@@ -194,6 +193,47 @@ def selection_sql(table: Table, *, keyed: bool = False) -> str:
     return f"SELECT {columns} FROM {quote(table.name)} s WHERE {where}"  # noqa: S608  # nosec B608
 
 
-def copy_sql(table: Table, *, keyed: bool = False) -> str:
-    selection = selection_sql(table, keyed=keyed)
+def _lake_columns(table: Table) -> str:
+    values = [_lake_value(c, "s") for c in table.columns]
+    return ", ".join([*values, f"{_unrepresentable(table, 's')} AS {quote(UNREPRESENTABLE)}"])
+
+
+def _copy(selection: str) -> str:
     return f"COPY ({selection}) TO STDOUT WITH (FORMAT csv, HEADER false)"
+
+
+def copy_sql(table: Table, *, keyed: bool = False) -> str:
+    return _copy(selection_sql(table, keyed=keyed))
+
+
+# The column a whole-run read adds to each row: the index of the run's piece it belongs to.
+PIECE_COLUMN = "_piece"
+PIECE_BOUNDS_SETTING = "totes.piece_bounds"
+
+
+def run_copy_sql(table: Table) -> str:
+    """COPY of every row of ``table`` new for the published selection (all of the run's
+    pieces), each with the index of its piece (``width_bucket`` of its stamp against the
+    published piece bounds, the first stamp of every piece but the first), in piece order:
+    one read of the table for the whole run, which the client cuts into the pieces
+    (``extract.readers``). The sort is by a small integer and costs the server about what one
+    more filtered scan would; reading the table once per piece costs P scans."""
+    bounds = f"(SELECT CAST(current_setting('{PIECE_BOUNDS_SETTING}') AS timestamp[]))"
+    piece = f"width_bucket({stamp('s')}, {bounds})"
+    return _copy(
+        f"SELECT {_lake_columns(table)}, {piece} AS {quote(PIECE_COLUMN)}"  # noqa: S608  # nosec B608
+        f" FROM {quote(table.name)} s WHERE {is_new('s')} ORDER BY {quote(PIECE_COLUMN)}"
+    )
+
+
+def extras_copy_sql(table: Table) -> str:
+    """COPY of the rows of closure table ``table`` the published piece carries without their
+    being changed in it (its published extra keys), found through the primary key: with
+    ``run_copy_sql``'s rows of the piece, exactly what ``copy_sql`` selects."""
+    key = f"s.{quote(table.key)}"
+    # ARRAY(subquery): computed once (an init plan), then probed through the primary key.
+    keys = f"ARRAY(SELECT unnest(CAST(current_setting('{_extra_setting(table)}') AS integer[])))"
+    return _copy(
+        f"SELECT {_lake_columns(table)} FROM {quote(table.name)} s"  # noqa: S608  # nosec B608
+        f" WHERE {key} = ANY({keys}) AND NOT {changed('s')}"
+    )

@@ -7,6 +7,7 @@ so every statement sees the same snapshot of the source.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 from pg8000.native import Connection
@@ -20,6 +21,33 @@ def snapshot(con: Connection) -> Iterator[None]:
     """One read-only repeatable-read transaction: every statement inside sees one snapshot."""
     con.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     try:
+        con.run("SET LOCAL DateStyle = 'ISO, YMD'")
+        yield
+    finally:
+        con.run("ROLLBACK")
+
+
+def export(con: Connection) -> str:
+    """The id of this transaction's snapshot, for other sessions to read the same view
+    (``imported``); valid until this transaction ends."""
+    [[snapshot_id]] = con.run("SELECT pg_export_snapshot()")
+    return str(snapshot_id)
+
+
+# What pg_export_snapshot returns (hex words and dashes); SET TRANSACTION SNAPSHOT takes no
+# bind parameter, so the id is checked against this before it is written into the statement.
+_SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f]+(-[0-9A-Fa-f]+)+")
+
+
+@contextlib.contextmanager
+def imported(con: Connection, snapshot_id: str) -> Iterator[None]:
+    """:func:`snapshot` on another session, seeing exactly the exported snapshot
+    ``snapshot_id`` (while the exporting transaction is open): parallel readers of one run."""
+    if not _SNAPSHOT_ID.fullmatch(snapshot_id):
+        raise ValueError("not a snapshot id")
+    con.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    try:
+        con.run(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
         con.run("SET LOCAL DateStyle = 'ISO, YMD'")
         yield
     finally:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +23,7 @@ from totes.extract.closure import (
     closure_sql,
     closure_tables,
     copy_sql,
+    extras_copy_sql,
     is_window_only,
     pulled_setting,
     pullers,
@@ -52,6 +53,8 @@ def copy_batch(
     chunk_rows: int,
     on_chunk: Callable[[Table, pa.Table], None],
     counts: Mapping[str, TableCounts] | None = None,
+    run_reads: Mapping[str, PieceSource] | None = None,
+    piece: int = 0,
 ) -> dict[str, int]:
     """Copy every table's rows of the self-contained batch for the published selection and
     piece (``capture.publish``, ``capture.publish_piece``); returns the rows per table.
@@ -64,7 +67,12 @@ def copy_batch(
     With ``counts`` whose new keys are all known (a small change set, published by
     ``plan.publish_new_keys``), rows are found by key, and a fact table with nothing new is not
     read at all.
+
+    ``run_reads``: tables read once for the whole run (``extract.readers``), whose rows of
+    piece ``piece`` are taken from there instead of being selected again; a closure table's
+    extra rows are then fetched by key (``closure.extras_copy_sql``).
     """
+    run_reads = run_reads or {}
     keyed = counts is not None and all(c.new_keys is not None for c in counts.values())
     closure = closure_tables()
     pulled: dict[str, list[pa.Array]] = {t.name: [] for t in closure}
@@ -85,6 +93,11 @@ def copy_batch(
                 rows[table.name] = 0
                 continue
             collect_table = functools.partial(collect, table)
+            if table.name in run_reads:
+                rows[table.name] = _from_source(
+                    run_reads[table.name], piece, chunk_rows, collect_table
+                )
+                continue
             rows[table.name] = copy_table(con, table, chunk_rows, collect_table, keyed=keyed)
     names = [pulled_setting(t) for t in closure]
     params = {f"p{i}": _key_set_text(pulled[t.name]) for i, t in enumerate(closure)}
@@ -94,10 +107,15 @@ def copy_batch(
     )
     con.run(closure_sql())
     for table in TABLES:
-        if not is_window_only(table):
-            rows[table.name] = copy_table(
-                con, table, chunk_rows, functools.partial(on_chunk, table), keyed=keyed
-            )
+        if is_window_only(table):
+            continue
+        emit = functools.partial(on_chunk, table)
+        if table.name in run_reads:
+            changed = _from_source(run_reads[table.name], piece, chunk_rows, emit)
+            extra = copy_table(con, table, chunk_rows, emit, sql=extras_copy_sql(table))
+            rows[table.name] = changed + extra
+            continue
+        rows[table.name] = copy_table(con, table, chunk_rows, emit, keyed=keyed)
     return rows
 
 
@@ -124,9 +142,15 @@ class _CsvChunks(io.RawIOBase):
     so a value of any size costs one pass.
     """
 
-    def __init__(self, table: Table, chunk_rows: int, on_chunk: Callable[[pa.Table], None]):
+    def __init__(
+        self,
+        table: Table,
+        chunk_rows: int,
+        on_chunk: Callable[[pa.Table], None],
+        schema: pa.Schema | None = None,
+    ):
         super().__init__()
-        self.schema = table.lake_schema
+        self.schema = table.lake_schema if schema is None else schema
         self.chunk_rows = chunk_rows
         self.on_chunk = on_chunk
         self.buffer = bytearray()
@@ -235,12 +259,47 @@ def copy_table(
     on_chunk: Callable[[pa.Table], None],
     *,
     keyed: bool = False,
+    sql: str | None = None,
+    schema: pa.Schema | None = None,
 ) -> int:
     """Stream the published batch's rows of ``table`` through ``COPY ... TO STDOUT`` into
-    Arrow tables of at most ``chunk_rows`` rows with the raw lake schema; returns the rows."""
-    sink = _CsvChunks(table, chunk_rows, on_chunk)
+    Arrow tables of at most ``chunk_rows`` rows with the raw lake schema; returns the rows.
+    ``sql``/``schema``: another COPY of the table's rows and the columns it returns."""
+    sink = _CsvChunks(table, chunk_rows, on_chunk, schema)
     blocks = io.BufferedWriter(sink, buffer_size=COPY_BLOCK_BYTES)
-    con.run(copy_sql(table, keyed=keyed), stream=blocks)
+    con.run(sql or copy_sql(table, keyed=keyed), stream=blocks)
     blocks.flush()
     sink.finish()
     return sink.rows
+
+
+class PieceSource(Protocol):
+    """One table's rows of the run, piece by piece (``extract.readers.TableReader``)."""
+
+    def piece(self, index: int) -> Iterator[pa.Table]: ...
+
+
+def _rechunked(chunks: Iterable[pa.Table], chunk_rows: int) -> Iterator[pa.Table]:
+    """``chunks`` regrouped into chunks of exactly ``chunk_rows`` rows (the last smaller)."""
+    held: list[pa.Table] = []
+    rows = 0
+    for chunk in chunks:
+        held.append(chunk)
+        rows += chunk.num_rows
+        while rows >= chunk_rows:
+            joined = pa.concat_tables(held)
+            yield joined.slice(0, chunk_rows)
+            rest = joined.slice(chunk_rows)
+            held, rows = ([rest] if rest.num_rows else []), rest.num_rows
+    if rows:
+        yield pa.concat_tables(held)
+
+
+def _from_source(
+    source: PieceSource, piece: int, chunk_rows: int, on_chunk: Callable[[pa.Table], None]
+) -> int:
+    rows = 0
+    for chunk in _rechunked(source.piece(piece), chunk_rows):
+        rows += chunk.num_rows
+        on_chunk(chunk)
+    return rows

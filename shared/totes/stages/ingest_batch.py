@@ -11,7 +11,9 @@ run's capture sequence plus a part number), so objects are never half-replaced b
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,7 +34,7 @@ from totes.db import (
     set_socket_timeout,
 )
 from totes.errors import TotesError
-from totes.extract import capture, keysets, plan, stream
+from totes.extract import capture, keysets, plan, readers, stream
 from totes.extract.capture import CaptureState, KeySet, Resume
 from totes.extract.keysets import refresh as keysets_refresh
 from totes.extract.snapshot import check_schema, snapshot
@@ -54,12 +56,18 @@ from totes.settings import IngestSettings
 from totes.source.model import TABLES, Table
 from totes.stages import runtime
 
-# pg8000's connect timeout (10 s) bounds every later socket wait too, and a first capture's
-# planning query sorts millions of stamps before it answers a byte (over 10 s at 1M orders on a
-# busy server). Statements may run up to just under the function's 900 s timeout.
+STAGE = "raw"
+# pg8000's timeout bounds every socket wait, not just connecting: the run's counting and
+# piece statements and a reader's sorted COPY send nothing for seconds per million rows on a
+# busy source (the piece statement took 11 to 15 s at 1M orders here). So connect with the
+# short default, then let statements run up to (just under) the function's timeout (900 s).
 SOCKET_TIMEOUT_SECONDS = 880.0
 
-STAGE = "raw"
+
+def _session(creds: DbCredentials, application_name: str) -> Connection:
+    con = connect(creds, application_name=application_name)
+    set_socket_timeout(con, SOCKET_TIMEOUT_SECONDS)
+    return con
 
 
 def _write_batch(
@@ -69,9 +77,13 @@ def _write_batch(
     settings: IngestSettings,
     copied: dict[str, list[pa.Array]],
     counts: dict[str, plan.TableCounts] | None,
+    run_reads: Mapping[str, readers.TableReader] | None = None,
+    piece: int = 0,
 ) -> list[ManifestFile]:
     """Every table's rows of the published piece as Parquet parts of at most ``chunk_rows``
-    rows; the keys copied are collected in ``copied`` (for delete detection).
+    rows; the keys copied are collected in ``copied`` (for delete detection). Tables in
+    ``run_reads`` are read once for the whole run (``extract.readers``): their rows of piece
+    ``piece`` come from there.
 
     Encoding a part and storing it (Arrow and the S3 upload release the GIL) run on one
     background thread while the next chunk is read from the source; at most one part is in
@@ -96,7 +108,7 @@ def _write_batch(
         in_flight.append(writer.submit(store, table, key, chunk))
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="raw-writer") as writer:
-        stream.copy_batch(con, settings.chunk_rows, put, counts)
+        stream.copy_batch(con, settings.chunk_rows, put, counts, run_reads, piece)
         while in_flight:
             in_flight.pop().result()
     return files
@@ -135,11 +147,10 @@ def ingest_run(settings: IngestSettings, creds: DbCredentials, s3_client: BaseCl
     snapshot and capture time then advance), and every state it writes references key sets
     young enough to outlive the lake's lifecycle rules (``keysets.refresh``)."""
     lake = Lake(s3_client, settings.raw_bucket)
-    con = connect(creds, application_name="totes-ingest")
-    set_socket_timeout(con, SOCKET_TIMEOUT_SECONDS)
+    con = _session(creds, "totes-ingest")
     run = IngestRun()
     try:
-        with snapshot(con):
+        with snapshot(con), contextlib.ExitStack() as stack:
             check_schema(con)
             current, captured_at, source_now = capture.read_snapshot(con)
             start = starting_point(lake, current)
@@ -179,13 +190,26 @@ def ingest_run(settings: IngestSettings, creds: DbCredentials, s3_client: BaseCl
             seq = capture.next_seq(state, current)
             previous_keysets = state.keysets if state else {}
             copied: dict[str, list[pa.Array]] = {}
+            run_reads = stack.enter_context(
+                readers.run_reads(
+                    con,
+                    lambda: _session(creds, "totes-ingest-reader"),
+                    selection,
+                    pieces,
+                    counts,
+                    settings.chunk_rows,
+                    settings.readers,
+                )
+            )
             for part, piece in enumerate(pieces):
                 batch_id = batch_id_for(seq, part)
                 logger.set_correlation_id(batch_id)
                 capture.publish_piece(con, piece.lo, piece.hi)
                 keyed = counts if len(pieces) == 1 else None
                 files = (
-                    _write_batch(con, lake, batch_id, settings, copied, keyed) if piece.rows else []
+                    _write_batch(con, lake, batch_id, settings, copied, keyed, run_reads, part)
+                    if piece.rows
+                    else []
                 )
                 extra: dict[str, Any] = {}
                 if part < len(pieces) - 1:

@@ -14,27 +14,47 @@ Baselines, on the largest source and fact tables:
 - load: one autocommitted ``INSERT`` per row on a sample (the rate extrapolated to the whole
   load), and a bare ``COPY ... FROM STDIN`` into an unindexed table (the floor).
 
+The bare COPY floor of the whole chain (``floor``), medians of ``--floor-rounds``: every source
+row out once (``COPY (SELECT cols) TO STDOUT``, CSV, all tables, one snapshot, pg8000, as
+ingest reads) plus every warehouse row of the initial load in once (Arrow-written CSV, as load
+stages it, ``COPY FROM STDIN`` into empty unindexed copies of the star tables). Against it:
+the whole initial chain, ingest's rate against COPY TO's, and the initial batches loaded again
+one by one and as one batch (``load.load_batch``, the load's public entry point, into fresh
+warehouses: the backfill's cost against one batch's). Cycles: the initial load, a small
+incremental cycle (``--small-steps`` simulator steps, about 100 changed rows; its end-to-end
+seconds are the three stages' own), two cycles of ``SIMULATOR_STEPS`` steps (rows ingested per
+cycle stay flat: no overlap is read again) and a quiet one. Every stage reports its peak RSS,
+its client CPU and, when the server's processes are visible (``/proc``), the server's CPU.
+
 Results are printed as a table and written as JSON with the ratios.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import json
 import logging
 import os
 import platform
+import statistics
 import subprocess  # nosec B404 - runs only this module, as its own children
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 
 from totes.db import DbCredentials, connect
-from totes.identifiers import quote
+from totes.identifiers import quote, quote_all
+from totes.lake import Lake
 from totes.observability import logger
-from totes.star.model import FACT_SALES_ORDER, SOURCE_VERSION
+from totes.source.model import TABLES
+from totes.star.model import FACT_SALES_ORDER, SOURCE_VERSION, STAR_TABLES_BY_NAME
+from totes.warehouse import staging
+from totes_tools.local import cpu
 from totes_tools.local.aws import StackNames, aws_environment, moto_server
 from totes_tools.local.bench_extract import RssSampler, _copy_rate, _fetch_rate
 from totes_tools.local.chain import FUNCTION_MEMORY_MB, LocalChain
@@ -43,7 +63,11 @@ from totes_tools.warehouse.bench import _raw_copy
 
 CHILD_ENV = "TOTES_BENCH_CHILD"
 STAGES = ("ingest", "transform", "load")
+CYCLES = ("initial", "incremental_small", "incremental", "incremental_2", "quiet")
 SIMULATOR_STEPS = 200
+# Simulator steps of the small incremental cycle: about 100 changed rows.
+SMALL_STEPS = 10
+FLOOR_ROUNDS = 3
 ROW_BY_ROW_SAMPLE = 2_000
 EXTRACT_TABLE = "sales_order"
 
@@ -75,9 +99,10 @@ def run_child(stage: str) -> int:
         )
         chain.handler(stage)  # imports (a cold start) are not the stage's work
         with RssSampler() as rss:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), cpu.client_cpu()
             report = chain.ingest() if stage == "ingest" else chain.drain(stages=(stage,))
             seconds = time.perf_counter() - started
+            client_cpu = cpu.client_cpu() - cpu_started
     stage_report = report.stages[stage]
     rows = sum(stage_report.rows.values())
     print(
@@ -93,6 +118,7 @@ def run_child(stage: str) -> int:
                 "rows_per_s": _rate(rows, seconds),
                 "rss_before_mb": round(rss.baseline, 1),
                 "peak_rss_mb": round(rss.peak, 1),
+                "client_cpu_s": round(client_cpu, 2),
                 "failures": [str(f) for f in report.failures],
             }
         )
@@ -100,8 +126,14 @@ def run_child(stage: str) -> int:
     return 0 if report.ok else 1
 
 
-def run_stages(endpoint: str, source: DbCredentials, warehouse: DbCredentials) -> dict:
-    """Ingest, then transform, then load, each in its own process; their JSON reports."""
+def run_stages(
+    endpoint: str,
+    source: DbCredentials,
+    warehouse: DbCredentials,
+    postmaster: int | None = None,
+) -> dict:
+    """Ingest, then transform, then load, each in its own process; their JSON reports, each
+    with the server's CPU over the stage (``postmaster``: the server's, when visible)."""
     env = {
         **os.environ,
         CHILD_ENV: json.dumps(
@@ -111,6 +143,7 @@ def run_stages(endpoint: str, source: DbCredentials, warehouse: DbCredentials) -
     out = {}
     for stage in STAGES:
         started = time.perf_counter()
+        server_started = cpu.server_cpu(postmaster)
         done = subprocess.run(  # noqa: S603  # nosec B603 - our own module, fixed arguments
             [sys.executable, "-m", "totes_tools.local.bench", "--child", stage],
             env=env,
@@ -123,6 +156,12 @@ def run_stages(endpoint: str, source: DbCredentials, warehouse: DbCredentials) -
             raise SystemExit(f"bench: the {stage} stage failed:\n{done.stdout}\n{done.stderr}")
         out[stage] = {**json.loads(lines[-1]), "process_seconds": time.perf_counter() - started}
         out[stage]["process_seconds"] = round(out[stage]["process_seconds"], 2)
+        server_now = cpu.server_cpu(postmaster)
+        out[stage]["server_cpu_s"] = (
+            round(server_now - server_started, 2)
+            if server_now is not None and server_started is not None
+            else None
+        )
     return out
 
 
@@ -214,14 +253,148 @@ def _row_by_row(con, sample: pa.Table) -> float:
     return seconds
 
 
+# -- the bare COPY floor of the whole chain -------------------------------------------------
+
+
+class _NullRaw(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        return len(data)
+
+
+def _median_of(rounds: list[dict]) -> dict:
+    out = {k: statistics.median(r[k] for r in rounds) for k in ("seconds", "client_cpu_s")}
+    servers = [r["server_cpu_s"] for r in rounds if r["server_cpu_s"] is not None]
+    out["server_cpu_s"] = round(statistics.median(servers), 2) if servers else None
+    out["rows"] = rounds[0]["rows"]
+    out["rows_per_s"] = round(out["rows"] / out["seconds"]) if out["seconds"] else 0
+    out["rounds"] = len(rounds)
+    return out
+
+
+def copy_to_floor(source: DbCredentials, postmaster: int | None, rounds: int) -> dict:
+    """Every source row out once, as ingest reads (one snapshot, CSV, pg8000, a null sink)."""
+    con = connect(source, application_name="totes-bench-floor", timeout=3600)
+    try:
+        [[rows]] = con.run(
+            "SELECT " + " + ".join(f"(SELECT count(*) FROM {quote(t.name)})" for t in TABLES)  # noqa: S608  # nosec B608
+        )
+        measured = []
+        for _ in range(rounds):
+            with cpu.Meter(postmaster) as meter:
+                con.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                for table in TABLES:
+                    sink = io.BufferedWriter(_NullRaw(), buffer_size=2**20)
+                    con.run(
+                        f"COPY (SELECT {quote_all(table.column_names)} FROM {quote(table.name)})"  # noqa: S608  # nosec B608
+                        " TO STDOUT WITH (FORMAT csv)",
+                        stream=sink,
+                    )
+                    sink.flush()
+                con.run("ROLLBACK")
+            measured.append(meter.as_dict(int(rows)))
+    finally:
+        con.close()
+    return _median_of(measured)
+
+
+def _processed_batches(lake: Lake, keys: list[str]) -> list[tuple]:
+    from totes.stages.load_batch import read_batch
+
+    return [(m, read_batch(lake, m)) for m in (lake.get_manifest(k) for k in keys)]
+
+
+def _bare_table(name: str) -> str:
+    return f"bench_bare_{name}"
+
+
+def copy_from_floor(
+    warehouse: DbCredentials, postmaster: int | None, batches: list[tuple], rounds: int
+) -> dict:
+    """Every warehouse row of the initial load in once, as load stages it (Arrow-written CSV),
+    into empty unindexed copies of the star tables (no keys, no constraints)."""
+    tables: dict[str, list] = {}
+    for _, batch in batches:
+        for name, table in batch.items():
+            if name in STAR_TABLES_BY_NAME:
+                tables.setdefault(name, []).append(table)
+    rows = sum(t.num_rows for parts in tables.values() for t in parts)
+    con = connect(warehouse, application_name="totes-bench-floor", timeout=3600)
+    try:
+        for name in tables:
+            star = STAR_TABLES_BY_NAME[name]
+            defs = ", ".join(
+                f"{quote(c.name)} {staging.PG_TYPE.get(c.sql_type, c.sql_type)}"
+                for c in star.columns
+            )
+            stamps = ", ".join(f"{quote(s)} TIMESTAMP(3)" for s in star.lineage)
+            con.run(f"DROP TABLE IF EXISTS {quote(_bare_table(name))}")
+            con.run(f"CREATE TABLE {quote(_bare_table(name))} ({defs}, {stamps})")
+        measured = []
+        for _ in range(rounds):
+            con.run("TRUNCATE " + ", ".join(quote(_bare_table(n)) for n in tables))
+            with cpu.Meter(postmaster) as meter:
+                for name, parts in tables.items():
+                    star = STAR_TABLES_BY_NAME[name]
+                    for part in parts:
+                        con.run(
+                            f"COPY {quote(_bare_table(name))}"
+                            f" ({quote_all(staging.loaded_columns(star))})"
+                            " FROM STDIN WITH (FORMAT csv)",
+                            stream=staging.csv_chunks(part.select(staging.loaded_columns(star))),
+                        )
+            measured.append(meter.as_dict(rows))
+        for name in tables:
+            con.run(f"DROP TABLE {quote(_bare_table(name))}")
+    finally:
+        con.close()
+    return _median_of(measured)
+
+
+def load_replay(
+    fresh_warehouse: Callable[[], DbCredentials], postmaster: int | None, batches: list[tuple]
+) -> dict:
+    """The initial batches loaded again through the load's public entry point
+    (``merge.load_batch``) into a fresh warehouse, one by one as the chain loads them, and
+    as one batch (their tables concatenated) into another: what the backfill's batching costs.
+    The batches are read before the clock starts (no S3 in either)."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    from totes.warehouse.merge import load_batch
+    from totes.warehouse.migrations import migrate
+
+    names = sorted({n for _, t in batches for n in t})
+    combined = {n: pa.concat_tables([t[n] for _, t in batches if n in t]) for n in names}
+    first, last = batches[0][0], batches[-1][0]
+    one = dataclasses.replace(last, window_lo=first.window_lo)
+    rows = sum(t.num_rows for t in combined.values())
+    out = {}
+    for label, work in (("batches", batches), ("one_batch", [(one, combined)])):
+        con = connect(fresh_warehouse(), application_name="totes-bench-replay", timeout=3600)
+        try:
+            migrate(con)
+            with cpu.Meter(postmaster) as meter:
+                for manifest, tables in work:
+                    load_batch(con, manifest, tables)
+        finally:
+            con.close()
+        out[label] = {**meter.as_dict(rows), "batches": len(work)}
+    return out
+
+
 # -- the whole benchmark -----------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
 
 
 def _ratios(initial: dict, extraction: dict, load: dict) -> dict:
     ingest, loaded = initial["ingest"]["rows_per_s"], initial["load"]["rows_per_s"]
-
-    def ratio(a: float, b: float) -> float | None:
-        return round(a / b, 2) if b else None
 
     return {
         "ingest_vs_select_fetchall": ratio(ingest, extraction["select_fetchall"]["rows_per_s"]),
@@ -231,19 +404,108 @@ def _ratios(initial: dict, extraction: dict, load: dict) -> dict:
     }
 
 
+def floor_ratios(results: dict) -> dict:
+    """The chain against its bare COPY floor (issue 16's goals), from a results document."""
+    floor, initial = results["floor"], results["initial"]
+    floor_seconds = floor["copy_to"]["seconds"] + floor["copy_from"]["seconds"]
+    stage_sum = sum(r["seconds"] for r in initial.values())
+    replay = floor.get("load_replay")
+    small = results["incremental_small"]
+    return {
+        "floor_seconds": round(floor_seconds, 3),
+        "chain_wall_vs_floor": ratio(results["initial_wall_seconds"], floor_seconds),
+        "chain_stages_vs_floor": ratio(stage_sum, floor_seconds),
+        "ingest_rate_vs_copy_to_rate": ratio(
+            initial["ingest"]["rows_per_s"], floor["copy_to"]["rows_per_s"]
+        ),
+        "load_rate_vs_copy_from_rate": ratio(
+            initial["load"]["rows_per_s"], floor["copy_from"]["rows_per_s"]
+        ),
+        "load_batches_vs_one_batch": (
+            ratio(replay["batches"]["seconds"], replay["one_batch"]["seconds"]) if replay else None
+        ),
+        "load_batches_vs_one_batch_server_cpu": (
+            ratio(replay["batches"]["server_cpu_s"], replay["one_batch"]["server_cpu_s"])
+            if replay
+            else None
+        ),
+        "incremental_small_seconds": round(sum(r["seconds"] for r in small.values()), 2),
+        "incremental_small_handler_seconds": round(
+            sum(r["handler_seconds"] for r in small.values()), 2
+        ),
+        "peak_rss_mb": {
+            stage: max(results[c][stage]["peak_rss_mb"] for c in CYCLES) for stage in STAGES
+        },
+    }
+
+
+def _cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _print_floor(results: dict) -> None:
+    floor, ratios = results["floor"], results["floor_ratios"]
+    print(f"\n  bare COPY floor (median of {floor['copy_to']['rounds']} rounds):")
+    for label, r in (
+        ("COPY TO, every source row", floor["copy_to"]),
+        ("COPY FROM, warehouse rows", floor["copy_from"]),
+    ):
+        print(
+            f"  {label:<28}{r['rows']:>12,} rows{r['seconds']:>9.2f} s{r['rows_per_s']:>11,} rows/s"
+            f"   server CPU {_cpu(r['server_cpu_s'])} s, client CPU {_cpu(r['client_cpu_s'])} s"
+        )
+    replay = floor.get("load_replay")
+    if replay:
+        for label, r in (
+            (f"load {replay['batches']['batches']} batches", replay["batches"]),
+            ("load as one batch", replay["one_batch"]),
+        ):
+            print(
+                f"  {label:<28}{r['rows']:>12,} rows{r['seconds']:>9.2f} s{r['rows_per_s']:>11,}"
+                f" rows/s   server CPU {_cpu(r['server_cpu_s'])} s,"
+                f" client CPU {_cpu(r['client_cpu_s'])} s"
+            )
+    print(
+        f"  whole initial chain / floor: {ratios['chain_wall_vs_floor']} (wall, 3 processes),"
+        f" {ratios['chain_stages_vs_floor']} (the stages' own seconds)"
+    )
+    print(f"  ingest rate / COPY TO rate: {ratios['ingest_rate_vs_copy_to_rate']}")
+    print(f"  load rate / COPY FROM rate: {ratios['load_rate_vs_copy_from_rate']}")
+    print(
+        f"  load of the backfill's batches / the same rows as one batch:"
+        f" {ratios['load_batches_vs_one_batch']} (wall),"
+        f" {ratios['load_batches_vs_one_batch_server_cpu']} (server CPU)"
+    )
+    print(
+        f"  incremental cycle, {results['incremental_small']['ingest']['rows']:,} rows ingested:"
+        f" {ratios['incremental_small_seconds']} s end to end (the three stages' own seconds;"
+        f" {ratios['incremental_small_handler_seconds']} s in the handlers)"
+    )
+    print(
+        "  rows ingested per cycle of the same activity: "
+        + ", ".join(f"{results[c]['ingest']['rows']:,}" for c in ("incremental", "incremental_2"))
+        + " (flat: nothing is read again)"
+    )
+    print(
+        "  peak RSS per stage (MB): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in ratios["peak_rss_mb"].items())
+    )
+
+
 def _print(results: dict) -> None:
     print(f"\nscale {results['scale']:,} sales orders; source {results['source_rows']:,} rows;"
           f" generated in {results['generate_seconds']} s")  # fmt: skip
     header = (
-        f"  {'cycle':<12}{'stage':<10}{'batches':>8}{'rows':>12}{'seconds':>10}{'rows/s':>11}"
-        f"{'peak RSS MB':>13}"
+        f"  {'cycle':<18}{'stage':<10}{'batches':>8}{'rows':>12}{'seconds':>10}{'rows/s':>11}"
+        f"{'peak RSS MB':>13}{'server CPU s':>14}{'client CPU s':>14}"
     )
     print(header)
-    for cycle in ("initial", "incremental", "quiet"):
+    for cycle in CYCLES:
         for stage, r in results[cycle].items():
             print(
-                f"  {cycle:<12}{stage:<10}{r['batches']:>8}{r['rows']:>12,}{r['seconds']:>10.2f}"
+                f"  {cycle:<18}{stage:<10}{r['batches']:>8}{r['rows']:>12,}{r['seconds']:>10.2f}"
                 f"{r['rows_per_s']:>11,}{r['peak_rss_mb']:>13.0f}"
+                f"{_cpu(r.get('server_cpu_s')):>14}{_cpu(r.get('client_cpu_s')):>14}"
             )
     print(f"  initial cycle wall time (3 processes): {results['initial_wall_seconds']} s")
     e, b = results["baselines"]["extraction"], results["baselines"]["load"]
@@ -263,6 +525,7 @@ def _print(results: dict) -> None:
         f" (the chain's load took {results['initial']['load']['seconds']} s)"
     )
     print("\n  ratios: " + ", ".join(f"{k} {v}" for k, v in results["ratios"].items()))
+    _print_floor(results)
     lambda_cost = results["lambda_cost"]
     print(f"\nLambda cost per run and per month ({lambda_cost['price']}):")
     for label, key in (
@@ -286,7 +549,10 @@ def main(args) -> int:
     from totes_tools.source.simulator import Simulator
 
     _quiet()
+    floor_rounds = getattr(args, "floor_rounds", FLOOR_ROUNDS)
+    small_steps = getattr(args, "small_steps", SMALL_STEPS)
     with contextlib.ExitStack() as stack:
+        fresh_warehouse: Callable[[], DbCredentials] | None = None
         if args.source_url and args.warehouse_url:
             source = DbCredentials.from_url(args.source_url)
             warehouse = DbCredentials.from_url(args.warehouse_url)
@@ -296,11 +562,13 @@ def main(args) -> int:
             cluster = stack.enter_context(embedded_postgres())
             source = cluster.create_database("bench_totesys")
             warehouse = cluster.create_database("bench_warehouse")
+            fresh_warehouse = functools.partial(cluster.create_database, "bench_replay")
         endpoint = stack.enter_context(moto_server())
         stack.enter_context(aws_environment(endpoint))
 
         print(f"generating a totesys of {args.scale:,} sales orders ...", flush=True)
         con = stack.enter_context(contextlib.closing(connect(source, timeout=3600)))
+        postmaster = cpu.postmaster_pid(con)
         started = time.perf_counter()
         counts = generate(con, args.scale, seed=42)
         generate_seconds = round(time.perf_counter() - started, 1)
@@ -309,20 +577,37 @@ def main(args) -> int:
         chain.prepare()
         print("initial load: ingest, transform, load (one process each) ...", flush=True)
         started = time.perf_counter()
-        initial = run_stages(endpoint, source, warehouse)
+        initial = run_stages(endpoint, source, warehouse, postmaster)
         initial_wall = round(time.perf_counter() - started, 1)
+        initial_batches = chain.processed.manifest_keys()
 
         simulator = Simulator(con, seed=1)
-        for _ in range(SIMULATOR_STEPS):
-            simulator.step()
-        print(f"incremental cycle after {SIMULATOR_STEPS} simulator steps ...", flush=True)
-        incremental = run_stages(endpoint, source, warehouse)
+        cycles = {}
+        for cycle, steps in (
+            ("incremental_small", small_steps),
+            ("incremental", SIMULATOR_STEPS),
+            ("incremental_2", SIMULATOR_STEPS),
+        ):
+            for _ in range(steps):
+                simulator.step()
+            print(f"incremental cycle after {steps} simulator steps ...", flush=True)
+            cycles[cycle] = run_stages(endpoint, source, warehouse, postmaster)
         print("a quiet cycle (nothing changed at the source) ...", flush=True)
-        quiet = run_stages(endpoint, source, warehouse)
+        quiet = run_stages(endpoint, source, warehouse, postmaster)
 
         print("baselines ...", flush=True)
         extraction = extraction_baselines(source)
         load = load_baselines(chain, initial["load"]["rows"])
+        print("the bare COPY floor and the backfill loaded again ...", flush=True)
+        batches = _processed_batches(chain.processed, initial_batches)
+        floor = {
+            "copy_to": copy_to_floor(source, postmaster, floor_rounds),
+            "copy_from": copy_from_floor(warehouse, postmaster, batches, floor_rounds),
+            "load_replay": (
+                load_replay(fresh_warehouse, postmaster, batches) if fresh_warehouse else None
+            ),
+        }
+        del batches
 
     results = {
         "scale": args.scale,
@@ -332,15 +617,17 @@ def main(args) -> int:
         "generate_seconds": generate_seconds,
         "initial": initial,
         "initial_wall_seconds": initial_wall,
-        "incremental": incremental,
+        **cycles,
         "quiet": quiet,
         "baselines": {"extraction": extraction, "load": load},
+        "floor": floor,
     }
     results["ratios"] = _ratios(initial, extraction, load)
+    results["floor_ratios"] = floor_ratios(results)
     results["lambda_cost"] = {
         "price": cost.price_note(),
         "quiet": cost.run_cost(_billed(quiet), FUNCTION_MEMORY_MB),
-        "incremental": cost.run_cost(_billed(incremental), FUNCTION_MEMORY_MB),
+        "incremental": cost.run_cost(_billed(cycles["incremental"]), FUNCTION_MEMORY_MB),
     }
     _print(results)
     Path(args.output).write_text(json.dumps(results, indent=1) + "\n")

@@ -109,23 +109,26 @@ class RssSampler:
         self.peak = max(self.peak, _rss_mb())
 
 
-def settings(max_batch_rows: int, chunk_rows: int) -> IngestSettings:
+def settings(max_batch_rows: int, chunk_rows: int, readers: int = 4) -> IngestSettings:
     return IngestSettings(
         raw_bucket="bench",
         source_secret_id="unused",  # noqa: S106  # nosec B106 (a name; never read)
         max_batch_rows=max_batch_rows,
         chunk_rows=chunk_rows,
+        readers=readers,
     )
 
 
-def measure_ingest(creds: DbCredentials, max_batch_rows: int, chunk_rows: int) -> dict:
+def measure_ingest(
+    creds: DbCredentials, max_batch_rows: int, chunk_rows: int, readers: int = 4
+) -> dict:
     """One first ingest run of everything: rows, batches, seconds and peak RSS growth."""
     from totes.stages.ingest_batch import ingest
 
     s3 = ManifestOnlyS3()
     with RssSampler() as rss:
         started = time.perf_counter()
-        manifests = ingest(settings(max_batch_rows, chunk_rows), creds, s3)
+        manifests = ingest(settings(max_batch_rows, chunk_rows, readers), creds, s3)
         seconds = time.perf_counter() - started
     rows = sum(sum(m.row_counts.values()) for m in manifests)
     return {
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=1_000_000)
     parser.add_argument("--chunk-rows", type=int, default=100_000)
     parser.add_argument("--max-batch-rows", type=int, default=500_000)
+    parser.add_argument("--readers", type=int, default=4, help="INGEST_READERS")
     args = parser.parse_args(argv)
 
     if args.url:
@@ -220,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, creds: DbCredentials) -> dict:
     if args.mode == "memory":
-        return measure_ingest(creds, args.max_batch_rows, args.chunk_rows)
+        return measure_ingest(creds, args.max_batch_rows, args.chunk_rows, args.readers)
     return throughput(creds, args.chunk_rows, args.max_batch_rows)
 
 

@@ -1,0 +1,258 @@
+"""A run of several batches reads each large table once (``extract.readers``), on sessions that
+see exactly the run's snapshot, and writes the very batches a run that selects every table
+again for every batch writes; a run that fails midway leaves no reader behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import pg8000.native
+import pyarrow as pa
+import pytest
+from ingest_support import (
+    batch_tables,
+    insert_sales_orders,
+    settings_for,
+    versions_in_lake,
+    versions_in_source,
+)
+
+from totes.db import connect
+from totes.extract import capture, closure, readers
+from totes.extract.plan import Piece
+from totes.extract.snapshot import export, imported, snapshot
+from totes.lake import Manifest
+from totes.source.model import TABLES, TABLES_BY_NAME
+from totes.stages.ingest_batch import ingest
+
+
+@pytest.fixture
+def statements(monkeypatch) -> list[str]:
+    """Every SQL text any session of the process runs (the readers' threads included)."""
+    seen: list[str] = []
+    real = pg8000.native.Connection.run
+
+    def spy(self, sql, *args, **kwargs):
+        seen.append(sql)
+        return real(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(pg8000.native.Connection, "run", spy)
+    return seen
+
+
+def contents(lake, manifests: list[Manifest]) -> list[dict]:
+    """Per batch: its window (but the clock-stamped end of the last), rows and every table's
+    rows in key order."""
+    out = []
+    for i, manifest in enumerate(manifests):
+        tables = batch_tables(lake, manifest)
+        out.append(
+            {
+                "part": manifest.extra["part"],
+                "window": (
+                    manifest.window_lo,
+                    manifest.window_hi if i < len(manifests) - 1 else None,
+                ),
+                "new_rows": manifest.extra["new_rows"],
+                "tables": {
+                    name: t.sort_by(TABLES_BY_NAME[name].key).to_pylist()
+                    for name, t in sorted(tables.items())
+                },
+            }
+        )
+    return out
+
+
+def empty(lake) -> None:
+    for key in [o["Key"] for o in lake.s3.list_objects_v2(Bucket=lake.bucket).get("Contents", [])]:
+        lake.s3.delete_object(Bucket=lake.bucket, Key=key)
+
+
+def test_a_multi_batch_capture_reads_each_large_table_once_and_writes_the_same_batches(
+    stack, source, lake, statements
+):
+    settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
+    per_batch = contents(lake, ingest(replace(settings, readers=0), source, lake.s3))
+    empty(lake)
+    statements.clear()
+
+    manifests = ingest(settings, source, lake.s3)
+
+    assert len(manifests) >= 8
+    assert contents(lake, manifests) == per_batch
+    read_once = {t.name for t in TABLES if statements.count(closure.run_copy_sql(t)) == 1}
+    assert len(read_once) == readers.MAX_READERS
+    assert {"sales_order", "payment"} <= read_once
+    for table in TABLES:
+        again = statements.count(closure.copy_sql(table))
+        assert again == (0 if table.name in read_once else len(manifests)), table.name
+
+
+def test_readers_see_the_runs_snapshot_and_nothing_committed_after_it(source, pg_connect):
+    writer = pg_connect(source)
+    con = connect(source)
+    try:
+        with snapshot(con):
+            [[mine, ids]] = con.run(
+                "SELECT CAST(pg_current_snapshot() AS text), array_agg(sales_order_id)"
+                " FROM sales_order"
+            )
+            [[middle]] = con.run(
+                "SELECT CAST(percentile_disc(0.5) WITHIN GROUP (ORDER BY last_updated) AS text)"
+                " FROM sales_order"
+            )
+            snapshot_id = export(con)
+            late = insert_sales_orders(writer, 3)  # committed after the run's snapshot
+
+            other = connect(source)
+            try:
+                with imported(other, snapshot_id):
+                    [[theirs, count]] = other.run(
+                        "SELECT CAST(pg_current_snapshot() AS text), count(*) FROM sales_order"
+                    )
+            finally:
+                other.close()
+            assert (theirs, count) == (mine, len(ids))
+
+            pieces = [Piece(None, middle, 0), Piece(middle, None, 0)]
+            reader = readers.TableReader(
+                TABLES_BY_NAME["sales_order"],
+                lambda: connect(source),
+                snapshot_id,
+                capture.Selection(capture.EVERYTHING),
+                pieces,
+                500,
+            ).start()
+            try:
+                first = pa.concat_tables(list(reader.piece(0)))
+                second = pa.concat_tables(list(reader.piece(1)))
+            finally:
+                reader.stop()
+    finally:
+        con.close()
+
+    got = first.column("sales_order_id").to_pylist() + second.column("sales_order_id").to_pylist()
+    assert sorted(got) == sorted(ids)
+    assert not set(late) & set(got)
+    [[stamps_before]] = writer.run(
+        "SELECT count(*) FROM sales_order WHERE last_updated < CAST(:m AS timestamp)"
+        " AND NOT sales_order_id = ANY(:late)",
+        m=middle,
+        late=late,
+    )
+    assert first.num_rows == stamps_before  # piece 0: exactly the rows stamped before its end
+    assert first.schema == TABLES_BY_NAME["sales_order"].lake_schema
+
+
+def _reader_sessions(pg_connect, source) -> int:
+    [[n]] = pg_connect(source).run(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'totes-ingest-reader'"
+    )
+    return int(n)
+
+
+def _no_reader_left(pg_connect, source) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        threads = [t for t in threading.enumerate() if t.name.startswith("reader-")]
+        if not threads and not _reader_sessions(pg_connect, source):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+class FailAfterManifests:
+    """An S3 client that fails the first data file after ``allowed`` manifests."""
+
+    def __init__(self, real, allowed: int):
+        self.real = real
+        self.allowed = allowed
+
+    def put_object(self, **kwargs):
+        if kwargs["Key"].startswith("manifests/"):
+            self.allowed -= 1
+        elif self.allowed < 0:
+            raise ConnectionError("simulated failure between two batches of one run")
+        return self.real.put_object(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_a_run_that_fails_midway_stops_its_readers_and_closes_their_sessions(
+    stack, source, lake, pg_connect
+):
+    settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
+
+    with pytest.raises(ConnectionError):
+        ingest(settings, source, FailAfterManifests(lake.s3, allowed=1))
+
+    assert _no_reader_left(pg_connect, source)
+
+
+def test_a_readers_failure_fails_the_run_before_its_batch_is_written(
+    stack, source, lake, pg_connect, monkeypatch
+):
+    def broken(table):
+        return "COPY (SELECT no_such_column FROM sales_order) TO STDOUT"
+
+    monkeypatch.setattr(readers, "run_copy_sql", broken)
+    settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
+
+    with pytest.raises(pg8000.native.DatabaseError, match="no_such_column"):
+        ingest(settings, source, lake.s3)
+
+    assert lake.latest_manifest() is None
+    assert _no_reader_left(pg_connect, source)
+
+
+@pytest.mark.parametrize("bound", [1_000_000, 5_000])  # one piece; several, with readers
+def test_a_statement_may_outlast_the_connect_timeout(
+    stack, source, lake, pg_connect, monkeypatch, bound
+):
+    """The run's statements (and a reader's sorted COPY) answer nothing for seconds on a busy
+    source; only connecting is bounded by the short connect timeout. Here every session
+    connects with a 0.3 s timeout and the source holds a table locked for 1.5 s."""
+    from totes.stages import ingest_batch
+
+    real = ingest_batch.connect
+    monkeypatch.setattr(ingest_batch, "connect", lambda creds, **kw: real(creds, timeout=0.3))
+    locker = pg_connect(source)
+    locker.run("BEGIN")
+    locker.run("LOCK TABLE payment IN ACCESS EXCLUSIVE MODE")
+    release = threading.Timer(1.5, lambda: locker.run("COMMIT"))
+    release.start()
+    try:
+        manifests = ingest(settings_for(stack, max_batch_rows=bound), source, lake.s3)
+    finally:
+        release.join()
+
+    assert sum(m.row_counts.get("payment", 0) for m in manifests) > 0
+
+
+def test_readers_select_the_same_new_rows_when_other_transactions_began_since_the_run_started(
+    stack, source, lake, pg_connect, monkeypatch
+):
+    """``age()`` counts from a per-transaction reference: a reader that asks after other
+    transactions began must not drop the rows just above the threshold (a busy source)."""
+    settings = settings_for(stack, max_batch_rows=3)
+    ingest(settings_for(stack), source, lake.s3)  # everything: the state has a threshold now
+    con = pg_connect(source)
+    insert_sales_orders(con, 3)
+    insert_sales_orders(con, 3)  # a second stamp: two pieces, so readers
+    busy = pg_connect(source)
+    real = readers.TableReader._read
+
+    def after_other_transactions(self):
+        for _ in range(20):
+            busy.run("SELECT txid_current()")  # each its own transaction: ids move on
+        real(self)
+
+    monkeypatch.setattr(readers.TableReader, "_read", after_other_transactions)
+
+    manifests = ingest(settings, source, lake.s3)
+
+    assert len(manifests) >= 2
+    assert versions_in_lake(lake) == versions_in_source(con)
