@@ -280,3 +280,42 @@ def test_a_key_set_merged_with_new_keys_equals_their_sorted_union(known, extra):
 
     assert merged.dtype == np.int32
     assert merged.tolist() == sorted(known | extra)
+
+
+def test_a_failed_copy_leaves_nothing_for_the_writer_to_flush_when_collected():
+    """A reader stopped mid-COPY raised from the sink's hand-on; the buffered writer then
+    flushed its last block into the sink when collected, raised again, and Python 3.13 printed
+    "Exception ignored in: <_io.BufferedWriter>" (unstructured, and a pytest failure; 3.11
+    swallows it, so this test only fails there without the fix: CI runs 3.13)."""
+    import gc
+    import sys
+
+    table = TABLES_BY_NAME["currency"]
+    unraisable: list = []
+
+    class Stopping(Exception):
+        pass
+
+    def on_chunk(chunk: pa.Table) -> None:
+        raise Stopping
+
+    class FailingCopy:
+        def run(self, sql, stream):
+            stream.write(b"1,GBP,2022-11-03 14:20:49.962,2022-11-03 14:20:49.962,\n")
+            raise Stopping  # the block is still in the writer's buffer
+
+    def copy_once() -> bool:
+        try:
+            copy_table(FailingCopy(), table, 1, on_chunk)
+        except Stopping:
+            return True  # leaving the handler frees the traceback and the copy's frame
+        return False
+
+    previous = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        assert copy_once()
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert unraisable == []

@@ -158,6 +158,7 @@ class _CsvChunks(io.RawIOBase):
         self.parsed_rows = 0
         self.parsed_bytes = 0
         self.rows = 0
+        self.abandoned = False
         # Quotes counted in buffer[:_scanned] while the buffer ends inside a quoted value.
         self._scanned = 0
         self._quotes = 0
@@ -176,6 +177,8 @@ class _CsvChunks(io.RawIOBase):
         return True
 
     def write(self, data: Buffer, /) -> int:
+        if self.abandoned:  # the COPY failed: what the writer still holds goes nowhere
+            return memoryview(data).nbytes
         self.buffer += data
         end = self._complete_rows_end()
         if end:
@@ -267,8 +270,16 @@ def copy_table(
     ``sql``/``schema``: another COPY of the table's rows and the columns it returns."""
     sink = _CsvChunks(table, chunk_rows, on_chunk, schema)
     blocks = io.BufferedWriter(sink, buffer_size=COPY_BLOCK_BYTES)
-    con.run(sql or copy_sql(table, keyed=keyed), stream=blocks)
-    blocks.flush()
+    try:
+        con.run(sql or copy_sql(table, keyed=keyed), stream=blocks)
+        blocks.flush()
+    except BaseException:
+        # Otherwise the writer flushes its last block into the sink when it is collected, the
+        # sink's hand-on raises again (a stopped reader), and Python prints an unstructured
+        # "Exception ignored in: <_io.BufferedWriter>".
+        sink.abandoned = True
+        blocks.close()
+        raise
     sink.finish()
     return sink.rows
 
