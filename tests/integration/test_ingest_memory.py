@@ -57,9 +57,9 @@ def test_peak_memory_stays_flat_while_the_source_grows_sixteenfold(fresh_db, pg_
     assert small_run["batches"] == 1
     # ~650k more rows (~80 MB of CSV, more as Arrow) would show up here if anything held a
     # whole table; bounded extraction adds a few chunks' worth plus allocator noise (measured
-    # 8-17 MB between runs), so the bound sits well between the two.
+    # 8-17 MB between runs on 3.11, once 32.4 MB on CI's 3.13), so the bound sits between the two.
     growth = large_run["peak_rss_growth_mb"] - small_run["peak_rss_growth_mb"]
-    assert growth < 30, (small_run, large_run)
+    assert growth < 45, (small_run, large_run, growth)
     # Readers (extract.readers) add a fixed few chunks and a 1 MiB block each, plus allocator
     # arenas of their threads (measured 26-28 MB for four); holding a table would add ~80 MB.
     extra = with_readers["peak_rss_growth_mb"] - large_run["peak_rss_growth_mb"]
