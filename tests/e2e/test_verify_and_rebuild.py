@@ -224,3 +224,41 @@ def test_verify_names_every_kind_of_difference_and_notes_rows_the_star_cannot_ho
     by_table = {t.table: t for t in verdict.tables}
     assert (by_table["fact_sales_order"].ranges, by_table["fact_sales_order"].reread) == (5, 2)
     wh.close()
+
+
+def test_rebuild_and_verify_work_in_a_schema_other_than_public(built, fresh_db, capsys):
+    """A warehouse kept in its own schema (the load's WAREHOUSE_SCHEMA): rebuild builds there
+    and nowhere else, and verify reads there (with no --schema it finds no warehouse)."""
+    chain, _, _ = built
+    fresh = fresh_db("in_schema")
+    owner = connect(fresh)
+    owner.run("CREATE SCHEMA analytics")
+    lake = ["--endpoint-url", chain.endpoint_url, "--bucket", chain.names.processed_bucket]
+
+    code, rebuilt, _ = totes(capsys, "warehouse", "rebuild", "--warehouse-url", fresh.to_url(),
+                             "--schema", "analytics", *lake)  # fmt: skip
+
+    assert code == 0, "\n".join(rebuilt)
+    assert rebuilt[0].startswith(f"rebuilding {fresh.where} (schema analytics) from ")
+    listing = (
+        "SELECT table_schema, table_name FROM information_schema.tables"
+        " WHERE table_schema IN ('public', 'analytics') ORDER BY 2"
+    )
+    in_schema = connect(fresh, search_path="analytics")
+    wh = connect(chain.warehouse)
+    try:  # the chain's warehouse (in public) table for table, and nothing built in public
+        built_tables = owner.run(listing)
+        assert {s for s, _ in built_tables} == {"analytics"}
+        assert [t for _, t in built_tables] == [t for _, t in wh.run(listing)]
+        assert table_checksums(in_schema) == table_checksums(wh)
+    finally:
+        in_schema.close()
+        wh.close()
+        owner.close()
+    urls = ["--source-url", chain.source.to_url(), "--warehouse-url", fresh.to_url()]
+    code, out, _ = totes(capsys, "warehouse", "verify", *urls, "--schema", "analytics")
+    assert code == 0, "\n".join(out)
+    assert out[0].startswith(f"verifying the warehouse {fresh.where} (schema analytics) against")
+    code, _, err = totes(capsys, "warehouse", "verify", *urls)  # public holds no warehouse
+    assert code == 2
+    assert "has no schema_migrations table" in err

@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="keys printed per table and kind of difference (default 20)",
     )
+    verify.add_argument(
+        "--schema",
+        type=SCHEMA_OPTION,
+        default=DEFAULT_WAREHOUSE_SCHEMA,
+        help="the warehouse schema (the load's WAREHOUSE_SCHEMA; default public)",
+    )
     rebuild = warehouse.add_parser(
         "rebuild", help="load every processed batch of the lake into an empty warehouse"
     )
@@ -145,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue an interrupted rebuild (batches in the ledger are skipped)",
+    )
+    rebuild.add_argument(
+        "--schema",
+        type=SCHEMA_OPTION,
+        default=DEFAULT_WAREHOUSE_SCHEMA,
+        help="the schema to build in (it must exist; the load's WAREHOUSE_SCHEMA; default public)",
     )
 
     failures = sub.add_parser(

@@ -32,6 +32,7 @@ from totes.db import DbCredentials, connect, set_socket_timeout
 from totes.errors import ConfigurationError, LoadFailed, TotesError
 from totes.lake import Lake, batch_id_from_manifest_key
 from totes.observability import logger
+from totes.settings import DEFAULT_WAREHOUSE_SCHEMA
 from totes.stages.load_batch import read_batch
 from totes.star.model import STAR_TABLES
 from totes.warehouse.ledger import LEDGER
@@ -90,13 +91,15 @@ def rebuild(
     lake: Lake,
     *,
     resume: bool = False,
+    schema: str = DEFAULT_WAREHOUSE_SCHEMA,
     progress: Callable[[str], None] = print,
 ) -> RebuildSummary:
-    """Migrate the warehouse behind ``con`` and load every processed manifest of ``lake`` not
+    """Migrate the warehouse behind ``con`` (in ``schema``, which its ``search_path`` must
+    name) and load every processed manifest of ``lake`` not
     yet in its ledger, in batch-id order; ``TotesError`` for a warehouse that already holds
     data (unless ``resume``)."""
     started = time.monotonic()
-    migrate(con)
+    migrate(con, schema)
     held = holds_data(con)
     if held and not resume:
         raise TotesError(
@@ -198,13 +201,20 @@ def _command(args) -> int:
     else:
         s3 = boto3.client("s3")
     creds = DbCredentials.from_url(args.warehouse_url)
-    con = connect(creds, application_name="totes-rebuild")
+    con = connect(creds, application_name="totes-rebuild", search_path=args.schema)
     set_socket_timeout(con, STATEMENT_SECONDS)
     try:
-        print(f"rebuilding {creds.where} from the processed lake s3://{bucket}", flush=True)
+        where = creds.where + (
+            "" if args.schema == DEFAULT_WAREHOUSE_SCHEMA else f" (schema {args.schema})"
+        )
+        print(f"rebuilding {where} from the processed lake s3://{bucket}", flush=True)
         try:
             summary = rebuild(
-                con, Lake(s3, bucket), resume=args.resume, progress=lambda s: print(s, flush=True)
+                con,
+                Lake(s3, bucket),
+                resume=args.resume,
+                schema=args.schema,
+                progress=lambda s: print(s, flush=True),
             )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "?")

@@ -53,6 +53,7 @@ from totes.extract.closure import _lake_value, _unrepresentable
 from totes.extract.snapshot import check_schema, snapshot
 from totes.extract.stream import COPY_BLOCK_BYTES, _CsvChunks
 from totes.identifiers import quote
+from totes.settings import DEFAULT_WAREHOUSE_SCHEMA
 from totes.source.model import TABLES, UNREPRESENTABLE, Table
 from totes.star import model as star
 from totes.star.dates import calendar
@@ -567,6 +568,10 @@ def verify(
     return verdict
 
 
+def _in_schema(schema: str) -> str:
+    return "" if schema == DEFAULT_WAREHOUSE_SCHEMA else f" (schema {schema})"
+
+
 def command(args) -> int:
     """``python -m totes warehouse verify --source-url URL --warehouse-url URL``: exit 0 when
     the warehouse matches the source, 1 on any difference (named by table and key)."""
@@ -574,7 +579,7 @@ def command(args) -> int:
     wh_creds = DbCredentials.from_url(args.warehouse_url)
     source = connect(src_creds, application_name="totes-verify")
     try:
-        warehouse = connect(wh_creds, application_name="totes-verify")
+        warehouse = connect(wh_creds, application_name="totes-verify", search_path=args.schema)
     except Exception:
         source.close()
         raise
@@ -583,7 +588,8 @@ def command(args) -> int:
             set_socket_timeout(con, STATEMENT_SECONDS)
         check_migrated(warehouse, wh_creds.where)
         print(
-            f"verifying the warehouse {wh_creds.where} against the source {src_creds.where}"
+            f"verifying the warehouse {wh_creds.where}{_in_schema(args.schema)} against the"
+            f" source {src_creds.where}"
             f" (digest ranges of {args.range_keys:,} keys)",
             flush=True,
         )
