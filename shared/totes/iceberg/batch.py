@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
@@ -42,7 +41,14 @@ from totes.iceberg.commit import (
     read_all,
     read_keys,
 )
-from totes.iceberg.merge import Change, merge, resolved, split_parked, superseded
+from totes.iceberg.merge import (
+    Change,
+    group_starts,
+    merge,
+    resolved,
+    split_parked,
+    superseded,
+)
 from totes.iceberg.tables import (
     LEDGER,
     LEDGER_SCHEMA,
@@ -310,7 +316,7 @@ def _plan_park(writer: Writer, fact: StarTable, to_park: pa.Table) -> Any:
             return None
         order = [(c, "ascending") for c in version]
         candidates = candidates.sort_by(order)
-        starts = np.flatnonzero(_first_of_group(candidates, version))
+        starts = group_starts(candidates, version)
         candidates = candidates.take(pa.array(starts))
         facts = read_keys(writer.table(fact.name), fact.key, candidates.column(fact.key), schema)
         keep = candidates.filter(pa.array(~superseded(candidates, facts, fact)))
@@ -319,19 +325,6 @@ def _plan_park(writer: Writer, fact: StarTable, to_park: pa.Table) -> Any:
         return Change(append=keep, replace_all=True)
 
     return plan
-
-
-def _first_of_group(table: pa.Table, columns: list[str]) -> np.ndarray:
-    n = table.num_rows
-    first = np.zeros(n, dtype=bool)
-    if n:
-        first[0] = True
-    for name in columns:
-        column = table.column(name)
-        if n > 1:
-            differs = pc.not_equal(column.slice(1), column.slice(0, n - 1))
-            first[1:] |= np.asarray(differs.to_numpy(zero_copy_only=False), dtype=bool)
-    return first
 
 
 def _same_rows(a: pa.Table, b: pa.Table, columns: list[str]) -> bool:

@@ -55,7 +55,7 @@ class Change:
         return 0 if self.rewrite is None else self.rewrite.num_rows
 
 
-def _starts(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
+def group_starts(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
     """Indexes where a new group begins in ``table`` sorted by ``columns``."""
     n = table.num_rows
     begins = np.zeros(n, dtype=bool)
@@ -103,7 +103,7 @@ def merge(
     order.append((_ORIGIN, "ascending"))
     both = both.sort_by(order).combine_chunks()
     n = both.num_rows
-    starts = _starts(both, group)
+    starts = group_starts(both, group)
     ids = _group_ids(n, starts)
     origin = both.column(_ORIGIN).to_numpy()
     stored_at = np.full(len(starts), -1, dtype=np.int64)
@@ -185,7 +185,7 @@ def _recompute_marks(
     without one keep ``before``."""
     (key,) = rewrite_by
     keys = winners.column(key)
-    key_starts = _starts(winners, [key])
+    key_starts = group_starts(winners, [key])
     key_ids = _group_ids(winners.num_rows, key_starts)
     capture = winners.column(CAPTURE_SEQ).to_numpy()
     newest = np.maximum.reduceat(capture, key_starts)
