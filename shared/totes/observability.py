@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from aws_lambda_powertools import Logger, Metrics
@@ -286,3 +289,22 @@ def emit(name: str, value: float, **dimensions: str) -> None:
     with single_metric(name=name, unit=spec.unit, value=value, namespace=NAMESPACE) as metric:
         for key, dim in dimensions.items():
             metric.add_dimension(name=key, value=dim)
+
+
+@dataclass
+class Elapsed:
+    seconds: float = 0.0
+
+
+@contextmanager
+def timed(name: str) -> Iterator[Elapsed]:
+    """Emit the seconds the block took as the catalogue's metric ``name``, whatever its
+    outcome: a stage that fails reports its duration too (the dashboard's duration panels and
+    a stage stuck failing stay visible). The seconds are also on the yielded ``Elapsed``."""
+    elapsed = Elapsed()
+    started = time.monotonic()
+    try:
+        yield elapsed
+    finally:
+        elapsed.seconds = time.monotonic() - started
+        emit(name, elapsed.seconds)

@@ -70,6 +70,7 @@ def test_a_forged_processed_manifest_is_refused_before_a_file_is_read_or_a_table
 
     from test_manifest_checks import processed_manifest
 
+    from totes import observability
     from totes.errors import LoadFailed
     from totes.lake import Lake, Manifest, manifest_key
     from totes.stages import iceberg_batch
@@ -91,7 +92,7 @@ def test_a_forged_processed_manifest_is_refused_before_a_file_is_read_or_a_table
     monkeypatch.setattr(iceberg_batch, "read_batch", untouchable)
     monkeypatch.setattr(iceberg_batch, "apply_batch", untouchable)
     emitted = []
-    monkeypatch.setattr(iceberg_batch, "emit", lambda name, value, **d: emitted.append(name))
+    monkeypatch.setattr(observability, "emit", lambda name, value, **d: emitted.append(name))
 
     with pytest.raises(LoadFailed, match=key.replace(".", r"\.")):
         iceberg_batch.load(key, IcebergSettings.from_env(ENV), object(), object())

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -44,7 +43,7 @@ from totes.lake import (
     Lake,
     batch_id_from_manifest_key,
 )
-from totes.observability import emit, logger
+from totes.observability import emit, logger, timed
 from totes.stages import runtime
 from totes.stages.load_batch import read_batch
 from totes.stages.trigger import ObjectRef, run_once
@@ -87,11 +86,8 @@ def load(
 ) -> dict[str, Any]:
     """Commit the processed batch ``manifest_key`` names into the Iceberg tables. Its duration
     is emitted whatever the outcome, a failure included."""
-    started = time.monotonic()
-    try:
+    with timed("IcebergDurationSeconds"):
         return _load(manifest_key, settings, s3_client, target)
-    finally:
-        emit("IcebergDurationSeconds", time.monotonic() - started)
 
 
 def _load(
@@ -173,12 +169,8 @@ def _freshness(hi_utc: str | None) -> float | None:
 def maintain_tables(settings: IcebergSettings) -> dict[str, Any]:
     """One maintenance run over every table (the schedule's invocation); its duration is
     emitted whatever the outcome, a failure included."""
-    started = time.monotonic()
-    try:
+    with timed("IcebergMaintenanceSeconds") as elapsed:
         reports = maintain(catalog(settings), settings)
-    finally:
-        seconds = time.monotonic() - started
-        emit("IcebergMaintenanceSeconds", seconds)
     totals = {
         "IcebergFilesCompacted": sum(r.files_compacted for r in reports),
         "IcebergSnapshotsExpired": sum(r.snapshots_expired for r in reports),
@@ -186,7 +178,7 @@ def maintain_tables(settings: IcebergSettings) -> dict[str, Any]:
     }
     for name, value in totals.items():
         emit(name, value)
-    logger.info("Iceberg maintenance done", extra={"totals": totals, "seconds": seconds})
+    logger.info("Iceberg maintenance done", extra={"totals": totals, "seconds": elapsed.seconds})
     return {"status": "maintained", "tables": [asdict(r) for r in reports]}
 
 

@@ -12,7 +12,6 @@ run's capture sequence plus a part number), so objects are never half-replaced b
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from totes.lake import (
     manifest_key,
 )
 from totes.lake import schema_fingerprint as fingerprint_of
-from totes.observability import emit, logger
+from totes.observability import emit, logger, timed
 from totes.settings import IngestSettings
 from totes.source.model import TABLES, Table
 from totes.stages import runtime
@@ -307,16 +306,15 @@ def from_schedule_event(
     """The Lambda's work: credentials from Secrets Manager, one ingest run, its metrics. The
     duration and the freshness heartbeat are emitted whatever the run's outcome."""
     config = runtime.settings(IngestSettings)
-    started = time.monotonic()
     run: IngestRun | None = None
     try:
-        creds = credentials_from_secret_store(config.source_secret_id)
-        run = ingest_run(config, creds, runtime.s3())
+        with timed("IngestDurationSeconds"):
+            creds = credentials_from_secret_store(config.source_secret_id)
+            run = ingest_run(config, creds, runtime.s3())
     except TotesError as exc:  # operator-grade message, no credentials; the state is untouched
         logger.error("ingest failed", extra={"error": str(exc), "kind": type(exc).__name__})
         raise
     finally:
-        emit("IngestDurationSeconds", time.monotonic() - started)
         heartbeat(config, run)
     manifests = run.manifests
     emit("IngestStatesSetAside", run.states_set_aside)

@@ -20,7 +20,6 @@ stays loaded and a retry is acknowledged by the ledger.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +41,7 @@ from totes.db import (
 )
 from totes.errors import DatabaseUnavailable, LoadedButUnreported, LoadFailed, SchemaBehind
 from totes.lake import Lake, Manifest, batch_id_from_manifest_key, schema_fingerprint
-from totes.observability import emit, logger
+from totes.observability import emit, logger, timed
 from totes.settings import LoadSettings
 from totes.stages import runtime
 from totes.stages.trigger import ObjectRef, handle_manifests
@@ -166,11 +165,8 @@ def load(
     """Merge the processed batch named by ``processed_manifest_key`` into the warehouse; then
     move the loaded marker forward and report the warehouse's freshness (for a batch already
     loaded too). Its duration is emitted whatever the outcome, a failure included."""
-    started = time.monotonic()
-    try:
+    with timed("LoadDurationSeconds"):
         return _load(processed_manifest_key, settings, s3_client, creds)
-    finally:
-        emit("LoadDurationSeconds", time.monotonic() - started)
 
 
 def _load(

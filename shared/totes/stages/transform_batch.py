@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,7 +58,7 @@ from totes.lake import (
     parquet_bytes_to_table,
     schema_fingerprint,
 )
-from totes.observability import emit, logger
+from totes.observability import emit, logger, timed
 from totes.settings import TransformSettings
 from totes.stages import runtime
 from totes.stages.trigger import ObjectRef, handle_manifests
@@ -254,11 +253,8 @@ def transform(
     """Transform the raw batch named by ``raw_manifest_key``; return what was written and how
     many rows were set aside (or why the batch was quarantined, or that it is gone). Its
     duration is emitted whatever the outcome, a failure included."""
-    started = time.monotonic()
-    try:
+    with timed("TransformDurationSeconds"):
         return _transform(raw_manifest_key, settings, s3_client)
-    finally:
-        emit("TransformDurationSeconds", time.monotonic() - started)
 
 
 def _transform(
