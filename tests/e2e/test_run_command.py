@@ -4,7 +4,6 @@ refused with a clear message and a non-zero exit before the lake or the warehous
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -14,16 +13,16 @@ from pathlib import Path
 
 import boto3
 import pytest
+from local_processes import PYTHONPATH, local_aws
 
 from totes.db import DbCredentials, connect
-from totes_tools.local.aws import StackNames, free_port
+from totes_tools.local.aws import StackNames
 from totes_tools.source.ddl import create_schema
 from totes_tools.source.generator import generate
 from totes_tools.source.simulator import Simulator
 
 REPO = Path(__file__).resolve().parents[2]
 # The checkout's two packages first, so the subprocess runs this tree's code.
-PYTHONPATH = os.pathsep.join(str(REPO / d) for d in ("shared", "tools"))
 
 
 def totes_run(source: str, warehouse: str, *extra: str) -> subprocess.CompletedProcess:
@@ -39,27 +38,6 @@ def totes_run(source: str, warehouse: str, *extra: str) -> subprocess.CompletedP
         timeout=300,
         check=False,
     )  # fmt: skip
-
-
-@contextlib.contextmanager
-def local_aws() -> Iterator[str]:
-    """``python -m totes local-aws`` in its own process (moto keeps its state per process, so
-    an in-process server would share buckets with every other test); yields its endpoint."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "totes", "local-aws", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONPATH": PYTHONPATH},
-    )
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("local AWS endpoint: "), line
-        yield line.split(": ", 1)[1].strip()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,16 @@ with the reason. ``TOTES_REQUIRE_DOCKER=1`` (CI) turns that skip into a failure.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2e_reference import expected_warehouse, source_state, warehouse_problems
+from local_processes import PYTHONPATH, local_aws
 
-from totes_tools.local.aws import free_port
 from totes_tools.local.sam_local import (
     SamLocalError,
     base_image,
@@ -38,7 +36,7 @@ from totes_tools.source.simulator import Simulator
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-PYTHONPATH = os.pathsep.join(str(REPO / d) for d in ("shared", "tools"))
+
 REQUIRE_DOCKER_ENV = "TOTES_REQUIRE_DOCKER"
 SCALE = 300
 
@@ -81,26 +79,6 @@ def run(source, warehouse, *extra: str) -> subprocess.CompletedProcess:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done
-
-
-@contextlib.contextmanager
-def local_aws() -> Iterator[str]:
-    """``python -m totes local-aws`` in its own process, on loopback; yields its endpoint."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "totes", "local-aws", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONPATH": PYTHONPATH},
-    )
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("local AWS endpoint: "), line
-        yield line.split(": ", 1)[1].strip()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def without_timings(report: str) -> str:
