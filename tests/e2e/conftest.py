@@ -7,8 +7,12 @@ without ``__init__.py``) on ``sys.path``. Unique stack names come from the root 
 
 from __future__ import annotations
 
+import io
+import logging
+
 import pytest
 
+from totes.observability import logger
 from totes_tools.local.chain import LocalChain
 
 
@@ -25,3 +29,15 @@ def make_chain(aws, fresh_db, new_stack_names):
         return chain
 
     return make
+
+
+@pytest.fixture
+def log_lines(monkeypatch) -> io.StringIO:
+    """Everything the shared Powertools logger writes, at DEBUG (its handler keeps the stream
+    it was born with, so redirecting stdout alone would miss it)."""
+    buffer = io.StringIO()
+    monkeypatch.setattr(logger.registered_handler, "stream", buffer)
+    level = logger.log_level
+    logger.setLevel(logging.DEBUG)
+    yield buffer
+    logger.setLevel(level)

@@ -98,3 +98,12 @@ def counted_s3_requests(monkeypatch, *clients) -> Iterator[collections.Counter]:
     finally:
         for client in clients:
             client.meta.events.unregister("before-call.s3", count)
+
+
+def failure_records(chain) -> str:
+    """The failure queue's records, left on the queue (visibility 0) for the next cycle."""
+    url = chain._queue_url(chain.names.failure_queue)
+    messages = chain.sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0
+    ).get("Messages", [])
+    return "\n".join(m["Body"] for m in messages)

@@ -10,7 +10,6 @@ what every stage reads, which is what could leak.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import uuid
@@ -18,35 +17,14 @@ from dataclasses import replace
 
 import boto3
 import pytest
+from ops_support import failure_records
 
 from totes.db import connect
 from totes.identifiers import quote
-from totes.observability import logger
 from totes_tools.source.generator import generate
 
 SOURCE_PASSWORD = "src-Pa55-7f3c91e0-never-logged"
 WAREHOUSE_PASSWORD = "wh-Pa55-b2d84a17-never-logged"
-
-
-@pytest.fixture
-def log_lines(monkeypatch) -> io.StringIO:
-    """Everything the shared Powertools logger writes, at DEBUG (its handler keeps the stream
-    it was born with, so redirecting stdout alone would miss it)."""
-    buffer = io.StringIO()
-    monkeypatch.setattr(logger.registered_handler, "stream", buffer)
-    level = logger.log_level
-    logger.setLevel(logging.DEBUG)
-    yield buffer
-    logger.setLevel(level)
-
-
-def peek_failures(chain) -> str:
-    """The failure queue's records, left on the queue for the next cycle to redrive."""
-    url = chain._queue_url(chain.names.failure_queue)
-    messages = chain.sqs.receive_message(
-        QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0
-    ).get("Messages", [])
-    return "\n".join(m["Body"] for m in messages)
 
 
 def everything_stored(chain) -> str:
@@ -115,7 +93,7 @@ def test_no_password_appears_in_any_output_of_a_full_run_with_failures(
 
     with pg_cluster.refusing_connections(warehouse):
         load_down = chain.run_cycle()
-    failure_records = peek_failures(chain)
+    records = failure_records(chain)
     with pg_cluster.refusing_connections(source):
         source_down = chain.run_cycle()  # redrives the loads, then fails to ingest
 
@@ -129,9 +107,9 @@ def test_no_password_appears_in_any_output_of_a_full_run_with_failures(
     errors = [str(f) for r in (load_down, source_down) for f in r.failures]
     # The failure paths were exercised and reported, so their messages are in the haystack.
     assert "not currently accepting connections" in logs
-    assert "not currently accepting connections" in failure_records
+    assert "not currently accepting connections" in records
     assert '"ingest failed"' in logs
-    outputs = [logs, caplog.text, out.out, out.err, failure_records, everything_stored(chain)]
+    outputs = [logs, caplog.text, out.out, out.err, records, everything_stored(chain)]
     haystack = "\n".join([*outputs, *reports, *errors])
     leaks = [pw for pw in (SOURCE_PASSWORD, WAREHOUSE_PASSWORD) if pw in haystack]
     assert leaks == []

@@ -10,7 +10,6 @@ queue. Every output is then searched for each distinctive value of that row.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import traceback
@@ -18,9 +17,9 @@ from datetime import date, datetime
 
 import pyarrow as pa
 import pytest
+from ops_support import failure_records
 
 from totes.errors import LoadFailed
-from totes.observability import logger
 from totes_tools.local.chain import context_for
 from totes_tools.warehouse.synthetic import deleted_keys, put_processed_batch, star_batch
 
@@ -69,25 +68,6 @@ def distinctive(row: dict) -> list[str]:
             texts |= {value.isoformat(), value.strftime("%Y-%m-%d")}
         out |= {t for t in texts if len(t) >= 4}
     return sorted(out)
-
-
-@pytest.fixture
-def log_lines(monkeypatch) -> io.StringIO:
-    """Everything the shared Powertools logger writes, at DEBUG."""
-    buffer = io.StringIO()
-    monkeypatch.setattr(logger.registered_handler, "stream", buffer)
-    level = logger.log_level
-    logger.setLevel(logging.DEBUG)
-    yield buffer
-    logger.setLevel(level)
-
-
-def failure_records(chain) -> str:
-    url = chain._queue_url(chain.names.failure_queue)
-    messages = chain.sqs.receive_message(
-        QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0
-    ).get("Messages", [])
-    return "\n".join(m["Body"] for m in messages)
 
 
 @pytest.mark.parametrize("case", list(CASES))
