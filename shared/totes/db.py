@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import pg8000
@@ -36,6 +36,9 @@ from pg8000.exceptions import DatabaseError, InterfaceError
 from totes.errors import AuthenticationFailed, ConfigurationError, DatabaseUnavailable
 from totes.identifiers import quote as quote_identifier
 from totes.observability import logger
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
 SSL_MODES = ("verify-full", "require", "disable")
 CERTS_DIR = Path(__file__).resolve().parent / "certs"
@@ -417,20 +420,24 @@ def set_socket_timeout(con: pg8000.native.Connection, seconds: float) -> None:
     _socket(con).settimeout(seconds)
 
 
-def credentials_from_secret_store(secret_id: str, *, force_fetch: bool = False) -> DbCredentials:
-    """Read database credentials from Secrets Manager through Powertools Parameters (cached
-    for 5 minutes); their ``refresh`` reads the secret again past the cache (and re-caches it),
-    which ``connect`` does once when the server refuses them."""
+def credentials_from_secret_store(
+    secret_id: str, provider: SecretsProvider, *, force_fetch: bool = False
+) -> DbCredentials:
+    """Read database credentials from Secrets Manager through a Powertools Parameters provider
+    (the stage's, ``runtime.secrets``; cached for 5 minutes); their ``refresh`` reads the
+    secret again past the cache (and re-caches it), which ``connect`` does once when the
+    server refuses them."""
     from aws_lambda_powertools.utilities import parameters
 
     try:
-        value = parameters.get_secret(secret_id, max_age=300, force_fetch=force_fetch)
+        value = provider.get(secret_id, max_age=300, force_fetch=force_fetch)
     except parameters.exceptions.GetParameterError as exc:
         raise ConfigurationError(f"cannot read database secret {secret_id!r}: {exc}") from None
+    if not isinstance(value, str):
+        raise ConfigurationError(f"database secret {secret_id!r} holds no SecretString")
     creds = DbCredentials.from_secret(value)
-    return replace(
-        creds, refresh=partial(credentials_from_secret_store, secret_id, force_fetch=True)
-    )
+    refresh = partial(credentials_from_secret_store, secret_id, provider, force_fetch=True)
+    return replace(creds, refresh=refresh)
 
 
 def _clean(exc: Exception, creds: DbCredentials) -> str:

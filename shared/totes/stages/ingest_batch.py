@@ -309,7 +309,9 @@ def from_schedule_event(
     run: IngestRun | None = None
     try:
         with timed("IngestDurationSeconds"):
-            creds = credentials_from_secret_store(config.source_secret_id)
+            creds = credentials_from_secret_store(
+                config.source_secret_id, provider=runtime.secrets()
+            )
             run = ingest_run(config, creds, runtime.s3())
     except TotesError as exc:  # operator-grade message, no credentials; the state is untouched
         logger.error("ingest failed", extra={"error": str(exc), "kind": type(exc).__name__})

@@ -237,7 +237,9 @@ def from_s3_event(event: S3Event, context: LambdaContext | None = None) -> dict[
     s3_client = runtime.s3()
 
     def work(ref: ObjectRef) -> dict[str, Any]:
-        creds = credentials_from_secret_store(config.warehouse_secret_id)
+        creds = credentials_from_secret_store(
+            config.warehouse_secret_id, provider=runtime.secrets()
+        )
         try:
             return load(ref.key, config, s3_client, creds)
         except LoadedButUnreported:

@@ -43,7 +43,7 @@ Put = Callable[[str, bytes], None]
 
 def migrate_and_grant(settings: MigrateSettings) -> dict[str, str]:
     """Migrate as the owner, then re-grant the loader role; what was done, for the stack."""
-    creds = credentials_from_secret_store(settings.owner_secret_id)
+    creds = credentials_from_secret_store(settings.owner_secret_id, runtime.secrets())
     con = connect(creds, application_name="totes-migrate")
     try:
         set_socket_timeout(con, SOCKET_TIMEOUT_SECONDS)

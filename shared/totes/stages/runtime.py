@@ -37,19 +37,34 @@ def settings(kind: type[SettingsT]) -> SettingsT:
     return cast(SettingsT, _settings[kind])
 
 
+def session() -> boto3.session.Session:
+    """boto3's default session (the one ``boto3.client`` uses), shared by every client."""
+    if boto3.DEFAULT_SESSION is None:
+        boto3.setup_default_session()
+    assert boto3.DEFAULT_SESSION is not None  # nosec B101 - set just above
+    return boto3.DEFAULT_SESSION
+
+
 @functools.cache
 def s3() -> BaseClient:
-    return boto3.client("s3")
+    return session().client("s3")
 
 
 @functools.cache
 def idempotency_store(table_name: str) -> DynamoDBPersistenceLayer:
-    return DynamoDBPersistenceLayer(table_name=table_name)
+    return DynamoDBPersistenceLayer(table_name=table_name, boto3_session=session())
+
+
+@functools.cache
+def secrets() -> parameters.SecretsProvider:
+    """Secrets Manager through Powertools Parameters (its own cache, per container)."""
+    return parameters.SecretsProvider(boto3_session=session())
 
 
 def reset() -> None:
     """A cold start: forget the settings, clients and cached secrets of this process."""
     _settings.clear()
+    secrets.cache_clear()
     s3.cache_clear()
     idempotency_store.cache_clear()
     parameters.clear_caches()  # type: ignore[no-untyped-call]  # Powertools leaves it unannotated
