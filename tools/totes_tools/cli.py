@@ -75,6 +75,14 @@ SHOW_OPTION = option(bounded_int(0, 1_000_000))  # keys printed per table and ki
 SCHEMA_OPTION = option(schema_name)  # the warehouse schema, as the load's WAREHOUSE_SCHEMA
 
 
+def batch_rows_list(raw: str) -> list[int]:
+    """Comma-separated batch sizes, each refused as ``INGEST_MAX_BATCH_ROWS`` refuses it."""
+    return [MAX_BATCH_ROWS(part.strip()) for part in raw.split(",") if part.strip()]
+
+
+BATCH_ROWS_LIST_OPTION = option(batch_rows_list)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m totes", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -267,6 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
         type=STEPS_OPTION,
         default=10,
         help="simulator steps of the small incremental cycle (about 100 changed rows)",
+    )
+    bench.add_argument(
+        "--max-batch-rows",
+        type=BATCH_ROWS_OPTION,
+        default=None,
+        help="rows per bounded batch of the chain (INGEST_MAX_BATCH_ROWS; default 500000)",
+    )
+    bench.add_argument(
+        "--batch-sweep",
+        type=BATCH_ROWS_LIST_OPTION,
+        default=None,
+        metavar="N[,N...]",
+        help="also load the initial backfill sequentially and pipelined at these batch sizes",
+    )
+    bench.add_argument(
+        "--pipeline-rounds",
+        type=ROUNDS_OPTION,
+        default=1,
+        help="rounds of the sequential/pipelined comparison (alternating; medians)",
     )
 
     sam_local = sub.add_parser(

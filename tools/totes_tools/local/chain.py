@@ -212,6 +212,9 @@ class StageReport:
     rows: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     metrics: list[Metric] = field(default_factory=list)
+    # Each invocation's (start, end) on the wall clock (``time.time``: comparable between
+    # processes, so a pipelined run can tell how much its stages overlapped).
+    spans: list[tuple[float, float]] = field(default_factory=list)
 
     def add_rows(self, counts: Mapping[str, int]) -> None:
         for table, n in counts.items():
@@ -533,6 +536,36 @@ class LocalChain:
             if not handled:
                 return report
 
+    def follow(
+        self,
+        stage: str,
+        upstream_done: Callable[[], bool],
+        report: CycleReport | None = None,
+        poll_seconds: float = 0.05,
+    ) -> CycleReport:
+        """Hand each S3 event to ``stage`` as soon as it lands on the stage's queue, one
+        invocation per manifest as S3's notifications invoke the function on AWS, until
+        ``upstream_done()`` says nothing more can be sent and the queue is empty. Run in its
+        own process per stage, transform of one batch overlaps ingest of the next and load
+        follows transform (``totes_tools.local.pipeline``): the order in which batches reach
+        a stage is whatever the queue gives.
+
+        ``upstream_done`` is read before each receive: moto sends a notification inside the
+        PutObject that causes it, so once the upstream has finished, every event it caused
+        is already queued and an empty receive after that means the end."""
+        report = report or CycleReport()
+        self._fresh_clients()
+        queue = self._queue_of(stage)
+        while True:
+            finished = upstream_done()
+            deliveries = self.deliver(stage, self.receive(stage, queue))
+            for delivery in deliveries:
+                self._handle(delivery, report)
+            if not deliveries:
+                if finished:
+                    return report
+                time.sleep(poll_seconds)
+
     def replay_failures(self, report: CycleReport | None = None) -> CycleReport:
         """Redrive the S3 events on the failure queue (what an operator does after fixing the
         cause): each goes to its stage again under the same retry rule. Failed scheduled
@@ -690,7 +723,7 @@ class LocalChain:
         for attempt in range(1, self.max_attempts + 1):
             context = context_for(stage)
             captured = io.StringIO()
-            started = time.monotonic()
+            started, wall_started = time.monotonic(), time.time()
             failed = True
             if stage not in self._warm:  # each function's first invocation is a cold start
                 cold_start.reset_cold_start_flag()
@@ -711,6 +744,7 @@ class LocalChain:
             finally:
                 stage_report.invocations += 1
                 stage_report.seconds += time.monotonic() - started
+                stage_report.spans.append((wall_started, time.time()))
                 self._passthrough(captured.getvalue(), stage_report, report)
                 function = {"FunctionName": context.function_name}
                 now = time.time()
