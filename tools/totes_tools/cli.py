@@ -75,14 +75,6 @@ SHOW_OPTION = option(bounded_int(0, 1_000_000))  # keys printed per table and ki
 SCHEMA_OPTION = option(schema_name)  # the warehouse schema, as the load's WAREHOUSE_SCHEMA
 
 
-def batch_rows_list(raw: str) -> list[int]:
-    """Comma-separated batch sizes, each refused as ``INGEST_MAX_BATCH_ROWS`` refuses it."""
-    return [MAX_BATCH_ROWS(part.strip()) for part in raw.split(",") if part.strip()]
-
-
-BATCH_ROWS_LIST_OPTION = option(batch_rows_list)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m totes", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -284,10 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--batch-sweep",
-        type=BATCH_ROWS_LIST_OPTION,
+        type=BATCH_ROWS_OPTION,
+        action="append",
         default=None,
-        metavar="N[,N...]",
-        help="also load the initial backfill sequentially and pipelined at these batch sizes",
+        metavar="N",
+        help="also load the initial backfill sequentially and pipelined with batches of at"
+        " most N rows (repeat for several sizes)",
     )
     bench.add_argument(
         "--pipeline-rounds",

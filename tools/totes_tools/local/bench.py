@@ -26,6 +26,16 @@ seconds are the three stages' own), two cycles of ``SIMULATOR_STEPS`` steps (row
 cycle stay flat: no overlap is read again) and a quiet one. Every stage reports its peak RSS,
 its client CPU and, when the server's processes are visible (``/proc``), the server's CPU.
 
+The initial load is measured twice over (``pipelined_comparison``): stage after stage, as
+above (the stages' sum), and pipelined as AWS runs it (``pipeline.run_pipelined``: the three
+stages at once in their own processes, transform and load invoked per manifest as it lands),
+each from the same source through a stack of its own into a fresh warehouse whose checksums
+must equal the first sequential run's; per run each stage's busy seconds and their overlap;
+``--max-batch-rows`` sets the chain's batch size, ``--batch-sweep`` adds other sizes (both
+modes each) and ``--pipeline-rounds`` repeats them, the two modes alternating, for medians.
+Here the stages share the machine's cores with both databases and the emulator; on AWS each
+Lambda has its own CPUs, so the pipelined overlap measured here is a lower bound.
+
 Results are printed as a table and written as JSON with the ratios.
 """
 
