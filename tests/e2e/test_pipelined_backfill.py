@@ -12,9 +12,9 @@ from totes_tools.local import pipeline
 from totes_tools.local.chain import LocalChain
 from totes_tools.warehouse.checksums import table_checksums
 
-# A few hundred orders in batches of at most 400 rows: several batches to overlap.
+# 150 orders (about 730 source rows) in batches of at most 200 rows: several batches to overlap.
 SCALE = 150
-ENV = {"INGEST_MAX_BATCH_ROWS": "400"}
+ENV = {"INGEST_MAX_BATCH_ROWS": "200"}
 
 
 def _ledger(creds) -> list[str]:

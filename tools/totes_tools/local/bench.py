@@ -576,6 +576,16 @@ def floor_ratios(results: dict) -> dict:
         "chain_pipelined_wall_vs_floor": ratio(piped.get("wall_s"), floor_seconds),
         "chain_pipelined_span_vs_floor": ratio(piped.get("span_s"), floor_seconds),
         "pipelined_vs_sequential_wall": ratio(piped.get("wall_s"), sequential.get("wall_s")),
+        # every batch size and mode measured: median wall / floor
+        "initial_wall_vs_floor_by_batch_rows": [
+            {
+                "max_batch_rows": r["max_batch_rows"],
+                "batches": r["batches"],
+                "mode": r["mode"],
+                "wall_vs_floor": ratio(r["wall_s"], floor_seconds),
+            }
+            for r in (results.get("pipelined") or {}).get("summary", [])
+        ],
         "ingest_rate_vs_copy_to_rate": ratio(
             initial["ingest"]["rows_per_s"], floor["copy_to"]["rows_per_s"]
         ),
@@ -685,8 +695,9 @@ def _print_pipelined(results: dict) -> None:
     print(
         f"  {'max batch rows':>14}{'batches':>8}  {'mode':<11}{'wall s':>8}{'span s':>8}"
         f"{'ingest':>8}{'transf.':>8}{'load':>8}{'overlap s':>10}{'server CPU s':>13}"
-        f"{'rounds':>7}  same warehouse, every batch once"
+        f"{'rounds':>7}{'wall/floor':>11}  same warehouse, every batch once"
     )
+    floor_seconds = results["floor_ratios"]["floor_seconds"]
     for r in comparison["summary"]:
         busy = r["busy_s"]
         print(
@@ -694,6 +705,7 @@ def _print_pipelined(results: dict) -> None:
             f"{r['wall_s']:>8.2f}{r['span_s']:>8.2f}{busy['ingest']:>8.2f}"
             f"{busy['transform']:>8.2f}{busy['load']:>8.2f}{r['overlap_s']:>10.2f}"
             f"{_cpu(r['server_cpu_s']):>13}{r['rounds']:>7}"
+            f"{ratio(r['wall_s'], floor_seconds) or '-':>11}"
             f"  {r['same_warehouse']}, {r['every_batch_once']}"
         )
     print(
