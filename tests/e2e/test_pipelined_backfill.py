@@ -70,5 +70,11 @@ def test_pipelined_initial_load_handles_every_batch_once_and_equals_the_sequenti
 
     sequential, sequential_warehouse = runs["sequential"]
     assert len(sequential["stages"]["load"]["batch_ids"]) == len(ingested)
+    # every event's landing time came through the queue: the run can be replayed as a pipeline
+    for stage in ("transform", "load"):
+        landed = [d[1] for d in sequential["stages"][stage]["deliveries"]]
+        assert len(landed) == len(ingested)
+        assert None not in landed
+    assert pipeline.projected(sequential["stages"]) is not None
     assert _checksums(piped_warehouse) == _checksums(sequential_warehouse)
     assert sum(n for n, _ in _checksums(piped_warehouse).values()) > 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from totes_tools.local.bench import _every_batch_once
-from totes_tools.local.pipeline import overlap
+from totes_tools.local.pipeline import overlap, projected
 
 
 def test_stages_one_after_another_overlap_by_nothing():
@@ -75,3 +75,34 @@ def test_every_batch_once_in_any_order():
 )
 def test_a_batch_missed_or_repeated_is_caught(transformed, loaded):
     assert not _every_batch_once(_stages(["a", "b", "c"], transformed, loaded))
+
+
+def _sequential(load_seconds: float) -> dict:
+    """A sequential run: ingest 0-9 s writing batches a, b, c at 3, 6 and 9 s; then each
+    transformed in 1 s (10-13 s); then each loaded in ``load_seconds``."""
+    loads, t = [], 14.0
+    for batch in "abc":
+        loads.append((batch, None, t, t + load_seconds))
+        t += load_seconds
+    return {
+        "ingest": {"spans": [(0.0, 9.0)]},
+        "transform": {
+            "deliveries": [("c", 9.0, 12.0, 13.0), ("a", 3.0, 10.0, 11.0), ("b", 6.0, 11.0, 12.0)]
+        },
+        "load": {"deliveries": loads},
+    }
+
+
+def test_the_projection_replays_a_sequential_run_as_a_pipeline_of_uncontended_stages():
+    # each batch transformed as it lands (3-4, 6-7, 9-10 s) and loaded after it (4-7,
+    # 7-10, 10-13 s): the last load ends 4 s after ingest
+    assert projected(_sequential(3.0)) == 13.0
+    # loads slower than ingest: they queue behind each other (4-9, 9-14, 14-19 s)
+    assert projected(_sequential(5.0)) == 19.0
+
+
+def test_no_projection_without_the_timeline():
+    stages = _sequential(3.0)
+    stages["transform"]["deliveries"][0] = ("c", None, 12.0, 13.0)  # no landing time
+    assert projected(stages) is None
+    assert projected({**stages, "ingest": {"spans": []}}) is None

@@ -143,6 +143,7 @@ class Delivery:
     stage: str
     event: dict
     receipt: str | None = None
+    sent_at: float | None = None  # when the queue got it (SentTimestamp): the manifest landed
 
     @property
     def keys(self) -> list[str]:
@@ -215,6 +216,9 @@ class StageReport:
     # Each invocation's (start, end) on the wall clock (``time.time``: comparable between
     # processes, so a pipelined run can tell how much its stages overlapped).
     spans: list[tuple[float, float]] = field(default_factory=list)
+    # Per event handled: (batch id, when its manifest landed, first attempt's start, last
+    # attempt's end), so a bench can replay the batches' timeline.
+    deliveries: list[tuple[str, float | None, float, float]] = field(default_factory=list)
 
     def add_rows(self, counts: Mapping[str, int]) -> None:
         for table, n in counts.items():
@@ -632,6 +636,7 @@ class LocalChain:
                 MaxNumberOfMessages=10,
                 VisibilityTimeout=VISIBILITY_TIMEOUT_SECONDS,
                 WaitTimeSeconds=0,
+                AttributeNames=["SentTimestamp"],
             ).get("Messages", [])
             if not messages:
                 return out
@@ -641,7 +646,9 @@ class LocalChain:
                 if body.get("Event") == "s3:TestEvent" or not delivered:
                     self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
                     continue
-                out.append(Delivery(stage, body, message["ReceiptHandle"]))
+                sent = message.get("Attributes", {}).get("SentTimestamp")
+                sent_at = int(sent) / 1000 if sent else None
+                out.append(Delivery(stage, body, message["ReceiptHandle"], sent_at))
 
     def pending(self) -> dict[str, int]:
         """Messages waiting (visible or in flight) per notification queue."""
@@ -677,9 +684,14 @@ class LocalChain:
     def _handle(self, delivery: Delivery, report: CycleReport, record_failure: bool = True) -> bool:
         """Hand one event to its stage; False when it failed every attempt."""
         stage = report.stages.setdefault(delivery.stage, StageReport())
+        first = len(stage.spans)
         result = self._invoke(
             delivery.stage, delivery.event, delivery.batch_id, report, record_failure
         )
+        if len(stage.spans) > first:
+            stage.deliveries.append(
+                (delivery.batch_id, delivery.sent_at, stage.spans[first][0], stage.spans[-1][1])
+            )
         if delivery.receipt is not None:
             with contextlib.suppress(Exception):  # a repeated delivery was already deleted
                 self.sqs.delete_message(

@@ -242,3 +242,37 @@ def overlap(spans: Mapping[str, list[tuple[float, float]]]) -> dict:
         },
         "tail_after_ingest_s": round(last - ingest_end, 2),
     }
+
+
+def projected(stages: Mapping[str, dict]) -> float | None:
+    """The seconds a pipelined run would take if its stages did not share CPUs (on AWS each
+    Lambda has its own), replayed from a sequential run's own per-batch times: each raw
+    manifest lands when it landed there (its notification's SentTimestamp, during ingest);
+    one transform at a time takes it once it has landed and the previous one has ended, for
+    as long as it took there, and its processed manifest lands when it ends; one load at a
+    time likewise. From ingest's start to the last invocation's end. The databases' work is
+    inside those times, measured with the machine to each stage alone, so this projects away
+    the contention between the stages, not the databases' own limits. None without the
+    timeline (no ingest, or an event without its landing time)."""
+    if not stages["ingest"]["spans"]:
+        return None
+    origin, ingest_end = stages["ingest"]["spans"][0][0], stages["ingest"]["spans"][-1][1]
+    ready: dict[str, float] = {}
+    free = origin
+    for batch, landed, started, ended in sorted(
+        stages["transform"]["deliveries"], key=lambda d: d[1] or 0.0
+    ):
+        if landed is None:
+            return None
+        free = max(landed, free) + (ended - started)
+        ready[batch] = free
+    end = max(ingest_end, free)
+    free = origin
+    for batch, _, started, ended in sorted(
+        stages["load"]["deliveries"], key=lambda d: ready.get(d[0], float("inf"))
+    ):
+        if batch not in ready:
+            return None
+        free = max(ready[batch], free) + (ended - started)
+        end = max(end, free)
+    return round(end - origin, 2)
