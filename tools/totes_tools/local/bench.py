@@ -422,7 +422,10 @@ def _run_record(
         "max_batch_rows": max_batch_rows,
         "batches": stages["ingest"]["batches"],
         "wall_s": run["wall_seconds"],
-        "stages_s": round(sum(stages[s]["seconds"] for s in STAGES), 2),
+        # sequential: the stages' own seconds (pipelined stages also wait for their upstream)
+        "stages_s": (
+            round(sum(stages[s]["seconds"] for s in STAGES), 2) if mode == "sequential" else None
+        ),
         "span_s": run["span_s"],
         # sequential runs: the same batches pipelined without the stages sharing CPUs
         "projected_pipelined_s": pipeline.projected(stages) if mode == "sequential" else None,
