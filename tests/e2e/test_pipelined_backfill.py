@@ -78,3 +78,18 @@ def test_pipelined_initial_load_handles_every_batch_once_and_equals_the_sequenti
     assert pipeline.projected(sequential["stages"]) is not None
     assert _checksums(piped_warehouse) == _checksums(sequential_warehouse)
     assert sum(n for n, _ in _checksums(piped_warehouse).values()) > 0
+
+
+@pytest.mark.slow
+def test_a_failed_stage_ends_the_pipelined_run_naming_it_and_its_followers_stop(
+    aws, fresh_db, new_stack_names
+):
+    # a source without the totesys tables: ingest fails every attempt (schema drift)
+    source, warehouse, names = fresh_db("empty"), fresh_db("wh"), new_stack_names("pipe-fail")
+    LocalChain(aws, names, source, warehouse).prepare()
+
+    with pytest.raises(SystemExit, match="the ingest stage failed") as failed:
+        pipeline.run_pipelined(pipeline.child_config(aws, source, warehouse, names))
+
+    assert "SchemaDrift" in str(failed.value)
+    assert _ledger(warehouse) == []
