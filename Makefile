@@ -20,6 +20,8 @@ PIP_LOCKED := -m pip install --quiet --require-hashes --only-binary :all:
 REQS := requirements/runtime.txt requirements/dev.txt requirements/lock.txt pyproject.toml
 SCALE ?= 1000000
 PYTEST_ARGS ?=
+# More `python -m totes bench` options, e.g. BENCH_ARGS='--batch-sweep 150000 --pipeline-rounds 2'.
+BENCH_ARGS ?=
 # pytest-xdist workers for `make test`: measured on this 2-core machine (shared, load 4-5),
 # the whole suite took 6m04s serially and 4m49s with two workers (much of it waits on
 # PostgreSQL, moto and subprocesses). Each worker starts its own embedded PostgreSQL and moto
@@ -144,7 +146,7 @@ sam-local: $(STAMP)
 	$(BIN)/python -m totes sam-local check --scale $(SAM_SCALE)
 
 bench: $(STAMP)
-	$(BIN)/python -m totes bench --scale $(SCALE) --output bench-results.json
+	$(BIN)/python -m totes bench --scale $(SCALE) --output bench-results.json $(BENCH_ARGS)
 
 $(DLT_STAMP): requirements/bench-dlt.txt
 	rm -rf $(VENV_DLT)

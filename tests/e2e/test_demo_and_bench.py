@@ -137,6 +137,19 @@ def test_the_bench_reports_every_stage_baselines_and_ratios_as_json(tmp_path):
     ):
         assert ratios[name] > 0, name
     assert sorted(ratios["peak_rss_mb"]) == ["ingest", "load", "transform"]
+    # the initial load pipelined as on AWS, next to the sequential one, the same warehouse
+    piped = results["pipelined"]
+    assert [(r["mode"], r["max_batch_rows"]) for r in piped["summary"]] == [
+        ("sequential", None),
+        ("pipelined", None),
+    ]
+    assert [r["mode"] for r in piped["runs"]] == ["sequential", "pipelined"]
+    for run in piped["runs"]:
+        assert run["same_warehouse"], run
+        assert run["every_batch_once"], run
+        assert sorted(run["busy_s"]) == ["ingest", "load", "transform"]
+    assert ratios["chain_pipelined_wall_vs_floor"] > 0
+    assert ratios["pipelined_vs_sequential_wall"] > 0
     for line in (
         "bare COPY floor",
         "whole initial chain / floor:",
@@ -145,6 +158,8 @@ def test_the_bench_reports_every_stage_baselines_and_ratios_as_json(tmp_path):
         "rows ingested per cycle of the same activity:",
         "peak RSS per stage",
         "server CPU s",
+        "whole initial chain pipelined (as on AWS) / floor:",
+        "on AWS each Lambda has its own CPUs",
     ):
         assert line in done.stdout, line
     lambda_cost = results["lambda_cost"]

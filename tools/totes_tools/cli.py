@@ -280,6 +280,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="simulator steps of the small incremental cycle (about 100 changed rows)",
     )
+    bench.add_argument(
+        "--max-batch-rows",
+        type=BATCH_ROWS_OPTION,
+        default=None,
+        help="rows per bounded batch of the chain (INGEST_MAX_BATCH_ROWS; default 500000)",
+    )
+    bench.add_argument(
+        "--batch-sweep",
+        type=BATCH_ROWS_OPTION,
+        action="append",
+        default=None,
+        metavar="N",
+        help="also load the initial backfill sequentially and pipelined with batches of at"
+        " most N rows (repeat for several sizes)",
+    )
+    bench.add_argument(
+        "--pipeline-rounds",
+        type=ROUNDS_OPTION,
+        default=1,
+        help="rounds of the sequential/pipelined comparison (alternating; medians)",
+    )
 
     sam_local = sub.add_parser(
         "sam-local", help="sam local invoke by hand (serve, events), and make sam-local's check"

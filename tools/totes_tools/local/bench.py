@@ -26,6 +26,16 @@ seconds are the three stages' own), two cycles of ``SIMULATOR_STEPS`` steps (row
 cycle stay flat: no overlap is read again) and a quiet one. Every stage reports its peak RSS,
 its client CPU and, when the server's processes are visible (``/proc``), the server's CPU.
 
+The initial load is measured twice over (``pipelined_comparison``): stage after stage, as
+above (the stages' sum), and pipelined as AWS runs it (``pipeline.run_pipelined``: the three
+stages at once in their own processes, transform and load invoked per manifest as it lands),
+each from the same source through a stack of its own into a fresh warehouse whose checksums
+must equal the first sequential run's; per run each stage's busy seconds and their overlap;
+``--max-batch-rows`` sets the chain's batch size, ``--batch-sweep`` adds other sizes (both
+modes each) and ``--pipeline-rounds`` repeats them, the two modes alternating, for medians.
+Here the stages share the machine's cores with both databases and the emulator; on AWS each
+Lambda has its own CPUs, so the pipelined overlap measured here is a lower bound.
+
 Results are printed as a table and written as JSON with the ratios.
 """
 
@@ -39,7 +49,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess  # nosec B404 - runs only this module, as its own children
 import sys
 import time
 from collections.abc import Callable
@@ -54,15 +63,15 @@ from totes.observability import logger
 from totes.source.model import TABLES
 from totes.star.model import FACT_SALES_ORDER, SOURCE_VERSION, STAR_TABLES_BY_NAME
 from totes.warehouse import staging
-from totes_tools.local import cpu
+from totes_tools.local import cpu, pipeline
 from totes_tools.local.aws import StackNames, aws_environment, moto_server
 from totes_tools.local.bench_extract import RssSampler, _copy_rate, _fetch_rate
 from totes_tools.local.chain import FUNCTION_MEMORY_MB, LocalChain
 from totes_tools.ops import cost
 from totes_tools.warehouse.bench import _raw_copy
 
-CHILD_ENV = "TOTES_BENCH_CHILD"
-STAGES = ("ingest", "transform", "load")
+CHILD_ENV = pipeline.CHILD_ENV
+STAGES = pipeline.STAGES
 CYCLES = ("initial", "incremental_small", "incremental", "incremental_2", "quiet")
 SIMULATOR_STEPS = 200
 # Simulator steps of the small incremental cycle: about 100 changed rows.
@@ -86,21 +95,33 @@ def _rate(rows: int, seconds: float) -> float:
 
 
 def run_child(stage: str) -> int:
-    """The child's side: run one stage of the chain over what is queued, report as JSON."""
+    """The child's side: run one stage of the chain over what is queued (or, pipelined,
+    follow its queue until its upstream is done: ``pipeline.run_pipelined``), report as
+    JSON."""
     _quiet()
     config = json.loads(os.environ[CHILD_ENV])
     endpoint = config["endpoint"]
+    follow = config.get("follow")
     with aws_environment(endpoint):
         chain = LocalChain(
             endpoint,
-            StackNames(),
+            StackNames(**config.get("names", {})),
             DbCredentials.from_url(config["source"]),
             DbCredentials.from_url(config["warehouse"]),
+            env=config.get("env"),
         )
         chain.handler(stage)  # imports (a cold start) are not the stage's work
+        if follow:
+            Path(follow["ready"]).touch()
+            upstream_done = Path(follow["upstream_done"])
         with RssSampler() as rss:
             started, cpu_started = time.perf_counter(), cpu.client_cpu()
-            report = chain.ingest() if stage == "ingest" else chain.drain(stages=(stage,))
+            if stage == "ingest":
+                report = chain.ingest()
+            elif follow:
+                report = chain.follow(stage, upstream_done.exists)
+            else:
+                report = chain.drain(stages=(stage,))
             seconds = time.perf_counter() - started
             client_cpu = cpu.client_cpu() - cpu_started
     stage_report = report.stages[stage]
@@ -112,6 +133,7 @@ def run_child(stage: str) -> int:
                 "invocations": stage_report.invocations,
                 "handler_seconds": round(stage_report.seconds, 3),
                 "batches": len(stage_report.batches),
+                "batch_ids": stage_report.batches,
                 "rows": rows,
                 "rows_by_table": stage_report.rows,
                 "seconds": round(seconds, 3),
@@ -119,6 +141,11 @@ def run_child(stage: str) -> int:
                 "rss_before_mb": round(rss.baseline, 1),
                 "peak_rss_mb": round(rss.peak, 1),
                 "client_cpu_s": round(client_cpu, 2),
+                "spans": [[round(a, 3), round(b, 3)] for a, b in stage_report.spans],
+                "deliveries": [
+                    [batch, landed and round(landed, 3), round(a, 3), round(b, 3)]
+                    for batch, landed, a, b in stage_report.deliveries
+                ],
                 "failures": [str(f) for f in report.failures],
             }
         )
@@ -131,38 +158,13 @@ def run_stages(
     source: DbCredentials,
     warehouse: DbCredentials,
     postmaster: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict:
     """Ingest, then transform, then load, each in its own process; their JSON reports, each
     with the server's CPU over the stage (``postmaster``: the server's, when visible)."""
-    env = {
-        **os.environ,
-        CHILD_ENV: json.dumps(
-            {"endpoint": endpoint, "source": source.to_url(), "warehouse": warehouse.to_url()}
-        ),
-    }
-    out = {}
-    for stage in STAGES:
-        started = time.perf_counter()
-        server_started = cpu.server_cpu(postmaster)
-        done = subprocess.run(  # noqa: S603  # nosec B603 - our own module, fixed arguments
-            [sys.executable, "-m", "totes_tools.local.bench", "--child", stage],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        lines = done.stdout.strip().splitlines()
-        if done.returncode != 0 or not lines:
-            raise SystemExit(f"bench: the {stage} stage failed:\n{done.stdout}\n{done.stderr}")
-        out[stage] = {**json.loads(lines[-1]), "process_seconds": time.perf_counter() - started}
-        out[stage]["process_seconds"] = round(out[stage]["process_seconds"], 2)
-        server_now = cpu.server_cpu(postmaster)
-        out[stage]["server_cpu_s"] = (
-            round(server_now - server_started, 2)
-            if server_now is not None and server_started is not None
-            else None
-        )
-    return out
+    return pipeline.run_stages(
+        pipeline.child_config(endpoint, source, warehouse, env=env), postmaster
+    )
 
 
 # -- baselines ---------------------------------------------------------------------------------
@@ -386,6 +388,176 @@ def load_replay(
     return out
 
 
+# -- the initial load pipelined, as on AWS -------------------------------------------------
+
+
+MACHINE_NOTE = (
+    "this machine: {cpus} cores shared by the source and warehouse PostgreSQL, the emulator"
+    " and the three stages; on AWS each Lambda has its own CPUs and the source and the"
+    " warehouse are separate servers, so the overlap measured here is a lower bound"
+)
+
+
+def _batch_env(max_batch_rows: int | None) -> dict[str, str]:
+    return {"INGEST_MAX_BATCH_ROWS": str(max_batch_rows)} if max_batch_rows else {}
+
+
+def _every_batch_once(stages: dict) -> bool:
+    """Every batch ingest wrote was transformed exactly once, and every batch transform
+    published was loaded exactly once (a batch with nothing to load publishes nothing)."""
+    ingested, transformed, loaded = (sorted(stages[s]["batch_ids"]) for s in STAGES)
+    return (
+        ingested == transformed
+        and len(set(loaded)) == len(loaded)
+        and set(loaded) <= set(transformed)
+    )
+
+
+def _run_record(
+    mode: str, max_batch_rows: int | None, run: dict, checksums: dict, reference: dict
+) -> dict:
+    stages = run["stages"]
+    return {
+        "mode": mode,
+        "max_batch_rows": max_batch_rows,
+        "batches": stages["ingest"]["batches"],
+        "wall_s": run["wall_seconds"],
+        # sequential: the stages' own seconds (pipelined stages also wait for their upstream)
+        "stages_s": (
+            round(sum(stages[s]["seconds"] for s in STAGES), 2) if mode == "sequential" else None
+        ),
+        "span_s": run["span_s"],
+        # sequential runs: the same batches pipelined without the stages sharing CPUs
+        "projected_pipelined_s": pipeline.projected(stages) if mode == "sequential" else None,
+        "busy_s": run["busy_s"],
+        "overlap_s": run["overlap_s"],
+        "started_after_s": run.get("started_after_s", {}),
+        "tail_after_ingest_s": run.get("tail_after_ingest_s"),
+        "server_cpu_s": run["server_cpu_s"],
+        "client_cpu_s": round(sum(stages[s]["client_cpu_s"] for s in STAGES), 2),
+        "peak_rss_mb": {s: stages[s]["peak_rss_mb"] for s in STAGES},
+        "load_order": stages["load"]["batch_ids"],
+        "every_batch_once": _every_batch_once(stages),
+        "same_warehouse": checksums == reference,
+    }
+
+
+def _sequential_run(config: dict, postmaster: int | None) -> dict:
+    started = time.perf_counter()
+    stages = pipeline.run_stages(config, postmaster)
+    servers = [stages[s]["server_cpu_s"] for s in STAGES]
+    return {
+        "stages": stages,
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "server_cpu_s": None if None in servers else round(sum(servers), 2),
+        **pipeline.overlap({s: stages[s]["spans"] for s in STAGES}),
+    }
+
+
+def _discard(chain: LocalChain) -> None:
+    """Empty a finished run's buckets: the emulator holds every object in this process."""
+    for bucket in (chain.names.raw_bucket, chain.names.processed_bucket):
+        pages = chain.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for page in pages:
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                chain.s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+
+
+def fresh_run(
+    mode: str,
+    endpoint: str,
+    source: DbCredentials,
+    warehouses: tuple[Callable[[], DbCredentials], Callable[[DbCredentials], None]],
+    postmaster: int | None,
+    max_batch_rows: int | None,
+    reference: dict,
+) -> dict:
+    """The initial load of ``source`` again, sequential or pipelined, through a stack and a
+    warehouse of its own (made, then dropped), checked against the reference warehouse's
+    checksums."""
+    create, drop = warehouses
+    names = pipeline.stack_names("bench")
+    warehouse = create()
+    try:
+        env = _batch_env(max_batch_rows)
+        chain = LocalChain(endpoint, names, source, warehouse, env=env)
+        chain.prepare()
+        config = pipeline.child_config(endpoint, source, warehouse, names, env)
+        if mode == "pipelined":
+            run = pipeline.run_pipelined(config, postmaster)
+        else:
+            run = _sequential_run(config, postmaster)
+        checksums = _checksums(warehouse)
+        _discard(chain)
+    finally:
+        drop(warehouse)
+    return _run_record(mode, max_batch_rows, run, checksums, reference)
+
+
+def pipelined_comparison(
+    endpoint: str,
+    source: DbCredentials,
+    warehouses: tuple[Callable[[], DbCredentials], Callable[[DbCredentials], None]],
+    postmaster: int | None,
+    reference: dict,
+    main: dict,
+    sizes: list[int | None],
+    rounds: int,
+) -> dict:
+    """The initial load sequential and pipelined at each batch size (``sizes[0]``: the
+    chain's own, whose first sequential run is ``main``), ``rounds`` times, the order of
+    the two alternating; every run from the same source into a fresh warehouse, compared
+    with the reference's checksums. Medians per batch size and mode."""
+    runs = []
+    for r in range(rounds):
+        for i, size in enumerate(sizes):
+            order = ("sequential", "pipelined") if (r + i) % 2 == 0 else ("pipelined", "sequential")
+            for mode in order:
+                if r == 0 and i == 0 and mode == "sequential":
+                    runs.append(main)
+                    continue
+                print(
+                    f"  the initial load again, {mode}, max batch rows {size or 'default'} ...",
+                    flush=True,
+                )
+                runs.append(
+                    fresh_run(mode, endpoint, source, warehouses, postmaster, size, reference)
+                )
+    summary = []
+    for size in sizes:
+        for mode in ("sequential", "pipelined"):
+            mine = [r for r in runs if r["max_batch_rows"] == size and r["mode"] == mode]
+            summary.append(
+                {
+                    "mode": mode,
+                    "max_batch_rows": size,
+                    "batches": mine[0]["batches"],
+                    "rounds": len(mine),
+                    **{
+                        k: _median([r[k] for r in mine])
+                        for k in (
+                            "wall_s",
+                            "stages_s",
+                            "span_s",
+                            "projected_pipelined_s",
+                            "overlap_s",
+                            "server_cpu_s",
+                        )
+                    },
+                    "busy_s": {s: _median([r["busy_s"].get(s) for r in mine]) for s in STAGES},
+                    "every_batch_once": all(r["every_batch_once"] for r in mine),
+                    "same_warehouse": all(r["same_warehouse"] for r in mine),
+                }
+            )
+    return {"runs": runs, "summary": summary}
+
+
+def _median(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 2) if known else None
+
+
 # -- the whole benchmark -----------------------------------------------------------------------
 
 
@@ -411,10 +583,28 @@ def floor_ratios(results: dict) -> dict:
     stage_sum = sum(r["seconds"] for r in initial.values())
     replay = floor.get("load_replay")
     small = results["incremental_small"]
+    piped = _summary(results, "pipelined")
+    sequential = _summary(results, "sequential")
     return {
         "floor_seconds": round(floor_seconds, 3),
         "chain_wall_vs_floor": ratio(results["initial_wall_seconds"], floor_seconds),
         "chain_stages_vs_floor": ratio(stage_sum, floor_seconds),
+        "chain_pipelined_wall_vs_floor": ratio(piped.get("wall_s"), floor_seconds),
+        "chain_pipelined_span_vs_floor": ratio(piped.get("span_s"), floor_seconds),
+        "chain_pipelined_projected_vs_floor": ratio(
+            sequential.get("projected_pipelined_s"), floor_seconds
+        ),
+        "pipelined_vs_sequential_wall": ratio(piped.get("wall_s"), sequential.get("wall_s")),
+        # every batch size and mode measured: median wall / floor
+        "initial_wall_vs_floor_by_batch_rows": [
+            {
+                "max_batch_rows": r["max_batch_rows"],
+                "batches": r["batches"],
+                "mode": r["mode"],
+                "wall_vs_floor": ratio(r["wall_s"], floor_seconds),
+            }
+            for r in (results.get("pipelined") or {}).get("summary", [])
+        ],
         "ingest_rate_vs_copy_to_rate": ratio(
             initial["ingest"]["rows_per_s"], floor["copy_to"]["rows_per_s"]
         ),
@@ -437,6 +627,18 @@ def floor_ratios(results: dict) -> dict:
             stage: max(results[c][stage]["peak_rss_mb"] for c in CYCLES) for stage in STAGES
         },
     }
+
+
+def _summary(results: dict, mode: str) -> dict:
+    """The median run of ``mode`` at the chain's own batch size (empty when not measured)."""
+    comparison = results.get("pipelined")
+    if not comparison:
+        return {}
+    size = comparison["summary"][0]["max_batch_rows"]
+    return next(
+        (r for r in comparison["summary"] if r["mode"] == mode and r["max_batch_rows"] == size),
+        {},
+    )
 
 
 def _cpu(value: float | None) -> str:
@@ -469,6 +671,18 @@ def _print_floor(results: dict) -> None:
         f"  whole initial chain / floor: {ratios['chain_wall_vs_floor']} (wall, 3 processes),"
         f" {ratios['chain_stages_vs_floor']} (the stages' own seconds)"
     )
+    if ratios.get("chain_pipelined_wall_vs_floor") is not None:
+        print(
+            f"  whole initial chain pipelined (as on AWS) / floor:"
+            f" {ratios['chain_pipelined_wall_vs_floor']} (wall),"
+            f" {ratios['chain_pipelined_span_vs_floor']} (first invocation's start to the last"
+            f" one's end); pipelined / sequential wall: {ratios['pipelined_vs_sequential_wall']}"
+        )
+        print(
+            f"  the same pipelined without the stages sharing CPUs (projected from the"
+            f" sequential run's per-batch times) / floor:"
+            f" {ratios['chain_pipelined_projected_vs_floor']}"
+        )
     print(f"  ingest rate / COPY TO rate: {ratios['ingest_rate_vs_copy_to_rate']}")
     print(f"  load rate / COPY FROM rate: {ratios['load_rate_vs_copy_from_rate']}")
     print(
@@ -490,6 +704,43 @@ def _print_floor(results: dict) -> None:
         "  peak RSS per stage (MB): "
         + ", ".join(f"{k} {v:.0f}" for k, v in ratios["peak_rss_mb"].items())
     )
+
+
+def _print_pipelined(results: dict) -> None:
+    comparison = results.get("pipelined")
+    if not comparison:
+        print("\n  the pipelined initial load needs the embedded PostgreSQL (fresh warehouses):"
+              " not measured")  # fmt: skip
+        return
+    print(
+        "\n  initial load, sequential (stage after stage) vs pipelined (transform and load"
+        " invoked per manifest as it lands, as S3 notifications drive them on AWS), medians:"
+    )
+    print(
+        f"  {'max batch rows':>14}{'batches':>8}  {'mode':<11}{'wall s':>8}{'span s':>8}"
+        f"{'ingest':>8}{'transf.':>8}{'load':>8}{'overlap s':>10}{'server CPU s':>13}"
+        f"{'rounds':>7}{'wall/floor':>11}{'projected s':>12}  same warehouse, every batch once"
+    )
+    floor_seconds = results["floor_ratios"]["floor_seconds"]
+    for r in comparison["summary"]:
+        busy = r["busy_s"]
+        print(
+            f"  {r['max_batch_rows'] or 'default':>14}{r['batches']:>8}  {r['mode']:<11}"
+            f"{r['wall_s']:>8.2f}{r['span_s']:>8.2f}{busy['ingest']:>8.2f}"
+            f"{busy['transform']:>8.2f}{busy['load']:>8.2f}{r['overlap_s']:>10.2f}"
+            f"{_cpu(r['server_cpu_s']):>13}{r['rounds']:>7}"
+            f"{ratio(r['wall_s'], floor_seconds) or '-':>11}"
+            f"{_cpu(r['projected_pipelined_s']):>12}"
+            f"  {r['same_warehouse']}, {r['every_batch_once']}"
+        )
+    print(
+        "  (wall: processes, the pipelined run's downstream stages started and warm first;"
+        " span: first invocation's start to the last one's end; ingest/transf./load: each"
+        " stage's busy seconds in its handlers; overlap: busy seconds during which another"
+        " stage was busy too; projected: the sequential run's batches replayed as a pipeline"
+        " whose stages do not share CPUs, from their own per-batch times)"
+    )
+    print("  " + MACHINE_NOTE.format(cpus=results["machine"]["cpus"]))
 
 
 def _print(results: dict) -> None:
@@ -525,6 +776,7 @@ def _print(results: dict) -> None:
         f" (the chain's load took {results['initial']['load']['seconds']} s)"
     )
     print("\n  ratios: " + ", ".join(f"{k} {v}" for k, v in results["ratios"].items()))
+    _print_pipelined(results)
     _print_floor(results)
     lambda_cost = results["lambda_cost"]
     print(f"\nLambda cost per run and per month ({lambda_cost['price']}):")
@@ -543,6 +795,26 @@ def _billed(stages: dict) -> dict:
     }
 
 
+def _checksums(warehouse: DbCredentials) -> dict:
+    from totes_tools.warehouse.checksums import table_checksums
+
+    with contextlib.closing(connect(warehouse, timeout=3600)) as con:
+        return table_checksums(con)
+
+
+def _main_record(initial: dict, wall: float, max_batch_rows: int | None) -> dict:
+    """The chain's own initial load (sequential) as a run of the comparison; its warehouse
+    is the reference."""
+    servers = [initial[s]["server_cpu_s"] for s in STAGES]
+    run = {
+        "stages": initial,
+        "wall_seconds": wall,
+        "server_cpu_s": None if None in servers else round(sum(servers), 2),
+        **pipeline.overlap({s: initial[s]["spans"] for s in STAGES}),
+    }
+    return _run_record("sequential", max_batch_rows, run, {}, {})
+
+
 def main(args) -> int:
     """``python -m totes bench``: see the module docstring."""
     from totes_tools.source.generator import generate
@@ -551,8 +823,13 @@ def main(args) -> int:
     _quiet()
     floor_rounds = getattr(args, "floor_rounds", FLOOR_ROUNDS)
     small_steps = getattr(args, "small_steps", SMALL_STEPS)
+    max_batch_rows = getattr(args, "max_batch_rows", None)
+    sizes = [max_batch_rows, *(getattr(args, "batch_sweep", None) or [])]
+    pipeline_rounds = getattr(args, "pipeline_rounds", 1)
+    env = _batch_env(max_batch_rows)
     with contextlib.ExitStack() as stack:
         fresh_warehouse: Callable[[], DbCredentials] | None = None
+        warehouses = None
         if args.source_url and args.warehouse_url:
             source = DbCredentials.from_url(args.source_url)
             warehouse = DbCredentials.from_url(args.warehouse_url)
@@ -563,6 +840,10 @@ def main(args) -> int:
             source = cluster.create_database("bench_totesys")
             warehouse = cluster.create_database("bench_warehouse")
             fresh_warehouse = functools.partial(cluster.create_database, "bench_replay")
+            warehouses = (
+                functools.partial(cluster.create_database, "bench_run"),
+                cluster.drop_database,
+            )
         endpoint = stack.enter_context(moto_server())
         stack.enter_context(aws_environment(endpoint))
 
@@ -573,13 +854,26 @@ def main(args) -> int:
         counts = generate(con, args.scale, seed=42)
         generate_seconds = round(time.perf_counter() - started, 1)
 
-        chain = LocalChain(endpoint, StackNames(), source, warehouse)
+        chain = LocalChain(endpoint, StackNames(), source, warehouse, env=env)
         chain.prepare()
         print("initial load: ingest, transform, load (one process each) ...", flush=True)
         started = time.perf_counter()
-        initial = run_stages(endpoint, source, warehouse, postmaster)
+        initial = run_stages(endpoint, source, warehouse, postmaster, env)
         initial_wall = round(time.perf_counter() - started, 1)
         initial_batches = chain.processed.manifest_keys()
+        comparison = None
+        if warehouses is not None:
+            print("the initial load pipelined, as on AWS ...", flush=True)
+            comparison = pipelined_comparison(
+                endpoint,
+                source,
+                warehouses,
+                postmaster,
+                _checksums(warehouse),
+                _main_record(initial, initial_wall, max_batch_rows),
+                sizes,
+                pipeline_rounds,
+            )
 
         simulator = Simulator(con, seed=1)
         cycles = {}
@@ -591,9 +885,9 @@ def main(args) -> int:
             for _ in range(steps):
                 simulator.step()
             print(f"incremental cycle after {steps} simulator steps ...", flush=True)
-            cycles[cycle] = run_stages(endpoint, source, warehouse, postmaster)
+            cycles[cycle] = run_stages(endpoint, source, warehouse, postmaster, env)
         print("a quiet cycle (nothing changed at the source) ...", flush=True)
-        quiet = run_stages(endpoint, source, warehouse, postmaster)
+        quiet = run_stages(endpoint, source, warehouse, postmaster, env)
 
         print("baselines ...", flush=True)
         extraction = extraction_baselines(source)
@@ -617,6 +911,9 @@ def main(args) -> int:
         "generate_seconds": generate_seconds,
         "initial": initial,
         "initial_wall_seconds": initial_wall,
+        "max_batch_rows": max_batch_rows,
+        "pipelined": comparison,
+        "machine_note": MACHINE_NOTE.format(cpus=os.cpu_count()),
         **cycles,
         "quiet": quiet,
         "baselines": {"extraction": extraction, "load": load},

@@ -143,6 +143,7 @@ class Delivery:
     stage: str
     event: dict
     receipt: str | None = None
+    sent_at: float | None = None  # when the queue got it (SentTimestamp): the manifest landed
 
     @property
     def keys(self) -> list[str]:
@@ -212,6 +213,12 @@ class StageReport:
     rows: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     metrics: list[Metric] = field(default_factory=list)
+    # Each invocation's (start, end) on the wall clock (``time.time``: comparable between
+    # processes, so a pipelined run can tell how much its stages overlapped).
+    spans: list[tuple[float, float]] = field(default_factory=list)
+    # Per event handled: (batch id, when its manifest landed, first attempt's start, last
+    # attempt's end), so a bench can replay the batches' timeline.
+    deliveries: list[tuple[str, float | None, float, float]] = field(default_factory=list)
 
     def add_rows(self, counts: Mapping[str, int]) -> None:
         for table, n in counts.items():
@@ -533,6 +540,36 @@ class LocalChain:
             if not handled:
                 return report
 
+    def follow(
+        self,
+        stage: str,
+        upstream_done: Callable[[], bool],
+        report: CycleReport | None = None,
+        poll_seconds: float = 0.05,
+    ) -> CycleReport:
+        """Hand each S3 event to ``stage`` as soon as it lands on the stage's queue, one
+        invocation per manifest as S3's notifications invoke the function on AWS, until
+        ``upstream_done()`` says nothing more can be sent and the queue is empty. Run in its
+        own process per stage, transform of one batch overlaps ingest of the next and load
+        follows transform (``totes_tools.local.pipeline``): the order in which batches reach
+        a stage is whatever the queue gives.
+
+        ``upstream_done`` is read before each receive: moto sends a notification inside the
+        PutObject that causes it, so once the upstream has finished, every event it caused
+        is already queued and an empty receive after that means the end."""
+        report = report or CycleReport()
+        self._fresh_clients()
+        queue = self._queue_of(stage)
+        while True:
+            finished = upstream_done()
+            deliveries = self.deliver(stage, self.receive(stage, queue))
+            for delivery in deliveries:
+                self._handle(delivery, report)
+            if not deliveries:
+                if finished:
+                    return report
+                time.sleep(poll_seconds)
+
     def replay_failures(self, report: CycleReport | None = None) -> CycleReport:
         """Redrive the S3 events on the failure queue (what an operator does after fixing the
         cause): each goes to its stage again under the same retry rule. Failed scheduled
@@ -599,6 +636,7 @@ class LocalChain:
                 MaxNumberOfMessages=10,
                 VisibilityTimeout=VISIBILITY_TIMEOUT_SECONDS,
                 WaitTimeSeconds=0,
+                AttributeNames=["SentTimestamp"],
             ).get("Messages", [])
             if not messages:
                 return out
@@ -608,7 +646,9 @@ class LocalChain:
                 if body.get("Event") == "s3:TestEvent" or not delivered:
                     self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
                     continue
-                out.append(Delivery(stage, body, message["ReceiptHandle"]))
+                sent = message.get("Attributes", {}).get("SentTimestamp")
+                sent_at = int(sent) / 1000 if sent else None
+                out.append(Delivery(stage, body, message["ReceiptHandle"], sent_at))
 
     def pending(self) -> dict[str, int]:
         """Messages waiting (visible or in flight) per notification queue."""
@@ -644,9 +684,14 @@ class LocalChain:
     def _handle(self, delivery: Delivery, report: CycleReport, record_failure: bool = True) -> bool:
         """Hand one event to its stage; False when it failed every attempt."""
         stage = report.stages.setdefault(delivery.stage, StageReport())
+        first = len(stage.spans)
         result = self._invoke(
             delivery.stage, delivery.event, delivery.batch_id, report, record_failure
         )
+        if len(stage.spans) > first:
+            stage.deliveries.append(
+                (delivery.batch_id, delivery.sent_at, stage.spans[first][0], stage.spans[-1][1])
+            )
         if delivery.receipt is not None:
             with contextlib.suppress(Exception):  # a repeated delivery was already deleted
                 self.sqs.delete_message(
@@ -690,7 +735,7 @@ class LocalChain:
         for attempt in range(1, self.max_attempts + 1):
             context = context_for(stage)
             captured = io.StringIO()
-            started = time.monotonic()
+            started, wall_started = time.monotonic(), time.time()
             failed = True
             if stage not in self._warm:  # each function's first invocation is a cold start
                 cold_start.reset_cold_start_flag()
@@ -711,6 +756,7 @@ class LocalChain:
             finally:
                 stage_report.invocations += 1
                 stage_report.seconds += time.monotonic() - started
+                stage_report.spans.append((wall_started, time.time()))
                 self._passthrough(captured.getvalue(), stage_report, report)
                 function = {"FunctionName": context.function_name}
                 now = time.time()
