@@ -94,7 +94,7 @@ def _write_batch(
     in_flight: list[Future[None]] = []
 
     def store(table: Table, key: str, chunk: pa.Table) -> None:
-        size = lake.put_table(key, chunk)
+        size = lake.put_table(key, chunk, dictionary_strings_only=True)
         files.append(
             ManifestFile(table.name, key, chunk.num_rows, fingerprint_of(table.lake_schema), size)
         )
