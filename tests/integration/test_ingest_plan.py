@@ -38,8 +38,9 @@ def cut(con, bound: int) -> tuple[list[plan.Piece], int]:
     """The pieces of a first capture of the source at ``bound``, checked against the rows."""
     with snapshot(con):
         capture.publish(con, capture.Selection(capture.EVERYTHING))
-        new_rows = sum(c.new for c in plan.count(con, with_keys=False).values())
-        pieces = plan.pieces(con, new_rows, bound)
+        counts = plan.count(con, with_keys=False)
+        new_rows = sum(c.new for c in counts.values())
+        pieces = plan.pieces(con, counts, bound)
         assert pieces[0].lo is None
         assert pieces[-1].hi is None
         assert all(a.hi == b.lo for a, b in itertools.pairwise(pieces))

@@ -123,7 +123,8 @@ def test_each_block_is_parsed_on_the_readers_own_thread(monkeypatch):
     monkeypatch.setattr(stream_module.pacsv, "read_csv", read_csv)
     stream("payment", PAYMENT_ROWS, chunk_rows=10)
 
-    assert seen and not any(seen)
+    assert seen
+    assert not any(seen)
 
 
 def test_no_rows_means_no_chunk():

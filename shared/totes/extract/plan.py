@@ -9,13 +9,14 @@ batches. The stamp only orders the pieces of one snapshot here; what is new is d
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pg8000.native import Connection
 
 from totes.extract.capture import is_new, stamp
 from totes.identifiers import quote
-from totes.source.model import TABLES, Table
+from totes.source.model import TABLES
 
 # Up to this many new rows in a table, the count also returns their keys, so the copy finds
 # them through the primary key instead of a second scan of the table.
@@ -28,6 +29,9 @@ class TableCounts:
     new: int  # rows new for the published selection
     # Their keys as a PostgreSQL array literal, when few enough (None: copy by scanning).
     new_keys: str | None = None
+    # The earliest and latest finite stamp of the new rows (timestamp text; None: none).
+    new_lo: str | None = None
+    new_hi: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,25 +45,30 @@ class Piece:
 
 
 def count(con: Connection, *, with_keys: bool = True) -> dict[str, TableCounts]:
-    """Live and new rows of every table, and the new rows' keys where they are few: one scan
-    each, in one statement (``with_keys`` False when every row is new anyway)."""
+    """Live and new rows of every table, the new rows' earliest and latest finite stamp, and
+    their keys where they are few: one scan each, in one statement (``with_keys`` False when
+    every row is new anyway). The change test is evaluated once per row (``OFFSET 0`` keeps
+    the planner from copying it into every aggregate's filter)."""
 
-    def keys(t: Table) -> str:
+    def keys() -> str:
         if not with_keys:
             return "CAST(NULL AS text)"
-        return f"CAST(array_agg(s.{quote(t.key)}) FILTER (WHERE {is_new('s')}) AS text)"
+        return "CAST(array_agg(k) FILTER (WHERE n) AS text)"
 
+    finite = "FILTER (WHERE n AND isfinite(st))"
     parts = "\nUNION ALL ".join(
-        f"SELECT {i} AS i, count(*) AS live, count(*) FILTER (WHERE {is_new('s')}) AS new,"  # noqa: S608  # nosec B608
-        f" {keys(t)} AS keys FROM {quote(t.name)} s"
+        f"SELECT {i} AS i, count(*) AS live, count(*) FILTER (WHERE n) AS new,"  # noqa: S608  # nosec B608
+        f" {keys()} AS keys, min(st) {finite} AS lo, max(st) {finite} AS hi"
+        f" FROM (SELECT {is_new('s')} AS n, s.{quote(t.key)} AS k, {stamp('s')} AS st"
+        f" FROM {quote(t.name)} s OFFSET 0) x"
         for i, t in enumerate(TABLES)
     )
     rows = con.run(
-        f"SELECT i, live, new, CASE WHEN new <= :limit THEN COALESCE(keys, '{{}}') END"  # noqa: S608  # nosec B608
-        f" FROM ({parts}) c ORDER BY i",
+        f"SELECT i, live, new, CASE WHEN new <= :limit THEN COALESCE(keys, '{{}}') END,"  # noqa: S608  # nosec B608
+        f" CAST(lo AS text), CAST(hi AS text) FROM ({parts}) c ORDER BY i",
         limit=KEYED_ROWS if with_keys else -1,
     )
-    return {TABLES[i].name: TableCounts(int(n), int(m), k) for i, n, m, k in rows}
+    return {TABLES[i].name: TableCounts(int(n), int(m), k, lo, hi) for i, n, m, k, lo, hi in rows}
 
 
 def publish_new_keys(con: Connection, counts: dict[str, TableCounts]) -> None:
@@ -92,35 +101,42 @@ MIN_BUCKETS = 1024
 MAX_BUCKETS = 65_536
 _EDGES_SETTING = "totes.stamp_edges"
 # Equal-width edges between the earliest and latest new finite stamp, published and returned.
-_EDGES_HEAD = (
-    "WITH edges AS (SELECT DISTINCT lo + (hi - lo) / CAST(:n AS integer) * i AS e FROM"
-    " (SELECT min(stamp) AS lo, max(stamp) AS hi FROM ("
-)
-_EDGES_TAIL = (
-    ") changed) r, generate_series(1, CAST(:n AS integer) - 1) i WHERE lo < hi) SELECT"  # noqa: S608
-    f" set_config('{_EDGES_SETTING}', COALESCE(CAST(array_agg(e ORDER BY e) AS text), '{{}}'),"
-    " true), array_agg(CAST(e AS text) ORDER BY e) FROM edges"
+_EDGES_SQL = (
+    "WITH r AS (SELECT min(lo) AS lo, max(hi) AS hi FROM"
+    " unnest(CAST(:los AS timestamp[])) lo, unnest(CAST(:his AS timestamp[])) hi),"
+    " edges AS (SELECT DISTINCT lo + (hi - lo) / CAST(:n AS integer) * i AS e"
+    " FROM r, generate_series(1, CAST(:n AS integer) - 1) i WHERE lo < hi)"
+    " SELECT set_config('totes.stamp_edges', COALESCE(CAST(array_agg(e ORDER BY e) AS text),"
+    " '{}'), true), array_agg(CAST(e AS text) ORDER BY e) FROM edges"
 )
 _RANGE_LO = "(SELECT CAST(current_setting('totes.range_lo') AS timestamp))"
 _RANGE_HI = "(SELECT CAST(NULLIF(current_setting('totes.range_hi'), '') AS timestamp))"
 
 
-def pieces(con: Connection, new_rows: int, max_batch_rows: int) -> list[Piece]:
-    """The run's batches: one when ``new_rows`` fits the bound, else consecutive stamp ranges
+def pieces(con: Connection, counts: Mapping[str, TableCounts], max_batch_rows: int) -> list[Piece]:
+    """The run's batches: one when the new rows (``counts``) fit the bound, else consecutive
+    stamp ranges
     of at most ``max_batch_rows`` new rows each, cut only between distinct stamps (a single
     stamp holding more rows than the bound stays one larger piece). A pure function of the
     snapshot.
 
     Sorting every new row's stamp server-side was the largest single cost of a backfill (1.4 s
     at 300,000 orders, 11 to 15 s at 1M on a loaded machine). Instead the new stamps are
-    counted in equal-width buckets between the earliest and latest finite stamp (a hashed
+    counted in equal-width buckets between the earliest and latest finite stamp (known from
+    the count, ``TableCounts.new_lo``/``new_hi``: a hashed
     count into a few thousand groups, no sort) and whole buckets are grouped into pieces; a
     bucket that alone holds more rows than the bound (a burst inside one bucket) is cut
     exactly by the sorting statement, over that bucket's rows only (``_exact_pieces``)."""
+    new_rows = sum(c.new for c in counts.values())
     if new_rows <= max_batch_rows:
         return [Piece(None, None, new_rows)]
     buckets = min(MAX_BUCKETS, max(MIN_BUCKETS, BUCKETS_PER_PIECE * new_rows // max_batch_rows))
-    edges = _stamp_edges(con, buckets)
+    edges = _stamp_edges(
+        con,
+        buckets,
+        [c.new_lo for c in counts.values() if c.new_lo is not None],
+        [c.new_hi for c in counts.values() if c.new_hi is not None],
+    )
     counted = con.run(
         f"SELECT width_bucket(stamp, (SELECT CAST(current_setting('{_EDGES_SETTING}')"  # noqa: S608  # nosec B608
         " AS timestamp[]))) AS b, CAST(count(*) AS bigint) FROM ("
@@ -153,14 +169,22 @@ def pieces(con: Connection, new_rows: int, max_batch_rows: int) -> list[Piece]:
     return cut
 
 
-def _stamp_edges(con: Connection, buckets: int) -> list[str]:
-    """Up to ``buckets - 1`` distinct equal-width edges between the new rows' earliest and
-    latest finite stamps (none when no stamp is finite), published for the bucket count.
-    Computed server-side: PostgreSQL's timestamps reach years Python's cannot."""
-    finite = f" AND isfinite({stamp('s')})"
-    sql = _EDGES_HEAD + _new_stamps_sql(finite) + _EDGES_TAIL
-    [[_, edges]] = con.run(sql, n=buckets)
+def _stamp_edges(con: Connection, buckets: int, los: list[str], his: list[str]) -> list[str]:
+    """Up to ``buckets - 1`` distinct equal-width edges between the earliest of ``los`` and
+    the latest of ``his`` (the tables' new finite stamps; none when there are none),
+    published for the bucket count. Computed server-side: PostgreSQL's timestamps reach years
+    Python's cannot."""
+    [[_, edges]] = con.run(_EDGES_SQL, n=buckets, los=_array_literal(los), his=_array_literal(his))
     return [str(e) for e in edges or []]
+
+
+def _array_literal(values: list[str]) -> str:
+    """Timestamp texts PostgreSQL produced, as an array literal (passed as a parameter)."""
+    return (
+        "{"
+        + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+        + "}"
+    )
 
 
 def _exact_pieces(

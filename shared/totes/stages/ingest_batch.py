@@ -189,8 +189,7 @@ def ingest_run(settings: IngestSettings, creds: DbCredentials, s3_client: BaseCl
                 logger.info("capturing every row", extra={"reason": reason})
             capture.publish(con, selection)
             counts = plan.count(con, with_keys=not selection.everything)
-            new_rows = sum(c.new for c in counts.values())
-            pieces = plan.pieces(con, new_rows, settings.max_batch_rows)
+            pieces = plan.pieces(con, counts, settings.max_batch_rows)
             if len(pieces) == 1:
                 plan.publish_new_keys(con, counts)
             seq = capture.next_seq(state, current)
