@@ -1,9 +1,9 @@
 """How much a run reads, and how a large run is cut into bounded batches.
 
 One statement counts, per table, the live rows (for delete detection, ``keysets``) and the rows
-new for the published selection; when they exceed the batch bound, the new rows are cut into
-pieces between distinct ``last_updated`` values, so rows sharing a stamp never straddle two
-batches. The stamp only orders the pieces of one snapshot here; what is new is decided by
+new for the published selection, with their stamp range; when they exceed the batch bound, the
+new rows are cut into pieces between distinct ``last_updated`` values (counted in stamp
+buckets, a burst cut exactly), so rows sharing a stamp never straddle two batches. The stamp only orders the pieces of one snapshot here; what is new is decided by
 ``capture``. Every piece reads the same snapshot, so any cut gives a correct run.
 """
 
