@@ -3,8 +3,9 @@
 One statement counts, per table, the live rows (for delete detection, ``keysets``) and the rows
 new for the published selection, with their stamp range; when they exceed the batch bound, the
 new rows are cut into pieces between distinct ``last_updated`` values (counted in stamp
-buckets, a burst cut exactly), so rows sharing a stamp never straddle two batches. The stamp only orders the pieces of one snapshot here; what is new is decided by
-``capture``. Every piece reads the same snapshot, so any cut gives a correct run.
+buckets, a burst cut exactly), so rows sharing a stamp never straddle two batches. The stamp
+only orders the pieces of one snapshot here; what is new is decided by ``capture``. Every
+piece reads the same snapshot, so any cut gives a correct run.
 """
 
 from __future__ import annotations
