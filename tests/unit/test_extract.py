@@ -111,6 +111,22 @@ def test_rows_are_handed_on_in_chunks_of_at_most_chunk_rows():
     assert pa.concat_tables(chunks).equals(stream("payment", rows, chunk_rows=100)[0])
 
 
+def test_each_block_is_parsed_on_the_readers_own_thread(monkeypatch):
+    # Several readers' sinks parse side by side: Arrow's pool only made them contend.
+    seen = []
+    real = stream_module.pacsv.read_csv
+
+    def read_csv(data, *, read_options, **kwargs):
+        seen.append(read_options.use_threads)
+        return real(data, read_options=read_options, **kwargs)
+
+    monkeypatch.setattr(stream_module.pacsv, "read_csv", read_csv)
+    stream("payment", PAYMENT_ROWS, chunk_rows=10)
+
+    assert seen
+    assert not any(seen)
+
+
 def test_no_rows_means_no_chunk():
     assert stream("payment", [], chunk_rows=5) == []
 

@@ -1,21 +1,23 @@
 """How much a run reads, and how a large run is cut into bounded batches.
 
 One statement counts, per table, the live rows (for delete detection, ``keysets``) and the rows
-new for the published selection; when they exceed the batch bound, the new rows are cut into
-pieces between distinct ``last_updated`` values, so rows sharing a stamp never straddle two
-batches. The stamp only orders the pieces of one snapshot here; what is new is decided by
-``capture``. Every piece reads the same snapshot, so any cut gives a correct run.
+new for the published selection, with their stamp range; when they exceed the batch bound, the
+new rows are cut into pieces between distinct ``last_updated`` values (counted in stamp
+buckets, a burst cut exactly), so rows sharing a stamp never straddle two batches. The stamp
+only orders the pieces of one snapshot here; what is new is decided by ``capture``. Every
+piece reads the same snapshot, so any cut gives a correct run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pg8000.native import Connection
 
 from totes.extract.capture import is_new, stamp
 from totes.identifiers import quote
-from totes.source.model import TABLES, Table
+from totes.source.model import TABLES
 
 # Up to this many new rows in a table, the count also returns their keys, so the copy finds
 # them through the primary key instead of a second scan of the table.
@@ -28,6 +30,9 @@ class TableCounts:
     new: int  # rows new for the published selection
     # Their keys as a PostgreSQL array literal, when few enough (None: copy by scanning).
     new_keys: str | None = None
+    # The earliest and latest finite stamp of the new rows (timestamp text; None: none).
+    new_lo: str | None = None
+    new_hi: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,25 +46,30 @@ class Piece:
 
 
 def count(con: Connection, *, with_keys: bool = True) -> dict[str, TableCounts]:
-    """Live and new rows of every table, and the new rows' keys where they are few: one scan
-    each, in one statement (``with_keys`` False when every row is new anyway)."""
+    """Live and new rows of every table, the new rows' earliest and latest finite stamp, and
+    their keys where they are few: one scan each, in one statement (``with_keys`` False when
+    every row is new anyway). The change test is evaluated once per row (``OFFSET 0`` keeps
+    the planner from copying it into every aggregate's filter)."""
 
-    def keys(t: Table) -> str:
+    def keys() -> str:
         if not with_keys:
             return "CAST(NULL AS text)"
-        return f"CAST(array_agg(s.{quote(t.key)}) FILTER (WHERE {is_new('s')}) AS text)"
+        return "CAST(array_agg(k) FILTER (WHERE n) AS text)"
 
+    finite = "FILTER (WHERE n AND isfinite(st))"
     parts = "\nUNION ALL ".join(
-        f"SELECT {i} AS i, count(*) AS live, count(*) FILTER (WHERE {is_new('s')}) AS new,"  # noqa: S608  # nosec B608
-        f" {keys(t)} AS keys FROM {quote(t.name)} s"
+        f"SELECT {i} AS i, count(*) AS live, count(*) FILTER (WHERE n) AS new,"  # noqa: S608  # nosec B608
+        f" {keys()} AS keys, min(st) {finite} AS lo, max(st) {finite} AS hi"
+        f" FROM (SELECT {is_new('s')} AS n, s.{quote(t.key)} AS k, {stamp('s')} AS st"
+        f" FROM {quote(t.name)} s OFFSET 0) x"
         for i, t in enumerate(TABLES)
     )
     rows = con.run(
-        f"SELECT i, live, new, CASE WHEN new <= :limit THEN COALESCE(keys, '{{}}') END"  # noqa: S608  # nosec B608
-        f" FROM ({parts}) c ORDER BY i",
+        f"SELECT i, live, new, CASE WHEN new <= :limit THEN COALESCE(keys, '{{}}') END,"  # noqa: S608  # nosec B608
+        f" CAST(lo AS text), CAST(hi AS text) FROM ({parts}) c ORDER BY i",
         limit=KEYED_ROWS if with_keys else -1,
     )
-    return {TABLES[i].name: TableCounts(int(n), int(m), k) for i, n, m, k in rows}
+    return {TABLES[i].name: TableCounts(int(n), int(m), k, lo, hi) for i, n, m, k, lo, hi in rows}
 
 
 def publish_new_keys(con: Connection, counts: dict[str, TableCounts]) -> None:
@@ -78,22 +88,120 @@ def new_keys_setting(table: str) -> str:
     return f"totes.new_{table}"
 
 
-def _new_stamps_sql() -> str:
+def _new_stamps_sql(where: str = "") -> str:
     return "\nUNION ALL ".join(
-        f"SELECT {stamp('s')} AS stamp FROM {quote(t.name)} s WHERE {is_new('s')}"  # noqa: S608  # nosec B608
+        f"SELECT {stamp('s')} AS stamp FROM {quote(t.name)} s WHERE {is_new('s')}{where}"  # noqa: S608  # nosec B608
         for t in TABLES
     )
 
 
-def pieces(con: Connection, new_rows: int, max_batch_rows: int) -> list[Piece]:
-    """The run's batches: one when ``new_rows`` fits the bound, else pieces of fewer than
-    ``max_batch_rows`` rows plus those sharing the piece's last stamp (a single stamp holding
-    more rows than the bound stays one larger piece). A pure function of the snapshot."""
+# The new rows' stamps are counted in about this many buckets per piece of the run (at least
+# MIN_BUCKETS): a piece then falls short of the bound by at most about one bucket's rows.
+BUCKETS_PER_PIECE = 64
+MIN_BUCKETS = 1024
+MAX_BUCKETS = 65_536
+_EDGES_SETTING = "totes.stamp_edges"
+# Equal-width edges between the earliest and latest new finite stamp, published and returned.
+_EDGES_SQL = (
+    "WITH r AS (SELECT min(lo) AS lo, max(hi) AS hi FROM"
+    " unnest(CAST(:los AS timestamp[])) lo, unnest(CAST(:his AS timestamp[])) hi),"
+    " edges AS (SELECT DISTINCT lo + (hi - lo) / CAST(:n AS integer) * i AS e"
+    " FROM r, generate_series(1, CAST(:n AS integer) - 1) i WHERE lo < hi)"
+    " SELECT set_config('totes.stamp_edges', COALESCE(CAST(array_agg(e ORDER BY e) AS text),"
+    " '{}'), true), array_agg(CAST(e AS text) ORDER BY e) FROM edges"
+)
+_RANGE_LO = "(SELECT CAST(current_setting('totes.range_lo') AS timestamp))"
+_RANGE_HI = "(SELECT CAST(NULLIF(current_setting('totes.range_hi'), '') AS timestamp))"
+
+
+def pieces(con: Connection, counts: Mapping[str, TableCounts], max_batch_rows: int) -> list[Piece]:
+    """The run's batches: one when the new rows (``counts``) fit the bound, else consecutive
+    stamp ranges
+    of at most ``max_batch_rows`` new rows each, cut only between distinct stamps (a single
+    stamp holding more rows than the bound stays one larger piece). A pure function of the
+    snapshot.
+
+    Sorting every new row's stamp server-side was the largest single cost of a backfill (1.4 s
+    at 300,000 orders, 11 to 15 s at 1M on a loaded machine). Instead the new stamps are
+    counted in equal-width buckets between the earliest and latest finite stamp (known from
+    the count, ``TableCounts.new_lo``/``new_hi``: a hashed
+    count into a few thousand groups, no sort) and whole buckets are grouped into pieces; a
+    bucket that alone holds more rows than the bound (a burst inside one bucket) is cut
+    exactly by the sorting statement, over that bucket's rows only (``_exact_pieces``)."""
+    new_rows = sum(c.new for c in counts.values())
     if new_rows <= max_batch_rows:
         return [Piece(None, None, new_rows)]
+    buckets = min(MAX_BUCKETS, max(MIN_BUCKETS, BUCKETS_PER_PIECE * new_rows // max_batch_rows))
+    edges = _stamp_edges(
+        con,
+        buckets,
+        [c.new_lo for c in counts.values() if c.new_lo is not None],
+        [c.new_hi for c in counts.values() if c.new_hi is not None],
+    )
+    counted = con.run(
+        f"SELECT width_bucket(stamp, (SELECT CAST(current_setting('{_EDGES_SETTING}')"  # noqa: S608  # nosec B608
+        " AS timestamp[]))) AS b, CAST(count(*) AS bigint) FROM ("
+        + _new_stamps_sql()
+        + ") changed GROUP BY b ORDER BY b"
+    )
+    # Bucket b holds the stamps in [edges[b - 1], edges[b]) (None: unbounded).
+    bounds: list[str | None] = [None, *edges, None]
+    cut: list[Piece] = []
+    lo: str | None = None
+    rows = 0
+    for b, n in ((int(b), int(n)) for b, n in counted):
+        start, end = bounds[b], bounds[b + 1]
+        if n > max_batch_rows:  # a burst: cut this bucket by its exact stamps
+            if rows:
+                cut.append(Piece(lo, start, rows))
+            cut.extend(_exact_pieces(con, start, end, max_batch_rows))
+            lo, rows = end, 0
+            continue
+        if rows and rows + n > max_batch_rows:
+            cut.append(Piece(lo, start, rows))
+            lo, rows = start, 0
+        rows += n
+    if rows:
+        cut.append(Piece(lo, None, rows))
+    # The first piece starts unbounded, the last ends so (a burst bucket cut exactly may be
+    # either): together the pieces cover every stamp.
+    cut[0] = Piece(None, cut[0].hi, cut[0].rows)
+    cut[-1] = Piece(cut[-1].lo, None, cut[-1].rows)
+    return cut
+
+
+def _stamp_edges(con: Connection, buckets: int, los: list[str], his: list[str]) -> list[str]:
+    """Up to ``buckets - 1`` distinct equal-width edges between the earliest of ``los`` and
+    the latest of ``his`` (the tables' new finite stamps; none when there are none),
+    published for the bucket count. Computed server-side: PostgreSQL's timestamps reach years
+    Python's cannot."""
+    [[_, edges]] = con.run(_EDGES_SQL, n=buckets, los=_array_literal(los), his=_array_literal(his))
+    return [str(e) for e in edges or []]
+
+
+def _array_literal(values: list[str]) -> str:
+    """Timestamp texts PostgreSQL produced, as an array literal (passed as a parameter)."""
+    return (
+        "{"
+        + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+        + "}"
+    )
+
+
+def _exact_pieces(
+    con: Connection, lo: str | None, hi: str | None, max_batch_rows: int
+) -> list[Piece]:
+    """Pieces of the new rows stamped in ``[lo, hi)``, cut between distinct stamps by sorting
+    them: fewer than ``max_batch_rows`` rows each plus those sharing the piece's last stamp."""
+    con.run(
+        "SELECT set_config('totes.range_lo', :lo, true), set_config('totes.range_hi', :hi, true)",
+        lo=lo or "-infinity",
+        hi=hi or "",
+    )
+    within = f" AND {stamp('s')} >= {_RANGE_LO} AND ({stamp('s')} < {_RANGE_HI}) IS NOT FALSE"
     rows = con.run(
         "WITH stamps AS (SELECT stamp, count(*) AS n FROM ("  # noqa: S608  # nosec B608
-        + _new_stamps_sql()
+        + _new_stamps_sql(within)
         + ") changed GROUP BY stamp), "
         "running AS (SELECT stamp, n, "
         "CAST(sum(n) OVER (ORDER BY stamp ROWS UNBOUNDED PRECEDING) AS bigint) - n AS before "
@@ -102,9 +210,9 @@ def pieces(con: Connection, new_rows: int, max_batch_rows: int) -> list[Piece]:
         "GROUP BY before / CAST(:bound AS bigint) ORDER BY min(stamp)",
         bound=int(max_batch_rows),
     )
-    starts: list[str | None] = [None, *(r[0] for r in rows[1:])]
-    ends: list[str | None] = [*(r[0] for r in rows[1:]), None]
-    return [Piece(lo, hi, int(n)) for lo, hi, (_, n) in zip(starts, ends, rows, strict=True)]
+    starts: list[str | None] = [lo, *(r[0] for r in rows[1:])]
+    ends: list[str | None] = [*(r[0] for r in rows[1:]), hi]
+    return [Piece(a, b, int(n)) for a, b, (_, n) in zip(starts, ends, rows, strict=True)]
 
 
 def earlier(con: Connection, a: str, b: str) -> str:

@@ -12,6 +12,7 @@ run's capture sequence plus a part number), so objects are never half-replaced b
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ STAGE = "raw"
 # busy source (the piece statement took 11 to 15 s at 1M orders here). So connect with the
 # short default, then let statements run up to (just under) the function's timeout (900 s).
 SOCKET_TIMEOUT_SECONDS = 880.0
+# Parts of a batch being encoded and stored at once, besides the chunk being read.
+PARTS_IN_FLIGHT = 2
 
 
 def _session(creds: DbCredentials, application_name: str) -> Connection:
@@ -84,32 +87,35 @@ def _write_batch(
     ``run_reads`` are read once for the whole run (``extract.readers``): their rows of piece
     ``piece`` come from there.
 
-    Encoding a part and storing it (Arrow and the S3 upload release the GIL) run on one
-    background thread while the next chunk is read from the source; at most one part is in
-    flight, so memory stays at about three chunks, and parts are stored in order.
+    Encoding a part and storing it (Arrow and the S3 upload release the GIL) run on
+    background threads while the next chunk is read from the source; at most
+    ``PARTS_IN_FLIGHT`` parts are in flight, so memory stays at a few chunks, and the parts
+    are listed in the order they were read. Two, not one: an upload mostly waits on S3, and
+    with one in flight every read stalled behind it (docs/ingest.md).
     """
     files: list[ManifestFile] = []
     parts: dict[str, int] = {}
-    in_flight: list[Future[None]] = []
+    in_flight: deque[Future[ManifestFile]] = deque()
 
-    def store(table: Table, key: str, chunk: pa.Table) -> None:
-        size = lake.put_table(key, chunk)
-        files.append(
-            ManifestFile(table.name, key, chunk.num_rows, fingerprint_of(table.lake_schema), size)
+    def store(table: Table, key: str, chunk: pa.Table) -> ManifestFile:
+        size = lake.put_table(key, chunk, dictionary_strings_only=True)
+        return ManifestFile(
+            table.name, key, chunk.num_rows, fingerprint_of(table.lake_schema), size
         )
 
     def put(table: Table, chunk: pa.Table) -> None:
         copied.setdefault(table.name, []).append(pc.unique(chunk.column(table.key)))
         part = parts[table.name] = parts.get(table.name, -1) + 1
         key = data_key(RAW_PREFIX, table.name, batch_id, part)
-        while in_flight:
-            in_flight.pop().result()  # re-raises a failed upload here, before the manifest
+        while len(in_flight) >= PARTS_IN_FLIGHT:
+            # re-raises a failed upload here, before the manifest
+            files.append(in_flight.popleft().result())
         in_flight.append(writer.submit(store, table, key, chunk))
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="raw-writer") as writer:
+    with ThreadPoolExecutor(max_workers=PARTS_IN_FLIGHT, thread_name_prefix="raw-writer") as writer:
         stream.copy_batch(con, settings.chunk_rows, put, counts, run_reads, piece)
         while in_flight:
-            in_flight.pop().result()
+            files.append(in_flight.popleft().result())
     return files
 
 
@@ -182,8 +188,7 @@ def ingest_run(settings: IngestSettings, creds: DbCredentials, s3_client: BaseCl
                 logger.info("capturing every row", extra={"reason": reason})
             capture.publish(con, selection)
             counts = plan.count(con, with_keys=not selection.everything)
-            new_rows = sum(c.new for c in counts.values())
-            pieces = plan.pieces(con, new_rows, settings.max_batch_rows)
+            pieces = plan.pieces(con, counts, settings.max_batch_rows)
             if len(pieces) == 1:
                 plan.publish_new_keys(con, counts)
             seq = capture.next_seq(state, current)

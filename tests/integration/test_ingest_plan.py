@@ -1,0 +1,108 @@
+# ruff: noqa: S608  (SQL identifiers below come from the model only)
+"""A large run is cut into pieces between distinct stamps (``plan.pieces``): counted in
+equal-width stamp buckets, a burst inside one bucket cut exactly. Whatever the stamps (spread
+over years, a burst within a millisecond, NULL, infinite, BC or past year 9999), the pieces
+cover every new row once, each holds fewer rows than the bound plus those sharing its last
+stamp, and a single stamp holding more stays one piece."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from totes.extract import capture, plan
+from totes.extract.capture import is_new, stamp
+from totes.extract.snapshot import snapshot
+from totes.identifiers import quote
+from totes.source.model import TABLES
+
+
+def _rows_within(con, lo: str | None, hi: str | None) -> tuple[int, int]:
+    """New rows in [lo, hi) (None: unbounded), and how many of them share its last stamp."""
+    union = " UNION ALL ".join(
+        f"SELECT {stamp('s')} AS st FROM {quote(t.name)} s WHERE {is_new('s')}" for t in TABLES
+    )
+    [[rows, last]] = con.run(
+        f"WITH w AS (SELECT st FROM ({union}) u"
+        " WHERE st >= CAST(COALESCE(:lo, '-infinity') AS timestamp)"
+        " AND (st < CAST(:hi AS timestamp)) IS NOT FALSE)"
+        " SELECT count(*), count(*) FILTER (WHERE st = (SELECT max(st) FROM w)) FROM w",
+        lo=lo,
+        hi=hi,
+    )
+    return int(rows), int(last)
+
+
+def cut(con, bound: int) -> tuple[list[plan.Piece], int]:
+    """The pieces of a first capture of the source at ``bound``, checked against the rows."""
+    with snapshot(con):
+        capture.publish(con, capture.Selection(capture.EVERYTHING))
+        counts = plan.count(con, with_keys=False)
+        new_rows = sum(c.new for c in counts.values())
+        pieces = plan.pieces(con, counts, bound)
+        assert pieces[0].lo is None
+        assert pieces[-1].hi is None
+        assert all(a.hi == b.lo for a, b in itertools.pairwise(pieces))
+        assert sum(p.rows for p in pieces) == new_rows
+        for piece in pieces:
+            rows, last = _rows_within(con, piece.lo, piece.hi)
+            assert rows == piece.rows
+            # Fewer than the bound, plus the rows sharing the piece's last stamp.
+            assert rows - last < bound, (piece, rows, last)
+        return pieces, new_rows
+
+
+def test_pieces_of_a_spread_backlog_are_bounded_and_nearly_full(source, pg_connect):
+    con = pg_connect(source)
+    with snapshot(con):
+        capture.publish(con, capture.Selection(capture.EVERYTHING))
+        total = sum(c.new for c in plan.count(con, with_keys=False).values())
+    bound = total // 7
+
+    pieces, _ = cut(con, bound)
+
+    # Whole buckets only: each piece falls short of the bound by about a bucket's rows at most.
+    assert len(pieces) <= 9
+    assert all(p.rows > bound * 0.9 for p in pieces[:-1])
+
+
+def test_a_burst_inside_one_bucket_is_cut_exactly(source, pg_connect):
+    con = pg_connect(source)
+    # Far apart stamps make every ordinary stamp share one equal-width bucket, and a burst of
+    # distinct stamps within one millisecond sits inside one bucket whatever the width.
+    con.run(
+        "UPDATE sales_order SET last_updated = TIMESTAMP '2024-05-01 12:00:00'"
+        " + sales_order_id * INTERVAL '1 microsecond'"
+    )
+    con.run("UPDATE payment SET last_updated = '4713-01-01 00:00:00 BC' WHERE payment_id = 1")
+    con.run("UPDATE payment SET last_updated = '20000-01-01 00:00:00' WHERE payment_id = 2")
+    [[orders]] = con.run("SELECT count(*) FROM sales_order")
+    bound = max(2, orders // 5)
+
+    pieces, _ = cut(con, bound)
+
+    assert len(pieces) >= 5
+
+
+@pytest.mark.parametrize("special", ["NULL", "'infinity'", "'-infinity'"])
+def test_null_and_infinite_stamps_are_counted_once(source, pg_connect, special):
+    con = pg_connect(source)
+    con.run("ALTER TABLE sales_order ALTER COLUMN last_updated DROP NOT NULL")
+    con.run(f"UPDATE sales_order SET last_updated = {special} WHERE sales_order_id % 3 = 0")
+    [[tied]] = con.run("SELECT count(*) FROM sales_order WHERE sales_order_id % 3 = 0")
+
+    pieces, _ = cut(con, max(2, tied // 4))
+
+    # The tied special stamp is one piece larger than the bound; the rest are bounded.
+    assert any(p.rows >= tied for p in pieces)
+
+
+def test_a_single_stamp_is_one_piece(source, pg_connect):
+    con = pg_connect(source)
+    for table in TABLES:
+        con.run(f"UPDATE {quote(table.name)} SET last_updated = TIMESTAMP '2024-05-01 12:00:00'")
+
+    pieces, new_rows = cut(con, 100)
+
+    assert pieces == [plan.Piece(None, None, new_rows)]
