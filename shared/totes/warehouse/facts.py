@@ -104,27 +104,36 @@ def _index_probes(con: Connection, wanted: bool) -> Iterator[None]:
 
 def check_staged_references(con: Connection, batch: str, table: StarTable) -> None:
     """Every reference of the staged facts must exist in its dimension (which this batch may
-    just have filled). One statement: per referenced dimension, the distinct values of every
-    column referencing it, read from the staged rows only, each probed against the dimension's
-    primary key. Only when one is missing do the per-column anti-joins run, to name the column
-    and the ids in the error."""
+    just have filled). One statement and one pass over the staged rows: ``GROUPING SETS``, one
+    set per referencing column, hashes the distinct values of every column at once; then, per
+    referenced dimension, the values of its columns (the four date columns of a sales order are
+    one set) are probed against the dimension's primary key. Only when one is missing do the
+    per-column anti-joins run, to name the column and the ids in the error.
+
+    Measured against one pass per dimension (docs/load.md "Alternatives measured (2)"): the
+    check of a 300k-order backfill's facts 1.55 -> 0.85 s of server CPU."""
     if not table.references:
         return
     stage = quote(staging_name(table))
     by_dimension: dict[str, list[str]] = {}
     for column, dim_name in table.references:
         by_dimension.setdefault(dim_name, []).append(column)
+    columns = [column for column, _ in table.references]
+    sets = ", ".join(f"({quote(c)})" for c in columns)
     probes = []
-    for dim_name, columns in by_dimension.items():
+    for dim_name, referencing in by_dimension.items():
         dim = STAR_TABLES_BY_NAME[dim_name]
-        values = ", ".join(f"(s.{quote(c)})" for c in columns)
+        # A row of one column's grouping set has every other column NULL, so the COALESCE of
+        # a dimension's columns is the value of whichever of them the row groups.
+        value = f"COALESCE({', '.join(f'v.{quote(c)}' for c in referencing)})"
         probes.append(
-            f"EXISTS (SELECT 1 FROM (SELECT DISTINCT v.id FROM {stage} s"  # noqa: S608  # nosec B608
-            f" CROSS JOIN LATERAL (VALUES {values}) AS v(id)) AS u"
-            f" WHERE u.id IS NOT NULL AND NOT EXISTS"
-            f" (SELECT 1 FROM {quote(dim.name)} d WHERE d.{quote(dim.key)} = u.id))"
+            f"EXISTS (SELECT 1 FROM v WHERE {value} IS NOT NULL AND NOT EXISTS"  # noqa: S608  # nosec B608
+            f" (SELECT 1 FROM {quote(dim.name)} d WHERE d.{quote(dim.key)} = {value}))"
         )
-    [missing] = con.run(f"SELECT {', '.join(probes)}")
+    [missing] = con.run(
+        f"WITH v AS MATERIALIZED (SELECT {quote_all(columns)} FROM {stage}"  # noqa: S608  # nosec B608
+        f" GROUP BY GROUPING SETS ({sets})) SELECT {', '.join(probes)}"
+    )
     if not any(missing):
         return
     check_references(con, batch, table)  # raises naming the column and the ids
