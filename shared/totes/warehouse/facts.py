@@ -55,12 +55,17 @@ def batch_rows(table: StarTable) -> str:
 PROBE_ABOVE_BATCHES = 2
 
 
-def merge_fact(con: Connection, batch: str, seq: int, table: StarTable, staged: int) -> TableResult:
+def merge_fact(
+    con: Connection, batch: str, seq: int, table: StarTable, staged: int, rewrite: bool = True
+) -> TableResult:
     """The staged facts' references checked set-based (naming missing ids), then their versions
-    written with every index maintained."""
+    written with every index maintained. ``rewrite=False``: no stored version can be of an
+    older capture (``ledger.older_capture_loaded``), so the rewrite is skipped."""
     check_staged_references(con, batch, table)
     with _index_probes(con, _much_larger_than_batch(con, table)):
-        inserted, updated = merge_versions(con, table, batch_rows(table), batch=batch, seq=seq)
+        inserted, updated = merge_versions(
+            con, table, batch_rows(table), rewrite=rewrite, batch=batch, seq=seq
+        )
     return TableResult(staged, inserted, updated)
 
 
@@ -182,7 +187,7 @@ def check_references(
 
 
 def merge_versions(
-    con: Connection, table: StarTable, source: str, **params: object
+    con: Connection, table: StarTable, source: str, rewrite: bool = True, **params: object
 ) -> tuple[int, int]:
     """Write the versions of ``source`` (a relation of the loaded columns, ``capture_seq`` and
     ``loaded_batch_id``; ``params`` fill its placeholders) into the fact table: a stored version
@@ -193,21 +198,27 @@ def merge_versions(
     New versions go in by an anti-join against the version key rather than ``ON CONFLICT DO
     NOTHING``: no speculative insertion per row (measured about twice as fast, three times on
     redelivery). Safe because loads are serialised by the advisory lock; the version key still
-    refuses a duplicate if anything else wrote one."""
+    refuses a duplicate if anything else wrote one.
+
+    ``rewrite=False`` skips the rewrite (the caller knows no stored version is of an older
+    capture): in a backfill it probed the version key once per staged row for nothing, about
+    8% of the load's server CPU (docs/load.md "Alternatives measured (2)")."""
     cols = loaded_columns(table)
     version = version_columns(table)
     matches = " AND ".join(f"f.{quote(c)} = i.{quote(c)}" for c in version)
     latest = f"{quote_all(version)}, {quote(CAPTURE_SEQ)} DESC"
     written = [c for c in cols if c not in version] + [CAPTURE_SEQ, LOADED_BATCH]
-    con.run(
-        f"UPDATE {quote(table.name)} f"  # noqa: S608  # nosec B608
-        f" SET ({quote_all(written)}) = ({quote_all(written, alias='i')})"
-        f" FROM (SELECT DISTINCT ON ({quote_all(version)}) * FROM {source} AS s"
-        f" ORDER BY {latest}) AS i"
-        f" WHERE {matches} AND f.{quote(CAPTURE_SEQ)} < i.{quote(CAPTURE_SEQ)}",
-        **params,
-    )
-    updated = int(con.row_count)
+    updated = 0
+    if rewrite:
+        con.run(
+            f"UPDATE {quote(table.name)} f"  # noqa: S608  # nosec B608
+            f" SET ({quote_all(written)}) = ({quote_all(written, alias='i')})"
+            f" FROM (SELECT DISTINCT ON ({quote_all(version)}) * FROM {source} AS s"
+            f" ORDER BY {latest}) AS i"
+            f" WHERE {matches} AND f.{quote(CAPTURE_SEQ)} < i.{quote(CAPTURE_SEQ)}",
+            **params,
+        )
+        updated = int(con.row_count)
     names = quote_all([*cols, CAPTURE_SEQ, LOADED_BATCH])
     con.run(
         f"INSERT INTO {quote(table.name)} ({names})"  # noqa: S608  # nosec B608
