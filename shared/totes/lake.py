@@ -117,6 +117,14 @@ class Manifest:
         return counts
 
 
+def empty_table(schema: pa.Schema) -> pa.Table:
+    """A table of ``schema`` without rows. ``Schema.empty_table()`` goes through pyarrow's
+    pandas shim, importing pandas (0.15-0.2 s) in a process that never needed it: a cold
+    load or transform stage paid it on every batch without deletions (docs/load.md
+    "Per-batch overhead")."""
+    return pa.Table.from_batches([], schema=schema)
+
+
 def table_to_parquet_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="snappy")

@@ -10,7 +10,13 @@ from datetime import date
 
 import pyarrow as pa
 
-from totes.lake import BATCH_ID, batch_id_for, parquet_bytes_to_table, table_to_parquet_bytes
+from totes.lake import (
+    BATCH_ID,
+    batch_id_for,
+    empty_table,
+    parquet_bytes_to_table,
+    table_to_parquet_bytes,
+)
 
 
 def test_a_parquet_file_reads_back_as_written_with_its_metadata():
@@ -55,3 +61,27 @@ def test_batch_ids_sort_by_capture_sequence_then_part():
     assert not BATCH_ID.match(batch_id_for(5, 1000))
     for forged in ("../x", "c1-000", "c0000000000000000010-000.json", ""):
         assert not BATCH_ID.match(forged)
+
+
+def test_an_empty_table_has_the_schema_and_a_cold_load_never_imports_pandas():
+    """``Schema.empty_table()`` imports pandas (0.15-0.2 s); the load builds the empty
+    deletions of a batch without deletions with ``lake.empty_table``."""
+    schema = pa.schema([pa.field("id", pa.int32(), nullable=False), pa.field("day", pa.date32())])
+    empty = empty_table(schema)
+    assert empty.num_rows == 0
+    assert empty.schema.equals(schema, check_metadata=True)
+    code = (
+        "import sys\n"
+        "from totes.warehouse.merge import _deletions\n"
+        "_deletions('b', None)\n"
+        "print('pandas' in sys.modules, flush=True)\n"
+        "import os; os._exit(0)\n"
+    )
+    done = subprocess.run(  # nosec B603 - our interpreter, fixed code
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.stdout.strip() == "False", done.stderr

@@ -37,7 +37,7 @@ from pg8000.native import Connection
 
 from totes.errors import DatabaseUnavailable, LoadFailed
 from totes.identifiers import quote
-from totes.lake import Manifest, schema_fingerprint
+from totes.lake import Manifest, empty_table, schema_fingerprint
 from totes.manifest_checks import Capture, ManifestRefused, capture
 from totes.star.model import (
     DELETED_KEYS,
@@ -181,7 +181,7 @@ def _deletions(batch: str, data: pa.Table | None) -> pa.Table:
     """The batch's ``deleted_keys`` in their schema (empty if none), naming unknown tables."""
     schema = DELETED_KEYS_SCHEMA
     if data is None:
-        return schema.empty_table()
+        return empty_table(schema)
     missing = [n for n in schema.names if n not in data.column_names]
     wrong = [
         f"{f.name} is {data.schema.field(f.name).type}, expected {f.type}"
