@@ -117,6 +117,14 @@ class Manifest:
         return counts
 
 
+def empty_table(schema: pa.Schema) -> pa.Table:
+    """A table of ``schema`` without rows. ``Schema.empty_table()`` goes through pyarrow's
+    pandas shim, importing pandas (0.15-0.2 s) in a process that never needed it: a cold
+    load or transform stage paid it on every batch without deletions (docs/load.md
+    "Per-batch overhead")."""
+    return pa.Table.from_batches([], schema=schema)
+
+
 def table_to_parquet_bytes(table: pa.Table, *, dictionary_strings_only: bool = False) -> bytes:
     """Snappy Parquet. ``dictionary_strings_only``: dictionary-encode the text columns only
     (ingest's raw parts): dictionaries of integer keys, stamps and decimals, nearly all
@@ -131,7 +139,11 @@ def table_to_parquet_bytes(table: pa.Table, *, dictionary_strings_only: bool = F
 
 
 def parquet_bytes_to_table(data: bytes) -> pa.Table:
-    return pq.read_table(io.BytesIO(data))
+    """One Parquet file as a table. ``ParquetFile.read`` rather than ``pq.read_table``: the
+    latter goes through the dataset API, whose first use in a process imports
+    ``pyarrow.dataset`` (0.2-0.4 s, paid by the first batch a cold function reads) and which
+    costs ~1.5 ms more per file afterwards; the table is the same (schema and metadata)."""
+    return pq.ParquetFile(io.BytesIO(data)).read()
 
 
 class Lake:

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from totes.errors import BatchRejected
-from totes.lake import Manifest, ManifestFile, schema_fingerprint
+from totes.lake import Manifest, ManifestFile, empty_table, schema_fingerprint
 from totes.observability import logger
 from totes.source.model import (
     DELETED_KEYS,
@@ -401,7 +401,9 @@ def gate(manifest: Manifest, files: Mapping[ManifestFile, pa.Table | Exception])
             aside_rows[model.name] = table.num_rows - good.num_rows
             aside_keys[model.name] = keys
         row_problems.extend(found)
-    deleted = tables.get(DELETED_KEYS, DELETED_KEYS_SCHEMA.empty_table())
+    deleted = tables.get(DELETED_KEYS)
+    if deleted is None:
+        deleted = empty_table(DELETED_KEYS_SCHEMA)
     deleted = deleted.filter(pc.and_(pc.is_valid(deleted["table"]), pc.is_valid(deleted["key"])))
     return Gated(
         source,

@@ -6,14 +6,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from datetime import timedelta
+from datetime import date, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from totes.errors import LoadFailed
-from totes.star.model import OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
+from totes.star.model import FACTS, OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
 from totes.warehouse import facts, staging
 from totes.warehouse.merge import load_batch
 from totes.warehouse.migrations import migrate
@@ -328,6 +328,25 @@ def test_a_fact_pointing_at_a_missing_dimension_row_fails_naming_it(warehouse, b
     )
     assert set(_all_rows(warehouse).values()) == {0}
     assert _schema_objects(warehouse) == before
+
+
+@pytest.mark.parametrize(
+    ("fact", "column", "dim"),
+    [(f.name, column, dim) for f in FACTS for column, dim in f.references],
+)
+def test_every_fact_reference_column_is_checked(warehouse, fact, column, dim):
+    """The set-based check (one pass, a grouping set per column, several columns of one
+    dimension probed together) catches a dangling value in any one column, whichever of a
+    dimension's columns it is in, and the diagnosis names that column."""
+    tables = star_batch(sales=20, purchases=20, payments_=20, seed=4)
+    missing = date(2099, 1, 1) if dim == "dim_date" else 999_999
+    tables[fact] = changed(tables[fact], 3, EPOCH, **{column: missing})
+    with pytest.raises(LoadFailed) as failure:
+        load(warehouse, "bad", tables)
+    assert str(failure.value).startswith(
+        f"batch bad: table {fact}: {column} references 1 {dim} row(s) that are neither in"
+    )
+    assert set(_all_rows(warehouse).values()) == {0}
 
 
 def test_a_constraint_violation_rolls_back_and_names_table_and_column(warehouse, batches):

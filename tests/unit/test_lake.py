@@ -1,9 +1,51 @@
 """Batch ids: deterministic, sortable by capture sequence then part, recognisable, and the
-limit of three part digits."""
+limit of three part digits. Parquet files read back as written, without the dataset API."""
 
 from __future__ import annotations
 
-from totes.lake import BATCH_ID, batch_id_for
+import os
+import subprocess
+import sys
+from datetime import date
+
+import pyarrow as pa
+
+from totes.lake import (
+    BATCH_ID,
+    batch_id_for,
+    empty_table,
+    parquet_bytes_to_table,
+    table_to_parquet_bytes,
+)
+
+
+def test_a_parquet_file_reads_back_as_written_with_its_metadata():
+    table = pa.table(
+        {"id": pa.array([1, None, 3], pa.int32()), "day": [date(2024, 1, 1)] * 3}
+    ).replace_schema_metadata({b"fingerprint": b"abc"})
+    back = parquet_bytes_to_table(table_to_parquet_bytes(table))
+    assert back.equals(table)
+    assert back.schema.equals(table.schema, check_metadata=True)
+
+
+def test_reading_a_parquet_file_does_not_import_the_dataset_api():
+    """``pq.read_table`` imports ``pyarrow.dataset`` on first use: 0.2-0.4 s of a cold load or
+    transform stage (docs/load.md "Per-batch overhead")."""
+    code = (
+        "import sys, pyarrow as pa\n"
+        "from totes.lake import parquet_bytes_to_table, table_to_parquet_bytes\n"
+        "parquet_bytes_to_table(table_to_parquet_bytes(pa.table({'a': [1]})))\n"
+        "print('pyarrow.dataset' in sys.modules, flush=True)\n"
+        "import os; os._exit(0)\n"  # no interpreter teardown: pyarrow's threads may abort it
+    )
+    done = subprocess.run(  # nosec B603 - our interpreter, fixed code
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.stdout.strip() == "False", done.stderr
 
 
 def test_batch_ids_sort_by_capture_sequence_then_part():
@@ -19,3 +61,27 @@ def test_batch_ids_sort_by_capture_sequence_then_part():
     assert not BATCH_ID.match(batch_id_for(5, 1000))
     for forged in ("../x", "c1-000", "c0000000000000000010-000.json", ""):
         assert not BATCH_ID.match(forged)
+
+
+def test_an_empty_table_has_the_schema_and_a_cold_load_never_imports_pandas():
+    """``Schema.empty_table()`` imports pandas (0.15-0.2 s); the load builds the empty
+    deletions of a batch without deletions with ``lake.empty_table``."""
+    schema = pa.schema([pa.field("id", pa.int32(), nullable=False), pa.field("day", pa.date32())])
+    empty = empty_table(schema)
+    assert empty.num_rows == 0
+    assert empty.schema.equals(schema, check_metadata=True)
+    code = (
+        "import sys\n"
+        "from totes.warehouse.merge import _deletions\n"
+        "_deletions('b', None)\n"
+        "print('pandas' in sys.modules, flush=True)\n"
+        "import os; os._exit(0)\n"
+    )
+    done = subprocess.run(  # nosec B603 - our interpreter, fixed code
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.stdout.strip() == "False", done.stderr

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from totes.lake import empty_table
 from totes.observability import logger
 from totes.source.model import DELETED_KEYS_SCHEMA, TABLES, TABLES_BY_NAME
 from totes.star import model as star
@@ -42,7 +43,7 @@ def raw_table(source: Source, name: str) -> pa.Table:
     schema = TABLES_BY_NAME[name].checked_schema
     table = source.get(name)
     if table is None:
-        return schema.empty_table()
+        return empty_table(schema)
     return table.select(schema.names).cast(schema)
 
 

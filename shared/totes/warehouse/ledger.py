@@ -48,6 +48,20 @@ def claim(con: Connection, manifest: Manifest, seq: int) -> bool:
     return bool(rows)
 
 
+def older_capture_loaded(con: Connection, seq: int) -> bool:
+    """Whether any loaded batch has a capture older than ``seq``. Every stored fact row carries
+    the capture of a batch in this ledger (the batch that wrote it, or that parked it; rows
+    from before capture order carry 0, as do their ledger rows), so when none is older no
+    stored version can be rewritten by this batch and the rewrite's probes can be skipped: the
+    case of every batch of a backfill (one ingest run, one capture). The scan stops at the
+    first older row, which in steady state is the first row it reads."""
+    [[older]] = con.run(
+        "SELECT EXISTS (SELECT 1 FROM etl_batch_ledger WHERE capture_seq < CAST(:seq AS bigint))",
+        seq=seq,
+    )
+    return bool(older)
+
+
 def record(con: Connection, result: LoadResult) -> None:
     """Store the batch's row counts in its ledger row (same transaction as the rows)."""
     con.run(

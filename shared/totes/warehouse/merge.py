@@ -37,7 +37,7 @@ from pg8000.native import Connection
 
 from totes.errors import DatabaseUnavailable, LoadFailed
 from totes.identifiers import quote
-from totes.lake import Manifest, schema_fingerprint
+from totes.lake import Manifest, empty_table, schema_fingerprint
 from totes.manifest_checks import Capture, ManifestRefused, capture
 from totes.star.model import (
     DELETED_KEYS,
@@ -94,6 +94,7 @@ def load_batch(con: Connection, manifest: Manifest, tables: dict[str, pa.Table])
             con.run("ROLLBACK")
             return LoadResult(batch, loaded=False)
         con.run(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
+        rewrite = ledger.older_capture_loaded(con, capture.seq)
         for table in ordered:
             step = ("staging", table.name)
             stage(con, table, arrays[table.name])
@@ -107,7 +108,7 @@ def load_batch(con: Connection, manifest: Manifest, tables: dict[str, pa.Table])
                 step = ("parking", table.name)
                 parked = parking.park(con, batch, capture.seq, table, capture.set_aside)
                 step = ("merging", table.name)
-                merged = facts.merge_fact(con, batch, capture.seq, table, staged)
+                merged = facts.merge_fact(con, batch, capture.seq, table, staged, rewrite)
                 results[table.name] = merged.plus(parked=parked)
             elif table.name == "dim_date":
                 step = ("merging", table.name)
@@ -180,7 +181,7 @@ def _deletions(batch: str, data: pa.Table | None) -> pa.Table:
     """The batch's ``deleted_keys`` in their schema (empty if none), naming unknown tables."""
     schema = DELETED_KEYS_SCHEMA
     if data is None:
-        return schema.empty_table()
+        return empty_table(schema)
     missing = [n for n in schema.names if n not in data.column_names]
     wrong = [
         f"{f.name} is {data.schema.field(f.name).type}, expected {f.type}"

@@ -1,7 +1,8 @@
 """Staging: each table of a batch bulk-copied into a temporary table before it is merged.
 
 ``COPY ... FROM STDIN`` of CSV written by Arrow in bounded chunks (one COPY message each), into
-an unconstrained temporary table that lives until commit, so the merges are set-based
+an unconstrained temporary table created in the batch's transaction (so the COPY can write
+its rows frozen) that lives until commit, so the merges are set-based
 statements over rows already on the server. A staged table of 10,000 rows or more is analysed
 (from a small sample), so the planner knows the batch's size and key distribution.
 """
@@ -50,8 +51,11 @@ def stage(con: Connection, table: StarTable, data: pa.Table) -> None:
     name = quote(staging_name(table))
     stamps = ", ".join(f"{quote(stamp)} TIMESTAMP(3)" for stamp in table.lineage)
     con.run(f"CREATE TEMP TABLE {name} ({defs}, {stamps}) ON COMMIT DROP")
+    # FREEZE: the table was created in this transaction, so PostgreSQL writes the rows frozen
+    # (visible to all, hint bits set) and the merges' scans never set them page by page.
+    # Measured: the 300k-order backfill's load -0.2 to -0.4 s of server CPU.
     con.run(
-        f"COPY {name} ({quote_all(loaded_columns(table))}) FROM STDIN WITH (FORMAT csv)",
+        f"COPY {name} ({quote_all(loaded_columns(table))}) FROM STDIN WITH (FORMAT csv, FREEZE)",
         stream=csv_chunks(data),
     )
     if data.num_rows >= ANALYZE_ROWS:  # temp tables get no autovacuum statistics
