@@ -81,21 +81,17 @@ def counted_s3_requests(monkeypatch, *clients) -> Iterator[collections.Counter]:
     def count(model, **_):
         counter[model.name] += 1
 
-    make = runtime.boto3.client
-
-    def counting_client(service, *args, **kwargs):
-        client = make(service, *args, **kwargs)
-        if service == "s3":
-            client.meta.events.register("before-call.s3", count)
-        return client
-
-    monkeypatch.setattr(runtime.boto3, "client", counting_client)
+    # The stages' clients come from boto3's default session (``runtime.session``): a handler
+    # registered on it is copied into every client built afterwards.
+    session = runtime.session()
+    session.events.register("before-call.s3", count)
     runtime.reset()
     for client in clients:
         client.meta.events.register("before-call.s3", count)
     try:
         yield counter
     finally:
+        session.events.unregister("before-call.s3", count)
         for client in clients:
             client.meta.events.unregister("before-call.s3", count)
 
