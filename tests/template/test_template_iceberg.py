@@ -129,6 +129,9 @@ def test_the_function_runs_alone_on_arm64_with_the_pandas_and_totes_layers_only(
     schedule = expanded["Resources"]["IcebergFunctionMaintenance"]["Properties"]
     assert json.loads(schedule["Target"]["Input"]) == {"action": "maintain"}
     assert schedule["ScheduleExpression"] == {"Fn::Sub": "rate(${IcebergMaintenanceRate})"}
+    # Hourly by default: commits slow down with the commits since the last compaction
+    # (docs/iceberg.md, iceberg-bench with and without --maintain-every 12).
+    assert expanded["Parameters"]["IcebergMaintenanceRate"]["Default"] == "1 hour"
 
 
 def test_the_function_environment_satisfies_its_settings_at_cold_start(template, expanded):
