@@ -38,17 +38,7 @@ _stack_seq = itertools.count()
 
 def unique_stack_names(tag: str) -> StackNames:
     """Resource names no other stack of this test process uses (one emulator holds them all)."""
-    n = next(_stack_seq)
-    return StackNames(
-        raw_bucket=f"{tag}-raw-{n}",
-        processed_bucket=f"{tag}-processed-{n}",
-        transform_queue=f"{tag}-raw-manifests-{n}",
-        load_queue=f"{tag}-processed-manifests-{n}",
-        failure_queue=f"{tag}-failures-{n}",
-        idempotency_table=f"{tag}-idempotency-{n}",
-        source_secret=f"{tag}-source-db-{n}",
-        warehouse_secret=f"{tag}-warehouse-db-{n}",
-    )
+    return StackNames.tagged(tag, str(next(_stack_seq)))
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,19 @@ def test_a_parquet_file_reads_back_as_written_with_its_metadata():
     assert back.schema.equals(table.schema, check_metadata=True)
 
 
+def fresh_interpreter_prints(code: str) -> str:
+    """What ``code`` prints in a new interpreter (imports counted from zero)."""
+    done = subprocess.run(  # nosec B603 - our interpreter, fixed code
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def test_reading_a_parquet_file_does_not_import_the_dataset_api():
     """``pq.read_table`` imports ``pyarrow.dataset`` on first use: 0.2-0.4 s of a cold load or
     transform stage (docs/load.md "Per-batch overhead")."""
@@ -38,14 +51,7 @@ def test_reading_a_parquet_file_does_not_import_the_dataset_api():
         "print('pyarrow.dataset' in sys.modules, flush=True)\n"
         "import os; os._exit(0)\n"  # no interpreter teardown: pyarrow's threads may abort it
     )
-    done = subprocess.run(  # nosec B603 - our interpreter, fixed code
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    assert done.stdout.strip() == "False", done.stderr
+    assert fresh_interpreter_prints(code) == "False"
 
 
 def test_batch_ids_sort_by_capture_sequence_then_part():
@@ -77,11 +83,4 @@ def test_an_empty_table_has_the_schema_and_a_cold_load_never_imports_pandas():
         "print('pandas' in sys.modules, flush=True)\n"
         "import os; os._exit(0)\n"
     )
-    done = subprocess.run(  # nosec B603 - our interpreter, fixed code
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    assert done.stdout.strip() == "False", done.stderr
+    assert fresh_interpreter_prints(code) == "False"

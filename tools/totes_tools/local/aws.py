@@ -42,6 +42,20 @@ class StackNames:
     source_secret: str = "totes/source-db"  # noqa: S105 - a name, not a secret
     warehouse_secret: str = "totes/warehouse-db"  # noqa: S105
 
+    @classmethod
+    def tagged(cls, tag: str, suffix: str) -> StackNames:
+        """Names of a further stack in the same emulator, ``tag`` and ``suffix`` around each."""
+        return cls(
+            raw_bucket=f"{tag}-raw-{suffix}",
+            processed_bucket=f"{tag}-processed-{suffix}",
+            transform_queue=f"{tag}-raw-manifests-{suffix}",
+            load_queue=f"{tag}-processed-manifests-{suffix}",
+            failure_queue=f"{tag}-failures-{suffix}",
+            idempotency_table=f"{tag}-idempotency-{suffix}",
+            source_secret=f"{tag}-source-db-{suffix}",
+            warehouse_secret=f"{tag}-warehouse-db-{suffix}",
+        )
+
     def function_env(self) -> dict[str, str]:
         """The environment the template gives the functions, pointed at these resources."""
         return {

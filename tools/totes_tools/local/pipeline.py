@@ -51,17 +51,7 @@ _stack_seq = itertools.count()
 def stack_names(tag: str) -> StackNames:
     """Resource names of a further stack in the same emulator (a run of its own, from the
     same source into its own warehouse)."""
-    n = f"{os.getpid()}-{next(_stack_seq)}"
-    return StackNames(
-        raw_bucket=f"{tag}-raw-{n}",
-        processed_bucket=f"{tag}-processed-{n}",
-        transform_queue=f"{tag}-raw-manifests-{n}",
-        load_queue=f"{tag}-processed-manifests-{n}",
-        failure_queue=f"{tag}-failures-{n}",
-        idempotency_table=f"{tag}-idempotency-{n}",
-        source_secret=f"{tag}-source-db-{n}",
-        warehouse_secret=f"{tag}-warehouse-db-{n}",
-    )
+    return StackNames.tagged(tag, f"{os.getpid()}-{next(_stack_seq)}")
 
 
 def child_config(
