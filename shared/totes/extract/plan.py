@@ -116,16 +116,15 @@ _RANGE_HI = "(SELECT CAST(NULLIF(current_setting('totes.range_hi'), '') AS times
 
 def pieces(con: Connection, counts: Mapping[str, TableCounts], max_batch_rows: int) -> list[Piece]:
     """The run's batches: one when the new rows (``counts``) fit the bound, else consecutive
-    stamp ranges
-    of at most ``max_batch_rows`` new rows each, cut only between distinct stamps (a single
-    stamp holding more rows than the bound stays one larger piece). A pure function of the
-    snapshot.
+    stamp ranges of at most ``max_batch_rows`` new rows each, cut only between distinct stamps
+    (a single stamp holding more rows than the bound stays one larger piece). A pure function
+    of the snapshot.
 
     Sorting every new row's stamp server-side was the largest single cost of a backfill (1.4 s
     at 300,000 orders, 11 to 15 s at 1M on a loaded machine). Instead the new stamps are
     counted in equal-width buckets between the earliest and latest finite stamp (known from
-    the count, ``TableCounts.new_lo``/``new_hi``: a hashed
-    count into a few thousand groups, no sort) and whole buckets are grouped into pieces; a
+    the count, ``TableCounts.new_lo``/``new_hi``: a hashed count into a few thousand groups,
+    no sort) and whole buckets are grouped into pieces; a
     bucket that alone holds more rows than the bound (a burst inside one bucket) is cut
     exactly by the sorting statement, over that bucket's rows only (``_exact_pieces``)."""
     new_rows = sum(c.new for c in counts.values())
@@ -175,11 +174,13 @@ def _stamp_edges(con: Connection, buckets: int, los: list[str], his: list[str]) 
     the latest of ``his`` (the tables' new finite stamps; none when there are none),
     published for the bucket count. Computed server-side: PostgreSQL's timestamps reach years
     Python's cannot."""
-    [[_, edges]] = con.run(_EDGES_SQL, n=buckets, los=_array_literal(los), his=_array_literal(his))
+    [[_, edges]] = con.run(
+        _EDGES_SQL, n=buckets, los=text_array_literal(los), his=text_array_literal(his)
+    )
     return [str(e) for e in edges or []]
 
 
-def _array_literal(values: list[str]) -> str:
+def text_array_literal(values: list[str]) -> str:
     """Timestamp texts PostgreSQL produced, as an array literal (passed as a parameter)."""
     return (
         "{"

@@ -29,7 +29,7 @@ from pg8000.native import Connection
 from totes.db import close
 from totes.extract import capture, snapshot, stream
 from totes.extract.closure import PIECE_BOUNDS_SETTING, PIECE_COLUMN, run_copy_sql
-from totes.extract.plan import Piece, TableCounts
+from totes.extract.plan import Piece, TableCounts, text_array_literal
 from totes.source.model import TABLES_BY_NAME, Table
 
 # At most this many tables get a reader (sessions besides the run's own), the largest first.
@@ -50,9 +50,8 @@ class _End:
 
 def publish_bounds(con: Connection, pieces: list[Piece]) -> None:
     """The first stamp of every piece but the first, for ``closure.run_copy_sql``."""
-    bounds = [p.lo for p in pieces[1:]]
-    literal = "{" + ",".join('"' + str(b).replace('"', "") + '"' for b in bounds) + "}"
-    con.run(f"SELECT set_config('{PIECE_BOUNDS_SETTING}', :b, true)", b=literal)
+    bounds = [str(p.lo) for p in pieces[1:]]
+    con.run(f"SELECT set_config('{PIECE_BOUNDS_SETTING}', :b, true)", b=text_array_literal(bounds))
 
 
 def _split_by_piece(chunk: pa.Table) -> Iterator[tuple[int, pa.Table]]:
