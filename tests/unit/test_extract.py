@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from totes.extract import capture, closure
 from totes.extract import stream as stream_module
 from totes.extract.capture import CaptureState, KeySet, Resume, Snapshot
-from totes.extract.keysets import union_sorted
+from totes.extract.keysets import distinct_sorted, union_sorted
 from totes.extract.stream import _CsvChunks, copy_table
 from totes.source.model import TABLES, TABLES_BY_NAME
 
@@ -296,6 +296,28 @@ def test_a_key_set_merged_with_new_keys_equals_their_sorted_union(known, extra):
 
     assert merged.dtype == np.int32
     assert merged.tolist() == sorted(known | extra)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parts=st.lists(
+        st.lists(st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)), max_size=40),
+        max_size=6,
+    ),
+    chunked=st.booleans(),
+)
+def test_the_keys_copied_are_the_distinct_non_null_keys_sorted(parts, chunked):
+    """``distinct_sorted`` (a sort and a first-of-run mask, not ``np.unique``): every key once,
+    ascending, int32, nulls dropped, across arrays and chunked arrays, empty ones included."""
+    arrays = [pa.array(p, pa.int64()) for p in parts]
+    if chunked and arrays:
+        arrays = [pa.chunked_array(arrays[: len(arrays) // 2 + 1], pa.int64()), *arrays[1:]]
+
+    keys = distinct_sorted(arrays)
+
+    expected = sorted({k for a in arrays for k in a.to_pylist() if k is not None})
+    assert keys.dtype == np.int32
+    assert keys.tolist() == expected
 
 
 def test_a_failed_copy_leaves_nothing_for_the_writer_to_flush_when_collected():

@@ -110,11 +110,22 @@ def current_keys(con: Connection, table: str, expected: np.ndarray) -> np.ndarra
 
 
 def distinct_sorted(arrays: list[pa.Array | pa.ChunkedArray]) -> np.ndarray:
+    """The distinct non-null keys, sorted: a sort, then the first of every run of equals.
+
+    Not ``np.unique``: on numpy 2.4 (the runtime's) it took 0.47 s for a million distinct int32
+    keys against 0.018 s for this, and a first capture at 1M orders holds 4.4M keys: 1.2 to
+    2 s of the run, all of it before the last batch's manifest (docs/ingest.md)."""
     chunks = [c for a in arrays for c in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
     if not chunks:
         return np.empty(0, np.int32)
-    keys = pa.concat_arrays(chunks).cast(pa.int32()).drop_null().to_numpy()
-    return np.unique(keys)
+    keys = np.sort(pa.concat_arrays(chunks).cast(pa.int32()).drop_null().to_numpy())
+    if not len(keys):
+        return keys
+    first = np.empty(len(keys), bool)
+    first[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    distinct: np.ndarray = keys[first]
+    return distinct
 
 
 def isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
