@@ -61,7 +61,10 @@ def test_peak_memory_stays_flat_while_the_source_grows_sixteenfold(fresh_db, pg_
     growth = large_run["peak_rss_growth_mb"] - small_run["peak_rss_growth_mb"]
     assert growth < 45, (small_run, large_run, growth)
     # Readers (extract.readers) add a fixed few chunks and a 1 MiB block each, plus allocator
-    # arenas of their threads (measured 26-28 MB for four); holding a table would add ~80 MB.
+    # arenas of their threads (measured 26-28 MB for four on an idle machine, 37-41 MB with
+    # other work alongside); holding a table would add ~80 MB. The run without readers peaked
+    # up to ~6 MB higher while the key sets were reduced by np.unique (keysets.distinct_sorted
+    # now sorts in place of it), which hid part of the readers' share: measured since, 41-46 MB.
     extra = with_readers["peak_rss_growth_mb"] - large_run["peak_rss_growth_mb"]
     assert with_readers["batches"] == large_run["batches"]
-    assert extra < 4 * 10, (large_run, with_readers)
+    assert extra < 55, (large_run, with_readers)
