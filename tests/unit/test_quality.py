@@ -323,6 +323,7 @@ def test_a_text_date_that_is_not_a_real_date_sets_that_row_aside_with_its_text()
         sales_order(1),
         sales_order(2, agreed_payment_date="2024-02-30"),
         sales_order(3, agreed_delivery_date="not-a-date", agreed_payment_date="24-5-1"),
+        sales_order(4, agreed_delivery_date="0000-01-01"),  # Arrow parses it; PostgreSQL cannot
     ]
     assert outcome(gated(full_batch(sales_order=orders))) == {
         **clean(sales_order=[1]),
@@ -351,9 +352,17 @@ def test_a_text_date_that_is_not_a_real_date_sets_that_row_aside_with_its_text()
                 "agreed_payment_date is not a YYYY-MM-DD date",
                 "24-5-1",
             ),
+            RowProblem(
+                "sales_order",
+                4,
+                "agreed_delivery_date",
+                "bad_text_date",
+                "agreed_delivery_date is not a YYYY-MM-DD date",
+                "0000-01-01",
+            ),
         ],
-        "set_aside_rows": {"sales_order": 2},  # rows, not problems
-        "set_aside_keys": {"sales_order": [2, 3]},
+        "set_aside_rows": {"sales_order": 3},  # rows, not problems
+        "set_aside_keys": {"sales_order": [2, 3, 4]},
         "set_aside": {},
     }
 

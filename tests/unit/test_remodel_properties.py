@@ -153,3 +153,43 @@ def test_the_star_is_deterministic_and_independent_of_input_row_order(batch, dat
     for name in first:
         assert first[name].equals(again[name]), name
         assert first[name].equals(reordered[name]), name
+
+
+def _is_real_date(text: str) -> bool:
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").date().isoformat() == text
+    except ValueError:
+        return False
+
+
+_DATE_LIKE = st.one_of(
+    st.dates(min_value=datetime(1000, 1, 1).date()).map(lambda d: d.isoformat()),
+    st.builds(
+        "{:04d}-{:02d}-{:02d}".format,
+        st.integers(0, 9999),
+        st.integers(0, 13),
+        st.integers(0, 32),
+    ),
+    st.text(alphabet="0123456789-/ x", max_size=12),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(st.one_of(st.none(), _DATE_LIKE), max_size=60),
+    split=st.integers(0, 60),
+)
+def test_a_text_date_is_flagged_exactly_when_it_is_not_a_real_yyyy_mm_dd_date(texts, split):
+    """``unparseable_text_dates`` checks each distinct text once and looks rows up: the mask
+    equals a value-by-value check (repeats, NULLs, chunked columns, 2024-02-30, month 13, year
+    0, which Arrow parses and PostgreSQL refuses)."""
+    from totes.star.dates import unparseable_text_dates
+
+    column = pa.chunked_array(
+        [pa.array(texts[:split], pa.string()), pa.array(texts[split:], pa.string())]
+    )
+
+    mask = unparseable_text_dates(column)
+
+    assert mask.null_count == 0
+    assert mask.to_pylist() == [t is not None and not _is_real_date(t) for t in texts]
