@@ -250,7 +250,8 @@ def _plan_star(
 
 
 def _plan_tombstones(deleted: pa.Table, capture: Capture) -> Any:
-    assert capture.hi_utc is not None  # checked by the caller
+    if capture.hi_utc is None:  # the caller checks it; not an assert (gone under python -O)
+        raise ValueError("deletions without the capture's hi_utc stamp")
     at = datetime.fromisoformat(capture.hi_utc).astimezone(UTC).replace(tzinfo=None)
     incoming = deletion_rows(deleted, capture.seq, pa.scalar(at, pa.timestamp("us")))
     schema = TOMBSTONES_SCHEMA.as_arrow()
