@@ -735,8 +735,9 @@ def sam_environment(sts_endpoint: str) -> dict[str, str]:
 
 
 def sam_build(sam: Path, repo: Path, build_dir: Path, env: Mapping[str, str]) -> Path:
-    """``sam build`` of the checkout into ``build_dir`` (copies only: offline, ~1-2 s), so the
-    containers run exactly the code of this checkout."""
+    """``sam build`` of the checkout into ``build_dir`` (copies, plus the Makefiles of the
+    Iceberg function and the ADBC layer: pinned wheels from pip's cache after the first run;
+    a few seconds), so the containers run exactly the code of this checkout."""
     result = subprocess.run(  # noqa: S603 # nosec B603 - fixed argument list
         [str(sam), "build", "--template-file", str(repo / "template.yaml"),
          "--build-dir", str(build_dir)],
