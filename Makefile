@@ -114,7 +114,9 @@ check: lint security test
 
 sam-venv: $(SAM_STAMP)
 
-# sam build only copies (no requirements.txt anywhere): offline, no Docker, no local python3.13.
+# sam build copies, and runs the Makefiles of functions/iceberg and layers/adbc (pinned wheels
+# from hash-pinned locks: PyPI or pip's cache); no requirements.txt anywhere, no Docker, no
+# local python3.13.
 build: $(SAM_STAMP)
 	SAM_CLI_TELEMETRY=0 $(VENV_SAM)/bin/sam build --template-file template.yaml
 

@@ -6,6 +6,11 @@ warehouse must equal SQL over the source, the same reference as the in-process e
 tests (``e2e_reference``), after a first cycle and after simulated changes; the first cycle
 must print what the in-process run prints for the same source.
 
+Ingest runs with the ADBC driver there (its readers fall back to pg8000 only when
+``adbc_driver_postgresql`` is not importable): the invoke image SAM built for ingest must hold
+the local ADBC layer, import it from ``/opt/python`` beside the pandas layer's pyarrow, and
+query the source with it from inside a container.
+
 Runs when Docker answers, the SAM CLI is installed (``make build``) and the Lambda base image
 is present (pulled, or the stand-in from ``tools/lambda_image/build.sh``); otherwise skipped
 with the reason. ``TOTES_REQUIRE_DOCKER=1`` (CI) turns that skip into a failure.
@@ -13,6 +18,8 @@ with the reason. ``TOTES_REQUIRE_DOCKER=1`` (CI) turns that skip into a failure.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -24,6 +31,7 @@ from e2e_reference import expected_warehouse, source_state, warehouse_problems
 from local_processes import PYTHONPATH, local_aws
 
 from totes_tools.local.sam_local import (
+    Forwarder,
     SamLocalError,
     base_image,
     docker_host,
@@ -132,3 +140,57 @@ def test_the_chain_in_docker_loads_what_sql_over_the_source_gives_and_prints_the
         warehouse_problems(source, pg_connect(warehouse), expected_warehouse(before, after)) == []
     )
     assert set(containers_left()) <= containers_before  # sam removed every container it made
+    count = source.run("SELECT count(*) FROM sales_order")[0][0]
+    assert ingest_image_queries_with_adbc(source_db, "SELECT count(*) AS n FROM sales_order") == {
+        "driver": "/opt/python/adbc_driver_postgresql/__init__.py",
+        "pyarrow": "/opt/python/pyarrow/__init__.py",
+        "rows": [{"n": count}],
+    }
+
+
+ADBC_QUERY = """
+import json, sys
+import pyarrow, adbc_driver_postgresql, adbc_driver_postgresql.dbapi as dbapi
+with dbapi.connect(sys.argv[1]) as conn, conn.cursor() as cur:
+    cur.execute(sys.argv[2])
+    rows = cur.fetch_arrow_table().to_pylist()
+print(json.dumps({"driver": adbc_driver_postgresql.__file__, "pyarrow": pyarrow.__file__,
+                  "rows": rows}))
+"""
+
+
+def ingest_image_queries_with_adbc(creds, sql: str) -> dict:
+    """``sql``'s rows, read by ADBC in the image SAM built for ingest (the one with the local
+    ADBC layer, recorded by the invoker) on the Lambda path /opt/python, through a forwarder
+    from Docker's bridge to the source (as the invoker gives containers the databases)."""
+    images = json.loads((REPO / ".aws-sam" / "local" / "images.json").read_text())
+    with_adbc = [i for i, arns in images.items() if any("totes-local-adbc-" in a for a in arns)]
+    created = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Created}} {{index .RepoTags 0}}",
+         *with_adbc],
+        capture_output=True, text=True, check=False,
+    ).stdout.split("\n")  # fmt: skip
+    newest = max(line for line in created if line.strip()).split()[-1]  # this run's ingest image
+    host = docker_host()
+    if creds.unix_socket_dir:
+        target: tuple[str, int] | str = f"{creds.unix_socket_dir}/.s.PGSQL.{creds.port}"
+    else:
+        target = (creds.host, creds.port)
+    forwarder = Forwarder(host.bind_host, target)
+    try:
+        url = dataclasses.replace(
+            creds,
+            host=host.container_host,
+            port=forwarder.port,
+            unix_socket_dir=None,
+            sslmode="disable",
+        ).to_url()
+        done = subprocess.run(
+            ["docker", "run", "--rm", "--entrypoint", "/var/lang/bin/python3.13",
+             "--env", "PYTHONPATH=/opt/python", newest, "-c", ADBC_QUERY, url, sql],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    finally:
+        forwarder.close()
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)

@@ -18,12 +18,14 @@ from totes.observability import logger
 from totes_tools.local.aws import client
 from totes_tools.local.chain import CycleReport, LocalChain
 from totes_tools.local.sam_local import (
+    LAYER_PARAMETERS,
     DockerHost,
     LayerStore,
     LocalLayers,
     SamLocal,
     SamLocalError,
     declared_variables,
+    function_layers,
     local_layer_arn,
 )
 
@@ -94,8 +96,9 @@ class StandInSamLocal(SamLocal):
     def _build(self) -> None:
         self.template = REPO / "template.yaml"
         self.declared = declared_variables(self.template)
+        self.function_layers = function_layers(self.template)
         self.store = LayerStore(self.state, "x86_64")
-        arns = {k: local_layer_arn(f"totes-local-{k}-0") for k in ("pandas", "powertools", "totes")}
+        arns = {k: local_layer_arn(f"totes-local-{k}-0") for k in LAYER_PARAMETERS}
         self.layers = LocalLayers(arns, self.state / "layer-cache")
 
 
@@ -152,6 +155,7 @@ def test_ingest_is_one_sam_local_invoke_with_the_chains_event_env_and_the_local_
                 ("pandas", "PandasLayerArn"),
                 ("powertools", "PowertoolsLayerArn"),
                 ("totes", "TotesLayerArn"),
+                ("adbc", "AdbcLayerArn"),
             )
         ),
     ]

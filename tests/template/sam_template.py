@@ -21,6 +21,18 @@ TEMPLATE = REPO_ROOT / "template.yaml"
 SAM_BIN = REPO_ROOT / ".venv-sam" / "bin" / "sam"
 REQUIRE_SAM_ENV = "TOTES_REQUIRE_SAM"
 
+# Lambda's limit for a function and all its layers, unzipped (262,144,000 bytes).
+LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
+# The AWS SDK for pandas 3.16.1 layer for python3.13, unzipped, as measured by its users
+# (aws/aws-sdk-pandas issue #3331: 204 MiB, about 214 MB, up from 167; it names no
+# architecture). An estimate: the real layer is not downloadable without AWS credentials.
+PANDAS_LAYER_BYTES = 204 * 1024 * 1024
+# The Powertools v3 (3.37.0) layer for python3.13 on arm64, unzipped, estimated from its wheels:
+# `pip install --target` of aws-lambda-powertools[all]==3.37.0 for manylinux aarch64 cp313,
+# without what the runtime provides (boto3, botocore, s3transfer, urllib3, python-dateutil,
+# six, jmespath), measured 28,905,038 bytes (2026-11-30). Not the real layer (needs AWS).
+POWERTOOLS_LAYER_BYTES = 29_000_000
+
 PSEUDO = {
     "AWS::StackName": "STACK",
     "AWS::AccountId": "ACCOUNT",

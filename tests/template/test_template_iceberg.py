@@ -10,7 +10,15 @@ import re
 from pathlib import Path
 
 import pytest
-from sam_template import REPO_ROOT, grants, render, resolve, resources_of
+from sam_template import (
+    LAMBDA_UNZIPPED_LIMIT,
+    PANDAS_LAYER_BYTES,
+    REPO_ROOT,
+    grants,
+    render,
+    resolve,
+    resources_of,
+)
 
 from totes.iceberg.settings import IcebergSettings
 from totes.lake import MANIFEST_PREFIX, MANIFEST_SUFFIX
@@ -20,11 +28,6 @@ PROCESSED = "arn:aws:s3:::STACK-processed-ACCOUNT-REGION"
 ICEBERG = "arn:aws:s3:::STACK-iceberg-ACCOUNT-REGION"
 NULL = "null"
 ITEM_ACTIONS = ("Get", "Put", "Update", "Delete")
-# Lambda's limit for a function and its layers, unzipped (262,144,000 bytes).
-LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
-# The AWS SDK for pandas 3.16.1 layer for python3.13, unzipped, as measured by its users
-# (aws/aws-sdk-pandas issue #3331: 204 MB, up from 167 MB); the totes layer is measured.
-PANDAS_LAYER_BYTES = 204 * 1024 * 1024
 
 
 def iceberg_resources(expanded: dict) -> dict[str, dict]:

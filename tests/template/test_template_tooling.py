@@ -59,9 +59,9 @@ def test_cfn_lint_on_the_expanded_template_would_catch_a_bucket_function_cycle()
 
 def test_sam_build_succeeds_offline_with_the_handlers_and_the_totes_layer(sam_build):
     """The same `sam build` as `make build`, into a scratch directory: no Docker or python3.13
-    needed (only the optional Iceberg function's Makefile runs pip, for pinned arm64 wheels:
-    test_template_iceberg.py), and the artifacts hold each handler and the whole totes
-    package."""
+    needed (only the Makefiles of the optional Iceberg function and of the ADBC layer run pip,
+    for pinned arm64 wheels: test_template_iceberg.py, test_template_adbc.py), and the
+    artifacts hold each handler and the whole totes package."""
     build_dir = sam_build
 
     def files(root: Path) -> set[str]:
@@ -92,12 +92,17 @@ def test_sam_build_succeeds_offline_with_the_handlers_and_the_totes_layer(sam_bu
         "MigrateFunction": "MigrateFunction",
         "IcebergFunction": "IcebergFunction",
         "TotesLayer": "TotesLayer",
+        "AdbcLayer": "AdbcLayer",
     }
 
 
 def test_no_function_or_layer_directory_has_a_requirements_file():
     """A requirements.txt would make sam build run pip, which needs a local python3.13."""
-    dirs = [REPO_ROOT / "shared", *(REPO_ROOT / "functions").iterdir()]
+    dirs = [
+        REPO_ROOT / "shared",
+        *(REPO_ROOT / "functions").iterdir(),
+        REPO_ROOT / "layers" / "adbc",
+    ]
     assert [str(d) for d in dirs if (d / "requirements.txt").exists()] == []
 
 

@@ -346,7 +346,12 @@ def test_the_real_managed_layers_fetched_once_are_used_from_the_cache_then_forgo
     built = tmp_path / "TotesLayer"
     (built / "python" / "totes").mkdir(parents=True)
     (built / "python" / "totes" / "__init__.py").write_text("")
+    adbc_builds = []
+    monkeypatch.setattr(
+        store, "_make_adbc", lambda target, folder: adbc_builds.append(folder) or target.mkdir()
+    )
     layers = store.prepare(REPO, built)  # no pip: both managed layers are the fetched ones
+    assert adbc_builds == [REPO / "layers" / "adbc"]  # ingest's own layer is always local
     assert {k: layers.arns[k] for k in arns} == arns
     assert layers.arns["totes"].startswith(
         "arn:aws:lambda:eu-west-2:000000000000:layer:totes-local-totes-"
@@ -354,3 +359,58 @@ def test_the_real_managed_layers_fetched_once_are_used_from_the_cache_then_forgo
 
     store.forget_aws_layers()
     assert store.aws_layers() == {}
+
+
+def test_each_function_gets_the_layers_its_template_entry_names_in_that_order():
+    """SAM names a function's invoke image after its layers in order, so the images recorded
+    for pruning follow the template: ingest has the ADBC layer last, the others do not."""
+    shared = ["pandas", "powertools", "totes"]
+    layers = sam_local.function_layers(REPO / "template.yaml")
+    assert {f: layers[f] for f in sam_local.FUNCTIONS.values()} == {
+        "IngestFunction": [*shared, "adbc"],
+        "TransformFunction": shared,
+        "LoadFunction": shared,
+    }
+    assert layers["IcebergFunction"] == ["pandas", "totes"]
+    arns = {k: sam_local.local_layer_arn(f"totes-local-{k}-0") for k in sam_local.LAYER_PARAMETERS}
+    local = sam_local.LocalLayers(arns, REPO)
+    assert local.overrides["AdbcLayerArn"] == arns["adbc"]
+    assert local.ordered(layers["IngestFunction"]) == [arns[k] for k in (*shared, "adbc")]
+
+
+def test_the_local_adbc_layer_is_its_makefiles_build_for_the_daemons_architecture(
+    tmp_path, monkeypatch
+):
+    """The local ADBC layer is made by the same Makefile sam build runs for AdbcLayer, for the
+    daemon's architecture, once per lock, Makefile and architecture (then reused)."""
+    calls = []
+
+    def run(command, **kwargs):
+        calls.append(command)
+        target = Path(next(a for a in command if a.startswith("ARTIFACTS_DIR=")).split("=", 1)[1])
+        (target / "python" / "adbc_driver_postgresql").mkdir(parents=True)
+        return sam_local.subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(sam_local.subprocess, "run", run)
+    monkeypatch.setattr(
+        sam_local.LayerStore, "aws_layers", lambda self: {"pandas": "p", "powertools": "q"}
+    )
+    built = tmp_path / "TotesLayer"
+    (built / "python" / "totes").mkdir(parents=True)
+    names = {}
+    for architecture in ("x86_64", "arm64", "x86_64"):
+        store = sam_local.LayerStore(tmp_path / "state", architecture)
+        arn = store.prepare(REPO, built).arns["adbc"]
+        names.setdefault(architecture, set()).add(arn)
+        assert (store.cache / layer_cache_name(arn) / "python" / "adbc_driver_postgresql").is_dir()
+    assert [len(v) for v in names.values()] == [1, 1]
+    assert names["x86_64"] != names["arm64"]
+    assert len(calls) == 2  # the second x86_64 run reused its build
+    for command, machine in zip(calls, ("x86_64", "aarch64"), strict=True):
+        assert command[1:5] == [
+            "--no-print-directory",
+            "-C",
+            str(REPO / "layers" / "adbc"),
+            "build-AdbcLayer",
+        ]
+        assert f"PLATFORM={machine}" in command

@@ -15,9 +15,12 @@ need that the in-process chain does not, :class:`SamLocal` provides for the run'
   ``sslmode=disable``: the server is local, so it was never reached over TLS in-process
   either). Any other address is given as it is.
 - **The layers, without AWS.** The two managed layers are built from
-  ``requirements/runtime.txt`` (what they ship) for the daemon's architecture, and the totes
-  layer is copied from the build; all three are seeded into a SAM layer cache under the names
-  SAM gives ARN layers and passed as ARN parameter overrides. SAM then downloads nothing, and
+  ``requirements/runtime.txt`` (what they ship) for the daemon's architecture, the ADBC layer
+  (ingest's only) by its own ``layers/adbc/Makefile`` from its hash-pinned lock for the daemon's
+  architecture (the deployed AdbcLayer is that build for arm64), and the totes layer is copied
+  from the build; all four are seeded into a SAM layer cache under the names SAM gives ARN
+  layers and passed as ARN parameter overrides (each function gets the ones its ``Layers``
+  name). SAM then downloads nothing, and
   because no layer is "defined in the template" it reuses its invoke image between invokes
   instead of rebuilding it each time. The names carry content hashes: new code or new pins
   give a new image once.
@@ -83,7 +86,11 @@ LAYER_PARAMETERS = {
     "pandas": "PandasLayerArn",
     "powertools": "PowertoolsLayerArn",
     "totes": "TotesLayerArn",
+    "adbc": "AdbcLayerArn",
 }
+# The ADBC layer's folder (its Makefile builds it, for sam build and for local runs alike).
+ADBC_LAYER_DIR = Path("layers") / "adbc"
+ADBC_MACHINES = {"arm64": "aarch64", "x86_64": "x86_64"}
 # requirements/runtime.txt: what the Lambda runtime itself provides (not in a layer), and
 # what the Powertools layer ships; every other pin is the AWS SDK for pandas layer's.
 RUNTIME_PROVIDED = frozenset({"boto3"})
@@ -371,19 +378,18 @@ def tree_digest(root: Path) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class LocalLayers:
-    """The three layers as ARN parameter overrides, seeded in ``cache_dir`` for SAM."""
+    """The layers as ARN parameter overrides, seeded in ``cache_dir`` for SAM."""
 
-    arns: dict[str, str]  # kind (pandas, powertools, totes) -> ARN
+    arns: dict[str, str]  # kind (pandas, powertools, totes, adbc) -> ARN
     cache_dir: Path
 
     @property
     def overrides(self) -> dict[str, str]:
         return {LAYER_PARAMETERS[kind]: arn for kind, arn in self.arns.items()}
 
-    @property
-    def ordered(self) -> list[str]:
-        """In the template's Globals order: pandas, powertools, totes."""
-        return [self.arns[kind] for kind in LAYER_PARAMETERS]
+    def ordered(self, kinds: list[str]) -> list[str]:
+        """The ARNs of a function's layers, in its ``Layers`` order (``function_layers``)."""
+        return [self.arns[kind] for kind in kinds]
 
 
 class LayerStore:
@@ -430,6 +436,18 @@ class LayerStore:
             name = f"totes-{tree_digest(built_layer)[:12]}"
             self._ensure(name, lambda target: shutil.copytree(built_layer, target))
             arns["totes"] = self._seed(name)
+            adbc = repo / ADBC_LAYER_DIR
+            key = json.dumps(
+                [
+                    (adbc / "requirements.lock").read_text(),
+                    (adbc / "Makefile").read_text(),
+                    self.architecture,
+                    PYTHON_VERSION,
+                ]
+            )
+            name = f"adbc-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+            self._ensure(name, lambda target: self._make_adbc(target, adbc))
+            arns["adbc"] = self._seed(name)
             self._prune()
             return LocalLayers(arns, self.cache)
 
@@ -469,6 +487,32 @@ class LayerStore:
             raise SamLocalError(
                 f"building a local layer failed (pip, needs PyPI or its cache once):"
                 f" {_tail(result.stderr)}"
+            )
+
+    def _make_adbc(self, target: Path, folder: Path) -> None:
+        """The ADBC layer by the Makefile sam build runs for AdbcLayer, for this architecture
+        (the same hash-pinned lock: it pins every platform's wheels)."""
+        make = shutil.which("make")
+        if not make:
+            raise SamLocalError("building the local ADBC layer needs `make` (apt-get install make)")
+        print(
+            f"sam-local: building the local adbc layer ({folder / 'requirements.lock'})"
+            f" for {self.architecture} (once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        command = [
+            make, "--no-print-directory", "-C", str(folder), "build-AdbcLayer",
+            f"ARTIFACTS_DIR={target}", f"PLATFORM={ADBC_MACHINES[self.architecture]}",
+            f"PYTHON={sys.executable}",
+        ]  # fmt: skip
+        result = subprocess.run(  # noqa: S603 # nosec B603 - fixed argument list
+            command, capture_output=True, text=True, check=False, timeout=1800
+        )
+        if result.returncode != 0:
+            raise SamLocalError(
+                f"building the local ADBC layer failed (make, pip: needs PyPI or its cache once):"
+                f" {_tail(result.stderr or result.stdout)}"
             )
 
     def _seed(self, name: str, arn: str | None = None) -> str:
@@ -573,15 +617,16 @@ class LayerStore:
         with self.locked():
             self.aws_record.unlink(missing_ok=True)
 
-    def record_image(self, layers: LocalLayers) -> None:
-        """Remember the invoke image SAM builds for these layers (ours to prune later)."""
+    def record_image(self, arns: list[str]) -> None:
+        """Remember the invoke image SAM builds for a function with these layers, in its order
+        (ours to prune later)."""
         with self.locked():
             record = self.root / "images.json"
             try:
                 images = json.loads(record.read_text())
             except (OSError, ValueError):
                 images = {}
-            images[invoke_image(self.architecture, layers.ordered)] = layers.ordered
+            images[invoke_image(self.architecture, arns)] = arns
             record.write_text(json.dumps(images, indent=1))
 
 
@@ -618,6 +663,27 @@ def declared_variables(template: Path) -> dict[str, set[str]]:
             props = resource.get("Properties") or {}
             own = ((props.get("Environment") or {}).get("Variables")) or {}
             out[name] = common | set(own)
+    return out
+
+
+def function_layers(template: Path) -> dict[str, list[str]]:
+    """Each function's layers as kinds of ``LAYER_PARAMETERS``, in its ``Layers`` order: an
+    entry is of the kind whose ARN parameter it names (``!Ref`` or the local branch of an
+    ``!If``). SAM names a function's invoke image after its layers in this order."""
+    by_parameter = {parameter: kind for kind, parameter in LAYER_PARAMETERS.items()}
+    data = yaml.load(template.read_text(), Loader=_CfnLoader)  # noqa: S506 # nosec B506 - SafeLoader subclass
+
+    def kind_of(entry: object) -> str:
+        named = set(by_parameter) & set(re.findall(r"[A-Za-z0-9]+", json.dumps(entry)))
+        if len(named) != 1:
+            raise SamLocalError(f"a function layer names no single layer parameter: {entry!r}")
+        return by_parameter[named.pop()]
+
+    out = {}
+    for name, resource in (data.get("Resources") or {}).items():
+        if resource.get("Type") == "AWS::Serverless::Function":
+            layers = (resource.get("Properties") or {}).get("Layers") or []
+            out[name] = [kind_of(entry) for entry in layers]
     return out
 
 
@@ -669,8 +735,9 @@ def sam_environment(sts_endpoint: str) -> dict[str, str]:
 
 
 def sam_build(sam: Path, repo: Path, build_dir: Path, env: Mapping[str, str]) -> Path:
-    """``sam build`` of the checkout into ``build_dir`` (copies only: offline, ~1-2 s), so the
-    containers run exactly the code of this checkout."""
+    """``sam build`` of the checkout into ``build_dir`` (copies, plus the Makefiles of the
+    Iceberg function and the ADBC layer: pinned wheels from pip's cache after the first run;
+    a few seconds), so the containers run exactly the code of this checkout."""
     result = subprocess.run(  # noqa: S603 # nosec B603 - fixed argument list
         [str(sam), "build", "--template-file", str(repo / "template.yaml"),
          "--build-dir", str(build_dir)],
@@ -759,6 +826,7 @@ class SamLocal(contextlib.AbstractContextManager):
         """The checkout built into the invoker's own build directory, and its local layers."""
         self.template = sam_build(self.sam, self.repo, self.state / "build", self.sam_env)
         self.declared = declared_variables(self.template)
+        self.function_layers = function_layers(self.template)
         missing = [f for f in FUNCTIONS.values() if f not in self.declared]
         if missing or not all("AWS_ENDPOINT_URL" in v for v in self.declared.values()):
             raise SamLocalError(
@@ -913,7 +981,7 @@ class SamLocal(contextlib.AbstractContextManager):
         timeout = FUNCTION_TIMEOUT_SECONDS[stage] + INVOKE_MARGIN_SECONDS
         started = time.monotonic()
         out, err, returncode = self._run(self.command(stage, event_path), timeout)
-        self.store.record_image(self.layers)
+        self.store.record_image(self.layers.ordered(self.function_layers[FUNCTIONS[stage]]))
         logger.debug(
             "sam local invoke",
             extra={"stage": stage, "seconds": round(time.monotonic() - started, 2)},
