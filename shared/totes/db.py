@@ -294,6 +294,9 @@ def _connect_once(
         kwargs["startup_params"] = {"search_path": search_path_setting(search_path)}
     if creds.unix_socket_dir:
         kwargs["unix_sock"] = os.path.join(creds.unix_socket_dir, f".s.PGSQL.{creds.port}")
+        # No TLS on a Unix socket; pg8000 would otherwise build a default SSL context (the
+        # system's CA store, ~25 ms of CPU) and ask the server for TLS on every connection.
+        kwargs["ssl_context"] = False
     else:
         # pg8000 reads ssl_context=None as "try TLS unverified, else plaintext", so no TLS
         # (loopback, or an explicit sslmode=disable) must be said with False.

@@ -77,10 +77,24 @@ def test_a_tcp_connection_sends_without_nagle_delay(warehouse_db):
             con.close()
 
 
-def test_a_unix_socket_connection_is_left_alone(warehouse_db):
+def test_a_unix_socket_connection_is_left_alone(warehouse_db, monkeypatch):
+    """No Nagle option, and no TLS attempt: pg8000 left to itself builds a default SSL context
+    (the system's CA store) and asks the server for TLS on every connection, a Unix socket's
+    included, which the server always refuses there."""
+    import ssl
+
+    contexts: list[object] = []
+    real = ssl.create_default_context
+
+    def counted(*args, **kwargs):
+        contexts.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
     con = connect(warehouse_db, timeout=10)
     try:
         assert con._usock.family == socket.AF_UNIX
+        assert contexts == []
     finally:
         con.close()
 
