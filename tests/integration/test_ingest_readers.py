@@ -28,7 +28,6 @@ from totes.lake import Manifest
 from totes.source.model import TABLES, TABLES_BY_NAME
 from totes.stages.ingest_batch import ingest
 
-
 # Every test here runs once per reader driver (pg8000, ADBC).
 pytestmark = pytest.mark.usefixtures("reader_driver")
 
@@ -105,7 +104,16 @@ def test_a_multi_batch_capture_reads_each_large_table_once_and_writes_the_same_b
         assert again == (0 if table.name in read_once else len(manifests)), table.name
 
 
-def test_readers_see_the_runs_snapshot_and_nothing_committed_after_it(source, pg_connect):
+def reader_session(driver: str, source):
+    """A reader's session of ``driver``, as the ingest stage opens it."""
+    if driver == "adbc":
+        return adbc.connect(source, "totes-ingest-reader")
+    return connect(source, application_name="totes-ingest-reader")
+
+
+def test_readers_see_the_runs_snapshot_and_nothing_committed_after_it(
+    source, pg_connect, reader_driver
+):
     writer = pg_connect(source)
     con = connect(source)
     try:
@@ -121,7 +129,7 @@ def test_readers_see_the_runs_snapshot_and_nothing_committed_after_it(source, pg
             snapshot_id = export(con)
             late = insert_sales_orders(writer, 3)  # committed after the run's snapshot
 
-            other = connect(source)
+            other = reader_session(reader_driver, source)
             try:
                 with imported(other, snapshot_id):
                     [[theirs, count]] = other.run(
@@ -134,11 +142,12 @@ def test_readers_see_the_runs_snapshot_and_nothing_committed_after_it(source, pg
             pieces = [Piece(None, middle, 0), Piece(middle, None, 0)]
             reader = readers.TableReader(
                 TABLES_BY_NAME["sales_order"],
-                lambda: connect(source),
+                lambda: reader_session(reader_driver, source),
                 snapshot_id,
                 capture.Selection(capture.EVERYTHING),
                 pieces,
                 500,
+                reader_driver,
             ).start()
             try:
                 first = pa.concat_tables(list(reader.piece(0)))
@@ -211,10 +220,14 @@ def test_a_readers_failure_fails_the_run_naming_its_table_before_its_batch_is_wr
     stack, source, lake, pg_connect, monkeypatch, reader_driver
 ):
     monkeypatch.setattr(
-        readers, "run_copy_sql", lambda t: f"COPY (SELECT no_such_column FROM {t.name}) TO STDOUT"
+        readers,
+        "run_copy_sql",
+        lambda t: f"COPY (SELECT no_such_column FROM {t.name}) TO STDOUT",  # noqa: S608
     )
     monkeypatch.setattr(
-        readers, "run_selection_sql", lambda t: f"SELECT no_such_column FROM {t.name}"
+        readers,
+        "run_selection_sql",
+        lambda t: f"SELECT no_such_column FROM {t.name}",  # noqa: S608
     )
     settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
 
@@ -268,7 +281,8 @@ def test_a_killed_reader_session_fails_the_run_naming_its_table_and_the_retry_lo
     written = [lake.get_manifest(k) for k in lake.manifest_keys()]
     assert written
     left = lake.latest_manifest()
-    assert left is not None and left.batch_id == max(m.batch_id for m in written)
+    assert left is not None
+    assert left.batch_id == max(m.batch_id for m in written)
     assert left.extra["part"] < left.extra["parts"] - 1  # the run's last batch is not written
     assert left.extra["capture"]["resume"] is not None  # the rest is still to be read
     manifests = ingest(settings, source, lake.s3)

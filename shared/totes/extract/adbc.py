@@ -125,6 +125,21 @@ def _message(exc: BaseException, creds: DbCredentials) -> str:
     return text
 
 
+# libpq's words for SQLSTATE 28P01 / 28000 at login, which ADBC 1.13 reports without the code.
+_LOGIN_REFUSALS = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    'role "',  # role "x" does not exist
+)
+
+
+def _refused_login(exc: BaseException) -> bool:
+    if getattr(exc, "sqlstate", None) in AUTH_FAILURES:
+        return True
+    text = str(exc)
+    return "FATAL" in text and any(words in text for words in _LOGIN_REFUSALS)
+
+
 def connect(creds: DbCredentials, application_name: str) -> Session:
     """A reader's ADBC session (autocommit: transactions are the caller's statements).
     Failures become ``DatabaseUnavailable`` / ``AuthenticationFailed`` naming the database,
@@ -135,7 +150,7 @@ def connect(creds: DbCredentials, application_name: str) -> Session:
         try:
             return Session(dbapi.connect(libpq_uri(c, application_name), autocommit=True))
         except Exception as exc:
-            if getattr(exc, "sqlstate", None) in AUTH_FAILURES:
+            if _refused_login(exc):
                 raise AuthenticationFailed(
                     f"authentication failed for user {c.user!r} on {c.where}"
                 ) from None
