@@ -43,6 +43,10 @@ DRIVERS = (ADBC, PG8000)
 _MODULE = "adbc_driver_postgresql.dbapi"
 # libpq's connect_timeout, in whole seconds (pg8000's connect timeout is 10 s too).
 CONNECT_TIMEOUT_SECONDS = 10
+# The size of the record batches ADBC reads a SELECT into (its statement option; the driver's
+# own default is 16 MB). Each reader holds a few of them (queued parts, the one being cast).
+BATCH_BYTES = 16 * 2**20
+_BATCH_BYTES_OPTION = "adbc.postgresql.batch_size_hint_bytes"
 # `:name` parameters of the statements the readers run (never inside `::`, which they avoid).
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -198,6 +202,7 @@ class Session:
         the reader closed, so the session can roll back at once instead of draining the rest."""
         cursor = self._connection.cursor()
         try:
+            cursor.adbc_statement.set_options(**{_BATCH_BYTES_OPTION: str(BATCH_BYTES)})
             cursor.execute(sql)
             reader = cursor.fetch_record_batch()
             try:
