@@ -220,3 +220,10 @@ def test_a_batch_of_other_columns_is_refused():
     batch = pa.RecordBatch.from_arrays([pa.array([1], pa.int32())], names=["id"])
     with pytest.raises(ValueError, match="returned 1 columns, the raw lake has 3"):
         adbc.conform(batch, SCHEMA, "t")
+
+
+def test_record_batches_follow_the_chunk_size_with_the_default_chunk_at_the_drivers_16_mib():
+    assert adbc.batch_bytes(100_000) == 16 * 2**20  # INGEST_CHUNK_ROWS' default
+    assert adbc.batch_bytes(5_000_000) == 16 * 2**20
+    assert adbc.batch_bytes(50_000) == 50_000 * adbc.BATCH_BYTES_PER_ROW
+    assert adbc.batch_bytes(5_000) == 2**20

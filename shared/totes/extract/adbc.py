@@ -43,10 +43,22 @@ DRIVERS = (ADBC, PG8000)
 _MODULE = "adbc_driver_postgresql.dbapi"
 # libpq's connect_timeout, in whole seconds (pg8000's connect timeout is 10 s too).
 CONNECT_TIMEOUT_SECONDS = 10
-# The size of the record batches ADBC reads a SELECT into (its statement option; the driver's
-# own default is 16 MB). Each reader holds a few of them (queued parts, the one being cast).
+# The size of the record batches ADBC reads a SELECT into (its statement option, in bytes),
+# derived from the run's chunk size (``INGEST_CHUNK_ROWS``, the operator's memory knob):
+# BATCH_BYTES_PER_ROW per chunk row, within [MIN_BATCH_BYTES, BATCH_BYTES]. The default 100,000
+# rows get the driver's own default, 16 MiB (measured fastest; docs/ingest.md); each reader
+# holds a few batches (queued parts, the one being cast), so smaller chunks mean less memory.
 BATCH_BYTES = 16 * 2**20
+MIN_BATCH_BYTES = 2**20
+BATCH_BYTES_PER_ROW = 168
 _BATCH_BYTES_OPTION = "adbc.postgresql.batch_size_hint_bytes"
+
+
+def batch_bytes(chunk_rows: int) -> int:
+    """The record batch size for chunks of ``chunk_rows`` rows (see ``BATCH_BYTES``)."""
+    return max(MIN_BATCH_BYTES, min(BATCH_BYTES, chunk_rows * BATCH_BYTES_PER_ROW))
+
+
 # `:name` parameters of the statements the readers run (never inside `::`, which they avoid).
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -196,13 +208,14 @@ class Session:
         return [list(row) for row in self._cursor.fetchall()]
 
     @contextlib.contextmanager
-    def stream(self, sql: str) -> Iterator[pa.RecordBatchReader]:
-        """The record batches of SELECT ``sql`` (binary COPY under the hood), read as they are
-        taken. If the caller stops early or fails, the statement is cancelled on the server and
-        the reader closed, so the session can roll back at once instead of draining the rest."""
+    def stream(self, sql: str, batch_size: int = BATCH_BYTES) -> Iterator[pa.RecordBatchReader]:
+        """The record batches of SELECT ``sql`` (binary COPY under the hood) of about
+        ``batch_size`` bytes each, read as they are taken. If the caller stops early or fails,
+        the statement is cancelled on the server and the reader closed, so the session can
+        roll back at once instead of draining the rest."""
         cursor = self._connection.cursor()
         try:
-            cursor.adbc_statement.set_options(**{_BATCH_BYTES_OPTION: str(BATCH_BYTES)})
+            cursor.adbc_statement.set_options(**{_BATCH_BYTES_OPTION: str(batch_size)})
             cursor.execute(sql)
             reader = cursor.fetch_record_batch()
             try:

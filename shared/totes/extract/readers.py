@@ -16,7 +16,7 @@ read is).
 A reader's session is pg8000 (``COPY`` csv parsed into Arrow by ``stream``'s CSV sink) or ADBC
 (``extract.adbc``: the same selection as Arrow record batches through binary COPY, cast to
 the same raw schema); the run chooses one driver for all its readers (``adbc.choose``). Both
-give the same rows, types and values (``tests/integration/test_ingest_readers.py``). A
+give the same rows, types and values (``tests/integration/test_ingest_reader_drivers.py``). A
 reader that fails fails the run with ``ReaderFailed`` naming its table and driver.
 """
 
@@ -53,7 +53,7 @@ _POLL_SECONDS = 0.1
 
 
 # What a reader's connect returns: a pg8000 session, or an ADBC one (``adbc.Session``).
-Session: TypeAlias = Connection | adbc.Session
+ReaderSession: TypeAlias = Connection | adbc.Session
 
 
 class _Stopped(Exception):
@@ -65,7 +65,7 @@ class _End:
     """No more rows."""
 
 
-def publish_bounds(con: Session, pieces: list[Piece]) -> None:
+def publish_bounds(con: ReaderSession, pieces: list[Piece]) -> None:
     """The first stamp of every piece but the first, for ``closure.run_copy_sql``."""
     bounds = [str(p.lo) for p in pieces[1:]]
     con.run(f"SELECT set_config('{PIECE_BOUNDS_SETTING}', :b, true)", b=text_array_literal(bounds))
@@ -88,7 +88,7 @@ class TableReader:
     def __init__(
         self,
         table: Table,
-        connect: Callable[[], Session],
+        connect: Callable[[], ReaderSession],
         snapshot_id: str,
         selection: capture.Selection,
         pieces: list[Piece],
@@ -148,9 +148,10 @@ class TableReader:
                 self._put(exc)
 
     def _stream_adbc(self, con: adbc.Session, schema: pa.Schema) -> None:
-        """The selection's record batches as ADBC reads them (about 16 MB each, the driver's
-        batch size hint; the GIL is released while it reads), each cast to ``schema``."""
-        with con.stream(run_selection_sql(self.table)) as batches:
+        """The selection's record batches as ADBC reads them (sized after the chunk rows,
+        ``adbc.batch_bytes``; the GIL is released while it reads), each cast to ``schema``."""
+        size = adbc.batch_bytes(self._chunk_rows)
+        with con.stream(run_selection_sql(self.table), size) as batches:
             for batch in batches:
                 self._hand_on(adbc.conform(batch, schema, self.table.name))
 
@@ -224,7 +225,7 @@ def chosen_tables(counts: Mapping[str, TableCounts], limit: int = MAX_READERS) -
 @contextlib.contextmanager
 def run_reads(
     con: Connection,
-    connect: Callable[[], Session],
+    connect: Callable[[], ReaderSession],
     selection: capture.Selection,
     pieces: list[Piece],
     counts: Mapping[str, TableCounts],

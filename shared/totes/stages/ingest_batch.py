@@ -72,7 +72,7 @@ def _session(creds: DbCredentials, application_name: str) -> Connection:
     return con
 
 
-def _reader_session(creds: DbCredentials, driver: str) -> readers.Session:
+def _reader_session(creds: DbCredentials, driver: str) -> readers.ReaderSession:
     """A reader's session of the run's driver. ADBC's libpq waits on a statement as long as it
     takes (no socket timeout to raise, unlike pg8000's); the function's timeout bounds it."""
     if driver == adbc.ADBC:
