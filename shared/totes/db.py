@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import pg8000
@@ -44,7 +44,8 @@ SSL_MODES = ("verify-full", "require", "disable")
 CERTS_DIR = Path(__file__).resolve().parent / "certs"
 RDS_BUNDLE = "rds-global-bundle.pem"
 RDS_HOST_SUFFIX = ".rds.amazonaws.com"
-_AUTH_FAILURES = {"28P01", "28000"}
+AUTH_FAILURES = frozenset({"28P01", "28000"})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -256,8 +257,15 @@ def connect(
     set for secrets), they are read again once, bypassing the cache; if the secret changed
     meanwhile (a rotation), the connection is tried once more with the new one.
     """
+    return with_rotation(creds, lambda c: _connect_once(c, application_name, timeout, search_path))
+
+
+def with_rotation(creds: DbCredentials, attempt: Callable[[DbCredentials], T]) -> T:
+    """``attempt(creds)``; when it raises ``AuthenticationFailed`` and the credentials can be
+    read again (``creds.refresh``), read them again once and, if the secret changed (a
+    rotation), attempt once more with the new ones. Shared by every driver's connect."""
     try:
-        return _connect_once(creds, application_name, timeout, search_path)
+        return attempt(creds)
     except AuthenticationFailed:
         if creds.refresh is None:
             raise
@@ -268,7 +276,7 @@ def connect(
         "database refused the cached credentials; the secret has changed (rotated), retrying",
         extra={"db": creds.where, "user": creds.user, "new_user": fresh.user},
     )
-    return _connect_once(replace(fresh, refresh=None), application_name, timeout, search_path)
+    return attempt(replace(fresh, refresh=None))
 
 
 def search_path_setting(schema: str) -> str:
@@ -362,7 +370,7 @@ def _release_sockets(exc: BaseException) -> None:
 def _refused(exc: DatabaseError, creds: DbCredentials) -> DatabaseUnavailable:
     """The server answered and said no: name an authentication failure as such."""
     code = exc.args[0].get("C") if exc.args and isinstance(exc.args[0], dict) else None
-    if code in _AUTH_FAILURES:
+    if code in AUTH_FAILURES:
         return AuthenticationFailed(
             f"authentication failed for user {creds.user!r} on {creds.where}"
         )

@@ -20,6 +20,11 @@ class AuthenticationFailed(DatabaseUnavailable):
     """The server refused the user or password (SQLSTATE 28P01 or 28000)."""
 
 
+class ReaderFailed(TotesError):
+    """One of a run's large-table readers (``extract.readers``) failed: names the table and
+    the driver; the run writes nothing more and its resume state stays where it was."""
+
+
 class SchemaDrift(TotesError):
     """A table or column the pipeline relies on is missing or has another type."""
 

@@ -61,6 +61,17 @@ RETENTION_DAYS = bounded_int(2, 36_500)
 READERS = bounded_int(0, 16)
 
 
+# The drivers a run's readers may use (``extract.adbc.DRIVERS``; unset: ADBC if importable).
+READER_DRIVERS = ("adbc", "pg8000")
+
+
+def reader_driver(raw: str) -> str:
+    value = raw.strip()
+    if value not in READER_DRIVERS:
+        raise ValueError(f"must be one of {', '.join(READER_DRIVERS)} (unset: adbc if installed)")
+    return value
+
+
 # A warehouse schema as operators create it (``CREATE SCHEMA name``, unquoted): lowercase
 # letters, digits and underscores. It still enters SQL only quoted (``totes.identifiers``).
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -89,6 +100,9 @@ class IngestSettings:
     # Tables a run of several batches reads once each on a session of its own (0: every
     # batch selects its rows of every table again, on the run's one session).
     readers: int = 4
+    # The readers' driver: "adbc" or "pg8000"; None: ADBC when it can be imported (our ADBC
+    # layer is attached), else pg8000 (``extract.adbc.choose``).
+    reader_driver: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> IngestSettings:
@@ -102,6 +116,7 @@ class IngestSettings:
             raw_retention_days=_read(env, "RAW_RETENTION_DAYS", RETENTION_DAYS, 30),
             iceberg_bucket=_read(env, "ICEBERG_BUCKET", str, None) or None,
             readers=_read(env, "INGEST_READERS", READERS, 4),
+            reader_driver=_read(env, "INGEST_READER_DRIVER", reader_driver, None),
         )
 
 

@@ -49,13 +49,17 @@ def committed_versions(con, fact: str) -> set:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("reader_driver", ["pg8000", "adbc"])  # the large tables' readers
 def test_a_simulator_and_a_late_commit_during_several_cycles_lose_and_double_nothing(
-    source_db, make_chain, pg_connect
+    source_db, make_chain, pg_connect, reader_driver
 ):
     source = pg_connect(source_db)
     generate(source, 150, seed=21)
     install_audit(source)
-    chain = make_chain(source_db, env={"INGEST_MAX_BATCH_ROWS": "300"})
+    chain = make_chain(
+        source_db,
+        env={"INGEST_MAX_BATCH_ROWS": "300", "INGEST_READER_DRIVER": reader_driver},
+    )
     stop = threading.Event()
     steps = []
 

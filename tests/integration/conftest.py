@@ -31,3 +31,16 @@ def log_lines(monkeypatch) -> io.StringIO:
     buffer = io.StringIO()
     monkeypatch.setattr(logger.registered_handler, "stream", buffer)
     return buffer
+
+
+@pytest.fixture(params=["pg8000", "adbc"])
+def reader_driver(request, monkeypatch) -> str:
+    """Runs the test once per driver of the large-table readers (``extract.adbc.choose``):
+    ``pg8000`` as a deployment without the ADBC layer gets it (the driver cannot be
+    imported), ``adbc`` as one with it (the default where it can)."""
+    from totes.extract import adbc
+
+    if request.param == "pg8000":
+        monkeypatch.setattr(adbc, "available", lambda: False)
+    assert adbc.choose(None) == request.param
+    return request.param

@@ -328,6 +328,7 @@ class CrashAfterManifests:
         return getattr(self.real, name)
 
 
+@pytest.mark.usefixtures("reader_driver")  # the readers read this run: both drivers
 def test_a_run_cut_short_between_batches_resumes_after_its_last_manifest(
     stack, source, lake, pg_connect
 ):

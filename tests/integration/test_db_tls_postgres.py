@@ -15,11 +15,14 @@ client, so verify-full by default), as a deployed stage reaches its database.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from tls_postgres import HOST, Pki, tls_postgres
 
 from totes.db import DbCredentials, connect
-from totes.errors import DatabaseUnavailable
+from totes.errors import AuthenticationFailed, DatabaseUnavailable
+from totes.extract import adbc
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +146,61 @@ def test_a_named_ca_that_did_not_sign_the_server_is_refused(legacy_server, other
     creds = legacy_server.creds(HOST, sslrootcert=str(other_pki.root))
     with pytest.raises(DatabaseUnavailable, match="certificate verify failed"):
         connect(creds, timeout=10)
+
+
+# ------------------------------------------------------------------ the readers' ADBC sessions
+
+
+def adbc_session_tls(creds: DbCredentials) -> bool:
+    """Whether the server sees an ADBC reader session (``extract.adbc``) as TLS."""
+    session = adbc.connect(creds, "totes-ingest-reader")
+    try:
+        [[ssl]] = session.run("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") or []
+        return bool(ssl)
+    finally:
+        session.close()
+
+
+def test_adbc_sessions_take_the_same_tls_as_pg8000_on_loopback(compliant_server, compliant_pki):
+    assert adbc_session_tls(compliant_server.creds("127.0.0.1")) is False
+    assert adbc_session_tls(compliant_server.creds("127.0.0.1", sslmode="require")) is True
+    secret = compliant_server.secret(
+        "localhost", sslmode="verify-full", sslrootcert=compliant_pki.root_pem
+    )
+    assert adbc_session_tls(DbCredentials.from_secret(secret)) is True
+
+
+def test_an_adbc_session_verifies_a_private_ca_named_in_the_secret(legacy_server, legacy_pki):
+    secret = legacy_server.secret(HOST, sslrootcert=legacy_pki.root_pem)
+    assert adbc_session_tls(DbCredentials.from_secret(secret)) is True
+
+
+def test_an_adbc_session_refuses_another_ca_and_the_wrong_host_name(
+    compliant_server, other_pki, legacy_server, legacy_pki
+):
+    another_ca = compliant_server.creds(HOST, sslrootcert=str(other_pki.root))
+    with pytest.raises(DatabaseUnavailable, match="certificate verify failed"):
+        adbc.connect(another_ca, "totes-ingest-reader")
+    wrong_name = legacy_server.creds(
+        "localhost", sslmode="verify-full", sslrootcert=str(legacy_pki.root)
+    )
+    with pytest.raises(DatabaseUnavailable, match=r"does not match host name|certificate"):
+        adbc.connect(wrong_name, "totes-ingest-reader")
+
+
+def test_an_adbc_session_encodes_odd_credentials_and_never_shows_the_password(
+    compliant_server, compliant_pki
+):
+    odd = "p@ss:w/rd?#%&= x'"
+    admin = connect(compliant_server.creds("127.0.0.1"), timeout=10)
+    try:
+        admin.run("CREATE ROLE \"odd@user\" LOGIN PASSWORD 'p@ss:w/rd?#%&= x'''")
+    finally:
+        admin.close()
+    creds = replace(compliant_server.creds("127.0.0.1"), user="odd@user", password=odd)
+    assert adbc_session_tls(creds) is False  # it connected: every character arrived intact
+
+    wrong = replace(creds, password=odd + "-wrong")
+    with pytest.raises(AuthenticationFailed, match="odd@user") as refused:
+        adbc.connect(wrong, "totes-ingest-reader")
+    assert odd not in str(refused.value)

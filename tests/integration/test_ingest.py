@@ -155,6 +155,7 @@ def changed_rows_in_window(tables: dict[str, pa.Table], manifest: Manifest) -> i
     return count
 
 
+@pytest.mark.usefixtures("reader_driver")  # the readers read this run: both drivers
 def test_a_large_backlog_splits_into_bounded_batches_at_timestamp_boundaries(
     stack, source, lake, pg_connect
 ):

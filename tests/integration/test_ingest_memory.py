@@ -18,7 +18,7 @@ CHUNK_ROWS = 5_000
 MAX_BATCH_ROWS = 50_000
 
 
-def ingest_in_child(creds, readers: int = 0) -> dict:
+def ingest_in_child(creds, readers: int = 0, driver: str = "pg8000") -> dict:
     out = subprocess.run(
         [
             sys.executable,
@@ -33,6 +33,8 @@ def ingest_in_child(creds, readers: int = 0) -> dict:
             str(MAX_BATCH_ROWS),
             "--readers",
             str(readers),
+            "--reader-driver",
+            driver,
         ],
         capture_output=True,
         text=True,
@@ -50,7 +52,7 @@ def test_peak_memory_stays_flat_while_the_source_grows_sixteenfold(fresh_db, pg_
 
     small_run = ingest_in_child(small)
     large_run = ingest_in_child(large)  # the per-piece path (no readers), like the small run
-    with_readers = ingest_in_child(large, readers=4)
+    with_readers = {d: ingest_in_child(large, readers=4, driver=d) for d in ("pg8000", "adbc")}
 
     assert large_run["rows"] > 16 * small_run["rows"] > 50 * CHUNK_ROWS
     assert large_run["batches"] >= 6
@@ -60,11 +62,15 @@ def test_peak_memory_stays_flat_while_the_source_grows_sixteenfold(fresh_db, pg_
     # 8-17 MB between runs on 3.11, once 32.4 MB on CI's 3.13), so the bound sits between the two.
     growth = large_run["peak_rss_growth_mb"] - small_run["peak_rss_growth_mb"]
     assert growth < 45, (small_run, large_run, growth)
-    # Readers (extract.readers) add a fixed few chunks and a 1 MiB block each, plus allocator
-    # arenas of their threads (measured 26-28 MB for four on an idle machine, 37-41 MB with
-    # other work alongside); holding a table would add ~80 MB. The run without readers peaked
-    # up to ~6 MB higher while the key sets were reduced by np.unique (keysets.distinct_sorted
-    # now sorts in place of it), which hid part of the readers' share: measured since, 41-46 MB.
-    extra = with_readers["peak_rss_growth_mb"] - large_run["peak_rss_growth_mb"]
-    assert with_readers["batches"] == large_run["batches"]
-    assert extra < 55, (large_run, with_readers)
+    # Readers (extract.readers) add a fixed few chunks and a 1 MiB block each (pg8000), or a
+    # few record batches sized after the chunk rows (ADBC, adbc.batch_bytes: 1 MiB here), plus
+    # allocator arenas of their threads: for four, measured 26-28 MB with pg8000 when the bound
+    # was set, 38.8-41.0 MB with pg8000 on 9ee6980 and 27-30 MB with ADBC on this machine later
+    # (3 runs each); 80 MB with ADBC's batches not scaled to the chunk (16 MiB), and holding a
+    # table would add ~80 MB too. The run without readers peaked up to ~6 MB higher while the
+    # key sets were reduced by np.unique (keysets.distinct_sorted sorts instead now), which hid
+    # part of the readers' share: pg8000 readers measured 41-46 MB since.
+    for driver, run in with_readers.items():
+        extra = run["peak_rss_growth_mb"] - large_run["peak_rss_growth_mb"]
+        assert run["batches"] == large_run["batches"], driver
+        assert extra < 55, (driver, large_run, run)

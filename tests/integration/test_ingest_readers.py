@@ -20,26 +20,40 @@ from ingest_support import (
 )
 
 from totes.db import connect
-from totes.extract import capture, closure, readers
+from totes.errors import ReaderFailed
+from totes.extract import adbc, capture, closure, readers
 from totes.extract.plan import Piece
 from totes.extract.snapshot import export, imported, snapshot
 from totes.lake import Manifest
 from totes.source.model import TABLES, TABLES_BY_NAME
 from totes.stages.ingest_batch import ingest
 
+# Every test here runs once per reader driver (pg8000, ADBC).
+pytestmark = pytest.mark.usefixtures("reader_driver")
+
 
 @pytest.fixture
 def statements(monkeypatch) -> list[str]:
-    """Every SQL text any session of the process runs (the readers' threads included)."""
+    """Every SQL text any session of the process runs (the readers' threads included), on
+    either driver."""
     seen: list[str] = []
-    real = pg8000.native.Connection.run
 
-    def spy(self, sql, *args, **kwargs):
-        seen.append(sql)
-        return real(self, sql, *args, **kwargs)
+    def spying(real):
+        def spy(self, sql, *args, **kwargs):
+            seen.append(sql)
+            return real(self, sql, *args, **kwargs)
 
-    monkeypatch.setattr(pg8000.native.Connection, "run", spy)
+        return spy
+
+    monkeypatch.setattr(pg8000.native.Connection, "run", spying(pg8000.native.Connection.run))
+    monkeypatch.setattr(adbc.Session, "run", spying(adbc.Session.run))
+    monkeypatch.setattr(adbc.Session, "stream", spying(adbc.Session.stream))
     return seen
+
+
+def read_whole_run(driver: str, table) -> str:
+    """The statement a reader of ``driver`` reads its table's rows of the whole run with."""
+    return closure.run_selection_sql(table) if driver == "adbc" else closure.run_copy_sql(table)
 
 
 def contents(lake, manifests: list[Manifest]) -> list[dict]:
@@ -71,7 +85,7 @@ def empty(lake) -> None:
 
 
 def test_a_multi_batch_capture_reads_each_large_table_once_and_writes_the_same_batches(
-    stack, source, lake, statements
+    stack, source, lake, statements, reader_driver
 ):
     settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
     per_batch = contents(lake, ingest(replace(settings, readers=0), source, lake.s3))
@@ -82,7 +96,7 @@ def test_a_multi_batch_capture_reads_each_large_table_once_and_writes_the_same_b
 
     assert len(manifests) >= 8
     assert contents(lake, manifests) == per_batch
-    read_once = {t.name for t in TABLES if statements.count(closure.run_copy_sql(t)) == 1}
+    read_once = {t.name for t in TABLES if statements.count(read_whole_run(reader_driver, t)) == 1}
     assert len(read_once) == readers.MAX_READERS
     assert {"sales_order", "payment"} <= read_once
     for table in TABLES:
@@ -90,7 +104,16 @@ def test_a_multi_batch_capture_reads_each_large_table_once_and_writes_the_same_b
         assert again == (0 if table.name in read_once else len(manifests)), table.name
 
 
-def test_readers_see_the_runs_snapshot_and_nothing_committed_after_it(source, pg_connect):
+def reader_session(driver: str, source):
+    """A reader's session of ``driver``, as the ingest stage opens it."""
+    if driver == "adbc":
+        return adbc.connect(source, "totes-ingest-reader")
+    return connect(source, application_name="totes-ingest-reader")
+
+
+def test_readers_see_the_runs_snapshot_and_nothing_committed_after_it(
+    source, pg_connect, reader_driver
+):
     writer = pg_connect(source)
     con = connect(source)
     try:
@@ -106,7 +129,7 @@ def test_readers_see_the_runs_snapshot_and_nothing_committed_after_it(source, pg
             snapshot_id = export(con)
             late = insert_sales_orders(writer, 3)  # committed after the run's snapshot
 
-            other = connect(source)
+            other = reader_session(reader_driver, source)
             try:
                 with imported(other, snapshot_id):
                     [[theirs, count]] = other.run(
@@ -119,11 +142,12 @@ def test_readers_see_the_runs_snapshot_and_nothing_committed_after_it(source, pg
             pieces = [Piece(None, middle, 0), Piece(middle, None, 0)]
             reader = readers.TableReader(
                 TABLES_BY_NAME["sales_order"],
-                lambda: connect(source),
+                lambda: reader_session(reader_driver, source),
                 snapshot_id,
                 capture.Selection(capture.EVERYTHING),
                 pieces,
                 500,
+                reader_driver,
             ).start()
             try:
                 first = pa.concat_tables(list(reader.piece(0)))
@@ -192,20 +216,78 @@ def test_a_run_that_fails_midway_stops_its_readers_and_closes_their_sessions(
     assert _no_reader_left(pg_connect, source)
 
 
-def test_a_readers_failure_fails_the_run_before_its_batch_is_written(
-    stack, source, lake, pg_connect, monkeypatch
+def test_a_readers_failure_fails_the_run_naming_its_table_before_its_batch_is_written(
+    stack, source, lake, pg_connect, monkeypatch, reader_driver
 ):
-    def broken(table):
-        return "COPY (SELECT no_such_column FROM sales_order) TO STDOUT"
-
-    monkeypatch.setattr(readers, "run_copy_sql", broken)
+    monkeypatch.setattr(
+        readers,
+        "run_copy_sql",
+        lambda t: f"COPY (SELECT no_such_column FROM {t.name}) TO STDOUT",  # noqa: S608
+    )
+    monkeypatch.setattr(
+        readers,
+        "run_selection_sql",
+        lambda t: f"SELECT no_such_column FROM {t.name}",  # noqa: S608
+    )
     settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
 
-    with pytest.raises(pg8000.native.DatabaseError, match="no_such_column"):
+    with pytest.raises(
+        ReaderFailed, match=rf"reader of (\w+) \({reader_driver}\) failed: .*no_such_column"
+    ) as failed:
         ingest(settings, source, lake.s3)
 
+    table = failed.value.args[0].split()[2]
+    assert table in {t.name for t in TABLES}
     assert lake.latest_manifest() is None
     assert _no_reader_left(pg_connect, source)
+
+
+class KillReadersAfterManifests(FailAfterManifests):
+    """An S3 client that, once ``allowed`` manifests are stored, terminates every reader's
+    session (as an operator or a failover would), mid-run."""
+
+    def __init__(self, real, allowed: int, killer):
+        super().__init__(real, allowed)
+        self.killer = killer
+        self.killed = 0
+
+    def put_object(self, **kwargs):
+        done = self.real.put_object(**kwargs)
+        if kwargs["Key"].startswith("manifests/"):
+            self.allowed -= 1
+            if self.allowed == 0:
+                [[self.killed]] = self.killer.run(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = 'totes-ingest-reader'"
+                    " AND datname = current_database()"
+                )
+        return done
+
+
+def test_a_killed_reader_session_fails_the_run_naming_its_table_and_the_retry_loses_nothing(
+    stack, source, lake, pg_connect, reader_driver
+):
+    """The readers' sessions die after the run's first batch: the run fails naming a read
+    table and its driver, writes no batch past the failure, leaves the resume state of the
+    last batch it wrote, and the next run picks up every row from there."""
+    settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
+    s3 = KillReadersAfterManifests(lake.s3, allowed=1, killer=pg_connect(source))
+
+    with pytest.raises(ReaderFailed, match=rf"reader of \w+ \({reader_driver}\) failed"):
+        ingest(settings, source, s3)
+
+    assert s3.killed == readers.MAX_READERS
+    assert _no_reader_left(pg_connect, source)
+    written = [lake.get_manifest(k) for k in lake.manifest_keys()]
+    assert written
+    left = lake.latest_manifest()
+    assert left is not None
+    assert left.batch_id == max(m.batch_id for m in written)
+    assert left.extra["part"] < left.extra["parts"] - 1  # the run's last batch is not written
+    assert left.extra["capture"]["resume"] is not None  # the rest is still to be read
+    manifests = ingest(settings, source, lake.s3)
+    assert manifests
+    assert versions_in_lake(lake) == versions_in_source(pg_connect(source))
 
 
 @pytest.mark.parametrize("bound", [1_000_000, 5_000])  # one piece; several, with readers

@@ -212,7 +212,12 @@ PIECE_BOUNDS_SETTING = "totes.piece_bounds"
 
 
 def run_copy_sql(table: Table) -> str:
-    """COPY of every row of ``table`` new for the published selection (all of the run's
+    """``run_selection_sql`` as a COPY (the pg8000 readers parse its CSV)."""
+    return _copy(run_selection_sql(table))
+
+
+def run_selection_sql(table: Table) -> str:
+    """The SELECT of every row of ``table`` new for the published selection (all of the run's
     pieces), each with the index of its piece (``width_bucket`` of its stamp against the
     published piece bounds, the first stamp of every piece but the first), in piece order:
     one read of the table for the whole run, which the client cuts into the pieces
@@ -220,7 +225,7 @@ def run_copy_sql(table: Table) -> str:
     more filtered scan would; reading the table once per piece costs P scans."""
     bounds = f"(SELECT CAST(current_setting('{PIECE_BOUNDS_SETTING}') AS timestamp[]))"
     piece = f"width_bucket({stamp('s')}, {bounds})"
-    return _copy(
+    return (
         f"SELECT {_lake_columns(table)}, {piece} AS {quote(PIECE_COLUMN)}"  # noqa: S608  # nosec B608
         f" FROM {quote(table.name)} s WHERE {is_new('s')} ORDER BY {quote(PIECE_COLUMN)}"
     )

@@ -12,6 +12,12 @@ piece through a small bounded queue, so memory stays at a few chunks per reader 
 writes batch after batch in order, manifest by manifest, exactly as before: the batches, the
 resume state after each and every capture invariant are unchanged (only how their rows are
 read is).
+
+A reader's session is pg8000 (``COPY`` csv parsed into Arrow by ``stream``'s CSV sink) or ADBC
+(``extract.adbc``: the same selection as Arrow record batches through binary COPY, cast to
+the same raw schema); the run chooses one driver for all its readers (``adbc.choose``). Both
+give the same rows, types and values (``tests/integration/test_ingest_reader_drivers.py``). A
+reader that fails fails the run with ``ReaderFailed`` naming its table and driver.
 """
 
 from __future__ import annotations
@@ -21,14 +27,21 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 import pyarrow as pa
 from pg8000.native import Connection
 
 from totes.db import close
-from totes.extract import capture, snapshot, stream
-from totes.extract.closure import PIECE_BOUNDS_SETTING, PIECE_COLUMN, run_copy_sql
+from totes.errors import ReaderFailed, TotesError
+from totes.extract import adbc, capture, snapshot, stream
+from totes.extract.closure import (
+    PIECE_BOUNDS_SETTING,
+    PIECE_COLUMN,
+    run_copy_sql,
+    run_selection_sql,
+)
 from totes.extract.plan import Piece, TableCounts, text_array_literal
 from totes.source.model import TABLES_BY_NAME, Table
 
@@ -37,6 +50,10 @@ MAX_READERS = 4
 # Items (parts of chunks) a reader may hold ready beyond the one being written.
 QUEUE_ITEMS = 2
 _POLL_SECONDS = 0.1
+
+
+# What a reader's connect returns: a pg8000 session, or an ADBC one (``adbc.Session``).
+ReaderSession: TypeAlias = Connection | adbc.Session
 
 
 class _Stopped(Exception):
@@ -48,7 +65,7 @@ class _End:
     """No more rows."""
 
 
-def publish_bounds(con: Connection, pieces: list[Piece]) -> None:
+def publish_bounds(con: ReaderSession, pieces: list[Piece]) -> None:
     """The first stamp of every piece but the first, for ``closure.run_copy_sql``."""
     bounds = [str(p.lo) for p in pieces[1:]]
     con.run(f"SELECT set_config('{PIECE_BOUNDS_SETTING}', :b, true)", b=text_array_literal(bounds))
@@ -71,13 +88,15 @@ class TableReader:
     def __init__(
         self,
         table: Table,
-        connect: Callable[[], Connection],
+        connect: Callable[[], ReaderSession],
         snapshot_id: str,
         selection: capture.Selection,
         pieces: list[Piece],
         chunk_rows: int,
+        driver: str = adbc.PG8000,
     ):
         self.table = table
+        self.driver = driver
         self._connect = connect
         self._snapshot_id = snapshot_id
         self._selection = selection
@@ -105,22 +124,36 @@ class TableReader:
                     capture.publish(con, capture.rebased(con, self._selection))
                     publish_bounds(con, self._pieces)
                     schema = self.table.lake_schema.append(pa.field(PIECE_COLUMN, pa.int32()))
-                    stream.copy_table(
-                        con,
-                        self.table,
-                        self._chunk_rows,
-                        self._hand_on,
-                        sql=run_copy_sql(self.table),
-                        schema=schema,
-                    )
+                    if isinstance(con, adbc.Session):
+                        self._stream_adbc(con, schema)
+                    else:
+                        stream.copy_table(
+                            con,
+                            self.table,
+                            self._chunk_rows,
+                            self._hand_on,
+                            sql=run_copy_sql(self.table),
+                            schema=schema,
+                        )
             finally:
-                close(con)
+                if isinstance(con, adbc.Session):
+                    con.close()
+                else:
+                    close(con)
             self._put(_End())
         except _Stopped:
             return
         except BaseException as exc:  # handed to the run, which raises it
             with contextlib.suppress(_Stopped):
                 self._put(exc)
+
+    def _stream_adbc(self, con: adbc.Session, schema: pa.Schema) -> None:
+        """The selection's record batches as ADBC reads them (sized after the chunk rows,
+        ``adbc.batch_bytes``; the GIL is released while it reads), each cast to ``schema``."""
+        size = adbc.batch_bytes(self._chunk_rows)
+        with con.stream(run_selection_sql(self.table), size) as batches:
+            for batch in batches:
+                self._hand_on(adbc.conform(batch, schema, self.table.name))
 
     def _hand_on(self, chunk: pa.Table) -> None:
         for item in _split_by_piece(chunk):
@@ -143,6 +176,10 @@ class TableReader:
             item, self._held = self._held, None
             return item
         got = self._queue.get()
+        if isinstance(got, Exception):
+            raise ReaderFailed(
+                f"reader of {self.table.name} ({self.driver}) failed: {_cause(got)}"
+            ) from got
         if isinstance(got, BaseException):
             raise got
         return got
@@ -168,6 +205,17 @@ class TableReader:
             self._thread.join(_POLL_SECONDS)
 
 
+def _cause(exc: Exception) -> str:
+    """What went wrong, for the operator: a totes error's own message, the server's message
+    of a pg8000 error (its args hold the fields), else the exception's type and text."""
+    if isinstance(exc, TotesError):
+        return str(exc)
+    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else None
+    if fields is not None and "M" in fields:
+        return f"{type(exc).__name__}: {fields.get('C', '')} {fields['M']}".replace("  ", " ")
+    return f"{type(exc).__name__}: {str(exc).strip()}"
+
+
 def chosen_tables(counts: Mapping[str, TableCounts], limit: int = MAX_READERS) -> list[Table]:
     """The tables worth a reader: the ``limit`` with the most new rows (any at all)."""
     ranked = sorted(((c.new, name) for name, c in counts.items() if c.new), reverse=True)
@@ -177,23 +225,25 @@ def chosen_tables(counts: Mapping[str, TableCounts], limit: int = MAX_READERS) -
 @contextlib.contextmanager
 def run_reads(
     con: Connection,
-    connect: Callable[[], Connection],
+    connect: Callable[[], ReaderSession],
     selection: capture.Selection,
     pieces: list[Piece],
     counts: Mapping[str, TableCounts],
     chunk_rows: int,
     limit: int = MAX_READERS,
+    driver: str = adbc.PG8000,
 ) -> Iterator[dict[str, TableReader]]:
     """Readers of the run's largest tables when the run has more than one piece (else none),
     started on the snapshot of ``con``'s transaction; stopped on the way out, whatever
-    happened."""
+    happened. ``connect`` opens a session of ``driver`` (``adbc.choose``)."""
     tables = chosen_tables(counts, limit) if len(pieces) > 1 and limit > 0 else []
     if not tables:
         yield {}
         return
     snapshot_id = snapshot.export(con)
     readers = {
-        t.name: TableReader(t, connect, snapshot_id, selection, pieces, chunk_rows) for t in tables
+        t.name: TableReader(t, connect, snapshot_id, selection, pieces, chunk_rows, driver)
+        for t in tables
     }
     try:
         for reader in readers.values():

@@ -34,7 +34,7 @@ from totes.db import (
     set_socket_timeout,
 )
 from totes.errors import TotesError
-from totes.extract import capture, keysets, plan, readers, stream
+from totes.extract import adbc, capture, keysets, plan, readers, stream
 from totes.extract.capture import CaptureState, KeySet, Resume
 from totes.extract.keysets import refresh as keysets_refresh
 from totes.extract.snapshot import check_schema, snapshot
@@ -70,6 +70,14 @@ def _session(creds: DbCredentials, application_name: str) -> Connection:
     con = connect(creds, application_name=application_name)
     set_socket_timeout(con, SOCKET_TIMEOUT_SECONDS)
     return con
+
+
+def _reader_session(creds: DbCredentials, driver: str) -> readers.ReaderSession:
+    """A reader's session of the run's driver. ADBC's libpq waits on a statement as long as it
+    takes (no socket timeout to raise, unlike pg8000's); the function's timeout bounds it."""
+    if driver == adbc.ADBC:
+        return adbc.connect(creds, "totes-ingest-reader")
+    return _session(creds, "totes-ingest-reader")
 
 
 def _write_batch(
@@ -152,6 +160,8 @@ def ingest_run(settings: IngestSettings, creds: DbCredentials, s3_client: BaseCl
     snapshot and capture time then advance), and every state it writes references key sets
     young enough to outlive the lake's lifecycle rules (``keysets.refresh``)."""
     lake = Lake(s3_client, settings.raw_bucket)
+    driver = adbc.choose(settings.reader_driver)
+    logger.append_keys(reader_driver=driver)
     con = _session(creds, "totes-ingest")
     run = IngestRun()
     try:
@@ -197,12 +207,13 @@ def ingest_run(settings: IngestSettings, creds: DbCredentials, s3_client: BaseCl
             run_reads = stack.enter_context(
                 readers.run_reads(
                     con,
-                    lambda: _session(creds, "totes-ingest-reader"),
+                    lambda: _reader_session(creds, driver),
                     selection,
                     pieces,
                     counts,
                     settings.chunk_rows,
                     settings.readers,
+                    driver,
                 )
             )
             for part, piece in enumerate(pieces):

@@ -109,18 +109,25 @@ class RssSampler:
         self.peak = max(self.peak, _rss_mb())
 
 
-def settings(max_batch_rows: int, chunk_rows: int, readers: int = 4) -> IngestSettings:
+def settings(
+    max_batch_rows: int, chunk_rows: int, readers: int = 4, reader_driver: str | None = None
+) -> IngestSettings:
     return IngestSettings(
         raw_bucket="bench",
         source_secret_id="unused",  # noqa: S106  # nosec B106 (a name; never read)
         max_batch_rows=max_batch_rows,
         chunk_rows=chunk_rows,
         readers=readers,
+        reader_driver=reader_driver,
     )
 
 
 def measure_ingest(
-    creds: DbCredentials, max_batch_rows: int, chunk_rows: int, readers: int = 4
+    creds: DbCredentials,
+    max_batch_rows: int,
+    chunk_rows: int,
+    readers: int = 4,
+    reader_driver: str | None = None,
 ) -> dict:
     """One first ingest run of everything: rows, batches, seconds and peak RSS growth."""
     from totes.stages.ingest_batch import ingest
@@ -128,7 +135,7 @@ def measure_ingest(
     s3 = ManifestOnlyS3()
     with RssSampler() as rss:
         started = time.perf_counter()
-        manifests = ingest(settings(max_batch_rows, chunk_rows, readers), creds, s3)
+        manifests = ingest(settings(max_batch_rows, chunk_rows, readers, reader_driver), creds, s3)
         seconds = time.perf_counter() - started
     rows = sum(sum(m.row_counts.values()) for m in manifests)
     return {
@@ -199,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-rows", type=int, default=100_000)
     parser.add_argument("--max-batch-rows", type=int, default=500_000)
     parser.add_argument("--readers", type=int, default=4, help="INGEST_READERS")
+    parser.add_argument(
+        "--reader-driver", choices=("adbc", "pg8000"), default=None, help="INGEST_READER_DRIVER"
+    )
     args = parser.parse_args(argv)
 
     if args.url:
@@ -224,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, creds: DbCredentials) -> dict:
     if args.mode == "memory":
-        return measure_ingest(creds, args.max_batch_rows, args.chunk_rows, args.readers)
+        return measure_ingest(
+            creds, args.max_batch_rows, args.chunk_rows, args.readers, args.reader_driver
+        )
     return throughput(creds, args.chunk_rows, args.max_batch_rows)
 
 
