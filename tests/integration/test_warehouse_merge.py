@@ -375,6 +375,51 @@ def test_every_fact_reference_column_is_checked(warehouse, fact, column, dim):
     assert set(_all_rows(warehouse).values()) == {0}
 
 
+@pytest.mark.parametrize(
+    ("fact", "column", "dim"),
+    [(f.name, column, dim) for f in FACTS for column, dim in f.references if dim != "dim_date"],
+)
+def test_a_reference_to_a_key_only_another_dimension_stages_still_fails(
+    warehouse, fact, column, dim
+):
+    """The check trusts a dimension's staged keys once that dimension is merged (no probe of
+    its whole index): the trust must be the referenced dimension's own. A value staged (and
+    merged) in another dimension of the batch, absent from the referenced one, is dangling."""
+    tables = star_batch(sales=20, purchases=20, payments_=20, seed=4)
+    other = "dim_design" if dim == "dim_transaction" else "dim_transaction"
+    other_key = STAR_TABLES_BY_NAME[other].key
+    rows = tables[other].to_pylist()
+    rows.append({**rows[0], other_key: 888_888})
+    tables[other] = pa.Table.from_pylist(rows, schema=tables[other].schema)
+    tables[fact] = changed(tables[fact], 3, EPOCH, **{column: 888_888})
+    with pytest.raises(LoadFailed) as failure:
+        load(warehouse, "bad", tables)
+    assert str(failure.value) == (
+        f"batch bad: table {fact}: {column} references 1 {dim} row(s) that are neither in"
+        " the warehouse nor in the batch, e.g. ['888888']"
+    )
+    assert set(_all_rows(warehouse).values()) == {0}
+
+
+def test_staged_dimension_keys_are_trusted_only_for_dimensions_already_merged(warehouse):
+    """``check_staged_references`` probes a value against the whole dimension unless the
+    caller says that dimension's staged rows are merged: a staged key alone proves nothing."""
+    tables = star_batch(sales=5, purchases=5, payments_=5, seed=6)
+    payments = changed(tables["fact_payment"], 1, EPOCH, transaction_id=777_777)
+    transactions = tables["dim_transaction"].to_pylist()
+    transactions.append({**transactions[0], "transaction_id": 777_777})
+    staged_transactions = pa.Table.from_pylist(transactions, tables["dim_transaction"].schema)
+    load(warehouse, "dims", {k: v for k, v in tables.items() if not k.startswith("fact")})
+    fact_payment = STAR_TABLES_BY_NAME["fact_payment"]
+    warehouse.run("BEGIN")
+    staging.stage(warehouse, STAR_TABLES_BY_NAME["dim_transaction"], staged_transactions)
+    staging.stage(warehouse, fact_payment, payments)
+    with pytest.raises(LoadFailed, match=r"transaction_id references 1 dim_transaction .*777777"):
+        facts.check_staged_references(warehouse, "b", fact_payment)
+    facts.check_staged_references(warehouse, "b", fact_payment, merged=["dim_transaction"])
+    warehouse.run("ROLLBACK")
+
+
 def test_a_constraint_violation_rolls_back_and_names_table_and_column(warehouse, batches):
     tables = dict(batches["b1"])
     tables["dim_staff"] = changed(tables["dim_staff"], 4, EPOCH, email_address=None)

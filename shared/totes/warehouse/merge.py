@@ -109,7 +109,12 @@ def load_batch(con: Connection, manifest: Manifest, tables: dict[str, pa.Table])
                 step = ("parking", table.name)
                 parked = parking.park(con, batch, capture.seq, table, capture.set_aside)
                 step = ("merging", table.name)
-                merged = facts.merge_fact(con, batch, capture.seq, table, staged, rewrite)
+                # Every dimension precedes the facts in STAR_TABLES: those of this batch are
+                # merged by now, so their staged keys are in the warehouse.
+                dims = [name for name in results if STAR_TABLES_BY_NAME[name].kind != "fact"]
+                merged = facts.merge_fact(
+                    con, batch, capture.seq, table, staged, rewrite, merged=dims
+                )
                 results[table.name] = merged.plus(parked=parked)
             elif table.name == "dim_date":
                 step = ("merging", table.name)
