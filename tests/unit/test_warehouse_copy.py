@@ -11,9 +11,11 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
+from totes.lake import table_to_parquet_bytes
 from totes.star.model import STAR_TABLES, STAR_TABLES_BY_NAME
 from totes.warehouse.binary_copy import HEADER, TRAILER, Unencodable, copy_stream, encode_rows
-from totes_tools.warehouse.synthetic import calendar
+from totes_tools.warehouse.csv_copy import csv_chunks
+from totes_tools.warehouse.synthetic import calendar, star_batch, with_calendar
 
 PG_EPOCH = dt.datetime(2000, 1, 1)
 
@@ -152,6 +154,24 @@ def test_a_type_without_an_encoding_is_refused_naming_the_column():
         encode_rows(pa.record_batch({"f": pa.array([1.5])}))
 
 
+def test_the_benchs_csv_keeps_empty_strings_apart_from_nulls_and_keeps_milliseconds():
+    """The bench's COPY FROM floor streams CSV (``csv_copy``, the staging format before)."""
+    table = pa.table(
+        {
+            "s": pa.array(["a", "", None, 'x"y,z'], pa.string()),
+            "t": pa.array([36_000_123, None, 0, 1], pa.time32("ms")),
+            "n": pa.array([Decimal("1.50"), None, Decimal("-2.00"), Decimal("0.01")]).cast(
+                pa.decimal128(10, 2)
+            ),
+        }
+    )
+    chunks = list(csv_chunks(table, rows=3))
+    assert [c.decode().splitlines() for c in chunks] == [
+        ['"a",10:00:00.123,1.50', '"",,', ",00:00:00.000,-2.00"],
+        ['"x""y,z",00:00:00.001,0.01'],
+    ]
+
+
 def test_the_synthetic_calendar_follows_the_warehouse_conventions():
     days = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(400)]
     table = calendar(pa.array([*days[::-1], None], pa.date32()))
@@ -170,3 +190,30 @@ def test_the_synthetic_calendar_follows_the_warehouse_conventions():
         }
         for d in days
     ]
+
+
+def test_encoding_a_batch_with_nulls_of_every_type_never_imports_pandas(tmp_path):
+    """Arrow converts Python scalars (``fill_null(0)``, ``pa.scalar``) through its pandas shim:
+    0.15-0.2 s of a cold load stage, which the load avoids (docs/load.md "Per-batch
+    overhead"). The encoder reads NULLs from the buffers instead. The rows (synthetic values
+    and a row of NULLs per star table) are read from Parquet as the load reads them."""
+    from test_lake import fresh_interpreter_prints
+
+    batch = with_calendar(star_batch(sales=3, purchases=3, payments_=3, seed=2))
+    for table in STAR_TABLES:
+        nulls = pa.Table.from_pylist([{}], schema=table.arrow_schema)
+        rows = pa.concat_tables([batch[table.name], nulls])
+        rows = rows.cast(pa.schema([f.with_nullable(True) for f in rows.schema]))
+        (tmp_path / f"{table.name}.parquet").write_bytes(table_to_parquet_bytes(rows))
+    code = (
+        "import pathlib, sys\n"
+        "from totes.lake import parquet_bytes_to_table\n"
+        "from totes.warehouse.binary_copy import copy_stream\n"
+        f"for path in pathlib.Path({str(tmp_path)!r}).glob('*.parquet'):\n"
+        "    table = parquet_bytes_to_table(path.read_bytes())\n"
+        "    assert table.num_rows > 1 and table.column(1).null_count >= 1, path\n"
+        "    assert len(b''.join(copy_stream(table))) > 100, path\n"
+        "print('pandas' in sys.modules, flush=True)\n"
+        "import os; os._exit(0)\n"
+    )
+    assert fresh_interpreter_prints(code) == "False"

@@ -36,7 +36,10 @@ import pyarrow.compute as pc
 HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 TRAILER = (-1).to_bytes(2, "big", signed=True)
 CHUNK_ROWS = 65_536
-_NOTHING = pa.scalar(b"", pa.large_binary())  # the separator of a row's pieces
+# The separator of a row's pieces: b"" (built from buffers: ``pa.scalar`` imports pandas).
+_NOTHING = pa.Array.from_buffers(
+    pa.large_binary(), 1, [None, pa.py_buffer(np.zeros(2, np.int64)), pa.py_buffer(b"")]
+)[0]
 
 _UNIX_TO_PG_DAYS = 10_957  # 1970-01-01 -> 2000-01-01
 _UNIX_TO_PG_SECONDS = _UNIX_TO_PG_DAYS * 86_400
@@ -113,7 +116,11 @@ def _encode(batch: pa.RecordBatch) -> bytes:
     run: list[Field] = [(">i2", batch.num_columns)]
     for name, column in zip(batch.schema.names, batch.columns, strict=True):
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            lengths = pc.binary_length(column).fill_null(-1).to_numpy().astype(np.int32)
+            wide = pa.types.is_large_string(column.type)
+            ends = _raw(column, np.int64 if wide else np.int32, extra=1, masked=False)
+            lengths = np.diff(ends)
+            if column.null_count:
+                lengths = np.where(_valid(column), lengths, -1)
             run.append((">i4", lengths))
             pieces += [_run_array(run, n), column.cast(pa.large_binary())]
             run = []
@@ -123,7 +130,7 @@ def _encode(batch: pa.RecordBatch) -> bytes:
         if not column.null_count:
             run += [(">i4", width), *fields]
             continue
-        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        valid = _valid(column)
         run.append((">i4", np.where(valid, width, -1)))
         validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
         pieces += [_run_array(run, n), _with_validity(_run_array(fields, n), validity)]
@@ -177,42 +184,60 @@ def _fixed_fields(name: str, column: pa.Array) -> list[Field]:
     raise TypeError(f"column {name}: no binary COPY encoding for Arrow type {kind}")
 
 
-def _ints(column: pa.Array, kind: pa.DataType) -> npt.NDArray[np.int64]:
-    """The column's values as NumPy integers (0 for NULL) after a cast to ``kind``."""
-    values = column.cast(kind)
-    if values.null_count:
-        values = values.fill_null(0)
-    ints: npt.NDArray[np.int64] = values.to_numpy().astype(np.int64)
-    return ints
+def _valid(column: pa.Array) -> npt.NDArray[np.bool_]:
+    """Whether each value is not NULL, from the validity bitmap."""
+    bitmap = column.buffers()[0]
+    if bitmap is None:
+        return np.ones(len(column), np.bool_)
+    bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")
+    valid: npt.NDArray[np.bool_] = bits[column.offset : column.offset + len(column)].astype(bool)
+    return valid
+
+
+def _raw(
+    column: pa.Array, dtype: type[np.generic], extra: int = 0, masked: bool = True
+) -> npt.NDArray[Any]:
+    """The column's values buffer read as ``dtype`` (``extra`` more entries, for offsets), NULL
+    slots zeroed when ``masked``. Straight from the buffers: filling NULLs through Arrow
+    (``fill_null(0)``) converts a Python scalar, which imports pandas (0.15-0.2 s at a cold
+    start; ``unit/test_lake.py``)."""
+    start = column.offset
+    values = np.frombuffer(column.buffers()[1], dtype)[start : start + len(column) + extra]
+    if masked and column.null_count:
+        values = np.where(_valid(column), values, 0)
+    return values
 
 
 def _integer(kind: str) -> Callable[[str, pa.Array], list[Field]]:
     def encode(_name: str, column: pa.Array) -> list[Field]:
-        return [(kind, column.fill_null(0).to_numpy() if column.null_count else column.to_numpy())]
+        return [(kind, _raw(column, np.dtype(kind).newbyteorder("=").type))]
 
     return encode
 
 
 def _boolean(_name: str, column: pa.Array) -> list[Field]:
-    values = column.fill_null(False) if column.null_count else column
-    return [("u1", values.to_numpy(zero_copy_only=False).astype(np.uint8))]
+    bits = np.unpackbits(np.frombuffer(column.buffers()[1], np.uint8), bitorder="little")
+    values = bits[column.offset : column.offset + len(column)]
+    if column.null_count:
+        values = np.where(_valid(column), values, 0)
+    return [("u1", values)]
 
 
 def _date(_name: str, column: pa.Array) -> list[Field]:
-    return [(">i4", _ints(column, pa.int32()) - _UNIX_TO_PG_DAYS)]
+    return [(">i4", _raw(column, np.int32).astype(np.int64) - _UNIX_TO_PG_DAYS)]
 
 
 def _time(name: str, column: pa.Array) -> list[Field]:
     unit = column.type.unit
-    raw = _ints(column, pa.int32() if pa.types.is_time32(column.type) else pa.int64())
     if unit == "ns":  # exact only to the microsecond, as PostgreSQL's time
         raise TypeError(f"column {name}: no binary COPY encoding for Arrow type {column.type}")
-    return [(">i8", raw * _MICROS[unit])]
+    raw = _raw(column, np.int32 if pa.types.is_time32(column.type) else np.int64)
+    return [(">i8", raw.astype(np.int64) * _MICROS[unit])]
 
 
 def _timestamp(_name: str, column: pa.Array) -> list[Field]:
     scale = _MICROS[column.type.unit]
-    since_2000 = _ints(column, pa.int64()) - _UNIX_TO_PG_SECONDS * (1_000_000 // scale)
+    since_2000 = _raw(column, np.int64) - _UNIX_TO_PG_SECONDS * (1_000_000 // scale)
     return [(">i8", since_2000 * scale)]
 
 
@@ -222,9 +247,10 @@ def _numeric(_name: str, column: pa.Array) -> list[Field]:
     precision: ``ceil((p - s) / 4)`` integer groups, ``ceil(s / 4)`` fraction groups."""
     kind = column.type
     precision, scale = kind.precision, kind.scale
-    values = column.fill_null(0) if column.null_count else column
-    words = np.frombuffer(values.buffers()[1], np.int64)[2 * values.offset :][: 2 * len(values)]
+    words = np.frombuffer(column.buffers()[1], np.int64)[2 * column.offset :][: 2 * len(column)]
     low = words[0::2]  # little-endian 128-bit, low word first; |value| < 10**18 (checked)
+    if column.null_count:
+        low = np.where(_valid(column), low, 0)
     magnitude = np.abs(low)
     whole, fraction = np.divmod(magnitude, 10**scale)
     int_groups = max(-(-(precision - scale) // 4), 1)
