@@ -154,6 +154,17 @@ def test_a_type_without_an_encoding_is_refused_naming_the_column():
         encode_rows(pa.record_batch({"f": pa.array([1.5])}))
 
 
+def test_the_stream_refuses_before_its_first_chunk_not_while_pg8000_sends_it():
+    """An exception raised by the stream while pg8000 sends a COPY leaves the connection
+    unusable: every refusal comes when the stream is made, before COPY starts."""
+    with pytest.raises(Unencodable, match="column stamp"):
+        copy_stream(pa.table({"stamp": pa.array([2**62], pa.timestamp("ms"))}))
+    with pytest.raises(TypeError, match="column f: no binary COPY encoding"):
+        copy_stream(pa.table({"f": pa.array([1.5])}))
+    with pytest.raises(TypeError, match="column t: no binary COPY encoding"):
+        copy_stream(pa.table({"t": pa.array([1], pa.time64("ns"))}))
+
+
 def test_the_benchs_csv_keeps_empty_strings_apart_from_nulls_and_keeps_milliseconds():
     """The bench's COPY FROM floor streams CSV (``csv_copy``, the staging format before)."""
     table = pa.table(
