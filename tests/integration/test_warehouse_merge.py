@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import struct
 import threading
 from datetime import date, timedelta
 
@@ -14,7 +15,7 @@ import pytest
 
 from totes.errors import LoadFailed
 from totes.star.model import FACTS, OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
-from totes.warehouse import facts, staging
+from totes.warehouse import binary_copy, facts, staging
 from totes.warehouse.merge import load_batch
 from totes.warehouse.migrations import migrate
 from totes.warehouse.results import LoadResult, TableResult
@@ -263,40 +264,65 @@ def _all_rows(con) -> dict[str, int]:
 def test_a_failing_copy_of_the_last_table_leaves_nothing_of_the_batch(
     warehouse, batches, monkeypatch
 ):
-    real = staging.csv_chunks
+    real = staging.copy_stream
 
     def broken_for_payments(data, *args):
-        if "payment_id" in data.column_names:
-            return iter([b"1,not-a-date\n"])
+        if "payment_id" in data.column_names:  # a row of one field where the table has more
+            return iter([binary_copy.HEADER, b"\x00\x01\x00\x00\x00\x01x", binary_copy.TRAILER])
         return real(data, *args)
 
-    monkeypatch.setattr(staging, "csv_chunks", broken_for_payments)
+    monkeypatch.setattr(staging, "copy_stream", broken_for_payments)
     with pytest.raises(LoadFailed) as failure:
         load(warehouse, "b1", batches["b1"])
     message = str(failure.value)
     assert message.startswith("batch b1: staging fact_payment failed: ")
     assert "SQLSTATE" in message
     assert set(_all_rows(warehouse).values()) == {0}
-    monkeypatch.setattr(staging, "csv_chunks", real)
+    monkeypatch.setattr(staging, "copy_stream", real)
     assert load(warehouse, "b1", batches["b1"]).loaded
+
+
+def test_a_value_the_binary_copy_cannot_carry_fails_naming_table_and_column_and_leaves_nothing(
+    warehouse, batches
+):
+    payments = batches["b1"]["fact_payment"]
+    amounts = payments["payment_amount"].combine_chunks()
+    width = amounts.type.byte_width
+    words = bytearray(amounts.buffers()[1].to_pybytes())[
+        width * amounts.offset : width * (amounts.offset + len(amounts))
+    ]
+    words[:width] = struct.pack("<qq", 10**10, 0)  # 100000000.00: past NUMERIC(10,2), damaged
+    damaged = pa.Array.from_buffers(amounts.type, len(amounts), [None, pa.py_buffer(words)])
+    index = payments.schema.get_field_index("payment_amount")
+    tables = {
+        **batches["b1"],
+        "fact_payment": payments.set_column(index, "payment_amount", damaged),
+    }
+    with pytest.raises(LoadFailed) as failure:
+        load(warehouse, "b1", tables)
+    assert str(failure.value) == (
+        "batch b1: staging fact_payment failed: column payment_amount: a numeric value out of"
+        " the warehouse type's range"
+    )
+    assert set(_all_rows(warehouse).values()) == {0}
 
 
 def test_a_client_crash_mid_copy_leaves_nothing_of_the_batch(
     warehouse_db, warehouse, batches, monkeypatch, pg_connect
 ):
-    real = staging.csv_chunks
+    real = staging.copy_stream
 
     def crashing(data, *args):
         yield from real(data, *args)
         if "payment_id" in data.column_names:
             raise MemoryError("injected crash while streaming fact_payment")
 
-    monkeypatch.setattr(staging, "csv_chunks", crashing)
+    monkeypatch.setattr(staging, "copy_stream", crashing)
     with pytest.raises(MemoryError):
         load(warehouse, "b1", batches["b1"])
     with contextlib.suppress(Exception):  # broken mid-COPY: discarded, as the stage does
         warehouse.close()
-    monkeypatch.setattr(staging, "csv_chunks", real)
+    monkeypatch.setattr(staging, "copy_stream", real)
     con = pg_connect(warehouse_db)
     assert set(_all_rows(con).values()) == {0}
     assert load(con, "b1", batches["b1"]).loaded
@@ -347,6 +373,51 @@ def test_every_fact_reference_column_is_checked(warehouse, fact, column, dim):
         f"batch bad: table {fact}: {column} references 1 {dim} row(s) that are neither in"
     )
     assert set(_all_rows(warehouse).values()) == {0}
+
+
+@pytest.mark.parametrize(
+    ("fact", "column", "dim"),
+    [(f.name, column, dim) for f in FACTS for column, dim in f.references if dim != "dim_date"],
+)
+def test_a_reference_to_a_key_only_another_dimension_stages_still_fails(
+    warehouse, fact, column, dim
+):
+    """The check trusts a dimension's staged keys once that dimension is merged (no probe of
+    its whole index): the trust must be the referenced dimension's own. A value staged (and
+    merged) in another dimension of the batch, absent from the referenced one, is dangling."""
+    tables = star_batch(sales=20, purchases=20, payments_=20, seed=4)
+    other = "dim_design" if dim == "dim_transaction" else "dim_transaction"
+    other_key = STAR_TABLES_BY_NAME[other].key
+    rows = tables[other].to_pylist()
+    rows.append({**rows[0], other_key: 888_888})
+    tables[other] = pa.Table.from_pylist(rows, schema=tables[other].schema)
+    tables[fact] = changed(tables[fact], 3, EPOCH, **{column: 888_888})
+    with pytest.raises(LoadFailed) as failure:
+        load(warehouse, "bad", tables)
+    assert str(failure.value) == (
+        f"batch bad: table {fact}: {column} references 1 {dim} row(s) that are neither in"
+        " the warehouse nor in the batch, e.g. ['888888']"
+    )
+    assert set(_all_rows(warehouse).values()) == {0}
+
+
+def test_staged_dimension_keys_are_trusted_only_for_dimensions_already_merged(warehouse):
+    """``check_staged_references`` probes a value against the whole dimension unless the
+    caller says that dimension's staged rows are merged: a staged key alone proves nothing."""
+    tables = star_batch(sales=5, purchases=5, payments_=5, seed=6)
+    payments = changed(tables["fact_payment"], 1, EPOCH, transaction_id=777_777)
+    transactions = tables["dim_transaction"].to_pylist()
+    transactions.append({**transactions[0], "transaction_id": 777_777})
+    staged_transactions = pa.Table.from_pylist(transactions, tables["dim_transaction"].schema)
+    load(warehouse, "dims", {k: v for k, v in tables.items() if not k.startswith("fact")})
+    fact_payment = STAR_TABLES_BY_NAME["fact_payment"]
+    warehouse.run("BEGIN")
+    staging.stage(warehouse, STAR_TABLES_BY_NAME["dim_transaction"], staged_transactions)
+    staging.stage(warehouse, fact_payment, payments)
+    with pytest.raises(LoadFailed, match=r"transaction_id references 1 dim_transaction .*777777"):
+        facts.check_staged_references(warehouse, "b", fact_payment)
+    facts.check_staged_references(warehouse, "b", fact_payment, merged=["dim_transaction"])
+    warehouse.run("ROLLBACK")
 
 
 def test_a_constraint_violation_rolls_back_and_names_table_and_column(warehouse, batches):

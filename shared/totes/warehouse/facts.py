@@ -20,7 +20,7 @@ no lock stronger than ROW EXCLUSIVE on any star table, so BI readers never wait 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 from pg8000.native import Connection
 
@@ -56,12 +56,19 @@ PROBE_ABOVE_BATCHES = 2
 
 
 def merge_fact(
-    con: Connection, batch: str, seq: int, table: StarTable, staged: int, rewrite: bool = True
+    con: Connection,
+    batch: str,
+    seq: int,
+    table: StarTable,
+    staged: int,
+    rewrite: bool = True,
+    merged: Collection[str] = (),
 ) -> TableResult:
     """The staged facts' references checked set-based (naming missing ids), then their versions
     written with every index maintained. ``rewrite=False``: no stored version can be of an
-    older capture (``ledger.older_capture_loaded``), so the rewrite is skipped."""
-    check_staged_references(con, batch, table)
+    older capture (``ledger.older_capture_loaded``), so the rewrite is skipped. ``merged``:
+    the dimensions whose staged rows this transaction has merged (``check_staged_references``)."""
+    check_staged_references(con, batch, table, merged)
     with _index_probes(con, _much_larger_than_batch(con, table)):
         inserted, updated = merge_versions(
             con, table, batch_rows(table), rewrite=rewrite, batch=batch, seq=seq
@@ -107,13 +114,23 @@ def _index_probes(con: Connection, wanted: bool) -> Iterator[None]:
         )
 
 
-def check_staged_references(con: Connection, batch: str, table: StarTable) -> None:
+def check_staged_references(
+    con: Connection, batch: str, table: StarTable, merged: Collection[str] = ()
+) -> None:
     """Every reference of the staged facts must exist in its dimension (which this batch may
     just have filled). One statement and one pass over the staged rows: ``GROUPING SETS``, one
     set per referencing column, hashes the distinct values of every column at once; then, per
     referenced dimension, the values of its columns (the four date columns of a sales order are
     one set) are probed against the dimension's primary key. Only when one is missing do the
     per-column anti-joins run, to name the column and the ids in the error.
+
+    ``merged`` names the dimensions whose staged rows this transaction has already merged:
+    every key staged for such a dimension is in it (an upsert or insert-where-missing keeps
+    every key, a NULL key fails the merge, the load never deletes a dimension row), so a value
+    found among the batch's staged keys (one hash of the staged table) needs no probe of the
+    whole dimension's index; only the rest is probed. A backfill's payments reference the
+    transactions of their own batch: the `transaction_id` probe, one index lookup and heap
+    fetch per payment, was most of the check (docs/load.md "Alternatives measured (3)").
 
     Measured against one pass per dimension (docs/load.md "Alternatives measured (2)"): a
     300k-order backfill as one batch, the whole load 8.51 -> 7.95 s of server CPU."""
@@ -125,20 +142,31 @@ def check_staged_references(con: Connection, batch: str, table: StarTable) -> No
         by_dimension.setdefault(dim_name, []).append(column)
     columns = [column for column, _ in table.references]
     sets = ", ".join(f"({quote(c)})" for c in columns)
+    ctes = [
+        f"v AS MATERIALIZED (SELECT {quote_all(columns)} FROM {stage}"  # noqa: S608  # nosec B608
+        f" GROUP BY GROUPING SETS ({sets}))"
+    ]
     probes = []
-    for dim_name, referencing in by_dimension.items():
+    for i, (dim_name, referencing) in enumerate(by_dimension.items()):
         dim = STAR_TABLES_BY_NAME[dim_name]
         # A row of one column's grouping set has every other column NULL, so the COALESCE of
         # a dimension's columns is the value of whichever of them the row groups.
         value = f"COALESCE({', '.join(f'v.{quote(c)}' for c in referencing)})"
+        values = f"(SELECT {value} AS id FROM v WHERE {value} IS NOT NULL)"  # noqa: S608  # nosec B608
+        if dim_name in merged:
+            # Materialised, so computed whole by one hash anti-join against the staged keys;
+            # inside the EXISTS below the planner would pick a fast-start nested loop.
+            values = f"r{i}"
+            ctes.append(
+                f"r{i} AS MATERIALIZED (SELECT {value} AS id FROM v"  # noqa: S608  # nosec B608
+                f" WHERE {value} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM"
+                f" {quote(staging_name(dim))} b WHERE b.{quote(dim.key)} = {value}))"
+            )
         probes.append(
-            f"EXISTS (SELECT 1 FROM v WHERE {value} IS NOT NULL AND NOT EXISTS"  # noqa: S608  # nosec B608
-            f" (SELECT 1 FROM {quote(dim.name)} d WHERE d.{quote(dim.key)} = {value}))"
+            f"EXISTS (SELECT 1 FROM {values} AS r WHERE NOT EXISTS"  # noqa: S608  # nosec B608
+            f" (SELECT 1 FROM {quote(dim.name)} d WHERE d.{quote(dim.key)} = r.id))"
         )
-    [missing] = con.run(
-        f"WITH v AS MATERIALIZED (SELECT {quote_all(columns)} FROM {stage}"  # noqa: S608  # nosec B608
-        f" GROUP BY GROUPING SETS ({sets})) SELECT {', '.join(probes)}"
-    )
+    [missing] = con.run(f"WITH {', '.join(ctes)} SELECT {', '.join(probes)}")
     if not any(missing):
         return
     check_references(con, batch, table)  # raises naming the column and the ids

@@ -6,7 +6,7 @@ The steps, each in its own module:
   NOTHING``): a batch already in the ledger is acknowledged and skipped, and two concurrent
   deliveries of one batch load it once;
 - ``staging``: every table of the batch (and its deletions) bulk-copied (``COPY ... FROM
-  STDIN``, CSV written by Arrow) into a temporary staging table;
+  STDIN`` in PostgreSQL's binary format, ``binary_copy``) into a temporary staging table;
 - ``dimensions``: upserts that move only forward in commit order (the stored row changes only
   when the incoming ``(capture_seq, source_version[, oldest_version])`` is greater as a row),
   so batches applied in any order converge;
@@ -47,6 +47,7 @@ from totes.star.model import (
     StarTable,
 )
 from totes.warehouse import deletes, facts, ledger, parking
+from totes.warehouse.binary_copy import Unencodable
 from totes.warehouse.calendar import merge_calendar
 from totes.warehouse.dimensions import merge_dimension
 from totes.warehouse.results import LoadResult, TableResult
@@ -108,7 +109,12 @@ def load_batch(con: Connection, manifest: Manifest, tables: dict[str, pa.Table])
                 step = ("parking", table.name)
                 parked = parking.park(con, batch, capture.seq, table, capture.set_aside)
                 step = ("merging", table.name)
-                merged = facts.merge_fact(con, batch, capture.seq, table, staged, rewrite)
+                # Every dimension precedes the facts in STAR_TABLES: those of this batch are
+                # merged by now, so their staged keys are in the warehouse.
+                dims = [name for name in results if STAR_TABLES_BY_NAME[name].kind != "fact"]
+                merged = facts.merge_fact(
+                    con, batch, capture.seq, table, staged, rewrite, merged=dims
+                )
                 results[table.name] = merged.plus(parked=parked)
             elif table.name == "dim_date":
                 step = ("merging", table.name)
@@ -153,6 +159,10 @@ def load_batch(con: Connection, manifest: Manifest, tables: dict[str, pa.Table])
     except LoadFailed:
         _rollback(con)
         raise
+    except Unencodable as exc:  # names the column, never the value
+        _rollback(con)
+        what, table_name = step
+        raise LoadFailed(f"batch {batch}: {what} {table_name} failed: {exc}") from None
     except DatabaseError as exc:
         _rollback(con)
         what, table_name = step

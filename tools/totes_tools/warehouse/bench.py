@@ -28,6 +28,7 @@ from totes.db import DbCredentials, connect
 from totes.star.model import FACT_SALES_ORDER, SOURCE_VERSION, STAR_TABLES
 from totes.warehouse import ledger, merge, staging
 from totes.warehouse.migrations import migrate
+from totes_tools.warehouse.csv_copy import csv_chunks
 from totes_tools.warehouse.synthetic import (
     dimensions,
     processed_manifest,
@@ -63,7 +64,7 @@ def _raw_copy(con, facts: pa.Table) -> float:
     seconds = _timed(
         lambda: con.run(
             f"COPY bench_raw_copy ({columns}) FROM STDIN WITH (FORMAT csv)",
-            stream=staging.csv_chunks(facts),
+            stream=csv_chunks(facts),
         )
     )
     con.run("DROP TABLE bench_raw_copy")
