@@ -480,14 +480,7 @@ class LayerStore:
             "--platform", f"manylinux_2_28_{machine}", "--platform", f"manylinux2014_{machine}",
             "--target", str(target / "python"), "-c", str(lock), *requirements,
         ]  # fmt: skip
-        result = subprocess.run(  # noqa: S603 # nosec B603 - fixed argument list
-            command, capture_output=True, text=True, check=False, timeout=1800
-        )
-        if result.returncode != 0:
-            raise SamLocalError(
-                f"building a local layer failed (pip, needs PyPI or its cache once):"
-                f" {_tail(result.stderr)}"
-            )
+        _build(command, "building a local layer failed (pip, needs PyPI or its cache once)")
 
     def _make_adbc(self, target: Path, folder: Path) -> None:
         """The ADBC layer by the Makefile sam build runs for AdbcLayer, for this architecture
@@ -506,14 +499,10 @@ class LayerStore:
             f"ARTIFACTS_DIR={target}", f"PLATFORM={ADBC_MACHINES[self.architecture]}",
             f"PYTHON={sys.executable}",
         ]  # fmt: skip
-        result = subprocess.run(  # noqa: S603 # nosec B603 - fixed argument list
-            command, capture_output=True, text=True, check=False, timeout=1800
+        _build(
+            command,
+            "building the local ADBC layer failed (make, pip: needs PyPI or its cache once)",
         )
-        if result.returncode != 0:
-            raise SamLocalError(
-                f"building the local ADBC layer failed (make, pip: needs PyPI or its cache once):"
-                f" {_tail(result.stderr or result.stdout)}"
-            )
 
     def _seed(self, name: str, arn: str | None = None) -> str:
         """Link ``layers/<name>`` into SAM's cache under the name SAM looks ``arn`` up by
@@ -746,6 +735,15 @@ def sam_build(sam: Path, repo: Path, build_dir: Path, env: Mapping[str, str]) ->
     if result.returncode != 0:
         raise SamLocalError(f"sam build failed: {_tail(result.stderr or result.stdout)}")
     return build_dir / "template.yaml"
+
+
+def _build(command: list[str], failure: str) -> None:
+    """Run a layer build command; on failure raise ``failure`` with the end of its output."""
+    result = subprocess.run(  # noqa: S603 # nosec B603 - fixed argument list
+        command, capture_output=True, text=True, check=False, timeout=1800
+    )
+    if result.returncode != 0:
+        raise SamLocalError(f"{failure}: {_tail(result.stderr or result.stdout)}")
 
 
 def _tail(text: str, lines: int = 3) -> str:
