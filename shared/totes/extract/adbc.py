@@ -36,10 +36,9 @@ import pyarrow.compute as pc
 
 from totes.db import AUTH_FAILURES, DbCredentials, with_rotation
 from totes.errors import AuthenticationFailed, ConfigurationError, DatabaseUnavailable
+from totes.settings import READER_DRIVERS
 
-ADBC = "adbc"
-PG8000 = "pg8000"
-DRIVERS = (ADBC, PG8000)
+ADBC, PG8000 = DRIVERS = READER_DRIVERS  # the settings' names: INGEST_READER_DRIVER values
 _MODULE = "adbc_driver_postgresql.dbapi"
 # libpq's connect_timeout, in whole seconds (pg8000's connect timeout is 10 s too).
 CONNECT_TIMEOUT_SECONDS = 10
