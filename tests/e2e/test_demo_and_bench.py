@@ -122,6 +122,11 @@ def test_the_bench_reports_every_stage_baselines_and_ratios_as_json(tmp_path):
     floor = results["floor"]
     assert floor["copy_to"]["rows"] >= results["source_rows"]  # every source row, once
     assert floor["copy_from"]["rows"] == results["initial"]["load"]["rows"]
+    assert floor["copy_from_binary"]["rows"] == floor["copy_from"]["rows"]
+    assert results["floor_ratios"]["binary_floor_seconds"] == round(
+        floor["copy_to"]["seconds"] + floor["copy_from_binary"]["seconds"], 3
+    )
+    assert "the lower floor with a binary COPY FROM" in done.stdout
     replay = floor["load_replay"]
     assert replay["batches"]["rows"] == replay["one_batch"]["rows"] == floor["copy_from"]["rows"]
     assert replay["batches"]["batches"] == results["initial"]["load"]["batches"]

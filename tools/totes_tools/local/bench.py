@@ -63,6 +63,7 @@ from totes.observability import logger
 from totes.source.model import TABLES
 from totes.star.model import FACT_SALES_ORDER, SOURCE_VERSION, STAR_TABLES_BY_NAME
 from totes.warehouse import staging
+from totes.warehouse.binary_copy import copy_stream
 from totes_tools.local import cpu, pipeline
 from totes_tools.local.aws import StackNames, aws_environment, moto_server
 from totes_tools.local.bench_extract import RssSampler, _copy_rate, _fetch_rate
@@ -314,11 +315,17 @@ def _bare_table(name: str) -> str:
 
 
 def copy_from_floor(
-    warehouse: DbCredentials, postmaster: int | None, batches: list[tuple], rounds: int
+    warehouse: DbCredentials,
+    postmaster: int | None,
+    batches: list[tuple],
+    rounds: int,
+    binary: bool = False,
 ) -> dict:
-    """Every warehouse row of the initial load in once, as load staged it before the binary
-    format (Arrow-written CSV: the floor stays comparable with earlier runs, ``csv_copy``),
-    into empty unindexed copies of the star tables (no keys, no constraints)."""
+    """Every warehouse row of the initial load in once into empty unindexed copies of the star
+    tables (no keys, no constraints): as Arrow-written CSV (how load staged before the binary
+    format; the floor every earlier run's ratios used, ``csv_copy``), or with ``binary`` in
+    PostgreSQL's binary format as load stages now (``binary_copy``), the lower floor."""
+    fmt, chunks = ("binary", copy_stream) if binary else ("csv", csv_chunks)
     tables: dict[str, list] = {}
     for _, batch in batches:
         for name, table in batch.items():
@@ -346,8 +353,8 @@ def copy_from_floor(
                         con.run(
                             f"COPY {quote(_bare_table(name))}"
                             f" ({quote_all(staging.loaded_columns(star))})"
-                            " FROM STDIN WITH (FORMAT csv)",
-                            stream=csv_chunks(part.select(staging.loaded_columns(star))),
+                            f" FROM STDIN WITH (FORMAT {fmt})",
+                            stream=chunks(part.select(staging.loaded_columns(star))),
                         )
             measured.append(meter.as_dict(rows))
         for name in tables:
@@ -582,6 +589,8 @@ def floor_ratios(results: dict) -> dict:
     """The chain against its bare COPY floor (issue 16's goals), from a results document."""
     floor, initial = results["floor"], results["initial"]
     floor_seconds = floor["copy_to"]["seconds"] + floor["copy_from"]["seconds"]
+    binary = floor.get("copy_from_binary")
+    binary_floor = round(floor["copy_to"]["seconds"] + binary["seconds"], 3) if binary else None
     stage_sum = sum(r["seconds"] for r in initial.values())
     replay = floor.get("load_replay")
     small = results["incremental_small"]
@@ -596,6 +605,9 @@ def floor_ratios(results: dict) -> dict:
         "chain_pipelined_projected_vs_floor": ratio(
             sequential.get("projected_pipelined_s"), floor_seconds
         ),
+        # the same against the lower floor of a binary COPY FROM (as load stages now)
+        "binary_floor_seconds": binary_floor,
+        "chain_pipelined_wall_vs_binary_floor": ratio(piped.get("wall_s"), binary_floor),
         "pipelined_vs_sequential_wall": ratio(piped.get("wall_s"), sequential.get("wall_s")),
         # every batch size and mode measured: median wall / floor
         "initial_wall_vs_floor_by_batch_rows": [
@@ -653,6 +665,11 @@ def _print_floor(results: dict) -> None:
     for label, r in (
         ("COPY TO, every source row", floor["copy_to"]),
         ("COPY FROM, warehouse rows", floor["copy_from"]),
+        *(
+            [("COPY FROM binary, same rows", floor["copy_from_binary"])]
+            if floor.get("copy_from_binary")
+            else []
+        ),
     ):
         print(
             f"  {label:<28}{r['rows']:>12,} rows{r['seconds']:>9.2f} s{r['rows_per_s']:>11,} rows/s"
@@ -685,6 +702,11 @@ def _print_floor(results: dict) -> None:
             f" sequential run's per-batch times) / floor:"
             f" {ratios['chain_pipelined_projected_vs_floor']}"
         )
+        if ratios.get("chain_pipelined_wall_vs_binary_floor") is not None:
+            print(
+                "  the same pipelined / the lower floor with a binary COPY FROM (as load stages"
+                f" now): {ratios['chain_pipelined_wall_vs_binary_floor']} (wall)"
+            )
     print(f"  ingest rate / COPY TO rate: {ratios['ingest_rate_vs_copy_to_rate']}")
     print(f"  load rate / COPY FROM rate: {ratios['load_rate_vs_copy_from_rate']}")
     print(
@@ -899,6 +921,9 @@ def main(args) -> int:
         floor = {
             "copy_to": copy_to_floor(source, postmaster, floor_rounds),
             "copy_from": copy_from_floor(warehouse, postmaster, batches, floor_rounds),
+            "copy_from_binary": copy_from_floor(
+                warehouse, postmaster, batches, floor_rounds, binary=True
+            ),
             "load_replay": (
                 load_replay(fresh_warehouse, postmaster, batches) if fresh_warehouse else None
             ),
