@@ -15,7 +15,7 @@ import pytest
 
 from totes.errors import LoadFailed
 from totes.star.model import FACTS, OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
-from totes.warehouse import binary_copy, facts, staging
+from totes.warehouse import binary_copy, facts, references, staging
 from totes.warehouse.merge import load_batch
 from totes.warehouse.migrations import migrate
 from totes.warehouse.results import LoadResult, TableResult
@@ -403,7 +403,7 @@ def test_a_reference_to_a_key_only_another_dimension_stages_still_fails(
 
 def test_staged_dimension_keys_are_trusted_only_for_dimensions_already_merged(warehouse):
     """``check_staged_references`` probes a value against the whole dimension unless the
-    caller says that dimension's staged rows are merged: a staged key alone proves nothing."""
+    caller says that dimension's batch rows are merged: a staged key alone proves nothing."""
     tables = star_batch(sales=5, purchases=5, payments_=5, seed=6)
     payments = changed(tables["fact_payment"], 1, EPOCH, transaction_id=777_777)
     transactions = tables["dim_transaction"].to_pylist()
@@ -415,8 +415,10 @@ def test_staged_dimension_keys_are_trusted_only_for_dimensions_already_merged(wa
     staging.stage(warehouse, STAR_TABLES_BY_NAME["dim_transaction"], staged_transactions)
     staging.stage(warehouse, fact_payment, payments)
     with pytest.raises(LoadFailed, match=r"transaction_id references 1 dim_transaction .*777777"):
-        facts.check_staged_references(warehouse, "b", fact_payment)
-    facts.check_staged_references(warehouse, "b", fact_payment, merged=["dim_transaction"])
+        references.check_staged_references(warehouse, "b", fact_payment, payments, {})
+    references.check_staged_references(
+        warehouse, "b", fact_payment, payments, {"dim_transaction": staged_transactions}
+    )
     warehouse.run("ROLLBACK")
 
 

@@ -8,30 +8,23 @@ even with equal content the later capture records that the key was alive then, w
 whether a deletion of the key is newer (``deletes``). An equal or older capture changes nothing,
 so batches converge in any order.
 
-The fact tables' foreign keys are not enforced by PostgreSQL (migration 0006: ``NOT ENFORCED``
-on >= 18, dropped below), so the load guarantees them: after the dimension merges, inside the
-batch's transaction and under the load lock, one set-based statement per fact table checks the
-distinct values the staged rows reference against each dimension's key (O(batch): the staged
-rows are read, the dimensions only probed). A dangling reference fails the batch naming table,
-column and up to five ids. Then the versions are written with every index maintained. No DDL,
-no lock stronger than ROW EXCLUSIVE on any star table, so BI readers never wait on a load.
+The fact tables' foreign keys are not enforced by PostgreSQL (migration 0006), so the load
+checks every batch's references before its versions are written (``references``). The versions
+are written with every index maintained: no DDL, no lock stronger than ROW EXCLUSIVE on any
+star table, so BI readers never wait on a load.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 
 from pg8000.native import Connection
 
-from totes.errors import LoadFailed
 from totes.identifiers import quote, quote_all
-from totes.star.model import CAPTURE_SEQ, STAR_TABLES_BY_NAME, StarTable
+from totes.star.model import CAPTURE_SEQ, StarTable
 from totes.warehouse.results import TableResult
 from totes.warehouse.staging import LOADED_BATCH, loaded_columns, staging_name
-
-# Keys set aside by transform, per dimension table (the manifest's ``extra["set_aside"]``).
-SetAside = Mapping[str, Sequence[int]]
 
 
 def version_columns(table: StarTable) -> list[str]:
@@ -62,13 +55,11 @@ def merge_fact(
     table: StarTable,
     staged: int,
     rewrite: bool = True,
-    merged: Collection[str] = (),
 ) -> TableResult:
-    """The staged facts' references checked set-based (naming missing ids), then their versions
-    written with every index maintained. ``rewrite=False``: no stored version can be of an
-    older capture (``ledger.older_capture_loaded``), so the rewrite is skipped. ``merged``:
-    the dimensions whose staged rows this transaction has merged (``check_staged_references``)."""
-    check_staged_references(con, batch, table, merged)
+    """The staged facts' versions written with every index maintained (their references are
+    checked first: ``references.check_staged_references``). ``rewrite=False``: no stored
+    version can be of an older capture (``ledger.older_capture_loaded``), so the rewrite is
+    skipped."""
     with _index_probes(con, _much_larger_than_batch(con, table)):
         inserted, updated = merge_versions(
             con, table, batch_rows(table), rewrite=rewrite, batch=batch, seq=seq
@@ -112,106 +103,6 @@ def _index_probes(con: Connection, wanted: bool) -> Iterator[None]:
             h=saved[0],
             m=saved[1],
         )
-
-
-def check_staged_references(
-    con: Connection, batch: str, table: StarTable, merged: Collection[str] = ()
-) -> None:
-    """Every reference of the staged facts must exist in its dimension (which this batch may
-    just have filled). One statement and one pass over the staged rows: ``GROUPING SETS``, one
-    set per referencing column, hashes the distinct values of every column at once; then, per
-    referenced dimension, the values of its columns (the four date columns of a sales order are
-    one set) are probed against the dimension's primary key. Only when one is missing do the
-    per-column anti-joins run, to name the column and the ids in the error.
-
-    ``merged`` names the dimensions whose staged rows this transaction has already merged:
-    every key staged for such a dimension is in it (an upsert or insert-where-missing keeps
-    every key, a NULL key fails the merge, the load never deletes a dimension row), so a value
-    found among the batch's staged keys (one hash of the staged table) needs no probe of the
-    whole dimension's index; only the rest is probed. A backfill's payments reference the
-    transactions of their own batch: the `transaction_id` probe, one index lookup and heap
-    fetch per payment, was most of the check (docs/load.md "Alternatives measured (3)").
-
-    Measured against one pass per dimension (docs/load.md "Alternatives measured (2)"): a
-    300k-order backfill as one batch, the whole load 8.51 -> 7.95 s of server CPU."""
-    if not table.references:
-        return
-    stage = quote(staging_name(table))
-    by_dimension: dict[str, list[str]] = {}
-    for column, dim_name in table.references:
-        by_dimension.setdefault(dim_name, []).append(column)
-    columns = [column for column, _ in table.references]
-    sets = ", ".join(f"({quote(c)})" for c in columns)
-    ctes = [
-        f"v AS MATERIALIZED (SELECT {quote_all(columns)} FROM {stage}"  # noqa: S608  # nosec B608
-        f" GROUP BY GROUPING SETS ({sets}))"
-    ]
-    probes = []
-    for i, (dim_name, referencing) in enumerate(by_dimension.items()):
-        dim = STAR_TABLES_BY_NAME[dim_name]
-        # A row of one column's grouping set has every other column NULL, so the COALESCE of
-        # a dimension's columns is the value of whichever of them the row groups.
-        value = f"COALESCE({', '.join(f'v.{quote(c)}' for c in referencing)})"
-        values = f"(SELECT {value} AS id FROM v WHERE {value} IS NOT NULL)"  # noqa: S608  # nosec B608
-        if dim_name in merged:
-            # Materialised, so computed whole by one hash anti-join against the staged keys;
-            # inside the EXISTS below the planner would pick a fast-start nested loop.
-            values = f"r{i}"
-            ctes.append(
-                f"r{i} AS MATERIALIZED (SELECT {value} AS id FROM v"  # noqa: S608  # nosec B608
-                f" WHERE {value} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM"
-                f" {quote(staging_name(dim))} b WHERE b.{quote(dim.key)} = {value}))"
-            )
-        probes.append(
-            f"EXISTS (SELECT 1 FROM {values} AS r WHERE NOT EXISTS"  # noqa: S608  # nosec B608
-            f" (SELECT 1 FROM {quote(dim.name)} d WHERE d.{quote(dim.key)} = r.id))"
-        )
-    [missing] = con.run(f"WITH {', '.join(ctes)} SELECT {', '.join(probes)}")
-    if not any(missing):
-        return
-    check_references(con, batch, table)  # raises naming the column and the ids
-    dims = [d for d, m in zip(by_dimension, missing, strict=True) if m]
-    raise LoadFailed(  # unreachable unless the two checks disagree: still name what failed
-        f"batch {batch}: table {table.name}: references {dims} row(s) that are neither in"
-        " the warehouse nor in the batch"
-    )
-
-
-def check_references(
-    con: Connection,
-    batch: str,
-    table: StarTable,
-    relation: str | None = None,
-    exempt: SetAside | None = None,
-) -> None:
-    """Every reference of the staged facts (or of ``relation``) must exist in its dimension
-    (which this batch may just have filled): one anti-join per referencing column, failing
-    with the missing ids. References to the ``exempt`` keys of a dimension are not checked.
-    The park's check (a few rows), and the diagnosis when ``check_staged_references`` found a
-    missing row."""
-    source = relation or quote(staging_name(table))
-    for column, dim_name in table.references:
-        dim = STAR_TABLES_BY_NAME[dim_name]
-        col = quote(column)
-        keys = list((exempt or {}).get(dim_name, ()))
-        spared = f" AND NOT s.{col} = ANY(CAST(:keys AS int[]))" if keys else ""
-        # The examples by LIMIT, not an array slice: pg8000 reads ":5" as a placeholder.
-        [[missing, examples]] = con.run(
-            f"WITH missing AS (SELECT DISTINCT s.{col}::text AS id"  # noqa: S608  # nosec B608
-            f" FROM {source} s"
-            f" WHERE s.{col} IS NOT NULL{spared} AND NOT EXISTS"
-            f" (SELECT 1 FROM {quote(dim.name)} d WHERE d.{quote(dim.key)} = s.{col}))"
-            f" SELECT (SELECT count(*) FROM missing),"
-            f" (SELECT array_agg(id ORDER BY id) FROM"
-            f" (SELECT id FROM missing ORDER BY id LIMIT 5) AS first)",
-            **({"keys": keys} if keys else {}),
-        )
-        if missing:
-            raise LoadFailed(
-                f"batch {batch}: table {table.name}: {column} references {missing}"
-                f" {dim_name} row(s) that are neither in the warehouse nor in the batch,"
-                f" e.g. {examples}"
-            )
 
 
 def merge_versions(

@@ -13,8 +13,10 @@ The steps, each in its own module:
 - ``calendar``: ``dim_date`` inserted where missing (a calendar row never changes);
 - ``parking``: facts referencing a dimension row transform set aside (and the warehouse lacks)
   wait in a park; every load releases the parked rows whose references now resolve;
-- ``facts``: the staged references checked set-based against the dimensions (the foreign
-  keys are not enforced by PostgreSQL, migration 0006), then a version (natural id,
+- ``references``: the facts' references checked against the batch's own dimension rows (in
+  Arrow) and the rest against the warehouse's dimensions (the foreign keys are not enforced by
+  PostgreSQL, migration 0006);
+- ``facts``: a version (natural id,
   last_updated) not stored yet is inserted, one stored by an older capture rewritten, so both
   the original and every changed version stay, each exactly once;
 - ``deletes``: the batch's deletions upserted into the tombstones, then ``source_deleted_at``
@@ -46,7 +48,7 @@ from totes.star.model import (
     STAR_TABLES_BY_NAME,
     StarTable,
 )
-from totes.warehouse import deletes, facts, ledger, parking
+from totes.warehouse import deletes, facts, ledger, parking, references
 from totes.warehouse.binary_copy import Unencodable
 from totes.warehouse.calendar import merge_calendar
 from totes.warehouse.dimensions import merge_dimension
@@ -108,13 +110,15 @@ def load_batch(con: Connection, manifest: Manifest, tables: dict[str, pa.Table])
             if table.kind == "fact":
                 step = ("parking", table.name)
                 parked = parking.park(con, batch, capture.seq, table, capture.set_aside)
-                step = ("merging", table.name)
+                step = ("checking the references of", table.name)
                 # Every dimension precedes the facts in STAR_TABLES: those of this batch are
                 # merged by now, so their staged keys are in the warehouse.
-                dims = [name for name in results if STAR_TABLES_BY_NAME[name].kind != "fact"]
-                merged = facts.merge_fact(
-                    con, batch, capture.seq, table, staged, rewrite, merged=dims
+                dims = {n: arrays[n] for n in results if STAR_TABLES_BY_NAME[n].kind != "fact"}
+                references.check_staged_references(
+                    con, batch, table, arrays[table.name], dims, capture.set_aside
                 )
+                step = ("merging", table.name)
+                merged = facts.merge_fact(con, batch, capture.seq, table, staged, rewrite)
                 results[table.name] = merged.plus(parked=parked)
             elif table.name == "dim_date":
                 step = ("merging", table.name)

@@ -16,7 +16,8 @@ from pg8000.native import Connection
 
 from totes.identifiers import quote, quote_all
 from totes.star.model import CAPTURE_SEQ, FACTS, STAR_TABLES_BY_NAME, StarTable
-from totes.warehouse.facts import SetAside, check_references, merge_versions, version_columns
+from totes.warehouse.facts import merge_versions, version_columns
+from totes.warehouse.references import SetAside, check_references
 from totes.warehouse.staging import LOADED_BATCH, loaded_columns, staging_name
 
 PARK_PREFIX = "etl_parked_"

@@ -1,0 +1,92 @@
+"""The load's reference check, client side: which referenced values the batch vouches for."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from totes.star.model import STAR_TABLES_BY_NAME
+from totes.warehouse.references import by_dimension, unresolved
+from totes_tools.warehouse.synthetic import star_batch
+
+FACT_PAYMENT = STAR_TABLES_BY_NAME["fact_payment"]
+FACT_SALES = STAR_TABLES_BY_NAME["fact_sales_order"]
+DAY0 = date(2024, 1, 1)
+
+small_ids = st.lists(st.one_of(st.none(), st.integers(1, 12)), min_size=1, max_size=30)
+id_sets = st.lists(st.integers(1, 12), max_size=12)
+
+
+def _with(table: pa.Table, column: str, values: list) -> pa.Table:
+    index = table.schema.get_field_index(column)
+    return table.set_column(index, column, pa.array(values, table.schema.field(column).type))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    transactions=small_ids,
+    staged=id_sets,
+    aside=id_sets,
+    merged=st.booleans(),
+    days=st.lists(st.integers(0, 9), min_size=0, max_size=30),
+    calendar=st.lists(st.integers(0, 9), max_size=10),
+)
+def test_what_is_left_is_the_distinct_referenced_values_the_batch_does_not_vouch_for(
+    transactions, staged, aside, merged, days, calendar
+):
+    """Against a set reference: per dimension, the distinct non-NULL values of its referencing
+    columns (all of them: a sales order's four dates are one set), less the keys of the
+    dimension's merged batch rows and less its set-aside keys; a dimension with none is left
+    out. Another dimension's keys never vouch (dim_transaction's ids are not staff ids)."""
+    n = len(transactions)
+    payments = star_batch(payments_=n, seed=1)["fact_payment"]
+    payments = _with(payments, "transaction_id", transactions)
+    payments = _with(payments, "created_date", [DAY0 + timedelta(days=d % 10) for d in range(n)])
+    payment_dates = [DAY0 + timedelta(days=days[i % len(days)]) if days else None for i in range(n)]
+    payments = _with(payments, "payment_date", payment_dates)
+    batch = star_batch(payments_=1, seed=1)
+    transaction_rows = pa.Table.from_pylist(
+        [{**batch["dim_transaction"].to_pylist()[0], "transaction_id": k} for k in staged],
+        schema=batch["dim_transaction"].schema,
+    )
+    calendar_rows = pa.Table.from_pylist(
+        [
+            {**batch["dim_date"].to_pylist()[0], "date_id": DAY0 + timedelta(days=d)}
+            for d in calendar
+        ],
+        schema=batch["dim_date"].schema,
+    )
+    # ids 1..12 staged in another dimension must not vouch for transaction ids
+    design_rows = pa.Table.from_pylist(
+        [{**batch["dim_design"].to_pylist()[0], "design_id": k} for k in range(1, 13)],
+        schema=batch["dim_design"].schema,
+    )
+    dims = {"dim_date": calendar_rows, "dim_design": design_rows}
+    if merged:
+        dims["dim_transaction"] = transaction_rows
+
+    left = unresolved(FACT_PAYMENT, payments, dims, {"dim_transaction": aside})
+
+    for dim_name, columns in by_dimension(FACT_PAYMENT).items():
+        key = STAR_TABLES_BY_NAME[dim_name].key
+        expected = {v for c in columns for v in payments.column(c).to_pylist() if v is not None}
+        if dim_name in dims:
+            expected -= set(dims[dim_name].column(key).to_pylist())
+        if dim_name == "dim_transaction":
+            expected -= set(aside)
+        got = left[dim_name].to_pylist() if dim_name in left else []
+        assert len(got) == len(set(got))
+        assert set(got) == expected, dim_name
+
+
+def test_every_reference_of_a_self_contained_batch_is_vouched_for_by_its_own_rows():
+    """A batch that carries every row its facts reference leaves nothing to probe."""
+    batch = star_batch(sales=30, purchases=20, payments_=25, seed=3)
+    dims = {n: t for n, t in batch.items() if n.startswith("dim_")}
+    for fact in ("fact_sales_order", "fact_purchase_order", "fact_payment"):
+        assert unresolved(STAR_TABLES_BY_NAME[fact], batch[fact], dims) == {}
+    left = unresolved(FACT_SALES, batch["fact_sales_order"], {})
+    assert set(left) == {d for _, d in FACT_SALES.references}
