@@ -15,7 +15,7 @@ import pytest
 
 from totes.errors import LoadFailed
 from totes.star.model import FACTS, OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
-from totes.warehouse import binary_copy, facts, references, staging
+from totes.warehouse import backfill, binary_copy, facts, references, staging
 from totes.warehouse.merge import load_batch
 from totes.warehouse.migrations import migrate
 from totes.warehouse.results import LoadResult, TableResult
@@ -261,30 +261,48 @@ def _all_rows(con) -> dict[str, int]:
     return {t: con.run(f"SELECT count(*) FROM {t}")[0][0] for t in tables}  # noqa: S608
 
 
+STAGED_OR_COPIED = pytest.mark.parametrize(
+    ("module", "what"), [(staging, "staging"), (backfill, "copying")], ids=["staged", "copied"]
+)
+
+
+def _staged_only(monkeypatch) -> None:
+    """Every fact table of the test's loads staged and merged, none COPYed straight in."""
+    monkeypatch.setattr(backfill, "copyable", lambda *args: False)
+
+
+@STAGED_OR_COPIED
 def test_a_failing_copy_of_the_last_table_leaves_nothing_of_the_batch(
-    warehouse, batches, monkeypatch
+    warehouse, batches, monkeypatch, module, what
 ):
-    real = staging.copy_stream
+    """Whether the payments are staged (and merged) or COPYed straight in (``backfill``: a
+    first capture's facts), a COPY the server refuses rolls the whole batch back."""
+    real = module.copy_stream
+    if module is staging:
+        _staged_only(monkeypatch)
 
     def broken_for_payments(data, *args):
         if "payment_id" in data.column_names:  # a row of one field where the table has more
             return iter([binary_copy.HEADER, b"\x00\x01\x00\x00\x00\x01x", binary_copy.TRAILER])
         return real(data, *args)
 
-    monkeypatch.setattr(staging, "copy_stream", broken_for_payments)
+    monkeypatch.setattr(module, "copy_stream", broken_for_payments)
     with pytest.raises(LoadFailed) as failure:
         load(warehouse, "b1", batches["b1"])
     message = str(failure.value)
-    assert message.startswith("batch b1: staging fact_payment failed: ")
+    assert message.startswith(f"batch b1: {what} fact_payment failed: ")
     assert "SQLSTATE" in message
     assert set(_all_rows(warehouse).values()) == {0}
-    monkeypatch.setattr(staging, "copy_stream", real)
+    monkeypatch.setattr(module, "copy_stream", real)
     assert load(warehouse, "b1", batches["b1"]).loaded
 
 
+@STAGED_OR_COPIED
 def test_a_value_the_binary_copy_cannot_carry_fails_naming_table_and_column_and_leaves_nothing(
-    warehouse, batches
+    warehouse, batches, monkeypatch, module, what
 ):
+    if module is staging:
+        _staged_only(monkeypatch)
     payments = batches["b1"]["fact_payment"]
     amounts = payments["payment_amount"].combine_chunks()
     width = amounts.type.byte_width
@@ -301,28 +319,31 @@ def test_a_value_the_binary_copy_cannot_carry_fails_naming_table_and_column_and_
     with pytest.raises(LoadFailed) as failure:
         load(warehouse, "b1", tables)
     assert str(failure.value) == (
-        "batch b1: staging fact_payment failed: column payment_amount: a numeric value out of"
+        f"batch b1: {what} fact_payment failed: column payment_amount: a numeric value out of"
         " the warehouse type's range"
     )
     assert set(_all_rows(warehouse).values()) == {0}
 
 
+@STAGED_OR_COPIED
 def test_a_client_crash_mid_copy_leaves_nothing_of_the_batch(
-    warehouse_db, warehouse, batches, monkeypatch, pg_connect
+    warehouse_db, warehouse, batches, monkeypatch, pg_connect, module, what
 ):
-    real = staging.copy_stream
+    real = module.copy_stream
+    if module is staging:
+        _staged_only(monkeypatch)
 
     def crashing(data, *args):
         yield from real(data, *args)
         if "payment_id" in data.column_names:
             raise MemoryError("injected crash while streaming fact_payment")
 
-    monkeypatch.setattr(staging, "copy_stream", crashing)
+    monkeypatch.setattr(module, "copy_stream", crashing)
     with pytest.raises(MemoryError):
         load(warehouse, "b1", batches["b1"])
     with contextlib.suppress(Exception):  # broken mid-COPY: discarded, as the stage does
         warehouse.close()
-    monkeypatch.setattr(staging, "copy_stream", real)
+    monkeypatch.setattr(module, "copy_stream", real)
     con = pg_connect(warehouse_db)
     assert set(_all_rows(con).values()) == {0}
     assert load(con, "b1", batches["b1"]).loaded
@@ -514,7 +535,8 @@ def test_index_probes_turn_hash_and_merge_joins_off_for_their_block_only(warehou
 def test_the_version_joins_probe_only_a_table_much_larger_than_the_batch(warehouse, monkeypatch):
     """By size on disk, so without waiting for statistics: a first load into empty tables
     leaves the joins to the planner; a small batch onto a stored table many times its size
-    probes."""
+    probes. (Staged: a first capture's facts are otherwise COPYed straight in, no join.)"""
+    _staged_only(monkeypatch)
     wanted: list[bool] = []
     real = facts._index_probes
 

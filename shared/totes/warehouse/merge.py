@@ -48,7 +48,7 @@ from totes.star.model import (
     STAR_TABLES_BY_NAME,
     StarTable,
 )
-from totes.warehouse import deletes, facts, ledger, parking, references
+from totes.warehouse import backfill, deletes, facts, ledger, parking, references
 from totes.warehouse.binary_copy import Unencodable
 from totes.warehouse.calendar import merge_calendar
 from totes.warehouse.dimensions import merge_dimension
@@ -98,9 +98,16 @@ def load_batch(con: Connection, manifest: Manifest, tables: dict[str, pa.Table])
             return LoadResult(batch, loaded=False)
         con.run(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
         rewrite = ledger.older_capture_loaded(con, capture.seq)
+        step = ("reading", deletes.TOMBSTONES)
+        tombstoned = set() if rewrite else _tombstoned(con, ordered, deleted)
+        # Fact tables this batch COPYs straight in (``backfill``): not staged unless that fails.
+        direct = {
+            t.name for t in ordered if backfill.copyable(t, rewrite, capture.set_aside, tombstoned)
+        }
         for table in ordered:
-            step = ("staging", table.name)
-            stage(con, table, arrays[table.name])
+            if table.name not in direct:
+                step = ("staging", table.name)
+                stage(con, table, arrays[table.name])
         if deleted.num_rows:
             step = ("staging", DELETED_KEYS)
             stage_deleted_keys(con, deleted)
@@ -115,10 +122,25 @@ def load_batch(con: Connection, manifest: Manifest, tables: dict[str, pa.Table])
                 # merged by now, so their staged keys are in the warehouse.
                 dims = {n: arrays[n] for n in results if STAR_TABLES_BY_NAME[n].kind != "fact"}
                 references.check_staged_references(
-                    con, batch, table, arrays[table.name], dims, capture.set_aside
+                    con,
+                    batch,
+                    table,
+                    arrays[table.name],
+                    dims,
+                    capture.set_aside,
+                    staged=table.name not in direct,
                 )
-                step = ("merging", table.name)
-                merged = facts.merge_fact(con, batch, capture.seq, table, staged, rewrite)
+                merged = None
+                if table.name in direct:
+                    step = ("copying", table.name)
+                    rows = arrays[table.name]
+                    merged = backfill.copy_versions(con, batch, capture.seq, table, rows)
+                    if merged is None:  # a version already stored: the staged way
+                        direct.discard(table.name)
+                        stage(con, table, rows)
+                if merged is None:
+                    step = ("merging", table.name)
+                    merged = facts.merge_fact(con, batch, capture.seq, table, staged, rewrite)
                 results[table.name] = merged.plus(parked=parked)
             elif table.name == "dim_date":
                 step = ("merging", table.name)
@@ -139,7 +161,9 @@ def load_batch(con: Connection, manifest: Manifest, tables: dict[str, pa.Table])
             step = ("recording deletions in", deletes.TOMBSTONES)
             deleted_keys = deletes.record_deletions(con, capture.seq, capture.hi_utc)
         touched = {
-            t.name: _touched(t, t.name in arrays, t.name in released, deleted_keys)
+            t.name: _touched(
+                t, t.name in arrays and t.name not in direct, t.name in released, deleted_keys
+            )
             for t in deletes.TRACKED_TABLES
         }
         step = ("marking deletions in", deletes.TOMBSTONES)
@@ -220,6 +244,16 @@ def _deletions(batch: str, data: pa.Table | None) -> pa.Table:
             f" keys; only keys of {sorted(tracked)} can be deleted"
         )
     return data
+
+
+def _tombstoned(con: Connection, tables: list[StarTable], deleted: pa.Table) -> set[str]:
+    """The fact tables among ``tables`` that have a tombstone, stored or in this batch's
+    deletions."""
+    fact_tables = [t for t in tables if t.kind == "fact"]
+    deleting = set(deleted.column("star_table").unique().to_pylist()) if deleted.num_rows else set()
+    return deletes.with_tombstones(con, fact_tables) | {
+        t.name for t in fact_tables if t.name in deleting
+    }
 
 
 def _touched(

@@ -28,7 +28,7 @@ from pg8000.native import Connection
 from totes.errors import LoadFailed
 from totes.identifiers import quote
 from totes.star.model import STAR_TABLES_BY_NAME, StarTable
-from totes.warehouse.staging import staging_name
+from totes.warehouse.staging import stage, staging_name
 
 # Keys set aside by transform, per dimension table (the manifest's ``extra["set_aside"]``).
 SetAside = Mapping[str, Sequence[int]]
@@ -78,6 +78,7 @@ def check_staged_references(
     rows: pa.Table,
     merged: Mapping[str, pa.Table],
     exempt: SetAside | None = None,
+    staged: bool = True,
 ) -> None:
     """Every reference of the batch's staged facts (``rows``, the Arrow table staged for
     ``table``) must exist in its dimension, which this batch may just have filled. The values
@@ -85,7 +86,9 @@ def check_staged_references(
     missing does ``check_references`` run over the staged rows, to name the column and ids.
 
     ``rows`` may still hold rows the park took out of the staging table: only those pointing
-    at an ``exempt`` key the warehouse lacks, whose values ``unresolved`` leaves out."""
+    at an ``exempt`` key the warehouse lacks, whose values ``unresolved`` leaves out.
+    ``staged=False``: the rows are not staged (``backfill``); they are, to name what is
+    missing."""
     left = unresolved(table, rows, merged, exempt)
     if not left:
         return
@@ -108,6 +111,8 @@ def check_staged_references(
     [missing] = con.run(f"SELECT {', '.join(probes)}", **params)
     if not any(missing):
         return
+    if not staged:
+        stage(con, table, rows)
     check_references(con, batch, table)  # raises naming the column and the ids
     dims = [d for d, m in zip(left, missing, strict=True) if m]
     raise LoadFailed(  # unreachable unless the two checks disagree: still name what failed
