@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pg8000.native import Connection
@@ -62,7 +63,10 @@ def unresolved(
         known = [merged[dim_name].column(dim.key)] if dim_name in merged else []
         aside = (exempt or {}).get(dim_name)
         if aside and pa.types.is_integer(values.type):  # the calendar sets nothing aside
-            known.append(pa.chunked_array([pa.array(aside, values.type)]))
+            # From a buffer: ``pa.array`` of a list imports pandas (Arrow's shim).
+            ints = np.asarray(aside, np.int64)
+            spared = pa.Array.from_buffers(pa.int64(), len(ints), [None, pa.py_buffer(ints)])
+            known.append(spared.cast(values.type))
         for keys in known:
             if len(values):
                 values = values.filter(pc.invert(pc.is_in(values, value_set=keys)))
