@@ -13,7 +13,7 @@ from e2e_reference import expected_warehouse, source_state, warehouse_problems
 
 from totes.db import connect
 from totes.lake import Lake
-from totes.warehouse import facts
+from totes.warehouse import backfill, facts
 from totes_tools.local.aws import aws_environment
 from totes_tools.local.chain import LocalChain
 from totes_tools.warehouse.checksums import table_checksums
@@ -154,18 +154,23 @@ def test_a_transform_crash_before_its_manifest_is_retried_to_the_fault_free_ware
 def test_a_load_crash_inside_its_transaction_leaves_nothing_and_the_retry_gives_the_fault_free_warehouse(  # noqa: E501
     chain_for, fault_free, monkeypatch
 ):
+    """The connection is lost right after the first fact table's rows are written, whichever
+    way they went in: merged from staging, or COPYed straight in (a first capture's facts)."""
     chain = chain_for()
-    merge_fact = facts.merge_fact
     crashes = []
 
-    def merge_then_lose_the_connection(con, batch, seq, table, *args, **kwargs):
-        result = merge_fact(con, batch, seq, table, *args, **kwargs)
-        if not crashes:
-            crashes.append((batch, table.name))
-            con.run("SELECT pg_terminate_backend(pg_backend_pid())")
-        return result
+    def then_lose_the_connection(write):
+        def written_then_lost(con, batch, seq, table, *args, **kwargs):
+            result = write(con, batch, seq, table, *args, **kwargs)
+            if not crashes:
+                crashes.append((batch, table.name))
+                con.run("SELECT pg_terminate_backend(pg_backend_pid())")
+            return result
 
-    monkeypatch.setattr(facts, "merge_fact", merge_then_lose_the_connection)
+        return written_then_lost
+
+    monkeypatch.setattr(facts, "merge_fact", then_lose_the_connection(facts.merge_fact))
+    monkeypatch.setattr(backfill, "copy_versions", then_lose_the_connection(backfill.copy_versions))
 
     report = chain.run_cycle()
 
