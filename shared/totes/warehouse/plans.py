@@ -5,7 +5,7 @@ dimension's primary key). Left alone, the planner hash-joins the whole stored ta
 batch, an O(table) cost per batch that makes a backfill of k batches O(n * k). When the stored
 table is much larger than the staged rows, the merge's joins run as nested loops instead: one
 probe of the stored table's key index per staged row. Measured: docs/load.md "One load path"
-(the facts) and "Alternatives measured (4)" (the dimensions).
+(the facts) and "Alternatives measured (5)" (the dimensions).
 """
 
 from __future__ import annotations
