@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 from plan_support import JoinRecorder
 
+from totes.errors import LoadFailed
 from totes.star.model import OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
 from totes.warehouse import dimensions as dims_module
 from totes.warehouse.dimensions import merge_dimension
@@ -202,3 +203,23 @@ def test_the_dimension_joins_probe_only_a_dimension_much_larger_than_the_batch(w
     result = load(recorder, "small", {"dim_transaction": small})
     assert recorder.dimension("dim_transaction") == [("UPDATE", True), ("INSERT", True)]
     assert result.tables["dim_transaction"] == TableResult(staged=5, inserted=2, updated=3)
+
+
+def test_a_null_in_a_not_null_column_fails_the_batch_only_in_a_row_it_writes(warehouse, probes):
+    """A new or newer row with a NULL where the warehouse needs a value fails the batch naming
+    table and column; an older row is not written, so, as the facts' anti-join does for a
+    stored version, nothing checks it (the upsert's speculative insertion refused it too)."""
+    load(warehouse, "a", {"dim_location": rows("dim_location", (1, "a1", 20))})
+    older = rows("dim_location", (1, "older", 10)).to_pylist()
+    older[0]["city"] = None
+    table = STAR_TABLES_BY_NAME["dim_location"].arrow_schema
+    result = load(warehouse, "b", {"dim_location": pa.Table.from_pylist(older, schema=table)})
+    assert result.tables["dim_location"] == TableResult(staged=1, inserted=0, updated=0)
+    for newer in (rows("dim_location", (1, "newer", 30)), rows("dim_location", (2, "new", 1))):
+        broken = newer.to_pylist()
+        broken[0]["city"] = None
+        with pytest.raises(LoadFailed) as failed:
+            load(warehouse, "c", {"dim_location": pa.Table.from_pylist(broken, schema=table)})
+        assert "column city" in str(failed.value)
+        assert "[SQLSTATE 23502]" in str(failed.value)
+    assert stored(warehouse, "dim_location") == [[1, "a1", "a"]]

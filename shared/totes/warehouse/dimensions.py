@@ -41,7 +41,11 @@ def merge_dimension(
 
     The stored rows are updated first (from the newest staged row per key), then the keys not
     stored yet inserted (filtered before the sort: a batch of stored keys sorts nothing); the
-    counts are the two statements' row counts."""
+    counts are the two statements' row counts. A staged row neither statement writes (older
+    than or equal to the stored one) is not checked against the warehouse's NOT NULL columns,
+    as for a fact version already stored; the upsert's speculative insertion checked it and
+    failed the batch. A row that is written is checked, and a NULL fails the batch naming
+    table and column."""
     cols = loaded_columns(table)
     key = quote(table.key)
     stage = quote(staging_name(table))

@@ -38,7 +38,12 @@ def much_larger_than_batch(con: Connection, table: StarTable, times: float) -> b
 def index_probes(con: Connection, wanted: bool) -> Iterator[None]:
     """Inside the block (one statement or two) the planner may join only by nested loops, i.e.
     by probing the stored table's key index once per staged row; the settings the transaction
-    had are restored after it (``set_config(..., true)``: transaction-local)."""
+    had are restored after it (``set_config(..., true)``: transaction-local).
+
+    When a statement in the block fails, its error is raised as it is: the failure aborted the
+    transaction, whose rollback restores the settings, and a restore sent into the aborted
+    transaction would fail ("current transaction is aborted") and hide the cause. So the
+    restore after an exception is attempted and its own failure ignored."""
     if not wanted:
         yield
         return
@@ -46,12 +51,19 @@ def index_probes(con: Connection, wanted: bool) -> Iterator[None]:
         "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin'),"
         " set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)"
     )
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         con.run(
             "SELECT set_config('enable_hashjoin', :h, true),"
             " set_config('enable_mergejoin', :m, true)",
             h=saved[0],
             m=saved[1],
         )
+
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            restore()
+        raise
+    restore()
