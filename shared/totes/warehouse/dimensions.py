@@ -4,8 +4,8 @@ applied in any order converge to the same warehouse.
 Two set-based statements per dimension, not an upsert: an ``UPDATE ... FROM`` the newest staged
 row per key, then an anti-join ``INSERT`` of the keys not stored yet. ``INSERT ... ON CONFLICT
 DO UPDATE`` paid a speculative insertion per staged row: for the 300k-order backfill's
-``dim_transaction`` (425k rows) as one batch the two statements take 0.56 s of server CPU
-against the upsert's 0.93 s, the whole load 3.9 s against 4.3 (docs/load.md "Alternatives
+``dim_transaction`` (425k rows) as one batch the two statements take 0.53 s of server CPU
+against the upsert's 0.88 s, the whole load 2.97 s against 3.30 (docs/load.md "Alternatives
 measured (5)"). Safe because loads are serialised by the load's advisory lock
 (``ledger.lock``), as for the facts' version insert; the primary key still refuses a duplicate
 if anything else wrote one.
