@@ -12,10 +12,11 @@ from datetime import date, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from plan_support import JoinRecorder
 
 from totes.errors import LoadFailed
 from totes.star.model import FACTS, OLDEST_VERSION, SOURCE_VERSION, STAR_TABLES_BY_NAME
-from totes.warehouse import backfill, binary_copy, facts, references, staging
+from totes.warehouse import backfill, binary_copy, facts, plans, references, staging
 from totes.warehouse.merge import load_batch
 from totes.warehouse.migrations import migrate
 from totes.warehouse.results import LoadResult, TableResult
@@ -523,10 +524,10 @@ def test_index_probes_turn_hash_and_merge_joins_off_for_their_block_only(warehou
     settings = "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin')"
     warehouse.run("BEGIN")
     try:
-        with facts._index_probes(warehouse, True):
+        with plans.index_probes(warehouse, True):
             assert warehouse.run(settings) == [["off", "off"]]
         assert warehouse.run(settings) == [["on", "on"]]
-        with facts._index_probes(warehouse, False):
+        with plans.index_probes(warehouse, False):
             assert warehouse.run(settings) == [["on", "on"]]
     finally:
         warehouse.run("ROLLBACK")
@@ -537,19 +538,15 @@ def test_the_version_joins_probe_only_a_table_much_larger_than_the_batch(warehou
     leaves the joins to the planner; a small batch onto a stored table many times its size
     probes. (Staged: a first capture's facts are otherwise COPYed straight in, no join.)"""
     _staged_only(monkeypatch)
-    wanted: list[bool] = []
-    real = facts._index_probes
-
-    def recording(con, want):
-        wanted.append(want)
-        return real(con, want)
-
-    monkeypatch.setattr(facts, "_index_probes", recording)
+    recorder = JoinRecorder(warehouse)
     first = star_batch(sales=3000, purchases=3000, payments_=3000, seed=1)
-    load(warehouse, "big", first)
-    on_empty = list(wanted)
-    wanted.clear()
+    load(recorder, "big", first)
+    assert recorder.facts() == [
+        ("INSERT", "fact_sales_order", False),
+        ("INSERT", "fact_purchase_order", False),
+        ("INSERT", "fact_payment", False),
+    ]
+    recorder.probed.clear()
     small = {"fact_sales_order": new_versions(first["fact_sales_order"], 5, DAY_MS)}
-    load(warehouse, "small", with_calendar(small))
-    assert on_empty == [False, False, False]
-    assert wanted == [True]
+    load(recorder, "small", with_calendar(small))
+    assert recorder.facts() == [("INSERT", "fact_sales_order", True)]

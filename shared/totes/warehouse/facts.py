@@ -16,13 +16,11 @@ star table, so BI readers never wait on a load.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 from pg8000.native import Connection
 
 from totes.identifiers import quote, quote_all
 from totes.star.model import CAPTURE_SEQ, StarTable
+from totes.warehouse import plans
 from totes.warehouse.results import TableResult
 from totes.warehouse.staging import LOADED_BATCH, loaded_columns, staging_name
 
@@ -60,49 +58,11 @@ def merge_fact(
     checked first: ``references.check_staged_references``). ``rewrite=False``: no stored
     version can be of an older capture (``ledger.older_capture_loaded``), so the rewrite is
     skipped."""
-    with _index_probes(con, _much_larger_than_batch(con, table)):
+    with plans.index_probes(con, plans.much_larger_than_batch(con, table, PROBE_ABOVE_BATCHES)):
         inserted, updated = merge_versions(
             con, table, batch_rows(table), rewrite=rewrite, batch=batch, seq=seq
         )
     return TableResult(staged, inserted, updated)
-
-
-def _much_larger_than_batch(con: Connection, table: StarTable) -> bool:
-    """Whether the fact table's storage exceeds ``PROBE_ABOVE_BATCHES`` times the staged
-    rows'. By size on disk (no scan, no statistics): ``reltuples`` lags a backfill, because
-    autovacuum analyses a table up to a minute after a batch grew it, so a row estimate would
-    leave most of a backfill's batches on the hash join."""
-    [[larger]] = con.run(
-        "SELECT pg_relation_size(CAST(:fact AS regclass))"
-        " > CAST(:k AS float8) * pg_relation_size(CAST(:stage AS regclass))",
-        fact=table.name,
-        stage=staging_name(table),
-        k=PROBE_ABOVE_BATCHES,
-    )
-    return bool(larger)
-
-
-@contextlib.contextmanager
-def _index_probes(con: Connection, wanted: bool) -> Iterator[None]:
-    """Inside the block (one statement or two) the planner may join only by nested loops, i.e.
-    by probing the fact table's version index once per staged row; the settings the
-    transaction had are restored after it (``set_config(..., true)``: transaction-local)."""
-    if not wanted:
-        yield
-        return
-    [saved] = con.run(
-        "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin'),"
-        " set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)"
-    )
-    try:
-        yield
-    finally:
-        con.run(
-            "SELECT set_config('enable_hashjoin', :h, true),"
-            " set_config('enable_mergejoin', :m, true)",
-            h=saved[0],
-            m=saved[1],
-        )
 
 
 def merge_versions(

@@ -7,9 +7,10 @@ The steps, each in its own module:
   deliveries of one batch load it once;
 - ``staging``: every table of the batch (and its deletions) bulk-copied (``COPY ... FROM
   STDIN`` in PostgreSQL's binary format, ``binary_copy``) into a temporary staging table;
-- ``dimensions``: upserts that move only forward in commit order (the stored row changes only
-  when the incoming ``(capture_seq, source_version[, oldest_version])`` is greater as a row),
-  so batches applied in any order converge;
+- ``dimensions``: merges that move only forward in commit order (an update of the stored rows,
+  which change only when the incoming ``(capture_seq, source_version[, oldest_version])`` is
+  greater as a row, then an insert of the keys not stored yet), so batches applied in any
+  order converge;
 - ``calendar``: ``dim_date`` inserted where missing (a calendar row never changes);
 - ``parking``: facts referencing a dimension row transform set aside (and the warehouse lacks)
   wait in a park; every load releases the parked rows whose references now resolve;
@@ -55,10 +56,10 @@ from totes.warehouse.dimensions import merge_dimension
 from totes.warehouse.results import LoadResult, TableResult
 from totes.warehouse.staging import stage, stage_deleted_keys, staging_name
 
-# Server memory per sort or hash of the batch's statements (the DISTINCT ON of the upserts and
-# of the fact insert), for the batch's transaction only: a 1M-row batch sorts in memory (~125MB)
-# where the 4MB default spilled ~94MB to disk (fact insert 8.1 s -> 4.8 s). Loads are
-# serialised by the load lock, so this is at most one such sort at a time.
+# Server memory per sort or hash of the batch's statements (the DISTINCT ON of the dimension
+# merges and of the fact insert), for the batch's transaction only: a 1M-row batch sorts in
+# memory (~125MB) where the 4MB default spilled ~94MB to disk (fact insert 8.1 s -> 4.8 s).
+# Loads are serialised by the load lock, so this is at most one such sort at a time.
 SORT_MEMORY = "256MB"
 
 
