@@ -100,3 +100,19 @@ def test_the_report_has_a_line_per_variant_and_per_ratio():
 def test_dlt_gets_the_same_database_as_urls_it_accepts(creds, source, destination):
     assert sqlalchemy_url(creds) == source
     assert dlt_destination_url(creds) == destination
+
+
+def test_each_of_our_variants_gets_a_ratio_to_each_dlt_variant_and_none_to_the_other():
+    records = [
+        run("ours", 30.0, 12.0, 9.0, OURS),
+        run("ours_pipelined", 24.0, 12.0, 9.0, OURS),
+        run("dlt_parquet", 12.0, 3.0, 6.0, DLT),
+    ]
+
+    summary = summarize(records)
+
+    assert summary["variants"]["ours_pipelined"]["parts"] == OURS
+    assert summary["ratios"] == {
+        "ours_vs_dlt_parquet": {"seconds": 2.5, "server_cpu_s": 4.0, "client_cpu_s": 1.5},
+        "ours_pipelined_vs_dlt_parquet": {"seconds": 2.0, "server_cpu_s": 4.0, "client_cpu_s": 1.5},
+    }

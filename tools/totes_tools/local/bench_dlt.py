@@ -6,7 +6,12 @@ One embedded PostgreSQL holds a generated totesys (seed 42, as ``make bench``). 
 rotated order (so drift of a shared machine hits every variant alike):
 
 - ``ours``: the initial chain exactly as ``make bench`` runs it (ingest, transform, load, each
-  in its own process) against an emptied S3 emulator and a fresh migrated warehouse;
+  in its own process, one after the other) against an emptied S3 emulator and a fresh migrated
+  warehouse;
+- ``ours_pipelined``: the same chain with the three processes at once, transform and load
+  invoked per manifest as it lands (as S3 notifications drive them on AWS; ``make bench``'s
+  pipelined run). Its seconds count from launching the first process (the downstream stages'
+  start-up included, as dlt's is) to the last one's exit;
 - ``dlt_<format>``: ``dlt_run.py`` in dlt's own environment: ``sql_database`` with the pyarrow
   backend copying the source tables as they are into a fresh database, with
   ``loader_file_format`` <format> (``parquet`` loads through the ADBC PostgreSQL driver).
@@ -39,6 +44,7 @@ from totes_tools.local import cpu
 
 DLT_RUN = Path(__file__).with_name("dlt_run.py")
 OURS = "ours"
+OURS_PIPELINED = "ours_pipelined"
 STAGES = ("ingest", "transform", "load")
 DLT_PHASES = ("extract", "normalize", "load")
 
@@ -63,7 +69,7 @@ def summarize(records: list[dict]) -> dict:
         for key in ("seconds", "server_cpu_s", "client_cpu_s"):
             values = [r[key] for r in runs if r.get(key) is not None]
             row[key] = round(statistics.median(values), 2) if values else None
-        parts = STAGES if variant == OURS else DLT_PHASES
+        parts = STAGES if variant.startswith(OURS) else DLT_PHASES
         row["parts"] = {
             p: round(statistics.median(r["parts"][p] for r in runs), 2)
             for p in parts
@@ -71,14 +77,18 @@ def summarize(records: list[dict]) -> dict:
         }
         row["rows"] = runs[0]["rows"]
         out["variants"][variant] = row
-    ours = out["variants"].get(OURS)
-    for variant, row in out["variants"].items():
-        if variant == OURS or ours is None:
+    for mine, ours in out["variants"].items():
+        if not mine.startswith(OURS):
             continue
-        out["ratios"][f"ours_vs_{variant}"] = {
-            key: (round(ours[key] / row[key], 2) if ours[key] is not None and row[key] else None)
-            for key in ("seconds", "server_cpu_s", "client_cpu_s")
-        }
+        for variant, row in out["variants"].items():
+            if variant.startswith(OURS):
+                continue
+            out["ratios"][f"{mine}_vs_{variant}"] = {
+                key: (
+                    round(ours[key] / row[key], 2) if ours[key] is not None and row[key] else None
+                )
+                for key in ("seconds", "server_cpu_s", "client_cpu_s")
+            }
     return out
 
 
@@ -129,7 +139,10 @@ def _url(scheme: str, creds: DbCredentials) -> str:
 # -- the runs ----------------------------------------------------------------------------------
 
 
-def run_ours(cluster, endpoint: str, source: DbCredentials, postmaster: int | None) -> dict:
+def run_ours(
+    cluster, endpoint: str, source: DbCredentials, postmaster: int | None, pipelined: bool = False
+) -> dict:
+    from totes_tools.local import pipeline
     from totes_tools.local.aws import StackNames
     from totes_tools.local.bench import run_stages
     from totes_tools.local.chain import LocalChain
@@ -141,12 +154,18 @@ def run_ours(cluster, endpoint: str, source: DbCredentials, postmaster: int | No
         urllib.request.urlopen(reset).close()  # noqa: S310  # nosec B310 - our local emulator
         LocalChain(endpoint, StackNames(), source, warehouse).prepare()  # not timed
         with cpu.Meter(postmaster) as meter:
-            stages = run_stages(endpoint, source, warehouse, postmaster)
+            if pipelined:
+                config = pipeline.child_config(endpoint, source, warehouse)
+                stages = pipeline.run_pipelined(config, postmaster)["stages"]
+            else:
+                stages = run_stages(endpoint, source, warehouse, postmaster)
     finally:
         cluster.drop_database(warehouse)
+    # A pipelined stage's process waits for its upstream: its busy time is its handlers'.
+    part = "handler_seconds" if pipelined else "seconds"
     return {
         **meter.as_dict(stages["load"]["rows"]),
-        "parts": {s: stages[s]["seconds"] for s in STAGES},
+        "parts": {s: stages[s][part] for s in STAGES},
         "peak_rss_mb": {s: stages[s]["peak_rss_mb"] for s in STAGES},
     }
 
@@ -194,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logger.setLevel("ERROR")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the S3 emulator's request log
-    variants = [OURS, *(f"dlt_{f}" for f in args.formats.split(","))]
+    variants = [OURS, OURS_PIPELINED, *(f"dlt_{f}" for f in args.formats.split(","))]
     records: list[dict] = []
     with contextlib.ExitStack() as stack:
         cluster = stack.enter_context(embedded_postgres())
@@ -208,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         for round_index in range(args.rounds):
             for variant in rotated(variants, round_index):
                 started = time.perf_counter()
-                if variant == OURS:
-                    record = run_ours(cluster, endpoint, source, postmaster)
+                if variant.startswith(OURS):
+                    pipelined = variant == OURS_PIPELINED
+                    record = run_ours(cluster, endpoint, source, postmaster, pipelined)
                 else:
                     record = run_dlt(
                         cluster, source, postmaster, variant.removeprefix("dlt_"), args.dlt_python
