@@ -61,6 +61,25 @@ def later(facts: pa.Table, days: int) -> pa.Table:
     )
 
 
+def stamped(rows: pa.Table, days: int) -> pa.Table:
+    """Dimension ``rows`` as a later version (``source_version`` ``days`` later)."""
+    return pa.Table.from_pylist(
+        [
+            {**r, "source_version": r["source_version"] + timedelta(days=days)}
+            for r in rows.to_pylist()
+        ],
+        schema=rows.schema,
+    )
+
+
+def keyed(rows: pa.Table, first: int) -> pa.Table:
+    """Dimension ``rows`` under new keys from ``first`` on."""
+    key = BY_NAME[next(n for n, t in BY_NAME.items() if t.arrow_schema.equals(rows.schema))].key
+    return pa.Table.from_pylist(
+        [{**r, key: first + i} for i, r in enumerate(rows.to_pylist())], schema=rows.schema
+    )
+
+
 def history() -> list[tuple[str, int, dict[str, pa.Table]]]:
     """Capture 5 as three batches: the first plain, the second carrying a version the first
     stored (a fact the overlap delivered twice), the third a version twice within itself;
@@ -79,12 +98,20 @@ def history() -> list[tuple[str, int, dict[str, pa.Table]]]:
     p0, p1, p2 = part(0, 1), part(1, 2), part(2, 3)
     p1["fact_sales_order"] = pa.concat_tables([p1["fact_sales_order"], p0["fact_sales_order"][:1]])
     p2["fact_payment"] = pa.concat_tables([p2["fact_payment"], p2["fact_payment"][-1:]])
+    # Transactions: p1 changes three stored ones and brings two new; the late batch brings a new
+    # one twice (two stamps), so its COPY meets the key twice and falls back.
+    transactions = dims["dim_transaction"]
+    p1["dim_transaction"] = pa.concat_tables(
+        [transactions[3:], stamped(transactions[:3], 1), keyed(transactions[:2], 900_001)]
+    )
     c6 = with_calendar({**dims, "fact_payment": later(p0["fact_payment"][:5], 2)})
     c6[DELETED_KEYS] = deleted_keys(fact_sales_order=[1, 2])
     purchases = p0["fact_purchase_order"]
     late = with_calendar(
         {**dims, "fact_purchase_order": pa.concat_tables([purchases[:3], later(purchases[3:6], 1)])}
     )
+    twice = keyed(transactions[:1], 999_999)
+    late["dim_transaction"] = pa.concat_tables([transactions, twice, stamped(twice, 1)])
     return [
         ("c5-000", 5, p0),
         ("c5-001", 5, p1),
@@ -94,9 +121,14 @@ def history() -> list[tuple[str, int, dict[str, pa.Table]]]:
     ]
 
 
+@pytest.mark.parametrize("dimension_rows", [backfill.DIMENSION_ROWS, 1])
 def test_a_backfill_copied_straight_in_ends_as_the_staged_merge_leaves_it(
-    fresh_db, pg_connect, monkeypatch
+    fresh_db, pg_connect, monkeypatch, dimension_rows
 ):
+    """At the default threshold these dimensions are too small to split; at 1 every tracked
+    dimension is: the capture's first batch copies all its rows, later ones copy the new keys
+    and merge the stored ones, and a new key twice falls back to the merge."""
+    monkeypatch.setattr(backfill, "DIMENSION_ROWS", dimension_rows)
     copied: list[tuple[str, str, bool]] = []
     real = backfill.copy_versions
 
@@ -106,6 +138,16 @@ def test_a_backfill_copied_straight_in_ends_as_the_staged_merge_leaves_it(
         return result
 
     monkeypatch.setattr(backfill, "copy_versions", recording)
+    split: list[tuple[str, int | None, int]] = []
+    real_split = backfill.copy_new_keys
+
+    def recording_split(con, batch, seq, table, rows):
+        result, left = real_split(con, batch, seq, table, rows)
+        if table.name == "dim_transaction":
+            split.append((batch, None if result is None else result.inserted, left.num_rows))
+        return result, left
+
+    monkeypatch.setattr(backfill, "copy_new_keys", recording_split)
     outcomes = []
     for staged_only in (False, True):
         if staged_only:
@@ -120,7 +162,20 @@ def test_a_backfill_copied_straight_in_ends_as_the_staged_merge_leaves_it(
     # The batches of capture 5 were copied, except the tables whose COPY met a stored or a
     # repeated version, which went the staged way; capture 6 merged (an older capture is
     # loaded), and the late capture 4 batch met stored versions.
-    assert copied == [
+    transactions = state_copied["dim_transaction"]
+    assert len(transactions) == 45 + 2 + 1
+    if dimension_rows == 1:
+        # (batch, new keys copied or None after a fallback, rows left to merge)
+        assert split == [
+            ("c5-000", 45, 0),
+            ("c5-001", 2, 45),
+            ("c5-002", 0, 45),
+            ("c4-000", None, 47),
+        ]
+    else:
+        assert split == []
+    facts = [c for c in copied if c[1].startswith("fact_")]
+    assert facts == [
         ("c5-000", "fact_sales_order", True),
         ("c5-000", "fact_purchase_order", True),
         ("c5-000", "fact_payment", True),
@@ -154,5 +209,14 @@ def test_only_a_first_captures_facts_with_nothing_parked_or_deleted_are_copied(
     rewrite, set_aside, tombstoned, expected
 ):
     sales = BY_NAME["fact_sales_order"]
-    assert backfill.copyable(sales, rewrite, set_aside, tombstoned) is expected
-    assert not backfill.copyable(BY_NAME["dim_design"], False, {}, set())
+    assert backfill.copyable(sales, 1, rewrite, set_aside, tombstoned) is expected
+
+
+def test_a_dimension_is_copied_from_its_threshold_and_the_calendar_never():
+    design, calendar = BY_NAME["dim_design"], BY_NAME["dim_date"]
+    rows = backfill.DIMENSION_ROWS
+    assert backfill.copyable(design, rows, False, {}, set())
+    assert not backfill.copyable(design, rows - 1, False, {}, set())
+    assert not backfill.copyable(design, rows, True, {}, set())
+    assert not backfill.copyable(design, rows, False, {}, {"dim_design"})
+    assert not backfill.copyable(calendar, 10 * rows, False, {}, set())

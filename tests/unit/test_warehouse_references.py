@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from totes.lake import table_to_parquet_bytes
 from totes.star.model import STAR_TABLES_BY_NAME
-from totes.warehouse.references import by_dimension, unresolved
+from totes.warehouse.references import by_dimension, int_array_text, unresolved
 from totes_tools.warehouse.synthetic import star_batch
 
 FACT_PAYMENT = STAR_TABLES_BY_NAME["fact_payment"]
@@ -83,6 +83,12 @@ def test_what_is_left_is_the_distinct_referenced_values_the_batch_does_not_vouch
         assert set(got) == expected, dim_name
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=50))
+def test_integers_become_the_text_of_a_postgresql_array(values):
+    assert int_array_text(pa.array(values, pa.int32())) == "{" + ",".join(map(str, values)) + "}"
+
+
 def test_every_reference_of_a_self_contained_batch_is_vouched_for_by_its_own_rows():
     """A batch that carries every row its facts reference leaves nothing to probe."""
     batch = star_batch(sales=30, purchases=20, payments_=25, seed=3)
@@ -119,6 +125,8 @@ def test_the_check_and_the_backfill_copy_never_import_pandas(tmp_path):
         "assert rows.column('loaded_batch_id').to_pylist() == ['c7-000'] * 3\n"
         "assert rows.column('capture_seq').to_pylist() == [7] * 3\n"
         "assert len(b''.join(copy_stream(rows))) > 100\n"
+        "from totes.warehouse.references import int_array_text\n"
+        "assert int_array_text(rows.column('payment_id').combine_chunks()) == '{1,2,3}'\n"
         "print('pandas' in sys.modules, flush=True)\n"
         "import os; os._exit(0)\n"
     )

@@ -1,19 +1,25 @@
-"""Backfill: the first capture's fact rows COPYed straight into the fact tables.
+"""Backfill: a first capture's rows COPYed straight into the star tables.
 
-A batch's rows normally reach a fact table twice: COPY into a staging table, then an
-``INSERT ... SELECT`` of the versions not stored yet (``facts.merge_versions``). While no older
-capture is in the ledger (``ledger.older_capture_loaded``: every batch of a backfill) no stored
-version can need rewriting, so a fact table's rows can be COPYed straight into it, with every
-index maintained as an insert does: one copy of the rows instead of two, no anti-join, no sort.
-Measured (docs/load.md "Alternatives measured (4)"): 425k payments 1.38 -> 0.96 s of server
-CPU, 300k sales orders 1.10 -> 0.81 s.
+A batch's rows normally reach a star table twice: COPY into a staging table, then a merge
+(``facts.merge_versions``: an ``INSERT ... SELECT`` of the versions not stored yet;
+``dimensions.merge_dimension``). While no older capture is in the ledger
+(``ledger.older_capture_loaded``: every batch of a backfill) no stored version can need
+rewriting, so a fact table's rows can be COPYed straight into it, with every index maintained
+as an insert does: one copy of the rows instead of two, no anti-join, no sort. Measured
+(docs/load.md "Alternatives measured (4)"): 425k payments 1.38 -> 0.96 s of server CPU, 300k
+sales orders 1.10 -> 0.81 s.
+
+A large dimension (``dim_transaction``) is split first: the keys of its rows the warehouse
+holds are found by one probe of its primary key, those rows are staged and merged as usual
+(a backfill batch carries a few hundred transactions an earlier batch stored: its payments
+reference them), and the rest, new keys, are COPYed straight in.
 
 A version already stored (a batch of the same capture that carried it too, or a later capture
 loaded first) or repeated within the batch makes the COPY hit the version key; the COPY ran in
 a savepoint, so it is rolled back alone and the batch merges that table the staged way, which
 skips stored versions: the outcome is the staged path's in every case, only the cost differs.
 
-Only where nothing else needs the staged rows: no dimension the fact references has keys set
+Only where nothing else needs the staged rows: no dimension a fact references has keys set
 aside (the park takes rows out of the staging table), and the table has no tombstone and none
 in this batch (the deletion marks join the touched keys from the staging table).
 """
@@ -24,35 +30,69 @@ from collections.abc import Collection
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pg8000.exceptions import DatabaseError
 from pg8000.native import Connection
 
 from totes.identifiers import quote, quote_all
 from totes.star.model import CAPTURE_SEQ, StarTable
 from totes.warehouse.binary_copy import copy_stream
-from totes.warehouse.references import SetAside
+from totes.warehouse.references import SetAside, int_array_text
 from totes.warehouse.results import TableResult
 from totes.warehouse.staging import LOADED_BATCH, loaded_columns
 
 UNIQUE_VIOLATION = "23505"
 SAVEPOINT = "backfill_copy"
+# A dimension is split and copied from this many rows: below it, the probe, the COPY and the
+# merge of the stored keys' rows cost more statements than the one merge they replace.
+DIMENSION_ROWS = 10_000
 
 
 def copyable(
     table: StarTable,
+    rows: int,
     rewrite: bool,
     set_aside: SetAside,
     tombstoned: Collection[str],
 ) -> bool:
-    """Whether ``table``'s rows of this batch may be COPYed straight in: a fact, no older
-    capture loaded (``rewrite`` False), no set-aside keys among the dimensions it references,
-    and no tombstone of its keys (``tombstoned``: tables with one stored or in the batch)."""
-    return (
-        table.kind == "fact"
-        and not rewrite
-        and not any(set_aside.get(dim) for _, dim in table.references)
-        and table.name not in tombstoned
+    """Whether ``table``'s ``rows`` of this batch may be COPYed straight in: no older capture
+    loaded (``rewrite`` False) and no tombstone of the table's keys (``tombstoned``: tables with
+    one stored or in the batch); a fact with no set-aside keys among the dimensions it
+    references, a dimension of at least ``DIMENSION_ROWS`` rows. Never the calendar."""
+    if not table.tracked or rewrite or table.name in tombstoned:
+        return False
+    if table.kind == "fact":
+        return not any(set_aside.get(dim) for _, dim in table.references)
+    return rows >= DIMENSION_ROWS
+
+
+def copy_new_keys(
+    con: Connection, batch: str, seq: int, table: StarTable, rows: pa.Table
+) -> tuple[TableResult | None, pa.Table]:
+    """A dimension's rows whose key the warehouse lacks COPYed straight in (``copy_versions``);
+    returns that result and the rows left to stage and merge: those of stored keys, or every
+    row when the COPY met a key twice (``None``: nothing of it written)."""
+    stored = stored_keys(con, table, rows)
+    old = pc.is_in(rows.column(table.key), value_set=stored)
+    new, left = rows.filter(pc.invert(old)), rows.filter(old)
+    if not new.num_rows:
+        return TableResult(0, 0), left
+    copied = copy_versions(con, batch, seq, table, new)
+    return (copied, left) if copied is not None else (None, rows)
+
+
+def stored_keys(con: Connection, table: StarTable, rows: pa.Table) -> pa.Array:
+    """The distinct keys of ``rows`` that ``table`` holds: one probe of its primary key per key
+    (the keys sent as the text of one ``int[]`` parameter)."""
+    keys = pc.unique(rows.column(table.key)).drop_null()
+    found = con.run(
+        f"SELECT k FROM unnest(CAST(CAST(:keys AS text) AS int[])) AS k"  # noqa: S608  # nosec B608
+        f" WHERE EXISTS (SELECT 1 FROM {quote(table.name)} d WHERE d.{quote(table.key)} = k)",
+        keys=int_array_text(keys),
     )
+    ints = np.array([k for [k] in found], np.int64)
+    # From a buffer: ``pa.array`` of a list imports pandas (Arrow's shim).
+    return pa.Array.from_buffers(pa.int64(), len(ints), [None, pa.py_buffer(ints)]).cast(keys.type)
 
 
 def copy_versions(

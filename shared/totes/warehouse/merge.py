@@ -101,9 +101,11 @@ def load_batch(con: Connection, manifest: Manifest, tables: dict[str, pa.Table])
         rewrite = ledger.older_capture_loaded(con, capture.seq)
         step = ("reading", deletes.TOMBSTONES)
         tombstoned = set() if rewrite else _tombstoned(con, ordered, deleted)
-        # Fact tables this batch COPYs straight in (``backfill``): not staged unless that fails.
+        # Tables this batch COPYs straight in (``backfill``): not staged unless that fails.
         direct = {
-            t.name for t in ordered if backfill.copyable(t, rewrite, capture.set_aside, tombstoned)
+            t.name
+            for t in ordered
+            if backfill.copyable(t, arrays[t.name].num_rows, rewrite, capture.set_aside, tombstoned)
         }
         for table in ordered:
             if table.name not in direct:
@@ -147,8 +149,23 @@ def load_batch(con: Connection, manifest: Manifest, tables: dict[str, pa.Table])
                 step = ("merging", table.name)
                 results[table.name] = merge_calendar(con, table, staged)
             else:
+                rows, copied = arrays[table.name], TableResult(0, 0)
+                if table.name in direct:
+                    step = ("copying", table.name)
+                    new_keys, rows = backfill.copy_new_keys(con, batch, capture.seq, table, rows)
+                    if new_keys is None:  # a key twice: every row the staged way
+                        direct.discard(table.name)
+                    else:
+                        copied = new_keys
+                    if rows.num_rows:  # the rows of stored keys (or all of them)
+                        stage(con, table, rows)
                 step = ("merging", table.name)
-                results[table.name] = merge_dimension(con, batch, capture.seq, table, staged)
+                merged = TableResult(0, 0)
+                if rows.num_rows or table.name not in direct:
+                    merged = merge_dimension(con, batch, capture.seq, table, rows.num_rows)
+                results[table.name] = TableResult(
+                    staged, copied.inserted + merged.inserted, merged.updated
+                )
         released: set[str] = set()
         step = ("releasing parked rows of", "the facts")
         for table in parking.waiting(con):

@@ -75,6 +75,24 @@ def unresolved(
     return out
 
 
+_COMMA = pa.Array.from_buffers(
+    pa.string(), 1, [None, pa.py_buffer(np.array([0, 1], np.int32)), pa.py_buffer(b",")]
+)
+
+
+def int_array_text(values: pa.Array) -> str:
+    """Integers as the text of a PostgreSQL array, ``{1,2,3}``, joined in Arrow (C++): 10x
+    faster than ``",".join(map(str, values.to_pylist()))`` (4.6 against 48 ms for 158k keys),
+    and one text parameter where pg8000 encoding a list cost 5x that again."""
+    strings = values.cast(pa.string())
+    ends = np.array([0, len(strings)], np.int32)
+    offsets = pa.Array.from_buffers(pa.int32(), 2, [None, pa.py_buffer(ends)])
+    # The separator as an array (one per list): a Python "," goes through ``pa.scalar``,
+    # which imports pandas.
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, strings), _COMMA)
+    return "{" + str(joined[0].as_py() or "") + "}"
+
+
 def check_staged_references(
     con: Connection,
     batch: str,
@@ -100,13 +118,12 @@ def check_staged_references(
     params: dict[str, str] = {}
     for i, (dim_name, values) in enumerate(left.items()):
         dim = STAR_TABLES_BY_NAME[dim_name]
-        # As int[] text (one parameter: the encoding of a Python list cost 5x the client CPU);
-        # dates as days since 1970, so every value's text is an integer's.
+        # Dates as days since 1970, so every value's text is an integer's.
         if pa.types.is_date32(values.type):
             ints, probe = values.cast(pa.int32()), "DATE '1970-01-01' + r.id"
         else:
             ints, probe = values, "r.id"
-        params[f"v{i}"] = "{" + ",".join(map(str, ints.to_pylist())) + "}"
+        params[f"v{i}"] = int_array_text(ints)
         probes.append(
             f"EXISTS (SELECT 1 FROM unnest(CAST(CAST(:v{i} AS text) AS int[])) AS r(id)"  # noqa: S608  # nosec B608
             f" WHERE NOT EXISTS (SELECT 1 FROM {quote(dim.name)} d"
