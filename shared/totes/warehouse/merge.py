@@ -265,13 +265,11 @@ def _deletions(batch: str, data: pa.Table | None) -> pa.Table:
 
 
 def _tombstoned(con: Connection, tables: list[StarTable], deleted: pa.Table) -> set[str]:
-    """The fact tables among ``tables`` that have a tombstone, stored or in this batch's
-    deletions."""
-    fact_tables = [t for t in tables if t.kind == "fact"]
+    """The tracked tables among ``tables`` (facts and dimensions: both may be copied straight
+    in) that have a tombstone, stored or in this batch's deletions."""
+    tracked = [t for t in tables if t.tracked]
     deleting = set(deleted.column("star_table").unique().to_pylist()) if deleted.num_rows else set()
-    return deletes.with_tombstones(con, fact_tables) | {
-        t.name for t in fact_tables if t.name in deleting
-    }
+    return deletes.with_tombstones(con, tracked) | {t.name for t in tracked if t.name in deleting}
 
 
 def _touched(
