@@ -131,3 +131,11 @@ def test_the_check_and_the_backfill_copy_never_import_pandas(tmp_path):
         "import os; os._exit(0)\n"
     )
     assert fresh_interpreter_prints(code) == "False"
+
+
+def test_a_set_aside_key_past_the_columns_range_spares_nothing_and_fails_nothing():
+    """Set-aside keys come from a manifest: one no int32 column can hold matches no row."""
+    sales = star_batch(sales=5, seed=1)["fact_sales_order"]
+    designs = set(sales.column("design_id").to_pylist())
+    left = unresolved(FACT_SALES, sales, {}, {"dim_design": [2**40, *sorted(designs)[:1]]})
+    assert set(left["dim_design"].to_pylist()) == designs - set(sorted(designs)[:1])

@@ -60,16 +60,16 @@ def unresolved(
         parts = [pc.unique(rows.column(c)) for c in columns]
         values = pc.unique(pa.concat_arrays(parts)).drop_null()
         dim = STAR_TABLES_BY_NAME[dim_name]
-        known = [merged[dim_name].column(dim.key)] if dim_name in merged else []
+        if dim_name in merged and len(values):
+            keys = merged[dim_name].column(dim.key)
+            values = values.filter(pc.invert(pc.is_in(values, value_set=keys)))
         aside = (exempt or {}).get(dim_name)
-        if aside and pa.types.is_integer(values.type):  # the calendar sets nothing aside
-            # From a buffer: ``pa.array`` of a list imports pandas (Arrow's shim).
+        if aside and len(values) and pa.types.is_integer(values.type):  # no calendar keys
+            # From a buffer: ``pa.array`` of a list imports pandas (Arrow's shim). Compared as
+            # int64, so a set-aside key out of the column's range cannot fail a cast.
             ints = np.asarray(aside, np.int64)
             spared = pa.Array.from_buffers(pa.int64(), len(ints), [None, pa.py_buffer(ints)])
-            known.append(spared.cast(values.type))
-        for keys in known:
-            if len(values):
-                values = values.filter(pc.invert(pc.is_in(values, value_set=keys)))
+            values = values.filter(pc.invert(pc.is_in(values.cast(pa.int64()), value_set=spared)))
         if len(values):
             out[dim_name] = values
     return out
