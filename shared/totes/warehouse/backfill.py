@@ -98,9 +98,10 @@ def stored_keys(con: Connection, table: StarTable, rows: pa.Table) -> pa.Array:
 def copy_versions(
     con: Connection, batch: str, seq: int, table: StarTable, rows: pa.Table
 ) -> TableResult | None:
-    """COPY ``rows`` (the batch's, in the model's columns) into the fact table with the batch's
-    capture and id, inside a savepoint. ``None`` when a version was already stored or repeated
-    (the savepoint rolled back, nothing of it written): merge that table the staged way."""
+    """COPY ``rows`` (the batch's, in the model's columns) into ``table`` with the batch's
+    capture and id, inside a savepoint. ``None`` when a version (a dimension's key) was
+    already stored or repeated (the savepoint rolled back, nothing of it written): merge that
+    table the staged way."""
     full = with_capture(rows, seq, batch)
     columns = quote_all([*loaded_columns(table), CAPTURE_SEQ, LOADED_BATCH])
     con.run(f"SAVEPOINT {SAVEPOINT}")
