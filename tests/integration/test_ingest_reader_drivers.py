@@ -203,3 +203,19 @@ def test_the_runs_driver_is_logged_as_a_key(stack, source, lake, log_lines):
     ingest(settings_for(stack, reader_driver="pg8000"), source, lake.s3)
 
     assert '"reader_driver":"pg8000"' in log_lines.getvalue()
+
+
+@pytest.mark.parametrize(("bound", "readers_started"), [(1_000_000, False), (5_000, True)])
+def test_the_default_driver_is_chosen_only_by_a_run_that_starts_readers(
+    stack, source, lake, log_lines, monkeypatch, bound, readers_started
+):
+    """By default the choice (which waits for the driver's import, ``adbc.preload``) is made
+    when the run starts readers: a run of one piece neither waits nor logs a driver."""
+    chosen = []
+    monkeypatch.setattr(adbc, "choose", lambda requested: chosen.append(requested) or "pg8000")
+
+    manifests = ingest(settings_for(stack, max_batch_rows=bound), source, lake.s3)
+
+    assert (len(manifests) > 1) is readers_started
+    assert chosen == ([None] if readers_started else [])
+    assert ('"reader_driver":"pg8000"' in log_lines.getvalue()) is readers_started

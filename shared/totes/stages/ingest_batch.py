@@ -160,8 +160,14 @@ def ingest_run(settings: IngestSettings, creds: DbCredentials, s3_client: BaseCl
     snapshot and capture time then advance), and every state it writes references key sets
     young enough to outlive the lake's lifecycle rules (``keysets.refresh``)."""
     lake = Lake(s3_client, settings.raw_bucket)
-    driver = adbc.choose(settings.reader_driver)
-    logger.append_keys(reader_driver=driver)
+    # The readers' driver: a driver asked for is checked before anything is read; the default
+    # (ADBC where it imports) is chosen when the run starts readers, its import meanwhile
+    # hidden behind the run's first statements (``adbc.preload``).
+    if settings.reader_driver is None:
+        adbc.preload()
+        logger.remove_keys(["reader_driver"])  # a warm process's earlier run may have set it
+    else:
+        logger.append_keys(reader_driver=adbc.choose(settings.reader_driver))
     con = _session(creds, "totes-ingest")
     run = IngestRun()
     try:
@@ -204,6 +210,10 @@ def ingest_run(settings: IngestSettings, creds: DbCredentials, s3_client: BaseCl
             seq = capture.next_seq(state, current)
             previous_keysets = state.keysets if state else {}
             copied: dict[str, list[pa.Array]] = {}
+            driver = adbc.PG8000  # unused: a run of one piece starts no readers
+            if len(pieces) > 1:
+                driver = adbc.choose(settings.reader_driver)
+                logger.append_keys(reader_driver=driver)
             run_reads = stack.enter_context(
                 readers.run_reads(
                     con,
