@@ -59,6 +59,24 @@ def test_medians_per_variant_and_ratios_of_ours_to_each_dlt_variant():
     }
 
 
+def test_the_cpu_of_the_benchs_own_process_is_shown_apart():
+    """Our stages read and write S3 through an emulator in the bench's process: its CPU is in
+    our client CPU, and shown on its own ("of it here")."""
+    records = [
+        {**run("ours", 40.0, 13.0, 10.0, OURS), "own_cpu_s": 3.0},
+        {**run("ours", 44.0, 13.0, 12.0, OURS), "own_cpu_s": 4.0},
+        {**run("dlt_parquet", 10, 2, 8, DLT), "own_cpu_s": 0.1},
+    ]
+
+    summary = summarize(records)
+    lines = format_report(summary)
+
+    assert summary["variants"]["ours"]["own_cpu_s"] == 3.5
+    assert lines[1].split()[4:7] == ["13.00", "11.00", "3.50"]
+    assert lines[2].split()[4:7] == ["2.00", "8.00", "0.10"]
+    assert "S3 emulator" in lines[3]
+
+
 def test_a_server_cpu_not_measured_gives_no_ratio_instead_of_a_wrong_one():
     summary = summarize([run("ours", 4.0, None, 1.0, OURS), run("dlt_csv", 2.0, 1.0, 1.0, DLT)])
 
@@ -76,10 +94,10 @@ def test_the_report_has_a_line_per_variant_and_per_ratio():
 
     lines = format_report(summary)
 
-    assert len(lines) == 4
+    assert len(lines) == 5
     assert lines[1].split()[:4] == ["ours", "1", "100", "40.00"]
     assert "ingest 1.00, transform 2.00, load 3.00" in lines[1]
-    assert lines[3] == ("  ours_vs_dlt_parquet: 4.00 (wall), 6.50 (server CPU), 1.25 (client CPU)")
+    assert lines[4] == ("  ours_vs_dlt_parquet: 4.00 (wall), 6.50 (server CPU), 1.25 (client CPU)")
 
 
 @pytest.mark.parametrize(

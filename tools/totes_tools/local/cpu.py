@@ -63,18 +63,20 @@ class Meter:
 
     def __init__(self, postmaster: int | None):
         self.postmaster = postmaster
-        self.seconds = self.client = 0.0
+        self.seconds = self.client = self.own = 0.0
         self.server: float | None = None
 
     def __enter__(self) -> Meter:
         self._wall = time.perf_counter()
         self._client = client_cpu()
+        self._own = time.process_time()
         self._server = server_cpu(self.postmaster)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._wall
         self.client = client_cpu() - self._client
+        self.own = time.process_time() - self._own
         time.sleep(0.05)  # let exited backends be reaped into the postmaster's totals
         after = server_cpu(self.postmaster)
         started = self._server
@@ -85,6 +87,8 @@ class Meter:
             "seconds": round(self.seconds, 3),
             "server_cpu_s": round(self.server, 2) if self.server is not None else None,
             "client_cpu_s": round(self.client, 2),
+            # of client_cpu_s, this process's own threads' (a local S3 emulator's, if it runs here)
+            "own_cpu_s": round(self.own, 2),
         }
         if rows is not None:
             out["rows"] = rows
