@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 import pyarrow as pa
 import pytest
 
+from totes.errors import LoadFailed
 from totes.star.model import CAPTURE_SEQ, DELETED_KEYS, SOURCE_DELETED_AT, STAR_TABLES
 from totes.star.model import STAR_TABLES_BY_NAME as BY_NAME
 from totes.warehouse import backfill
@@ -220,3 +221,66 @@ def test_a_dimension_is_copied_from_its_threshold_and_the_calendar_never():
     assert not backfill.copyable(design, rows, True, {}, set())
     assert not backfill.copyable(design, rows, False, {}, {"dim_design"})
     assert not backfill.copyable(calendar, 10 * rows, False, {}, set())
+
+
+def nulled(rows: pa.Table, index: int, column: str) -> pa.Table:
+    """``rows`` with ``column`` of row ``index`` NULL (where the warehouse needs a value)."""
+    changed = rows.to_pylist()
+    changed[index][column] = None
+    return pa.Table.from_pylist(changed, schema=nullable(rows.schema))
+
+
+def nullable(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_nullable(True) for f in schema])
+
+
+def refusals() -> list[tuple[str, int, dict[str, pa.Table]]]:
+    """Rows the staged merge never writes, with a NULL in a NOT NULL column: capture 5's
+    second batch carries a sales order version its first stored (the overlap), its units
+    NULL; a new transaction twice, the older row's type NULL (the newer one wins)."""
+    full = star_batch(sales=20, purchases=6, payments_=9, seed=12)
+    second = dict(full)
+    sales = full["fact_sales_order"]
+    second["fact_sales_order"] = pa.concat_tables(
+        [nulled(sales[:1], 0, "units_sold"), later(sales[1:4], 1).cast(nullable(sales.schema))]
+    )
+    transactions = full["dim_transaction"]
+    twice = keyed(transactions[:1], 900_001)
+    second["dim_transaction"] = pa.concat_tables(
+        [
+            t.cast(nullable(transactions.schema))
+            for t in (transactions, nulled(twice, 0, "transaction_type"), stamped(twice, 1))
+        ]
+    )
+    return [("c5-000", 5, full), ("c5-001", 5, second)]
+
+
+@pytest.mark.parametrize("dimension_rows", [backfill.DIMENSION_ROWS, 1])
+def test_a_row_the_merge_would_not_write_is_not_refused_when_copied(
+    fresh_db, pg_connect, monkeypatch, dimension_rows
+):
+    """A NULL in a NOT NULL column of a row the staged merge skips (a version already stored;
+    a key's older row behind a newer one) fails no batch there (docs/load.md "Alternatives
+    measured (5)"): the COPY, which writes every row, must not fail the batch on it either.
+    A NULL in a row the merge writes (a new version) fails its batch on either path, with
+    the same message (table and column, no row value), leaving nothing of it."""
+    monkeypatch.setattr(backfill, "DIMENSION_ROWS", dimension_rows)
+    sales = star_batch(sales=20, purchases=6, payments_=9, seed=12)["fact_sales_order"]
+    new_version = with_calendar({"fact_sales_order": nulled(later(sales[4:6], 1), 1, "units_sold")})
+    outcomes = []
+    for staged_only in (False, True):
+        if staged_only:
+            monkeypatch.setattr(backfill, "copyable", lambda *args: False)
+        con = pg_connect(fresh_db("wh"))
+        migrate(con)
+        results = [load(con, batch, tables, seq) for batch, seq, tables in refusals()]
+        with pytest.raises(LoadFailed) as refused:
+            load(con, "c5-002", new_version, 5)
+        batches = con.run("SELECT batch_id FROM etl_batch_ledger ORDER BY 1")
+        outcomes.append(([r.tables for r in results], state(con), str(refused.value), batches))
+    assert outcomes[0] == outcomes[1]
+    message = outcomes[0][2]
+    assert message.startswith("batch c5-002: merging fact_sales_order failed: null value")
+    assert "column units_sold [SQLSTATE 23502]" in message
+    assert "Failing row" not in message
+    assert outcomes[0][3] == [["c5-000"], ["c5-001"]]
