@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from totes.errors import LoadFailed
@@ -318,3 +319,55 @@ def test_a_backfill_in_any_order_ends_as_the_staged_merge_leaves_it(
         assert outcomes[0] == outcomes[1]
         states.append(outcomes[0][1])
     assert all(s == states[0] for s in states)
+
+
+def parking() -> list[tuple[str, int, dict[str, pa.Table], dict | None]]:
+    """Design ``d`` set aside by capture 6 (its later versions of six orders, those of ``d``
+    parked) and by capture 5's first batch (the same orders, those of ``d`` parked); capture
+    5's second batch brings design ``d``, the parked orders' versions again and new orders,
+    with nothing set aside: its orders are COPYed straight in and both parks released."""
+    full = star_batch(sales=12, purchases=4, payments_=6, seed=13)
+    sales = full["fact_sales_order"]
+    d = sales["design_id"][0].as_py()
+    designs = full["dim_design"]
+    without = {**full, "dim_design": designs.filter(pc.not_equal(designs["design_id"], d))}
+    of_d = sales[:6].filter(pc.equal(sales[:6]["design_id"], d))
+    aside = {"dim_design": [d]}
+    return [
+        ("c6-000", 6, with_calendar({**without, "fact_sales_order": later(sales[:6], 1)}), aside),
+        ("c5-000", 5, {**without, "fact_sales_order": sales[:6]}, aside),
+        ("c5-001", 5, {**full, "fact_sales_order": pa.concat_tables([of_d, sales[6:]])}, None),
+    ]
+
+
+def test_parked_facts_released_by_a_copied_batch_end_as_the_staged_merge_leaves_them(
+    fresh_db, pg_connect, monkeypatch
+):
+    copied: list[tuple[str, str, bool]] = []
+    real = backfill.copy_versions
+
+    def recording(con, batch, seq, table, rows):
+        result = real(con, batch, seq, table, rows)
+        copied.append((batch, table.name, result is not None))
+        return result
+
+    monkeypatch.setattr(backfill, "copy_versions", recording)
+    outcomes = []
+    for staged_only in (False, True):
+        with monkeypatch.context() as patch:
+            if staged_only:
+                patch.setattr(backfill, "copyable", lambda *args: False)
+            con = pg_connect(fresh_db("wh"))
+            migrate(con)
+            results = [load(con, b, t, seq, set_aside=a) for b, seq, t, a in parking()]
+            parked = con.run("SELECT count(*) FROM etl_parked_fact_sales_order")
+            ledger = con.run("SELECT batch_id, row_counts FROM etl_batch_ledger ORDER BY 1")
+            outcomes.append(([r.tables for r in results], state(con), parked, ledger))
+    assert outcomes[0] == outcomes[1]
+    assert ("c5-001", "fact_sales_order", True) in copied
+    results, warehouse, parked, _ = outcomes[0]
+    assert parked == [[0]]
+    released = results[2]["fact_sales_order"].released
+    assert released == 2 * results[0]["fact_sales_order"].parked > 0
+    # Capture 6's versions of the six orders, and capture 5's: nothing lost or doubled.
+    assert len(warehouse["fact_sales_order"]) == 12 + 6
