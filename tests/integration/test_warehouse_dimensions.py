@@ -205,6 +205,24 @@ def test_the_dimension_joins_probe_only_a_dimension_much_larger_than_the_batch(w
     assert result.tables["dim_transaction"] == TableResult(staged=5, inserted=2, updated=3)
 
 
+def test_a_row_without_a_stamp_never_hides_a_newer_row_of_its_key(warehouse, probes):
+    """A key twice in a batch, one row stamped, one with a NULL stamp (a NOT NULL column the
+    load refuses only in a row it writes): the stamped row is the newest, so a newer one
+    replaces the stored row and a new key is inserted from it. Sorted ``DESC`` with NULLs
+    first, the unstamped row was taken as the newest and compared as unknown: the newer row
+    was lost without a word, the new key failed the batch."""
+    table = STAR_TABLES_BY_NAME["dim_location"].arrow_schema
+    schema = pa.schema([f.with_nullable(True) for f in table])
+    load(warehouse, "a", {"dim_location": rows("dim_location", (1, "a1", 20))})
+    twice = rows("dim_location", (1, "unstamped", 30), (1, "newer", 25), (2, "x", 1)).to_pylist()
+    twice.append({**twice[2], "address_line_1": "new"})
+    for row in twice[0], twice[2]:
+        row[SOURCE_VERSION] = None
+    result = load(warehouse, "b", {"dim_location": pa.Table.from_pylist(twice, schema=schema)})
+    assert result.tables["dim_location"] == TableResult(staged=4, inserted=1, updated=1)
+    assert stored(warehouse, "dim_location") == [[1, "newer", "b"], [2, "new", "b"]]
+
+
 def test_a_null_in_a_not_null_column_fails_the_batch_only_in_a_row_it_writes(warehouse, probes):
     """A new or newer row with a NULL where the warehouse needs a value fails the batch naming
     table and column; an older row is not written, so, as the facts' anti-join does for a

@@ -35,3 +35,19 @@ def test_a_client_error_inside_the_probed_block_still_restores_the_settings(
         assert con.run(SETTINGS) == [["on", "on"]]
     finally:
         con.run("ROLLBACK")
+
+
+def test_the_block_restores_the_settings_the_transaction_had_not_the_defaults(
+    warehouse_db, pg_connect
+):
+    """A transaction that had merge joins off (a session or role setting) keeps them off after
+    the block, and hash joins on: the saved values come back, whatever they were."""
+    con = pg_connect(warehouse_db)
+    con.run("SET enable_mergejoin = off")
+    con.run("BEGIN")
+    try:
+        with plans.index_probes(con, True):
+            assert con.run(SETTINGS) == [["off", "off"]]
+        assert con.run(SETTINGS) == [["on", "off"]]
+    finally:
+        con.run("ROLLBACK")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -87,6 +88,13 @@ def test_what_is_left_is_the_distinct_referenced_values_the_batch_does_not_vouch
 @given(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=50))
 def test_integers_become_the_text_of_a_postgresql_array(values):
     assert int_array_text(pa.array(values, pa.int32())) == "{" + ",".join(map(str, values)) + "}"
+
+
+def test_a_null_among_the_integers_is_refused_not_turned_into_an_empty_array():
+    """Arrow's join of a list holding a NULL is NULL: the text was ``{}``, so a probe of the
+    stored keys or the references would have looked for nothing and found nothing missing."""
+    with pytest.raises(ValueError, match="1 NULL"):
+        int_array_text(pa.array([1, None, 3], pa.int32()))
 
 
 def test_every_reference_of_a_self_contained_batch_is_vouched_for_by_its_own_rows():

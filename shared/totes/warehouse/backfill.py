@@ -18,6 +18,9 @@ A version already stored (a batch of the same capture that carried it too, or a 
 loaded first) or repeated within the batch makes the COPY hit the version key; the COPY ran in
 a savepoint, so it is rolled back alone and the batch merges that table the staged way, which
 skips stored versions: the outcome is the staged path's in every case, only the cost differs.
+So does any other constraint the COPY meets (a NULL in a NOT NULL column): the COPY checks
+every row, the merge only the rows it writes, so a row it skips (a stored version, a key's
+older row) must not fail the batch; a row it writes fails it there, naming table and column.
 
 Only where nothing else needs the staged rows: no dimension a fact references has keys set
 aside (the park takes rows out of the staging table), and the table has no tombstone and none
@@ -41,7 +44,8 @@ from totes.warehouse.references import SetAside, int_array_text
 from totes.warehouse.results import TableResult
 from totes.warehouse.staging import LOADED_BATCH, loaded_columns
 
-UNIQUE_VIOLATION = "23505"
+# SQLSTATE class 23, integrity constraint violations: the version key (23505), NOT NULL (23502).
+INTEGRITY_VIOLATION = "23"
 SAVEPOINT = "backfill_copy"
 # A dimension is split and copied from this many rows: below it, the probe, the COPY and the
 # merge of the stored keys' rows cost more statements than the one merge they replace.
@@ -100,8 +104,9 @@ def copy_versions(
 ) -> TableResult | None:
     """COPY ``rows`` (the batch's, in the model's columns) into ``table`` with the batch's
     capture and id, inside a savepoint. ``None`` when a version (a dimension's key) was
-    already stored or repeated (the savepoint rolled back, nothing of it written): merge that
-    table the staged way."""
+    already stored or repeated, or a row broke another constraint (the savepoint rolled back,
+    nothing of it written): merge that table the staged way, which refuses only a row it
+    writes."""
     full = with_capture(rows, seq, batch)
     columns = quote_all([*loaded_columns(table), CAPTURE_SEQ, LOADED_BATCH])
     con.run(f"SAVEPOINT {SAVEPOINT}")
@@ -112,7 +117,7 @@ def copy_versions(
         )
     except DatabaseError as exc:
         info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-        if info.get("C") != UNIQUE_VIOLATION:
+        if not str(info.get("C", "")).startswith(INTEGRITY_VIOLATION):
             raise
         con.run(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
         return None

@@ -45,11 +45,16 @@ def merge_dimension(
     than or equal to the stored one) is not checked against the warehouse's NOT NULL columns,
     as for a fact version already stored; the upsert's speculative insertion checked it and
     failed the batch. A row that is written is checked, and a NULL fails the batch naming
-    table and column."""
+    table and column. A row without a stamp is the oldest of its key (``NULLS LAST``): never
+    chosen over a stamped one."""
     cols = loaded_columns(table)
     key = quote(table.key)
     stage = quote(staging_name(table))
-    newest_first = f"{key}, {', '.join(f'{quote(stamp)} DESC' for stamp in table.lineage)}"
+    # NULLS LAST: ``DESC`` sorts NULLs first, so a row without a stamp was the "newest", its
+    # comparison unknown, and a newer row of its key was never written.
+    newest_first = (
+        f"{key}, {', '.join(f'{quote(stamp)} DESC NULLS LAST' for stamp in table.lineage)}"
+    )
     written = cols[1:]
     stored = quote_all((CAPTURE_SEQ, *table.lineage), alias="d")
     incoming = ", ".join(["CAST(:seq AS bigint)", quote_all(table.lineage, alias="i")])
