@@ -237,7 +237,10 @@ def restricted_history() -> list[tuple[str, int, dict[str, pa.Table], dict | Non
     dims = dimensions(staff=1, locations=1, designs=1, counterparties=1)
     orders = sales_orders(2, dims, seed=5).slice(0, 1)
     orders = pa.Table.from_pylist(
-        [{**r, "sales_order_id": 700_001, "design_id": SET_ASIDE_DESIGN} for r in orders.to_pylist()],
+        [
+            {**r, "sales_order_id": 700_001, "design_id": SET_ASIDE_DESIGN}
+            for r in orders.to_pylist()
+        ],
         schema=orders.schema,
     )
     design = pa.Table.from_pylist(
