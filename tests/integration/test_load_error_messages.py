@@ -5,9 +5,13 @@ not survive."""
 
 from __future__ import annotations
 
+import io
+
+import pyarrow as pa
 import pytest
 from pg8000.exceptions import DatabaseError
 
+from totes.warehouse.binary_copy import copy_stream
 from totes.warehouse.merge import _describe
 
 SECRET = "quokka.zanzibarsson@leak.example"
@@ -74,3 +78,27 @@ def test_a_not_null_refusal_names_the_column_without_the_failing_row(con):
 
 def test_an_error_without_postgresqls_fields_is_named_by_its_kind_only():
     assert _describe(DatabaseError(SECRET)) == "DatabaseError without PostgreSQL's error fields"
+
+
+def test_a_value_refused_inside_a_binary_copy_is_named_by_the_copys_table_and_column(con):
+    """A data exception raised while a binary COPY receives a value (a date past PostgreSQL's
+    range, a NUL in text) carries no table or column field: the COPY's context line names
+    them, and in the binary format it never quotes the value."""
+    rows = pa.table(
+        {
+            "id": pa.array([1], pa.int32()),
+            "email": pa.array([SECRET.upper()], pa.string()),
+            # days since 1970 past PostgreSQL's last date (5874897-12-31), within int32
+            "born": pa.array([2_147_400_000], pa.int32()).cast(pa.date32()),
+        }
+    )
+    exc = refusal(con, "COPY person FROM STDIN WITH (FORMAT binary)", stream=copy_stream(rows))
+    assert exc.args[0]["W"] == "COPY person, line 1, column born"
+    assert _describe(exc) == "datetime field overflow; table person; column born [SQLSTATE 22008]"
+
+
+def test_a_text_copys_context_which_quotes_the_value_is_left_out(con):
+    copy = io.BytesIO(f"3\tx@example\t{SECRET}\n".encode())
+    exc = refusal(con, "COPY person FROM STDIN", stream=copy)
+    assert SECRET in exc.args[0]["W"]  # 'COPY person, line 1, column born: "..."'
+    assert _describe(exc) == "invalid datetime format [SQLSTATE 22007]"

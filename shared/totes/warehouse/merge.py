@@ -336,12 +336,20 @@ _CONDITIONS = {
 # The key columns of a unique, exclusion or foreign-key violation's DETAIL, without the
 # values that follow: 'Key (staff_id)=(42) already exists.' gives "staff_id".
 _DETAIL_KEY = re.compile(r"^Key \((?P<columns>.+?)\)=\(")
+# The relation and column of a binary COPY's context line ('COPY dim_staff, line 3, column
+# email_address'): a data exception raised while a value is received (22021 for a NUL or bad
+# UTF-8, 22008 for a time or date out of range) sets no table or column field, so without it
+# the error names neither. Only the whole line of the binary format, which never shows data:
+# a text COPY's context quotes the value ('column x: "..."') and does not match.
+_BINARY_COPY_CONTEXT = re.compile(r"COPY (?P<table>\w+), line \d+, column (?P<column>\w+)")
 
 
 def _describe(exc: DatabaseError) -> str:
     """What PostgreSQL refused, naming table, column, key column(s) and constraint, never a
     row value: its DETAIL ("Failing row contains (...)", "Key (id)=(42) already exists.") and
-    context (a COPY line) are left out, as is the message of a class that may quote a value.
+    context are left out (but a binary COPY's, which names relation, line and column only,
+    gives the table and column a data exception lacks), as is the message of a class that
+    may quote a value.
     Load's exception, logs and failure-queue record carry this text (issue 14, M5)."""
     info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
     if not info:
@@ -351,9 +359,14 @@ def _describe(exc: DatabaseError) -> str:
         parts = [str(info.get("M", "error"))]
     else:
         parts = [_CONDITIONS.get(code, f"error of SQLSTATE class {code[:2]}")]
+    fields = {name: str(info[name]) for name in ("t", "c", "n", "d") if info.get(name)}
+    copying = _BINARY_COPY_CONTEXT.fullmatch(str(info.get("W", "")).split("\n", 1)[0])
+    if copying and "c" not in fields:
+        fields.setdefault("t", copying["table"])
+        fields["c"] = copying["column"]
     for label, field in (("table", "t"), ("column", "c"), ("constraint", "n"), ("type", "d")):
-        if info.get(field):
-            parts.append(f"{label} {info[field]}")
+        if field in fields:
+            parts.append(f"{label} {fields[field]}")
     key = _DETAIL_KEY.match(str(info.get("D", "")))
     if key:
         parts.append(f"key ({key['columns']})")
