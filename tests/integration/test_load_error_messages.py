@@ -102,3 +102,43 @@ def test_a_text_copys_context_which_quotes_the_value_is_left_out(con):
     exc = refusal(con, "COPY person FROM STDIN", stream=copy)
     assert SECRET in exc.args[0]["W"]  # 'COPY person, line 1, column born: "..."'
     assert _describe(exc) == "invalid datetime format [SQLSTATE 22007]"
+
+
+def test_the_schema_checks_refusal_is_described_the_same_way(con):
+    """The load stage's other server message (reading the schema version) goes through the
+    same description: a data exception's message may quote a value."""
+    from totes.stages.load_batch import _server_message
+
+    exc = refusal(
+        con, "INSERT INTO person (id, email) VALUES (CAST(:s AS text)::int, 'x')", s=SECRET
+    )
+    assert _server_message(exc) == "invalid text representation [SQLSTATE 22P02]"
+
+
+def test_an_adbc_error_is_described_from_its_text_without_its_detail_or_query(con, warehouse_db):
+    """libpq's text (as ADBC raises it) embeds the message, DETAIL ("Failing row contains",
+    "Key (id)=(...)") and the query; only the message of a class naming objects is kept."""
+    from totes.extract import adbc
+    from totes.server_errors import describe_error
+
+    session = adbc.connect(warehouse_db, "test")
+    described = []
+    try:
+        for sql, shown in (
+            ("INSERT INTO person VALUES (738291, :s, NULL)", "Key (id)=(738291)"),
+            ("INSERT INTO person VALUES (6, NULL, CAST(:s AS date))", "2031-07-19"),
+            ("SELECT CAST(CAST(:s AS text) AS int)", SECRET),
+        ):
+            value = "2031-07-19" if "date" in sql else SECRET.upper() if "738291" in sql else SECRET
+            with pytest.raises(Exception) as raised:
+                session.run(sql, s=value)
+            assert shown in str(raised.value)  # libpq's text carries it
+            described.append(describe_error(raised.value))
+    finally:
+        session.close()
+    assert described == [
+        'duplicate key value violates unique constraint "person_pkey"; key (id) [SQLSTATE 23505]',
+        'null value in column "email" of relation "person" violates not-null constraint'
+        " [SQLSTATE 23502]",
+        "invalid text representation [SQLSTATE 22P02]",
+    ]
