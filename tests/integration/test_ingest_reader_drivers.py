@@ -5,16 +5,20 @@ source is written to."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import traceback
 from collections import Counter
 from dataclasses import replace
 
 import pytest
 from ingest_support import insert_sales_orders, settings_for
 
+from totes.errors import ReaderFailed
 from totes.extract import adbc, readers
 from totes.lake import Lake
+from totes.source import model
 from totes.source.model import TABLES_BY_NAME
 from totes.stages.ingest_batch import ingest
 
@@ -219,3 +223,73 @@ def test_the_default_driver_is_chosen_only_by_a_run_that_starts_readers(
     assert (len(manifests) > 1) is readers_started
     assert chosen == ([None] if readers_started else [])
     assert ('"reader_driver":"pg8000"' in log_lines.getvalue()) is readers_started
+
+
+# A source timestamp column widened past the lake's milliseconds (the schema check accepts any
+# precision of ``timestamp without time zone``), holding a value with microseconds.
+MICROSECONDS = "2023-07-19 13:47:29.123456"
+READ_PATHS = pytest.mark.parametrize(
+    ("driver", "max_batch_rows"),
+    [("pg8000", 1_000_000), ("pg8000", 5_000), ("adbc", 5_000)],
+    ids=["one-piece-pg8000", "readers-pg8000", "readers-adbc"],
+)
+
+
+def widened_with_microseconds(con) -> None:
+    con.run("ALTER TABLE sales_order ALTER COLUMN created_at TYPE timestamp(6)")
+    con.run(
+        "UPDATE sales_order SET created_at = CAST(:t AS timestamp) WHERE sales_order_id = 3",
+        t=MICROSECONDS,
+    )
+
+
+@READ_PATHS
+def test_a_stamp_past_milliseconds_travels_aside_in_its_row_on_every_read_path(
+    stack, source, lake, pg_connect, log_lines, driver, max_batch_rows
+):
+    """As 'infinity' does (docs/ingest.md, values the lake cannot hold): NULL in the column,
+    its text in ``_unrepresentable`` (transform sets the row aside), the run goes on. It
+    failed the whole run (found by review): Arrow refuses microseconds in timestamp[ms]."""
+    widened_with_microseconds(pg_connect(source))
+    settings = settings_for(
+        stack, max_batch_rows=max_batch_rows, chunk_rows=2_000, reader_driver=driver
+    )
+
+    manifests = ingest(settings, source, lake.s3)
+
+    [row] = [
+        r
+        for batch in lake_of_run(lake, manifests)
+        for f, part in zip(batch["files"], batch["parts"], strict=True)
+        if f[0] == "sales_order"
+        for r in part.to_pylist()
+        if r["sales_order_id"] == 3
+    ]
+    assert row["created_at"] is None
+    assert json.loads(row["_unrepresentable"]) == {"created_at": MICROSECONDS}
+    assert MICROSECONDS not in log_lines.getvalue()
+
+
+@READ_PATHS
+def test_a_source_value_the_lake_cannot_hold_is_named_by_table_and_column_never_quoted(
+    stack, source, lake, pg_connect, log_lines, monkeypatch, driver, max_batch_rows
+):
+    """A value that slips past the selection's rules (here: the timestamp rule removed) fails
+    the run on every read path naming the table and column; neither the error, its traceback
+    nor a log line carries the value (Arrow's CSV parser quotes it: 'invalid value ...'), and
+    a reader's failure is not replaced by its session's failed ROLLBACK."""
+    rules = model.SQL_TYPES["timestamp(3)"]
+    monkeypatch.setitem(model.SQL_TYPES, "timestamp(3)", replace(rules, representable=None))
+    widened_with_microseconds(pg_connect(source))
+    settings = settings_for(
+        stack, max_batch_rows=max_batch_rows, chunk_rows=2_000, reader_driver=driver
+    )
+
+    with pytest.raises((ValueError, ReaderFailed)) as failed:  # one piece; readers
+        ingest(settings, source, lake.s3)
+
+    message = str(failed.value)
+    assert "sales_order.created_at: a source value does not fit the raw lake type" in message
+    said = "".join(traceback.format_exception(failed.value)) + log_lines.getvalue()
+    assert [v for v in (MICROSECONDS, "13:47:29", ".123456") if v in said] == []
+    assert lake.latest_manifest() is None

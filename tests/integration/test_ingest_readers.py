@@ -4,8 +4,10 @@ again for every batch writes; a run that fails midway leaves no reader behind.""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+import traceback
 from dataclasses import replace
 
 import pg8000.native
@@ -240,6 +242,41 @@ def test_a_readers_failure_fails_the_run_naming_its_table_before_its_batch_is_wr
     assert table in {t.name for t in TABLES}
     assert lake.latest_manifest() is None
     assert _no_reader_left(pg_connect, source)
+
+
+LEAKED = "quokka.zanzibarsson@leak.example"
+
+
+def test_a_readers_server_error_is_named_without_a_value_it_quotes_or_its_detail(
+    stack, source, lake, pg_connect, monkeypatch, log_lines, reader_driver
+):
+    """A server error quoting a value (a data exception's message; ADBC's text embeds the
+    message, DETAIL and query whole) fails the run naming the reader's table, driver and
+    SQLSTATE; the value reaches neither the error, its traceback nor a log line."""
+    value = f"CAST('{LEAKED}' AS int)"
+    monkeypatch.setattr(
+        readers,
+        "run_copy_sql",
+        lambda t: f"COPY (SELECT {value} FROM {t.name}) TO STDOUT",  # noqa: S608
+    )
+    monkeypatch.setattr(
+        readers,
+        "run_selection_sql",
+        lambda t: f"SELECT {value} FROM {t.name}",  # noqa: S608
+    )
+    settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
+
+    with pytest.raises(ReaderFailed) as failed:
+        ingest(settings, source, lake.s3)
+
+    assert re.fullmatch(
+        rf"reader of \w+ \({reader_driver}\) failed: \w+: invalid text representation"
+        r" \[SQLSTATE 22P02\]",
+        str(failed.value),
+    ), str(failed.value)
+    said = "".join(traceback.format_exception(failed.value)) + log_lines.getvalue()
+    assert LEAKED not in said
+    assert lake.latest_manifest() is None
 
 
 class KillReadersAfterManifests(FailAfterManifests):

@@ -5,9 +5,13 @@ not survive."""
 
 from __future__ import annotations
 
+import io
+
+import pyarrow as pa
 import pytest
 from pg8000.exceptions import DatabaseError
 
+from totes.warehouse.binary_copy import copy_stream
 from totes.warehouse.merge import _describe
 
 SECRET = "quokka.zanzibarsson@leak.example"
@@ -74,3 +78,67 @@ def test_a_not_null_refusal_names_the_column_without_the_failing_row(con):
 
 def test_an_error_without_postgresqls_fields_is_named_by_its_kind_only():
     assert _describe(DatabaseError(SECRET)) == "DatabaseError without PostgreSQL's error fields"
+
+
+def test_a_value_refused_inside_a_binary_copy_is_named_by_the_copys_table_and_column(con):
+    """A data exception raised while a binary COPY receives a value (a date past PostgreSQL's
+    range, a NUL in text) carries no table or column field: the COPY's context line names
+    them, and in the binary format it never quotes the value."""
+    rows = pa.table(
+        {
+            "id": pa.array([1], pa.int32()),
+            "email": pa.array([SECRET.upper()], pa.string()),
+            # days since 1970 past PostgreSQL's last date (5874897-12-31), within int32
+            "born": pa.array([2_147_400_000], pa.int32()).cast(pa.date32()),
+        }
+    )
+    exc = refusal(con, "COPY person FROM STDIN WITH (FORMAT binary)", stream=copy_stream(rows))
+    assert exc.args[0]["W"] == "COPY person, line 1, column born"
+    assert _describe(exc) == "datetime field overflow; table person; column born [SQLSTATE 22008]"
+
+
+def test_a_text_copys_context_which_quotes_the_value_is_left_out(con):
+    copy = io.BytesIO(f"3\tx@example\t{SECRET}\n".encode())
+    exc = refusal(con, "COPY person FROM STDIN", stream=copy)
+    assert SECRET in exc.args[0]["W"]  # 'COPY person, line 1, column born: "..."'
+    assert _describe(exc) == "invalid datetime format [SQLSTATE 22007]"
+
+
+def test_the_schema_checks_refusal_is_described_the_same_way(con):
+    """The load stage's other server message (reading the schema version) goes through the
+    same description: a data exception's message may quote a value."""
+    from totes.stages.load_batch import _server_message
+
+    exc = refusal(
+        con, "INSERT INTO person (id, email) VALUES (CAST(:s AS text)::int, 'x')", s=SECRET
+    )
+    assert _server_message(exc) == "invalid text representation [SQLSTATE 22P02]"
+
+
+def test_an_adbc_error_is_described_from_its_text_without_its_detail_or_query(con, warehouse_db):
+    """libpq's text (as ADBC raises it) embeds the message, DETAIL ("Failing row contains",
+    "Key (id)=(...)") and the query; only the message of a class naming objects is kept."""
+    from totes.extract import adbc
+    from totes.server_errors import describe_error
+
+    session = adbc.connect(warehouse_db, "test")
+    described = []
+    try:
+        for sql, shown in (
+            ("INSERT INTO person VALUES (738291, :s, NULL)", "Key (id)=(738291)"),
+            ("INSERT INTO person VALUES (6, NULL, CAST(:s AS date))", "2031-07-19"),
+            ("SELECT CAST(CAST(:s AS text) AS int)", SECRET),
+        ):
+            value = "2031-07-19" if "date" in sql else SECRET.upper() if "738291" in sql else SECRET
+            with pytest.raises(Exception) as raised:
+                session.run(sql, s=value)
+            assert shown in str(raised.value)  # libpq's text carries it
+            described.append(describe_error(raised.value))
+    finally:
+        session.close()
+    assert described == [
+        'duplicate key value violates unique constraint "person_pkey"; key (id) [SQLSTATE 23505]',
+        'null value in column "email" of relation "person" violates not-null constraint'
+        " [SQLSTATE 23502]",
+        "invalid text representation [SQLSTATE 22P02]",
+    ]

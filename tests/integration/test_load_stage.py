@@ -7,11 +7,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import traceback
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
 import boto3
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from totes.db import connect
@@ -431,6 +434,98 @@ def test_an_unreadable_file_is_named_without_the_readers_message(aws, stack, pro
     assert str(failure.value) == (
         f"batch {batch}: table dim_staff ({key}): not a readable Parquet file (ArrowInvalid)"
     )
+
+
+# A row of distinctive values, damaged one way per case, on the paths a first capture takes
+# (issue 16): facts COPYed straight in, a large dimension split and its new keys COPYed, and
+# the staged way. (case, table, threshold for the dimension split, damage, the step and what
+# the error must name, the values no output may carry)
+LEAK_BATCH = "c0000000000000000009-000"
+QUOKKA = {"first_name": "Quokkaleak", "last_name": "Zanzibarsson", "location": "Leakington"}
+PRICE = Decimal("73829.41")
+LEAK_CASES = {
+    "fact-copied-null": (
+        "fact_sales_order", None, {"units_sold": None, "unit_price": PRICE},
+        "copying fact_sales_order", ["column units_sold", "23502"], ["73829.41"],
+    ),
+    "fact-copied-time-out-of-range": (
+        "fact_sales_order", None, {"created_time": 200_000_000, "unit_price": PRICE},
+        "copying fact_sales_order", ["column created_time", "22008"], ["73829.41", "55:33:20"],
+    ),
+    "fact-copied-numeric-past-precision": (
+        "fact_sales_order", None, {"unit_price": Decimal("987654321098.76")},
+        "copying fact_sales_order", ["column unit_price"], ["987654321098", "98765432109876"],
+    ),
+    "dimension-split-nul-in-text": (
+        "dim_staff", 1, {**QUOKKA, "email_address": "quokka\x00zanzibarsson@leak.example"},
+        "copying dim_staff", ["column email_address", "22021"], ["Quokkaleak", "zanzibarsson"],
+    ),
+    "dimension-split-null": (
+        "dim_staff", 1, {**QUOKKA, "email_address": None},
+        "copying dim_staff", ["column email_address", "23502"], ["Quokkaleak", "Leakington"],
+    ),
+    "dimension-staged-nul-in-text": (
+        "dim_staff", None, {**QUOKKA, "email_address": "quokka\x00zanzibarsson@leak.example"},
+        "staging dim_staff", ["column email_address", "22021"], ["Quokkaleak", "zanzibarsson"],
+    ),
+}  # fmt: skip
+
+
+def damaged(data: pa.Table, **values) -> pa.Table:
+    """``data`` with its first row's ``values`` (raw storage for temporal columns, any decimal
+    whatever its precision: as a damaged file would hold them)."""
+    for name, value in values.items():
+        i = data.schema.get_field_index(name)
+        kind = data.schema.field(i).type
+        column = data.column(i).combine_chunks()
+        if value is None:
+            mask = pa.array([True] + [False] * (len(column) - 1))
+            column = pc.if_else(mask, pa.nulls(len(column), kind), column)
+        elif pa.types.is_decimal(kind):
+            wide = column.cast(pa.decimal128(38, kind.scale)).to_pylist()
+            column = pa.array([value, *wide[1:]], pa.decimal128(38, kind.scale))
+            column = column.cast(kind, safe=False)
+        elif pa.types.is_time(kind):
+            storage = column.cast(pa.int32() if kind.bit_width == 32 else pa.int64())
+            column = pa.array([value, *storage.to_pylist()[1:]], storage.type).cast(kind)
+        else:
+            column = pa.array([value, *column.to_pylist()[1:]], kind)
+        data = data.set_column(i, data.schema.field(i).with_nullable(True), column)
+    return data
+
+
+@pytest.mark.parametrize("case", list(LEAK_CASES))
+def test_a_bad_value_on_the_first_captures_paths_is_named_by_table_and_column_never_quoted(
+    aws, stack, processed, warehouse_db, monkeypatch, log_lines, capsys, case
+):
+    """A first capture's batch whose one row the warehouse cannot take: the whole batch fails
+    (a processed file is transform's output; rows are set aside there, docs/invariants.md 7)
+    naming the step, table and column; no value of the row reaches the exception, its
+    traceback or any log line, though PostgreSQL's DETAIL ("Failing row contains (...)") and
+    the encoding error's message carry them."""
+    from totes.warehouse import backfill
+
+    table, threshold, values, step, named, leaked = LEAK_CASES[case]
+    if threshold is not None:
+        monkeypatch.setattr(backfill, "DIMENSION_ROWS", threshold)
+    tables = star_batch(sales=5, purchases=2, payments_=3)
+    tables[table] = damaged(tables[table], **values)
+    put_processed_batch(processed, LEAK_BATCH, tables, capture_seq=9)
+
+    with pytest.raises(LoadFailed) as failed:
+        load_handler()(one_event(aws, stack), Context())
+
+    message = str(failed.value)
+    assert message.startswith(f"batch {LEAK_BATCH}: {step} failed: "), message
+    assert all(name in message for name in named), message
+    assert ledger(warehouse_db) == []
+    out = capsys.readouterr()
+    haystack = "\n".join(
+        [log_lines.getvalue(), out.out, out.err, "".join(traceback.format_exception(failed.value))]
+    )
+    assert "batch load failed; rolled back, nothing of it committed" in haystack
+    assert [value for value in leaked if value in haystack] == []
+    assert "Failing row" not in haystack
 
 
 def warehouse_state(creds) -> dict:

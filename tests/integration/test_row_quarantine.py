@@ -82,6 +82,14 @@ CASES = {
         ["UPDATE payment SET last_updated = localtimestamp WHERE payment_id = 2"],
         ("payment", 2, "last_updated", "unrepresentable_value", "10000-01-01 00:00:00", {}),
     ),
+    "microseconds after a widened column": (
+        [
+            "ALTER TABLE payment ALTER COLUMN created_at TYPE timestamp(6)",
+            "UPDATE payment SET created_at = '2023-07-19 13:47:29.123456' WHERE payment_id = 6",
+        ],
+        ["UPDATE payment SET created_at = '2023-07-19 13:47:29.123' WHERE payment_id = 6"],
+        ("payment", 6, "created_at", "unrepresentable_value", "2023-07-19 13:47:29.123456", {}),
+    ),
     "a malformed text date": (
         ["UPDATE sales_order SET agreed_delivery_date = 'not-a-date' WHERE sales_order_id = 4"],
         ["UPDATE sales_order SET agreed_delivery_date = '2024-12-01' WHERE sales_order_id = 4"],

@@ -18,7 +18,9 @@ from totes.warehouse.migrations import migrate
 from totes_tools.warehouse.checksums import content_columns
 from totes_tools.warehouse.synthetic import (
     deleted_keys,
+    dimensions,
     processed_manifest,
+    sales_orders,
     star_batch,
     with_calendar,
 )
@@ -371,3 +373,92 @@ def test_parked_facts_released_by_a_copied_batch_end_as_the_staged_merge_leaves_
     assert released == 2 * results[0]["fact_sales_order"].parked > 0
     # Capture 6's versions of the six orders, and capture 5's: nothing lost or doubled.
     assert len(warehouse["fact_sales_order"]) == 12 + 6
+
+
+SET_ASIDE_DESIGN = 900_050
+
+
+def restricted_history() -> list[tuple[str, int, dict[str, pa.Table], dict | None]]:
+    """``history`` (first-capture batches copied straight in, the dimension split, fallbacks
+    in a savepoint, a later capture's deletions, a late older capture) then a batch whose fact
+    waits in the park for a set-aside design and the batch that releases it."""
+    batches: list[tuple[str, int, dict[str, pa.Table], dict | None]] = [
+        (batch, seq, tables, None) for batch, seq, tables in history()
+    ]
+    dims = dimensions(staff=1, locations=1, designs=1, counterparties=1)
+    orders = sales_orders(2, dims, seed=5).slice(0, 1)
+    orders = pa.Table.from_pylist(
+        [
+            {**r, "sales_order_id": 700_001, "design_id": SET_ASIDE_DESIGN}
+            for r in orders.to_pylist()
+        ],
+        schema=orders.schema,
+    )
+    design = pa.Table.from_pylist(
+        [{**r, "design_id": SET_ASIDE_DESIGN} for r in dims["dim_design"].to_pylist()],
+        schema=dims["dim_design"].schema,
+    )
+    batches.append(("p7-000", 7, with_calendar({**dims, "fact_sales_order": orders}),
+                    {"dim_design": [SET_ASIDE_DESIGN]}))  # fmt: skip
+    batches.append(("f8-000", 8, {"dim_design": design}, None))
+    return batches
+
+
+@pytest.mark.parametrize("probes", [False, True])
+def test_a_restricted_loader_takes_every_load_path_and_ends_as_the_owner(
+    fresh_db, pg_connect, new_role, pg_cluster, monkeypatch, probes
+):
+    """Issue 16: the loader (SELECT, INSERT, UPDATE on the star tables, the park's queue,
+    TEMP; no DDL) runs every path a backfill and the batches after it take, each forced on
+    at this small scale: the facts' COPY straight in, the dimension split at a threshold of 1
+    (the stored-keys probe, a COPY of new keys, a key twice rolled back to its savepoint),
+    the staged tables' ANALYZE, the index probes' transaction-local planner settings (or the
+    hash joins), deletions, the park and its release; in a schema of its own, reached through
+    the connection's ``search_path``. Its warehouse and every count equal the owner's."""
+    from totes.db import connect
+    from totes.identifiers import quote
+    from totes.warehouse import dimensions as dimension_merges
+    from totes.warehouse import facts, staging
+    from totes.warehouse.roles import grant_loader
+
+    monkeypatch.setattr(backfill, "DIMENSION_ROWS", 1)
+    monkeypatch.setattr(staging, "ANALYZE_ROWS", 1)
+    threshold = -1 if probes else 10**12
+    monkeypatch.setattr(facts, "PROBE_ABOVE_BATCHES", threshold)
+    monkeypatch.setattr(dimension_merges, "PROBE_ABOVE_BATCHES", threshold)
+    split: list[bool] = []
+    real_split = backfill.copy_new_keys
+
+    def recording_split(con, batch, seq, table, rows):
+        result, left = real_split(con, batch, seq, table, rows)
+        split.append(result is not None and result.inserted > 0)
+        return result, left
+
+    monkeypatch.setattr(backfill, "copy_new_keys", recording_split)
+    schema = "totes_wh"
+    outcomes = []
+    for restricted in (False, True):
+        db = fresh_db("wh")
+        owner = new_role(db, "owner")
+        admin = pg_connect(pg_cluster.admin.with_dbname(db.dbname))
+        admin.run(f"CREATE SCHEMA {quote(schema)} AUTHORIZATION {quote(owner.user)}")
+        owner_con = connect(owner, search_path=schema)
+        migrate(owner_con, schema)
+        loading = owner_con
+        if restricted:
+            loader = new_role(db, "loader")
+            grant_loader(owner_con, loader.user, schema)
+            loading = connect(loader, search_path=schema)
+        results = [
+            load(loading, batch, tables, seq, set_aside)
+            for batch, seq, tables, set_aside in restricted_history()
+        ]
+        outcomes.append(([r.tables for r in results], state(owner_con)))
+        for con in {id(c): c for c in (loading, owner_con)}.values():
+            con.close()
+    (owner_results, owner_state), (loader_results, loader_state) = outcomes
+    assert loader_results == owner_results
+    assert loader_state == owner_state
+    assert any(split)  # the split copied new keys straight in
+    assert owner_results[-2]["fact_sales_order"].parked == 1  # its design was set aside
+    assert owner_results[-1]["fact_sales_order"].released == 1  # and arrived

@@ -43,6 +43,7 @@ from totes.extract.closure import (
     run_selection_sql,
 )
 from totes.extract.plan import Piece, TableCounts, text_array_literal
+from totes.server_errors import describe, fields_of
 from totes.source.model import TABLES_BY_NAME, Table
 
 # At most this many tables get a reader (sessions besides the run's own), the largest first.
@@ -177,9 +178,11 @@ class TableReader:
             return item
         got = self._queue.get()
         if isinstance(got, Exception):
+            # Not chained: the cause's own text (ADBC's embeds DETAIL and the query, a data
+            # exception's message a value) would be printed with the traceback.
             raise ReaderFailed(
                 f"reader of {self.table.name} ({self.driver}) failed: {_cause(got)}"
-            ) from got
+            ) from None
         if isinstance(got, BaseException):
             raise got
         return got
@@ -206,13 +209,15 @@ class TableReader:
 
 
 def _cause(exc: Exception) -> str:
-    """What went wrong, for the operator: a totes error's own message, the server's message
-    of a pg8000 error (its args hold the fields), else the exception's type and text."""
+    """What went wrong, for the operator: a totes error's own message, a server error of
+    either driver named by objects and SQLSTATE (``server_errors``: never a value its message
+    or DETAIL quotes), else the exception's type and text (the raw lake's refusal of a value
+    names the column only, ``adbc.conform``, ``stream``)."""
     if isinstance(exc, TotesError):
         return str(exc)
-    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else None
-    if fields is not None and "M" in fields:
-        return f"{type(exc).__name__}: {fields.get('C', '')} {fields['M']}".replace("  ", " ")
+    fields = fields_of(exc)
+    if fields:
+        return f"{type(exc).__name__}: {describe(fields)}"
     return f"{type(exc).__name__}: {str(exc).strip()}"
 
 

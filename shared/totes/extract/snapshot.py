@@ -23,8 +23,10 @@ def snapshot(con: Connection) -> Iterator[None]:
     try:
         con.run("SET LOCAL DateStyle = 'ISO, YMD'")
         yield
-    finally:
-        con.run("ROLLBACK")
+    except BaseException:
+        _abandon(con)
+        raise
+    con.run("ROLLBACK")
 
 
 def export(con: Connection) -> str:
@@ -50,7 +52,18 @@ def imported(con: Connection, snapshot_id: str) -> Iterator[None]:
         con.run(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
         con.run("SET LOCAL DateStyle = 'ISO, YMD'")
         yield
-    finally:
+    except BaseException:
+        _abandon(con)
+        raise
+    con.run("ROLLBACK")
+
+
+def _abandon(con: Connection) -> None:
+    """Roll back after a failure, quietly: a failure raised while pg8000 received a COPY (the
+    sink refused a value) leaves the connection mid-protocol, and the ROLLBACK's own error
+    (pg8000's "'Context' object has no attribute 'stream_write'") would replace the cause.
+    The caller discards the connection after such a failure."""
+    with contextlib.suppress(Exception):
         con.run("ROLLBACK")
 
 

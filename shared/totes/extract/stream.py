@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
@@ -124,6 +125,8 @@ COPY_BLOCK_BYTES = 2**20
 # A chunk is handed on at chunk_rows rows or at this many bytes, whichever comes first, so a
 # table of huge values stays bounded in memory too.
 CHUNK_BYTES = 64 * 2**20
+# The position of the column Arrow's CSV reader could not convert, from its message.
+_CSV_COLUMN = re.compile(r"In CSV column #(\d+)")
 
 
 class _CsvChunks(io.RawIOBase):
@@ -151,6 +154,7 @@ class _CsvChunks(io.RawIOBase):
     ):
         super().__init__()
         self.schema = table.lake_schema if schema is None else schema
+        self.table_name = table.name
         self.chunk_rows = chunk_rows
         self.on_chunk = on_chunk
         self.buffer = bytearray()
@@ -228,12 +232,15 @@ class _CsvChunks(io.RawIOBase):
             block_size=max(COPY_BLOCK_BYTES, len(data) + 1),
             use_threads=False,
         )
-        parsed = pacsv.read_csv(
-            io.BytesIO(data),
-            read_options=options,
-            parse_options=self.parse_options,
-            convert_options=self.convert_options,
-        ).cast(self.schema)
+        try:
+            parsed = pacsv.read_csv(
+                io.BytesIO(data),
+                read_options=options,
+                parse_options=self.parse_options,
+                convert_options=self.convert_options,
+            ).cast(self.schema)
+        except pa.ArrowInvalid as exc:  # its message quotes the value: only the column is kept
+            raise ValueError(self._unfit(str(exc))) from None
         self.parsed.append(parsed)
         self.parsed_rows += parsed.num_rows
         self.parsed_bytes += parsed.nbytes
@@ -241,6 +248,19 @@ class _CsvChunks(io.RawIOBase):
             self._hand_on(self.chunk_rows)
         if self.parsed_bytes >= CHUNK_BYTES:
             self._hand_on(self.parsed_rows)
+
+    def _unfit(self, message: str) -> str:
+        """The refusal of a value the raw lake type cannot hold, naming its table and column
+        (Arrow's message names the column by position, "In CSV column #3: ... invalid value
+        '...'"), as ``extract.adbc.conform`` names it, never the value."""
+        found = _CSV_COLUMN.match(message)
+        if found is None or int(found[1]) >= len(self.schema):
+            return f"{self.table_name}: a source value does not fit the raw lake schema"
+        field = self.schema.field(int(found[1]))
+        return (
+            f"{self.table_name}.{field.name}: a source value does not fit the raw lake type"
+            f" {field.type}"
+        )
 
     def _hand_on(self, rows: int) -> None:
         parsed = pa.concat_tables(self.parsed)

@@ -41,10 +41,18 @@ class SqlType:
     representable: str | None = None
 
 
-# A value outside these is set aside with its row, never coerced.
+# A value outside these is set aside with its row, never coerced. A timestamp holds whole
+# milliseconds (the lake's timestamp[ms]): a column widened past timestamp(3) may hold
+# microseconds, which Arrow's parse and cast refuse, failing the whole run (found by review).
+# Compared with its own rounding to milliseconds, after the range checks (an AND is evaluated
+# in order in a select list: 'infinity' is never cast). On a timestamp(3) column the cast is
+# no cast at all (same type modifier), one comparison more per stamp and evaluation. Measured
+# on the four large tables' selection at 1M orders (4.25M rows, scratch bench, alternating):
+# server CPU 2.53 -> 2.67 s, paired median +0.115 s (~27 ns a row); a CASE for the order cost
+# more (2.60 as AND against 2.66 as CASE in a three-way run).
 _TIMESTAMP_RANGE = (
     "{c} IS NULL OR ({c} >= CAST('0001-01-01' AS timestamp)"
-    " AND {c} < CAST('10000-01-01' AS timestamp))"
+    " AND {c} < CAST('10000-01-01' AS timestamp) AND {c} = CAST({c} AS timestamp(3)))"
 )
 _MONEY_RANGE = "{c} IS NULL OR (abs({c}) < 100000000 AND {c} = round({c}, 2))"
 # The raw lake's side column: for a row holding values the lake type cannot, a JSON object of

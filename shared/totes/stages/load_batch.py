@@ -42,6 +42,7 @@ from totes.db import (
 from totes.errors import DatabaseUnavailable, LoadedButUnreported, LoadFailed, SchemaBehind
 from totes.lake import Lake, Manifest, batch_id_from_manifest_key, schema_fingerprint
 from totes.observability import emit, logger, timed
+from totes.server_errors import describe_error
 from totes.settings import LoadSettings
 from totes.stages import runtime
 from totes.stages.trigger import ObjectRef, handle_manifests
@@ -121,9 +122,9 @@ def _check_schema(con: Connection, creds: DbCredentials, schema: str, batch_id: 
 
 
 def _server_message(exc: DatabaseError) -> str:
-    """The server's SQLSTATE and message (they name objects, never row values)."""
-    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-    return f"{fields.get('C', '?')} {fields.get('M', type(exc).__name__)}"
+    """The server's refusal named by objects and SQLSTATE, never a value it quotes
+    (``server_errors.describe_error``)."""
+    return describe_error(exc)
 
 
 def _emit(result: LoadResult) -> None:

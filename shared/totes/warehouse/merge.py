@@ -32,7 +32,6 @@ cost that follows the batch, not the table (docs/load.md "One load path").
 from __future__ import annotations
 
 import contextlib
-import re
 
 import pyarrow as pa
 from pg8000.exceptions import DatabaseError, InterfaceError
@@ -42,6 +41,7 @@ from totes.errors import DatabaseUnavailable, LoadFailed
 from totes.identifiers import quote
 from totes.lake import Manifest, empty_table, schema_fingerprint
 from totes.manifest_checks import Capture, ManifestRefused, capture
+from totes.server_errors import describe_error
 from totes.star.model import (
     DELETED_KEYS,
     DELETED_KEYS_SCHEMA,
@@ -317,44 +317,8 @@ def _rollback(con: Connection) -> None:
         con.run("ROLLBACK")
 
 
-# SQLSTATE classes whose primary message names objects only (table, column, constraint, type,
-# role), never a value: connection (08), integrity constraint violations (23), transaction
-# state (25), rollbacks such as deadlocks (40), syntax or access rules (42), resources (53),
-# program limits (54), object state such as locks (55) and operator intervention such as
-# timeouts (57). The rest, data exceptions (22) above all, may quote the offending value
-# ('invalid input syntax for type integer: "..."'), so only their condition name is kept.
-_MESSAGE_NAMES_ONLY = frozenset({"08", "23", "25", "40", "42", "53", "54", "55", "57"})
-_CONDITIONS = {
-    "22001": "value too long for its column",
-    "22003": "numeric value out of range",
-    "22007": "invalid datetime format",
-    "22008": "datetime field overflow",
-    "22012": "division by zero",
-    "22021": "character not in repertoire",
-    "22P02": "invalid text representation",
-}
-# The key columns of a unique, exclusion or foreign-key violation's DETAIL, without the
-# values that follow: 'Key (staff_id)=(42) already exists.' gives "staff_id".
-_DETAIL_KEY = re.compile(r"^Key \((?P<columns>.+?)\)=\(")
-
-
 def _describe(exc: DatabaseError) -> str:
-    """What PostgreSQL refused, naming table, column, key column(s) and constraint, never a
-    row value: its DETAIL ("Failing row contains (...)", "Key (id)=(42) already exists.") and
-    context (a COPY line) are left out, as is the message of a class that may quote a value.
-    Load's exception, logs and failure-queue record carry this text (issue 14, M5)."""
-    info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-    if not info:
-        return f"{type(exc).__name__} without PostgreSQL's error fields"
-    code = str(info.get("C", "?"))
-    if code[:2] in _MESSAGE_NAMES_ONLY:
-        parts = [str(info.get("M", "error"))]
-    else:
-        parts = [_CONDITIONS.get(code, f"error of SQLSTATE class {code[:2]}")]
-    for label, field in (("table", "t"), ("column", "c"), ("constraint", "n"), ("type", "d")):
-        if info.get(field):
-            parts.append(f"{label} {info[field]}")
-    key = _DETAIL_KEY.match(str(info.get("D", "")))
-    if key:
-        parts.append(f"key ({key['columns']})")
-    return f"{'; '.join(parts)} [SQLSTATE {code}]"
+    """What PostgreSQL refused (``server_errors.describe``): table, column, key column(s) and
+    constraint, never a row value. Load's exception, logs and failure-queue record carry this
+    text (issue 14, M5)."""
+    return describe_error(exc)
