@@ -3,12 +3,15 @@ limit of three part digits. Parquet files read back as written, without the data
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
-from datetime import date
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from totes.lake import (
     BATCH_ID,
@@ -26,6 +29,41 @@ def test_a_parquet_file_reads_back_as_written_with_its_metadata():
     back = parquet_bytes_to_table(table_to_parquet_bytes(table))
     assert back.equals(table)
     assert back.schema.equals(table.schema, check_metadata=True)
+
+
+def test_only_text_and_date_columns_are_dictionary_encoded_and_values_read_back_the_same():
+    """Dictionaries of nearly distinct keys, stamps and decimals cost most of the encoding
+    time and made files larger (docs/transform.md "Cost per batch"); text and dates repeat."""
+    n = 1000
+    table = pa.table(
+        {
+            "id": pa.array(range(n), pa.int32()),
+            "code": pa.array(["GBP", "EUR", None, "USD"] * (n // 4), pa.string()),
+            "day": pa.array([date(2024, 1, 1 + i % 28) for i in range(n)], pa.date32()),
+            "at": pa.array(
+                [datetime(2024, 1, 1) + timedelta(seconds=i) for i in range(n)], pa.timestamp("ms")
+            ),
+            "price": pa.array([Decimal(i) / 100 for i in range(n)], pa.decimal128(10, 2)),
+            "paid": pa.array([i % 3 == 0 for i in range(n)], pa.bool_()),
+        }
+    )
+    body = table_to_parquet_bytes(table)
+    back = parquet_bytes_to_table(body)
+    assert back.equals(table)
+    assert back.schema.equals(table.schema, check_metadata=True)
+    row_group = pq.ParquetFile(io.BytesIO(body)).metadata.row_group(0)
+    encoded = {
+        row_group.column(i).path_in_schema: row_group.column(i).has_dictionary_page
+        for i in range(row_group.num_columns)
+    }
+    assert encoded == {
+        "id": False,
+        "code": True,
+        "day": True,
+        "at": False,
+        "price": False,
+        "paid": False,
+    }
 
 
 def fresh_interpreter_prints(code: str) -> str:

@@ -106,7 +106,7 @@ def _write_batch(
     in_flight: deque[Future[ManifestFile]] = deque()
 
     def store(table: Table, key: str, chunk: pa.Table) -> ManifestFile:
-        size = lake.put_table(key, chunk, dictionary_strings_only=True)
+        size = lake.put_table(key, chunk)
         return ManifestFile(
             table.name, key, chunk.num_rows, fingerprint_of(table.lake_schema), size
         )
