@@ -256,7 +256,7 @@ def value_problems(model: Table, table: pa.Table) -> list[tuple[int, RowProblem]
 def reference_problems(
     model: Table,
     table: pa.Table,
-    good_keys: Mapping[str, pa.Array],
+    good_keys: Mapping[str, pa.ChunkedArray | pa.Array],
     set_aside_keys: Mapping[str, list[int]],
 ) -> list[tuple[int, RowProblem]]:
     """(row index, problem) for every NOT NULL reference the batch cannot satisfy: the row it
@@ -270,10 +270,10 @@ def reference_problems(
             continue  # informational in the star (a transaction's order ids)
         values = table[fk.column]
         present = pc.is_in(values, value_set=good_keys.get(fk.table, pa.array([], pa.int32())))
-        aside = pc.is_in(values, value_set=pa.array(set_aside_keys.get(fk.table, []), pa.int32()))
-        missing = pc.and_(pc.is_valid(values), pc.invert(present))
-        for row in _indices(missing):
-            check, reason = _reference_reason(model, fk, aside[row].as_py())
+        missing = _indices(pc.and_(pc.is_valid(values), pc.invert(present)))
+        aside = set(set_aside_keys.get(fk.table, ())) if missing else set()
+        for row in missing:
+            check, reason = _reference_reason(model, fk, values[row].as_py() in aside)
             if check is None:
                 continue
             value = str(values[row].as_py())
@@ -293,7 +293,7 @@ def _reference_reason(model: Table, fk: ForeignKey, aside: bool) -> tuple[str | 
 def set_aside_rows(
     model: Table,
     table: pa.Table,
-    good_keys: Mapping[str, pa.Array],
+    good_keys: Mapping[str, pa.ChunkedArray | pa.Array],
     set_aside_keys: Mapping[str, list[int]],
 ) -> tuple[pa.Table, list[RowProblem], list[int]]:
     """The rows of one source table that the star can take (model columns, checked schema),
@@ -301,11 +301,13 @@ def set_aside_rows(
     ``set_aside_keys`` hold the answers for the tables it references (dependency order)."""
     found = value_problems(model, table)
     found += reference_problems(model, table, good_keys, set_aside_keys)
+    if not found:  # the usual case: no mask, no filter (a copy of every column)
+        return table.select(model.column_names).cast(model.checked_schema), [], []
     flags = np.zeros(table.num_rows, dtype=bool)
     flags[[row for row, _ in found]] = True
     bad = pa.array(flags)
     keys = table[model.key]
-    if not model.is_fact_source and found:
+    if not model.is_fact_source:
         # A dimension key goes aside whole: no older version of it stands in for the latest.
         aside = pc.unique(keys.filter(bad)).drop_null()
         same_key = pc.and_(pc.is_in(keys, value_set=aside), pc.invert(bad))
@@ -386,7 +388,7 @@ def gate(manifest: Manifest, files: Mapping[ManifestFile, pa.Table | Exception])
         )
 
     source: dict[str, pa.Table] = {}
-    good_keys: dict[str, pa.Array] = {}
+    good_keys: dict[str, pa.ChunkedArray | pa.Array] = {}
     aside_keys: dict[str, list[int]] = {}
     aside_rows: dict[str, int] = {}
     row_problems: list[RowProblem] = []
@@ -396,7 +398,9 @@ def gate(manifest: Manifest, files: Mapping[ManifestFile, pa.Table | Exception])
             continue
         good, found, keys = set_aside_rows(model, table, good_keys, aside_keys)
         source[model.name] = good
-        good_keys[model.name] = pc.unique(good[model.key])
+        # Not made unique: ``is_in`` takes repeated values, and ``unique`` of a large table's
+        # keys cost more than every lookup into them (docs/transform.md "Cost per batch").
+        good_keys[model.name] = good[model.key]
         if table.num_rows > good.num_rows:
             aside_rows[model.name] = table.num_rows - good.num_rows
             aside_keys[model.name] = keys

@@ -193,3 +193,24 @@ def test_a_text_date_is_flagged_exactly_when_it_is_not_a_real_yyyy_mm_dd_date(te
 
     assert mask.null_count == 0
     assert mask.to_pylist() == [t is not None and not _is_real_date(t) for t in texts]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    days=st.lists(st.one_of(st.none(), st.dates(min_value=datetime(1, 1, 1).date())), max_size=60),
+    split=st.integers(0, 60),
+)
+def test_a_real_text_date_parses_to_its_own_day_however_often_it_repeats(days, split):
+    """``parse_text_date`` parses each distinct text once and looks rows up: every row gets
+    its own day, NULL stays NULL, over chunked columns with repeats."""
+    from totes.star.dates import parse_text_date
+
+    texts = [None if d is None else f"{d.year:04d}-{d.month:02d}-{d.day:02d}" for d in days]
+    column = pa.chunked_array(
+        [pa.array(texts[:split], pa.string()), pa.array(texts[split:], pa.string())]
+    )
+
+    parsed = parse_text_date(column)
+
+    assert parsed.type == pa.date32()
+    assert parsed.to_pylist() == days
