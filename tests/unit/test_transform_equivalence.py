@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -180,3 +184,30 @@ def test_the_seeded_batch_reaches_every_gate_and_table():
 
 def test_the_star_of_a_seeded_batch_is_what_it_was():
     assert digests(star_of(seeded_batch())) == EXPECTED
+
+
+def test_remodelling_a_batch_does_not_start_arrow_s_query_engine():
+    """Joins and the deletions' distinct pairs are lookups and sorts: ``Table.join`` and
+    ``group_by`` import ``pyarrow.acero`` and ``pyarrow.dataset`` on first use, about 0.08 s
+    of a cold transform's first batch (docs/transform.md "Cost per batch")."""
+    code = (
+        "import sys\n"
+        "import pyarrow as pa\n"
+        "from factories import full_batch\n"
+        "from totes.source.model import DELETED_KEYS_SCHEMA\n"
+        "from totes.star.remodel import build_star, deleted_keys\n"
+        "star = build_star(full_batch())\n"
+        "gone = pa.table({'table': ['staff', 'x'], 'key': [1, 2]}, schema=DELETED_KEYS_SCHEMA)\n"
+        "assert deleted_keys(gone).num_rows == 1 and star['dim_staff'].num_rows == 1\n"
+        "print(sorted(m for m in ('pyarrow.acero', 'pyarrow.dataset') if m in sys.modules))\n"
+    )
+    path = os.pathsep.join([str(Path(__file__).parent), *sys.path])
+    done = subprocess.run(  # nosec B603 - our interpreter, fixed code
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"  # after the warning log line
