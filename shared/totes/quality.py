@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from totes.arrow_values import FALSE, bools, ints
 from totes.errors import BatchRejected
 from totes.lake import Manifest, ManifestFile, empty_table, schema_fingerprint
 from totes.observability import logger
@@ -199,7 +200,7 @@ def conform_columns(model: Table, table: pa.Table) -> tuple[pa.Table, list[Probl
 
 def _indices(mask: pa.ChunkedArray | pa.Array) -> list[int]:
     array = mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
-    indices: list[int] = pc.indices_nonzero(array.fill_null(False)).to_pylist()
+    indices: list[int] = pc.indices_nonzero(pc.fill_null(array, FALSE)).to_pylist()
     return indices
 
 
@@ -269,7 +270,7 @@ def reference_problems(
         if not model.column(fk.column).not_null:
             continue  # informational in the star (a transaction's order ids)
         values = table[fk.column]
-        present = pc.is_in(values, value_set=good_keys.get(fk.table, pa.array([], pa.int32())))
+        present = pc.is_in(values, value_set=good_keys.get(fk.table, ints([])))
         missing = _indices(pc.and_(pc.is_valid(values), pc.invert(present)))
         aside = set(set_aside_keys.get(fk.table, ())) if missing else set()
         for row in missing:
@@ -305,7 +306,7 @@ def set_aside_rows(
         return table.select(model.column_names).cast(model.checked_schema), [], []
     flags = np.zeros(table.num_rows, dtype=bool)
     flags[[row for row, _ in found]] = True
-    bad = pa.array(flags)
+    bad = bools(flags)
     keys = table[model.key]
     if not model.is_fact_source:
         # A dimension key goes aside whole: no older version of it stands in for the latest.

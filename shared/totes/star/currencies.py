@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from totes.arrow_values import strings
+
 ISO4217_JSON = Path(__file__).with_name("iso4217.json")
 
 
@@ -29,8 +31,8 @@ def currency_name_table() -> pa.Table:
     names = currency_names()
     return pa.table(
         {
-            "currency_code": pa.array(list(names), pa.string()),
-            "currency_name": pa.array(list(names.values()), pa.string()),
+            "currency_code": strings(list(names)),
+            "currency_name": strings(list(names.values())),
         }
     )
 

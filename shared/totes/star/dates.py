@@ -14,6 +14,8 @@ from datetime import datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from totes.arrow_values import FALSE, ints, strings
+
 DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 MONTH_NAMES = (
     "January",
@@ -32,10 +34,17 @@ MONTH_NAMES = (
 
 # A calendar day never changes, so every dim_date row carries the same (earliest) version.
 DATE_SOURCE_VERSION = datetime(1970, 1, 1)
+_DATE_SOURCE_VERSION = ints([0], pa.timestamp("ms"))[0]  # DATE_SOURCE_VERSION, the epoch
 
 TEXT_DATE_FORMAT = "%Y-%m-%d"
 # The first day of year 1: PostgreSQL has no year 0 (1 BC comes before 1 AD).
-_FIRST_DAY = pa.scalar(datetime(1, 1, 1), pa.timestamp("s"))
+# (Built from buffers, as every Arrow value here: docs/transform.md "Cost per batch".)
+_FIRST_DAY = ints(
+    [int((datetime(1, 1, 1) - datetime(1970, 1, 1)).total_seconds())], pa.timestamp("s")
+)[0]
+# Names looked up by ISO day of week (1..7) and month (1..12): index 0 is never taken.
+_DAY_NAMES = strings(("", *DAY_NAMES))
+_MONTH_NAMES = strings(("", *MONTH_NAMES))
 
 
 def date_part(stamps: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
@@ -73,8 +82,8 @@ def unparseable_text_dates(text: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray 
     parsed = pc.strptime(distinct, format=TEXT_DATE_FORMAT, unit="s", error_is_null=True)
     printed = pc.strftime(parsed, format=TEXT_DATE_FORMAT)
     real = pc.and_(
-        pc.fill_null(pc.equal(printed, distinct), False),
-        pc.fill_null(pc.greater_equal(parsed, _FIRST_DAY), False),
+        pc.fill_null(pc.equal(printed, distinct), FALSE),
+        pc.fill_null(pc.greater_equal(parsed, _FIRST_DAY), FALSE),
     )
     bad = pc.filter(distinct, pc.and_(pc.is_valid(distinct), pc.invert(real)))
     return pc.is_in(text, value_set=bad)
@@ -98,11 +107,9 @@ def calendar(*date_columns: pa.ChunkedArray | pa.Array) -> pa.Table:
             "month": month,
             "day": pc.day(days),
             "day_of_week": day_of_week,
-            "day_name": pc.take(pa.array(DAY_NAMES), pc.subtract(day_of_week, 1)),
-            "month_name": pc.take(pa.array(MONTH_NAMES), pc.subtract(month, 1)),
+            "day_name": pc.take(_DAY_NAMES, day_of_week),
+            "month_name": pc.take(_MONTH_NAMES, month),
             "quarter": pc.quarter(days),
-            "source_version": pa.repeat(
-                pa.scalar(DATE_SOURCE_VERSION, pa.timestamp("ms")), len(days)
-            ),
+            "source_version": pa.repeat(_DATE_SOURCE_VERSION, len(days)),
         }
     )

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from totes.arrow_values import TRUE, bools, strings
 from totes.lake import empty_table
 from totes.observability import logger
 from totes.source.model import DELETED_KEYS_SCHEMA, TABLES, TABLES_BY_NAME
@@ -53,7 +54,7 @@ def _first_of_each_run(table: pa.Table, keys: list[str]) -> pa.Table:
         return table
     columns = [table[key].combine_chunks() for key in keys]
     change = functools.reduce(pc.or_, [pc.not_equal(c[1:], c[:-1]) for c in columns])
-    mask = pa.concat_arrays([pa.array([True]), change.fill_null(True)])
+    mask = pa.concat_arrays([bools([True]), pc.fill_null(change, TRUE)])
     return table.filter(mask)
 
 
@@ -307,10 +308,9 @@ def deleted_keys(deleted: pa.Table) -> pa.Table:
     is reported and ignored."""
     deleted = deleted.select(DELETED_KEYS_SCHEMA.names)
     mapping = pa.table(
-        {"table": list(STAR_TABLE_OF), "star_table": list(STAR_TABLE_OF.values())},
-        schema=pa.schema([("table", pa.string()), ("star_table", pa.string())]),
+        {"table": strings(list(STAR_TABLE_OF)), "star_table": strings(list(STAR_TABLE_OF.values()))}
     )
-    known = pa.array(sorted(TABLES_BY_NAME), pa.string())
+    known = strings(sorted(TABLES_BY_NAME))
     tables = deleted["table"]
     unknown = pc.unique(tables.filter(pc.invert(pc.is_in(tables, value_set=known))))
     if len(unknown):
