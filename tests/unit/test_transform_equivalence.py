@@ -188,8 +188,8 @@ def test_the_star_of_a_seeded_batch_is_what_it_was():
 
 def test_remodelling_a_batch_does_not_start_arrow_s_query_engine():
     """Joins and the deletions' distinct pairs are lookups and sorts: ``Table.join`` and
-    ``group_by`` import ``pyarrow.acero`` and ``pyarrow.dataset`` on first use, about 0.08 s
-    of a cold transform's first batch (docs/transform.md "Cost per batch")."""
+    ``group_by`` import ``pyarrow.acero`` and ``pyarrow.dataset`` on first use (and pandas
+    with them), in a cold transform's first batch (docs/transform.md "Cost per batch")."""
     code = (
         "import sys\n"
         "import pyarrow as pa\n"
