@@ -33,6 +33,17 @@ def log_lines(monkeypatch) -> io.StringIO:
     return buffer
 
 
+@pytest.fixture(params=[False, True], ids=["sorted", "piece_by_piece"])
+def read_alone(request, monkeypatch) -> bool:
+    """Runs the test once per way a reader reads its table (``extract.readers.read_plan``):
+    once for the whole run sorted by piece, as a run of many pieces does, and piece by piece,
+    as a run of a few does, whatever the test's number of pieces."""
+    from totes.extract import readers
+
+    monkeypatch.setattr(readers, "PIECES_READ_ALONE", 10**6 if request.param else 0)
+    return bool(request.param)
+
+
 @pytest.fixture(params=["pg8000", "adbc"])
 def reader_driver(request, monkeypatch) -> str:
     """Runs the test once per driver of the large-table readers (``extract.adbc.choose``):

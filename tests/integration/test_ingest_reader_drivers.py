@@ -103,7 +103,7 @@ def readers_seen(monkeypatch) -> list[tuple[str, str]]:
 
 
 def test_both_drivers_write_the_same_manifests_and_parts_odd_values_included(
-    stack, source, lake, pg_connect, readers_seen
+    stack, source, lake, pg_connect, readers_seen, read_alone
 ):
     seed_odd_values(pg_connect(source))
     settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
@@ -145,7 +145,7 @@ def test_both_drivers_write_the_same_manifests_and_parts_odd_values_included(
 
 
 def test_adbc_readers_see_only_the_runs_snapshot_while_the_source_is_written(
-    stack, source, lake, pg_connect, readers_seen
+    stack, source, lake, pg_connect, readers_seen, read_alone
 ):
     """Orders are inserted and payments updated throughout three multi-batch runs on ADBC
     readers: afterwards every version the source holds is in the lake, and no version arrived

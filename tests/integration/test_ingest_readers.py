@@ -53,9 +53,12 @@ def statements(monkeypatch) -> list[str]:
     return seen
 
 
-def read_whole_run(driver: str, table) -> str:
-    """The statement a reader of ``driver`` reads its table's rows of the whole run with."""
-    return closure.run_selection_sql(table) if driver == "adbc" else closure.run_copy_sql(table)
+def run_read(driver: str, table, *, one_piece: bool) -> str:
+    """The statement a reader of ``driver`` reads its table's rows with: of the whole run, or
+    of one published piece."""
+    if driver == "adbc":
+        return closure.run_selection_sql(table, one_piece=one_piece)
+    return closure.run_copy_sql(table, one_piece=one_piece)
 
 
 def contents(lake, manifests: list[Manifest]) -> list[dict]:
@@ -87,7 +90,7 @@ def empty(lake) -> None:
 
 
 def test_a_multi_batch_capture_reads_each_large_table_once_and_writes_the_same_batches(
-    stack, source, lake, statements, reader_driver
+    stack, source, lake, statements, reader_driver, read_alone
 ):
     settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
     per_batch = contents(lake, ingest(replace(settings, readers=0), source, lake.s3))
@@ -98,7 +101,12 @@ def test_a_multi_batch_capture_reads_each_large_table_once_and_writes_the_same_b
 
     assert len(manifests) >= 8
     assert contents(lake, manifests) == per_batch
-    read_once = {t.name for t in TABLES if statements.count(read_whole_run(reader_driver, t)) == 1}
+    reads = len(manifests) if read_alone else 1  # a scan per piece, or one for the run
+    read_once = {
+        t.name
+        for t in TABLES
+        if statements.count(run_read(reader_driver, t, one_piece=read_alone)) == reads
+    }
     assert len(read_once) == readers.MAX_READERS
     assert {"sales_order", "payment"} <= read_once
     for table in TABLES:
@@ -224,12 +232,12 @@ def test_a_readers_failure_fails_the_run_naming_its_table_before_its_batch_is_wr
     monkeypatch.setattr(
         readers,
         "run_copy_sql",
-        lambda t: f"COPY (SELECT no_such_column FROM {t.name}) TO STDOUT",  # noqa: S608
+        lambda t, **_: f"COPY (SELECT no_such_column FROM {t.name}) TO STDOUT",  # noqa: S608
     )
     monkeypatch.setattr(
         readers,
         "run_selection_sql",
-        lambda t: f"SELECT no_such_column FROM {t.name}",  # noqa: S608
+        lambda t, **_: f"SELECT no_such_column FROM {t.name}",  # noqa: S608
     )
     settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
 
@@ -257,12 +265,12 @@ def test_a_readers_server_error_is_named_without_a_value_it_quotes_or_its_detail
     monkeypatch.setattr(
         readers,
         "run_copy_sql",
-        lambda t: f"COPY (SELECT {value} FROM {t.name}) TO STDOUT",  # noqa: S608
+        lambda t, **_: f"COPY (SELECT {value} FROM {t.name}) TO STDOUT",  # noqa: S608
     )
     monkeypatch.setattr(
         readers,
         "run_selection_sql",
-        lambda t: f"SELECT {value} FROM {t.name}",  # noqa: S608
+        lambda t, **_: f"SELECT {value} FROM {t.name}",  # noqa: S608
     )
     settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
 
@@ -302,7 +310,7 @@ class KillReadersAfterManifests(FailAfterManifests):
 
 
 def test_a_killed_reader_session_fails_the_run_naming_its_table_and_the_retry_loses_nothing(
-    stack, source, lake, pg_connect, reader_driver
+    stack, source, lake, pg_connect, reader_driver, read_alone
 ):
     """The readers' sessions die after the run's first batch: the run fails naming a read
     table and its driver, writes no batch past the failure, leaves the resume state of the

@@ -439,14 +439,15 @@ def test_an_unreadable_file_is_named_without_the_readers_message(aws, stack, pro
 # A row of distinctive values, damaged one way per case, on the paths a first capture takes
 # (issue 16): facts COPYed straight in, a large dimension split and its new keys COPYed, and
 # the staged way. (case, table, threshold for the dimension split, damage, the step and what
-# the error must name, the values no output may carry)
+# the error must name, the values no output may carry). A NULL the COPY meets sends the table
+# the staged way (``backfill.copy_versions``), whose merge refuses it: "merging".
 LEAK_BATCH = "c0000000000000000009-000"
 QUOKKA = {"first_name": "Quokkaleak", "last_name": "Zanzibarsson", "location": "Leakington"}
 PRICE = Decimal("73829.41")
 LEAK_CASES = {
     "fact-copied-null": (
         "fact_sales_order", None, {"units_sold": None, "unit_price": PRICE},
-        "copying fact_sales_order", ["column units_sold", "23502"], ["73829.41"],
+        "merging fact_sales_order", ["column units_sold", "23502"], ["73829.41"],
     ),
     "fact-copied-time-out-of-range": (
         "fact_sales_order", None, {"created_time": 200_000_000, "unit_price": PRICE},
@@ -462,7 +463,7 @@ LEAK_CASES = {
     ),
     "dimension-split-null": (
         "dim_staff", 1, {**QUOKKA, "email_address": None},
-        "copying dim_staff", ["column email_address", "23502"], ["Quokkaleak", "Leakington"],
+        "merging dim_staff", ["column email_address", "23502"], ["Quokkaleak", "Leakington"],
     ),
     "dimension-staged-nul-in-text": (
         "dim_staff", None, {**QUOKKA, "email_address": "quokka\x00zanzibarsson@leak.example"},

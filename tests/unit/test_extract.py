@@ -19,6 +19,7 @@ from totes.extract import capture, closure
 from totes.extract import stream as stream_module
 from totes.extract.capture import CaptureState, KeySet, Resume, Snapshot
 from totes.extract.keysets import distinct_sorted, union_sorted
+from totes.extract.readers import PIECES_READ_ALONE, read_plan
 from totes.extract.stream import _CsvChunks, copy_table
 from totes.source.model import TABLES, TABLES_BY_NAME
 
@@ -357,3 +358,13 @@ def test_a_failed_copy_leaves_nothing_for_the_writer_to_flush_when_collected():
     finally:
         sys.unraisablehook = previous
     assert unraisable == []
+
+
+def test_a_reader_reads_piece_by_piece_only_while_that_bounds_its_scans():
+    """A piece's own read streams at once but scans the table again: a run of a few pieces
+    reads each alone, a run of more reads once, sorted (cost O(rows), not O(rows x pieces))."""
+    assert read_plan(2) == [0, 1]
+    assert read_plan(PIECES_READ_ALONE) == list(range(PIECES_READ_ALONE))
+    assert read_plan(PIECES_READ_ALONE + 1) == [None]
+    assert read_plan(1_000) == [None]
+    assert read_plan(5, alone=0) == [None]

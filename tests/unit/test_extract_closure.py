@@ -35,6 +35,12 @@ def generated_sql() -> str:
         parts += [f"-- copy_sql({table.name})", closure.copy_sql(table)]
     for table in TABLES:
         parts += [f"-- copy_sql({table.name}, keyed=True)", closure.copy_sql(table, keyed=True)]
+    for table in TABLES:
+        parts += [f"-- run_selection_sql({table.name})", closure.run_selection_sql(table)]
+        parts += [
+            f"-- run_selection_sql({table.name}, one_piece=True)",
+            closure.run_selection_sql(table, one_piece=True),
+        ]
     return "\n".join(parts) + "\n"
 
 

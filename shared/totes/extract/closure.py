@@ -209,25 +209,34 @@ def copy_sql(table: Table, *, keyed: bool = False) -> str:
 # The column a whole-run read adds to each row: the index of the run's piece it belongs to.
 PIECE_COLUMN = "_piece"
 PIECE_BOUNDS_SETTING = "totes.piece_bounds"
+READ_PIECE_SETTING = "totes.read_piece"
 
 
-def run_copy_sql(table: Table) -> str:
+def run_copy_sql(table: Table, *, one_piece: bool = False) -> str:
     """``run_selection_sql`` as a COPY (the pg8000 readers parse its CSV)."""
-    return _copy(run_selection_sql(table))
+    return _copy(run_selection_sql(table, one_piece=one_piece))
 
 
-def run_selection_sql(table: Table) -> str:
+def run_selection_sql(table: Table, *, one_piece: bool = False) -> str:
     """The SELECT of every row of ``table`` new for the published selection (all of the run's
     pieces), each with the index of its piece (``width_bucket`` of its stamp against the
     published piece bounds, the first stamp of every piece but the first), in piece order:
     one read of the table for the whole run, which the client cuts into the pieces
-    (``extract.readers``). The sort is by a small integer and costs the server about what one
-    more filtered scan would; reading the table once per piece costs P scans."""
+    (``extract.readers``). Reading the table once per piece costs P scans, so only a run of a
+    few pieces does (``one_piece``: the rows of the published piece ``READ_PIECE_SETTING``,
+    unsorted, so they stream as the scan finds them instead of after the sort)."""
     bounds = f"(SELECT CAST(current_setting('{PIECE_BOUNDS_SETTING}') AS timestamp[]))"
     piece = f"width_bucket({stamp('s')}, {bounds})"
+    select = f"SELECT {_lake_columns(table)}, {piece} AS {quote(PIECE_COLUMN)}"
+    if one_piece:
+        wanted = f"(SELECT CAST(current_setting('{READ_PIECE_SETTING}') AS integer))"
+        return (
+            f"{select} FROM {quote(table.name)} s"  # nosec B608
+            f" WHERE {is_new('s')} AND {piece} = {wanted}"
+        )
     return (
-        f"SELECT {_lake_columns(table)}, {piece} AS {quote(PIECE_COLUMN)}"  # noqa: S608  # nosec B608
-        f" FROM {quote(table.name)} s WHERE {is_new('s')} ORDER BY {quote(PIECE_COLUMN)}"
+        f"{select} FROM {quote(table.name)} s"  # nosec B608
+        f" WHERE {is_new('s')} ORDER BY {quote(PIECE_COLUMN)}"
     )
 
 
