@@ -133,15 +133,7 @@ def test_a_backfill_copied_straight_in_ends_as_the_staged_merge_leaves_it(
     dimension is: the capture's first batch copies all its rows, later ones copy the new keys
     and merge the stored ones, and a new key twice falls back to the merge."""
     monkeypatch.setattr(backfill, "DIMENSION_ROWS", dimension_rows)
-    copied: list[tuple[str, str, bool]] = []
-    real = backfill.copy_versions
-
-    def recording(con, batch, seq, table, rows):
-        result = real(con, batch, seq, table, rows)
-        copied.append((batch, table.name, result is not None))
-        return result
-
-    monkeypatch.setattr(backfill, "copy_versions", recording)
+    copied = record_copies(monkeypatch)
     split: list[tuple[str, int | None, int]] = []
     real_split = backfill.copy_new_keys
 
@@ -214,6 +206,20 @@ def test_only_a_first_captures_facts_with_nothing_parked_or_deleted_are_copied(
 ):
     sales = BY_NAME["fact_sales_order"]
     assert backfill.copyable(sales, 1, rewrite, set_aside, tombstoned) is expected
+
+
+def record_copies(monkeypatch) -> list[tuple[str, str, bool]]:
+    """(batch, table, whether its COPY straight in held) of every ``copy_versions`` call."""
+    copied: list[tuple[str, str, bool]] = []
+    real = backfill.copy_versions
+
+    def recording(con, batch, seq, table, rows):
+        result = real(con, batch, seq, table, rows)
+        copied.append((batch, table.name, result is not None))
+        return result
+
+    monkeypatch.setattr(backfill, "copy_versions", recording)
+    return copied
 
 
 def test_a_dimension_is_copied_from_its_threshold_and_the_calendar_never():
@@ -345,15 +351,7 @@ def parking() -> list[tuple[str, int, dict[str, pa.Table], dict | None]]:
 def test_parked_facts_released_by_a_copied_batch_end_as_the_staged_merge_leaves_them(
     fresh_db, pg_connect, monkeypatch
 ):
-    copied: list[tuple[str, str, bool]] = []
-    real = backfill.copy_versions
-
-    def recording(con, batch, seq, table, rows):
-        result = real(con, batch, seq, table, rows)
-        copied.append((batch, table.name, result is not None))
-        return result
-
-    monkeypatch.setattr(backfill, "copy_versions", recording)
+    copied = record_copies(monkeypatch)
     outcomes = []
     for staged_only in (False, True):
         with monkeypatch.context() as patch:

@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from test_lake import fresh_interpreter_prints
 
 from totes import quality
 from totes.lake import (
@@ -201,16 +198,7 @@ def test_remodelling_a_batch_does_not_start_arrow_s_query_engine():
         "assert deleted_keys(gone).num_rows == 1 and star['dim_staff'].num_rows == 1\n"
         "print(sorted(m for m in ('pyarrow.acero', 'pyarrow.dataset') if m in sys.modules))\n"
     )
-    path = os.pathsep.join([str(Path(__file__).parent), *sys.path])
-    done = subprocess.run(  # nosec B603 - our interpreter, fixed code
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONPATH": path},
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "[]"  # after the warning log line
+    assert fresh_interpreter_prints(code).splitlines()[-1] == "[]"  # after a warning line
 
 
 def test_a_cold_transform_never_imports_pandas(tmp_path):
@@ -243,12 +231,4 @@ def test_a_cold_transform_never_imports_pandas(tmp_path):
         "assert result['status'] == 'processed' and result['quarantined_rows'], result\n"
         "print('pandas' in sys.modules)\n"
     )
-    done = subprocess.run(  # nosec B603 - our interpreter, fixed code
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert fresh_interpreter_prints(code).splitlines()[-1] == "False"
