@@ -144,14 +144,12 @@ def test_a_backfill_copied_straight_in_ends_as_the_staged_merge_leaves_it(
         return result, left
 
     monkeypatch.setattr(backfill, "copy_new_keys", recording_split)
-    outcomes = []
-    for staged_only in (False, True):
-        if staged_only:
-            monkeypatch.setattr(backfill, "copyable", lambda *args: False)
-        con = pg_connect(fresh_db("wh"))
-        migrate(con)
+
+    def run(con):
         results = [load(con, batch, tables, seq) for batch, seq, tables in history()]
-        outcomes.append(([r.tables for r in results], state(con)))
+        return [r.tables for r in results], state(con)
+
+    outcomes = copied_and_staged(monkeypatch, fresh_db, pg_connect, run)
     (results_copied, state_copied), (results_staged, state_staged) = outcomes
     assert results_copied == results_staged  # every count: inserted, updated, marked, ...
     assert state_copied == state_staged
@@ -206,6 +204,20 @@ def test_only_a_first_captures_facts_with_nothing_parked_or_deleted_are_copied(
 ):
     sales = BY_NAME["fact_sales_order"]
     assert backfill.copyable(sales, 1, rewrite, set_aside, tombstoned) is expected
+
+
+def copied_and_staged(monkeypatch, fresh_db, pg_connect, run) -> list:
+    """``run(con)`` on a fresh migrated warehouse twice: with a first capture's tables COPYed
+    straight in where they may be, then with every table staged and merged."""
+    outcomes = []
+    for staged_only in (False, True):
+        with monkeypatch.context() as patch:
+            if staged_only:
+                patch.setattr(backfill, "copyable", lambda *args: False)
+            con = pg_connect(fresh_db("wh"))
+            migrate(con)
+            outcomes.append(run(con))
+    return outcomes
 
 
 def record_copies(monkeypatch) -> list[tuple[str, str, bool]]:
@@ -276,17 +288,15 @@ def test_a_row_the_merge_would_not_write_is_not_refused_when_copied(
     monkeypatch.setattr(backfill, "DIMENSION_ROWS", dimension_rows)
     sales = star_batch(sales=20, purchases=6, payments_=9, seed=12)["fact_sales_order"]
     new_version = with_calendar({"fact_sales_order": nulled(later(sales[4:6], 1), 1, "units_sold")})
-    outcomes = []
-    for staged_only in (False, True):
-        if staged_only:
-            monkeypatch.setattr(backfill, "copyable", lambda *args: False)
-        con = pg_connect(fresh_db("wh"))
-        migrate(con)
+
+    def run(con):
         results = [load(con, batch, tables, seq) for batch, seq, tables in refusals()]
         with pytest.raises(LoadFailed) as refused:
             load(con, "c5-002", new_version, 5)
         batches = con.run("SELECT batch_id FROM etl_batch_ledger ORDER BY 1")
-        outcomes.append(([r.tables for r in results], state(con), str(refused.value), batches))
+        return [r.tables for r in results], state(con), str(refused.value), batches
+
+    outcomes = copied_and_staged(monkeypatch, fresh_db, pg_connect, run)
     assert outcomes[0] == outcomes[1]
     message = outcomes[0][2]
     assert message.startswith("batch c5-002: merging fact_sales_order failed: null value")
@@ -315,15 +325,12 @@ def test_a_backfill_in_any_order_ends_as_the_staged_merge_leaves_it(
     batches = {batch: (seq, tables) for batch, seq, tables in history()}
     states = []
     for order in ORDERS.values():
-        outcomes = []
-        for staged_only in (False, True):
-            with monkeypatch.context() as patch:
-                if staged_only:
-                    patch.setattr(backfill, "copyable", lambda *args: False)
-                con = pg_connect(fresh_db("wh"))
-                migrate(con)
-                results = [load(con, b, batches[b][1], batches[b][0]) for b in order]
-                outcomes.append(([(r.loaded, r.tables) for r in results], state(con)))
+
+        def run(con, order=order):
+            results = [load(con, b, batches[b][1], batches[b][0]) for b in order]
+            return [(r.loaded, r.tables) for r in results], state(con)
+
+        outcomes = copied_and_staged(monkeypatch, fresh_db, pg_connect, run)
         assert outcomes[0] == outcomes[1]
         states.append(outcomes[0][1])
     assert all(s == states[0] for s in states)
@@ -352,17 +359,14 @@ def test_parked_facts_released_by_a_copied_batch_end_as_the_staged_merge_leaves_
     fresh_db, pg_connect, monkeypatch
 ):
     copied = record_copies(monkeypatch)
-    outcomes = []
-    for staged_only in (False, True):
-        with monkeypatch.context() as patch:
-            if staged_only:
-                patch.setattr(backfill, "copyable", lambda *args: False)
-            con = pg_connect(fresh_db("wh"))
-            migrate(con)
-            results = [load(con, b, t, seq, set_aside=a) for b, seq, t, a in parking()]
-            parked = con.run("SELECT count(*) FROM etl_parked_fact_sales_order")
-            ledger = con.run("SELECT batch_id, row_counts FROM etl_batch_ledger ORDER BY 1")
-            outcomes.append(([r.tables for r in results], state(con), parked, ledger))
+
+    def run(con):
+        results = [load(con, b, t, seq, set_aside=a) for b, seq, t, a in parking()]
+        parked = con.run("SELECT count(*) FROM etl_parked_fact_sales_order")
+        ledger = con.run("SELECT batch_id, row_counts FROM etl_batch_ledger ORDER BY 1")
+        return [r.tables for r in results], state(con), parked, ledger
+
+    outcomes = copied_and_staged(monkeypatch, fresh_db, pg_connect, run)
     assert outcomes[0] == outcomes[1]
     assert ("c5-001", "fact_sales_order", True) in copied
     results, warehouse, parked, _ = outcomes[0]
