@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 from pg8000.exceptions import DatabaseError
 from pg8000.native import Connection
 
+from totes.arrow_values import ints, strings
 from totes.identifiers import quote, quote_all
 from totes.star.model import CAPTURE_SEQ, StarTable
 from totes.warehouse.binary_copy import copy_stream
@@ -94,9 +95,7 @@ def stored_keys(con: Connection, table: StarTable, rows: pa.Table) -> pa.Array:
         f" WHERE EXISTS (SELECT 1 FROM {quote(table.name)} d WHERE d.{quote(table.key)} = k)",
         keys=int_array_text(keys),
     )
-    ints = np.array([k for [k] in found], np.int64)
-    # From a buffer: ``pa.array`` of a list imports pandas (Arrow's shim).
-    return pa.Array.from_buffers(pa.int64(), len(ints), [None, pa.py_buffer(ints)]).cast(keys.type)
+    return ints([k for [k] in found], pa.int64()).cast(keys.type)
 
 
 def copy_versions(
@@ -127,13 +126,10 @@ def copy_versions(
 
 def with_capture(rows: pa.Table, seq: int, batch: str) -> pa.Table:
     """``rows`` with the batch's ``capture_seq`` and ``loaded_batch_id`` on every row, built
-    from buffers: ``pa.array`` of a NumPy array or a list goes through Arrow's pandas shim,
-    which imports pandas (0.66 s of a cold load stage, measured with py-spy in the bench)."""
+    from buffers (``totes.arrow_values``): ``pa.array`` goes through Arrow's pandas shim, which
+    imports pandas (0.66 s of a cold load stage, measured with py-spy in the bench)."""
     n = rows.num_rows
-    seqs = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(np.full(n, seq, np.int64))])
-    text = batch.encode()
-    offsets = pa.py_buffer(np.array([0, len(text)], np.int32))
-    name = pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(text)])
-    indices = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(np.zeros(n, np.int32))])
-    batches = pa.DictionaryArray.from_arrays(indices, name).cast(pa.string())
+    seqs = ints(np.full(n, seq, np.int64), pa.int64())
+    indices = ints(np.zeros(n, np.int32))
+    batches = pa.DictionaryArray.from_arrays(indices, strings([batch])).cast(pa.string())
     return rows.append_column(CAPTURE_SEQ, seqs).append_column(LOADED_BATCH, batches)

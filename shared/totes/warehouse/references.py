@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pg8000.native import Connection
 
+from totes.arrow_values import ints, strings
 from totes.errors import LoadFailed
 from totes.identifiers import quote
 from totes.star.model import STAR_TABLES_BY_NAME, StarTable
@@ -65,19 +65,15 @@ def unresolved(
             values = values.filter(pc.invert(pc.is_in(values, value_set=keys)))
         aside = (exempt or {}).get(dim_name)
         if aside and len(values) and pa.types.is_integer(values.type):  # no calendar keys
-            # From a buffer: ``pa.array`` of a list imports pandas (Arrow's shim). Compared as
-            # int64, so a set-aside key out of the column's range cannot fail a cast.
-            ints = np.asarray(aside, np.int64)
-            spared = pa.Array.from_buffers(pa.int64(), len(ints), [None, pa.py_buffer(ints)])
+            # Compared as int64, so a set-aside key out of the column's range cannot fail a cast.
+            spared = ints(aside, pa.int64())
             values = values.filter(pc.invert(pc.is_in(values.cast(pa.int64()), value_set=spared)))
         if len(values):
             out[dim_name] = values
     return out
 
 
-_COMMA = pa.Array.from_buffers(
-    pa.string(), 1, [None, pa.py_buffer(np.array([0, 1], np.int32)), pa.py_buffer(b",")]
-)
+_COMMA = strings([","])
 
 
 def int_array_text(values: pa.Array) -> str:
@@ -87,12 +83,11 @@ def int_array_text(values: pa.Array) -> str:
     callers drop them): one NULL made the whole join NULL, i.e. ``{}``, a probe of nothing."""
     if values.null_count:
         raise ValueError(f"{values.null_count} NULL(s) among the integers of an int[] text")
-    strings = values.cast(pa.string())
-    ends = np.array([0, len(strings)], np.int32)
-    offsets = pa.Array.from_buffers(pa.int32(), 2, [None, pa.py_buffer(ends)])
+    texts = values.cast(pa.string())
+    offsets = ints([0, len(texts)])
     # The separator as an array (one per list): a Python "," goes through ``pa.scalar``,
     # which imports pandas.
-    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, strings), _COMMA)
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, texts), _COMMA)
     return "{" + str(joined[0].as_py() or "") + "}"
 
 
@@ -123,10 +118,10 @@ def check_staged_references(
         dim = STAR_TABLES_BY_NAME[dim_name]
         # Dates as days since 1970, so every value's text is an integer's.
         if pa.types.is_date32(values.type):
-            ints, probe = values.cast(pa.int32()), "DATE '1970-01-01' + r.id"
+            numbers, probe = values.cast(pa.int32()), "DATE '1970-01-01' + r.id"
         else:
-            ints, probe = values, "r.id"
-        params[f"v{i}"] = int_array_text(ints)
+            numbers, probe = values, "r.id"
+        params[f"v{i}"] = int_array_text(numbers)
         probes.append(
             f"EXISTS (SELECT 1 FROM unnest(CAST(CAST(:v{i} AS text) AS int[])) AS r(id)"  # noqa: S608  # nosec B608
             f" WHERE NOT EXISTS (SELECT 1 FROM {quote(dim.name)} d"
