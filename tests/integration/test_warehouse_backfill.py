@@ -78,10 +78,15 @@ def stamped(rows: pa.Table, days: int) -> pa.Table:
 
 def keyed(rows: pa.Table, first: int) -> pa.Table:
     """Dimension ``rows`` under new keys from ``first`` on."""
+    return with_keys(rows, list(range(first, first + rows.num_rows)))
+
+
+def with_keys(rows: pa.Table, keys: list[int]) -> pa.Table:
+    """Dimension ``rows`` (as many as ``keys``) under those keys."""
     key = BY_NAME[next(n for n, t in BY_NAME.items() if t.arrow_schema.equals(rows.schema))].key
-    return pa.Table.from_pylist(
-        [{**r, key: first + i} for i, r in enumerate(rows.to_pylist())], schema=rows.schema
-    )
+    index = rows.schema.get_field_index(key)
+    field = rows.schema.field(index)
+    return rows.set_column(index, field, pa.array(keys, field.type))
 
 
 def history() -> list[tuple[str, int, dict[str, pa.Table]]]:
@@ -464,3 +469,38 @@ def test_a_restricted_loader_takes_every_load_path_and_ends_as_the_owner(
     assert any(split)  # the split copied new keys straight in
     assert owner_results[-2]["fact_sales_order"].parked == 1  # its design was set aside
     assert owner_results[-1]["fact_sales_order"].released == 1  # and arrived
+
+
+def test_only_keys_between_the_smallest_and_largest_stored_key_are_probed(
+    fresh_db, pg_connect, monkeypatch
+):
+    """A key below the smallest stored key or above the largest cannot be stored, so it costs
+    no probe: a backfill batch's new transactions mostly lie above every stored one (0.84 s
+    of a 1M backfill's load went to probing them). Stored keys anywhere in the range, and new
+    ones between them, are still probed and told apart."""
+    con = pg_connect(fresh_db("wh"))
+    migrate(con)
+    table = BY_NAME["dim_transaction"]
+    transactions = dimensions(transactions=5)["dim_transaction"]
+    probed: list[str] = []
+    real_run = con.run
+
+    def recording(sql, **params):
+        if "unnest" in sql:
+            probed.append(params["keys"])
+        return real_run(sql, **params)
+
+    monkeypatch.setattr(con, "run", recording)
+    empty = backfill.stored_keys(con, table, with_keys(transactions[:2], [7, 8]))
+    assert (empty.to_pylist(), probed) == ([], [])  # nothing stored: nothing to probe
+
+    con.run("BEGIN")
+    stored = with_keys(transactions[:3], [10, 12, 20])
+    assert backfill.copy_versions(con, "c1-000", 1, table, stored)
+    batch = with_keys(transactions, [5, 10, 15, 20, 25])
+    assert sorted(backfill.stored_keys(con, table, batch).to_pylist()) == [10, 20]
+    assert probed == ["{10,15,20}"]
+    probed.clear()
+    above = backfill.stored_keys(con, table, with_keys(transactions[:2], [21, 30]))
+    assert (above.to_pylist(), probed) == ([], [])
+    con.run("ROLLBACK")

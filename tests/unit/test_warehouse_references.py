@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from totes.lake import table_to_parquet_bytes
 from totes.star.model import STAR_TABLES_BY_NAME
-from totes.warehouse.references import by_dimension, int_array_text, unresolved
+from totes.warehouse.references import by_dimension, int_array_text, int_array_values, unresolved
 from totes_tools.warehouse.synthetic import star_batch
 
 FACT_PAYMENT = STAR_TABLES_BY_NAME["fact_payment"]
@@ -90,6 +90,14 @@ def test_integers_become_the_text_of_a_postgresql_array(values):
     assert int_array_text(pa.array(values, pa.int32())) == "{" + ",".join(map(str, values)) + "}"
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=50))
+def test_the_text_of_a_postgresql_array_becomes_its_integers(values):
+    text = int_array_text(pa.array(values, pa.int32()))
+    assert int_array_values(text, pa.int32()).to_pylist() == values
+    assert int_array_values(None if not values else text, pa.int64()).type == pa.int64()
+
+
 def test_a_null_among_the_integers_is_refused_not_turned_into_an_empty_array():
     """Arrow's join of a list holding a NULL is NULL: the text was ``{}``, so a probe of the
     stored keys or the references would have looked for nothing and found nothing missing."""
@@ -133,8 +141,10 @@ def test_the_check_and_the_backfill_copy_never_import_pandas(tmp_path):
         "assert rows.column('loaded_batch_id').to_pylist() == ['c7-000'] * 3\n"
         "assert rows.column('capture_seq').to_pylist() == [7] * 3\n"
         "assert len(b''.join(copy_stream(rows))) > 100\n"
-        "from totes.warehouse.references import int_array_text\n"
+        "from totes.warehouse.references import int_array_text, int_array_values\n"
         "assert int_array_text(rows.column('payment_id').combine_chunks()) == '{1,2,3}'\n"
+        "ids = int_array_values('{1,2,3}', rows.column('payment_id').type)\n"
+        "assert ids.to_pylist() == [1, 2, 3]\n"
         "print('pandas' in sys.modules, flush=True)\n"
         "import os; os._exit(0)\n"
     )

@@ -91,6 +91,17 @@ def int_array_text(values: pa.Array) -> str:
     return "{" + str(joined[0].as_py() or "") + "}"
 
 
+def int_array_values(text: str | None, type_: pa.DataType) -> pa.Array:
+    """The integers of a PostgreSQL ``int[]``'s text (``{1,2,3}``; None or ``{}``: none),
+    split and cast in Arrow: one row of text instead of a row per key, which pg8000 parses
+    one by one (0.28 s of client CPU for the 1M backfill's stored designs)."""
+    inner = (text or "{}")[1:-1]
+    if not inner:
+        return ints([], pa.int64()).cast(type_)
+    parts = pc.split_pattern(strings([inner]), ",").flatten()
+    return parts.cast(type_)
+
+
 def check_staged_references(
     con: Connection,
     batch: str,
