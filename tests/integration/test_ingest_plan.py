@@ -13,9 +13,9 @@ import pytest
 
 from totes.extract import capture, plan
 from totes.extract.capture import is_new, stamp
-from totes.extract.snapshot import snapshot
+from totes.extract.snapshot import shared_sessions, snapshot
 from totes.identifiers import quote
-from totes.source.model import TABLES
+from totes.source.model import TABLES, TABLES_BY_NAME
 
 
 def _rows_within(con, lo: str | None, hi: str | None) -> tuple[int, int]:
@@ -34,13 +34,36 @@ def _rows_within(con, lo: str | None, hi: str | None) -> tuple[int, int]:
     return int(rows), int(last)
 
 
-def cut(con, bound: int) -> tuple[list[plan.Piece], int]:
-    """The pieces of a first capture of the source at ``bound``, checked against the rows."""
+def planned(con, bound: int, sessions=()) -> tuple[dict[str, plan.TableCounts], list[plan.Piece]]:
+    """A first capture's counts and pieces, on ``con`` alone or with ``sessions`` helping."""
+    counts = plan.count(con, with_keys=False, helpers=sessions)
+    return counts, plan.pieces(con, counts, bound, sessions)
+
+
+def helping(con, connect, n: int):
+    """``n`` sessions sharing ``con``'s snapshot with a first capture's selection published,
+    as a first capture's run opens them."""
+    stack = shared_sessions(con, connect, n)
+    sessions = stack.__enter__()
+    for session in sessions:
+        capture.publish(session, capture.rebased(session, capture.Selection(capture.EVERYTHING)))
+    return stack, sessions
+
+
+def cut(con, bound: int, connect=None) -> tuple[list[plan.Piece], int]:
+    """The pieces of a first capture of the source at ``bound``, checked against the rows;
+    with ``connect``, planned again with three sessions sharing the snapshot (the largest
+    tables counted on them), which must give the same counts and pieces."""
     with snapshot(con):
         capture.publish(con, capture.Selection(capture.EVERYTHING))
-        counts = plan.count(con, with_keys=False)
+        counts, pieces = planned(con, bound)
+        if connect is not None:
+            stack, sessions = helping(con, connect, 3)
+            try:
+                assert planned(con, bound, sessions) == (counts, pieces)
+            finally:
+                stack.__exit__(None, None, None)
         new_rows = sum(c.new for c in counts.values())
-        pieces = plan.pieces(con, counts, bound)
         assert pieces[0].lo is None
         assert pieces[-1].hi is None
         assert all(a.hi == b.lo for a, b in itertools.pairwise(pieces))
@@ -60,7 +83,7 @@ def test_pieces_of_a_spread_backlog_are_bounded_and_nearly_full(source, pg_conne
         total = sum(c.new for c in plan.count(con, with_keys=False).values())
     bound = total // 7
 
-    pieces, _ = cut(con, bound)
+    pieces, _ = cut(con, bound, lambda: pg_connect(source))
 
     # Whole buckets only: each piece falls short of the bound by about a bucket's rows at most.
     assert len(pieces) <= 9
@@ -80,7 +103,7 @@ def test_a_burst_inside_one_bucket_is_cut_exactly(source, pg_connect):
     [[orders]] = con.run("SELECT count(*) FROM sales_order")
     bound = max(2, orders // 5)
 
-    pieces, _ = cut(con, bound)
+    pieces, _ = cut(con, bound, lambda: pg_connect(source))
 
     assert len(pieces) >= 5
 
@@ -92,7 +115,7 @@ def test_null_and_infinite_stamps_are_counted_once(source, pg_connect, special):
     con.run(f"UPDATE sales_order SET last_updated = {special} WHERE sales_order_id % 3 = 0")
     [[tied]] = con.run("SELECT count(*) FROM sales_order WHERE sales_order_id % 3 = 0")
 
-    pieces, _ = cut(con, max(2, tied // 4))
+    pieces, _ = cut(con, max(2, tied // 4), lambda: pg_connect(source))
 
     # The tied special stamp is one piece larger than the bound; the rest are bounded.
     assert any(p.rows >= tied for p in pieces)
@@ -103,6 +126,50 @@ def test_a_single_stamp_is_one_piece(source, pg_connect):
     for table in TABLES:
         con.run(f"UPDATE {quote(table.name)} SET last_updated = TIMESTAMP '2024-05-01 12:00:00'")
 
-    pieces, new_rows = cut(con, 100)
+    pieces, new_rows = cut(con, 100, lambda: pg_connect(source))
 
     assert pieces == [plan.Piece(None, None, new_rows)]
+
+
+def test_the_largest_tables_are_planned_on_sessions_that_see_only_the_runs_snapshot(
+    source, pg_connect
+):
+    """A first capture plans with its largest tables counted on sessions of their own. They
+    read the run's snapshot: rows committed after it began are counted by neither the run
+    nor its helpers. And they do the work: between them they count and bucket exactly the
+    largest tables, one each, and the run's own session the rest."""
+    con, writer = pg_connect(source), pg_connect(source)
+    [[orders]] = con.run("SELECT count(*) FROM sales_order")
+    helped: list[str] = []
+
+    def connect():
+        session = pg_connect(source)
+        real_run = session.run
+
+        def run(sql, **params):
+            helped.append(sql)
+            return real_run(sql, **params)
+
+        session.run = run
+        return session
+
+    columns = ", ".join(c.name for c in TABLES_BY_NAME["sales_order"].columns[1:])
+    with snapshot(con):
+        capture.publish(con, capture.Selection(capture.EVERYTHING))
+        alone = planned(con, orders // 3)
+        writer.run(
+            f"INSERT INTO sales_order SELECT sales_order_id + 1000000, {columns} FROM sales_order"
+        )
+        stack, sessions = helping(con, connect, 2)
+        try:
+            assert planned(con, orders // 3, sessions) == alone
+            largest = plan._largest(con, 2)
+        finally:
+            stack.__exit__(None, None, None)
+    [[after]] = con.run("SELECT count(*) FROM sales_order")
+    assert after == 2 * orders  # the writer's rows were there to be seen
+    assert alone[0]["sales_order"].live == orders
+    assert len(alone[1]) > 1  # cut into pieces: the bucket count ran too
+    counted = {t.name for t in TABLES for sql in helped if f'FROM "{t.name}" s' in sql}
+    assert len(largest) == 2
+    assert counted == set(largest)

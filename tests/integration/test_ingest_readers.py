@@ -23,11 +23,12 @@ from ingest_support import (
 
 from totes.db import connect
 from totes.errors import ReaderFailed
-from totes.extract import adbc, capture, closure, readers
+from totes.extract import adbc, capture, closure, plan, readers
 from totes.extract.plan import Piece
 from totes.extract.snapshot import export, imported, snapshot
 from totes.lake import Manifest
 from totes.source.model import TABLES, TABLES_BY_NAME
+from totes.stages import ingest_batch
 from totes.stages.ingest_batch import ingest
 
 # Every test here runs once per reader driver (pg8000, ADBC).
@@ -383,3 +384,54 @@ def test_readers_select_the_same_new_rows_when_other_transactions_began_since_th
 
     assert len(manifests) >= 2
     assert versions_in_lake(lake) == versions_in_source(con)
+
+
+def _plan_sessions(pg_connect, source) -> int:
+    [[n]] = pg_connect(source).run(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'totes-ingest-plan'"
+    )
+    return int(n)
+
+
+def test_a_first_capture_plans_on_sessions_it_closes_and_a_later_cycle_opens_none(
+    stack, source, lake, pg_connect, monkeypatch
+):
+    """A capture of every row counts and cuts with its largest tables on sessions of their
+    own, as many as its readers, closed before the batches are read; a later cycle plans on
+    the run's own session. A helper's failure fails the run before anything is written, and
+    leaves no session open."""
+    opened: list[str] = []
+    real_session = ingest_batch._session
+
+    def recording(creds, application_name):
+        opened.append(application_name)
+        return real_session(creds, application_name)
+
+    monkeypatch.setattr(ingest_batch, "_session", recording)
+    settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
+
+    with monkeypatch.context() as patch:
+        failing = plan.count
+
+        def count(con, **kwargs):
+            for helper in kwargs["helpers"][1:2]:
+                helper.run("SELECT no_such_function()")
+            return failing(con, **kwargs)
+
+        patch.setattr(plan, "count", count)
+        with pytest.raises(pg8000.native.DatabaseError, match="no_such_function"):
+            ingest(settings, source, lake.s3)
+    assert lake.latest_manifest() is None
+    assert _plan_sessions(pg_connect, source) == 0
+
+    opened.clear()
+    ingest(settings, source, lake.s3)
+    assert opened.count("totes-ingest-plan") == settings.readers
+    assert len(lake.manifest_keys()) > 1  # a run of several batches
+    assert _plan_sessions(pg_connect, source) == 0
+
+    opened.clear()
+    writer = pg_connect(source)
+    writer.run("UPDATE sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = 1")
+    ingest(settings, source, lake.s3)
+    assert opened == ["totes-ingest"]

@@ -10,14 +10,17 @@ piece reads the same snapshot, so any cut gives a correct run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from pg8000.native import Connection
 
 from totes.extract.capture import is_new, stamp
 from totes.identifiers import quote
-from totes.source.model import TABLES
+from totes.source.model import TABLES, Table
 
 # Up to this many new rows in a table, the count also returns their keys, so the copy finds
 # them through the primary key instead of a second scan of the table.
@@ -45,31 +48,78 @@ class Piece:
     rows: int
 
 
-def count(con: Connection, *, with_keys: bool = True) -> dict[str, TableCounts]:
+def count(
+    con: Connection, *, with_keys: bool = True, helpers: Sequence[Connection] = ()
+) -> dict[str, TableCounts]:
     """Live and new rows of every table, the new rows' earliest and latest finite stamp, and
     their keys where they are few: one scan each, in one statement (``with_keys`` False when
     every row is new anyway). The change test is evaluated once per row (``OFFSET 0`` keeps
-    the planner from copying it into every aggregate's filter)."""
+    the planner from copying it into every aggregate's filter). With ``helpers`` (sessions
+    reading the same snapshot with the same selection: ``snapshot.shared_sessions``) the
+    largest tables are counted on them at the same time, one each."""
 
     def keys() -> str:
         if not with_keys:
             return "CAST(NULL AS text)"
         return "CAST(array_agg(k) FILTER (WHERE n) AS text)"
 
-    finite = "FILTER (WHERE n AND isfinite(st))"
-    parts = "\nUNION ALL ".join(
-        f"SELECT {i} AS i, count(*) AS live, count(*) FILTER (WHERE n) AS new,"  # noqa: S608  # nosec B608
-        f" {keys()} AS keys, min(st) {finite} AS lo, max(st) {finite} AS hi"
-        f" FROM (SELECT {is_new('s')} AS n, s.{quote(t.key)} AS k, {stamp('s')} AS st"
-        f" FROM {quote(t.name)} s OFFSET 0) x"
-        for i, t in enumerate(TABLES)
-    )
-    rows = con.run(
-        f"SELECT i, live, new, CASE WHEN new <= :limit THEN COALESCE(keys, '{{}}') END,"  # noqa: S608  # nosec B608
-        f" CAST(lo AS text), CAST(hi AS text) FROM ({parts}) c ORDER BY i",
-        limit=KEYED_ROWS if with_keys else -1,
-    )
+    def statement(tables: list[tuple[int, Table]]) -> str:
+        finite = "FILTER (WHERE n AND isfinite(st))"
+        parts = "\nUNION ALL ".join(
+            f"SELECT {i} AS i, count(*) AS live, count(*) FILTER (WHERE n) AS new,"  # noqa: S608  # nosec B608
+            f" {keys()} AS keys, min(st) {finite} AS lo, max(st) {finite} AS hi"
+            f" FROM (SELECT {is_new('s')} AS n, s.{quote(t.key)} AS k, {stamp('s')} AS st"
+            f" FROM {quote(t.name)} s OFFSET 0) x"
+            for i, t in tables
+        )
+        return (
+            f"SELECT i, live, new, CASE WHEN new <= {KEYED_ROWS if with_keys else -1}"  # noqa: S608  # nosec B608
+            f" THEN COALESCE(keys, '{{}}') END, CAST(lo AS text), CAST(hi AS text)"
+            f" FROM ({parts}) c ORDER BY i"
+        )
+
+    rows = _shared(con, helpers, statement)
     return {TABLES[i].name: TableCounts(int(n), int(m), k, lo, hi) for i, n, m, k, lo, hi in rows}
+
+
+def _shared(
+    con: Connection,
+    helpers: Sequence[Connection],
+    statement: Callable[[list[tuple[int, Table]]], str],
+) -> list[list[Any]]:
+    """The rows of ``statement`` over every table (``(index, table)`` pairs, in the model's
+    order), sorted by their first column: on ``con`` alone, or with each helper taking one of
+    the largest tables at the same time and ``con`` the rest."""
+    tables = list(enumerate(TABLES))
+    rows: list[list[Any]] = []
+    if not helpers:
+        rows = con.run(statement(tables))
+        return sorted(rows, key=lambda row: int(row[0]))
+    largest = _largest(con, len(helpers))
+    alone = [[(i, t) for i, t in tables if t.name == name] for name in largest]
+    rest = [(i, t) for i, t in tables if t.name not in largest]
+    with ThreadPoolExecutor(max(1, len(alone)), thread_name_prefix="totes-plan") as pool:
+        futures = [
+            pool.submit(helper.run, statement(group))
+            for helper, group in zip(helpers, alone, strict=False)
+        ]
+        if rest:
+            rows.extend(con.run(statement(rest)))
+        for future in futures:
+            rows.extend(future.result())
+    return sorted(rows, key=lambda row: int(row[0]))
+
+
+def _largest(con: Connection, n: int) -> list[str]:
+    """The ``n`` largest source tables on disk (file sizes: no statistics needed)."""
+    rows = con.run(
+        "SELECT c.relname FROM pg_class c WHERE c.relname = ANY(:names)"
+        " AND c.relnamespace = CAST(current_schema() AS regnamespace)"
+        " ORDER BY pg_relation_size(c.oid) DESC, c.relname LIMIT :n",
+        names=[t.name for t in TABLES],
+        n=n,
+    )
+    return [str(name) for [name] in rows]
 
 
 def publish_new_keys(con: Connection, counts: dict[str, TableCounts]) -> None:
@@ -88,10 +138,20 @@ def new_keys_setting(table: str) -> str:
     return f"totes.new_{table}"
 
 
-def _new_stamps_sql(where: str = "") -> str:
+def _new_stamps_sql(where: str = "", tables: Sequence[Table] = TABLES) -> str:
     return "\nUNION ALL ".join(
         f"SELECT {stamp('s')} AS stamp FROM {quote(t.name)} s WHERE {is_new('s')}{where}"  # noqa: S608  # nosec B608
-        for t in TABLES
+        for t in tables
+    )
+
+
+def _bucket_count_sql(tables: list[tuple[int, Table]]) -> str:
+    """The new stamps of ``tables`` counted per bucket of the published edges."""
+    return (
+        f"SELECT width_bucket(stamp, (SELECT CAST(current_setting('{_EDGES_SETTING}')"  # noqa: S608  # nosec B608
+        " AS timestamp[]))) AS b, CAST(count(*) AS bigint) FROM ("
+        + _new_stamps_sql(tables=[t for _, t in tables])
+        + ") changed GROUP BY b"
     )
 
 
@@ -114,7 +174,12 @@ _RANGE_LO = "(SELECT CAST(current_setting('totes.range_lo') AS timestamp))"
 _RANGE_HI = "(SELECT CAST(NULLIF(current_setting('totes.range_hi'), '') AS timestamp))"
 
 
-def pieces(con: Connection, counts: Mapping[str, TableCounts], max_batch_rows: int) -> list[Piece]:
+def pieces(
+    con: Connection,
+    counts: Mapping[str, TableCounts],
+    max_batch_rows: int,
+    helpers: Sequence[Connection] = (),
+) -> list[Piece]:
     """The run's batches: one when the new rows (``counts``) fit the bound, else consecutive
     stamp ranges of at most ``max_batch_rows`` new rows each, cut only between distinct stamps
     (a single stamp holding more rows than the bound stays one larger piece). A pure function
@@ -126,23 +191,25 @@ def pieces(con: Connection, counts: Mapping[str, TableCounts], max_batch_rows: i
     the count, ``TableCounts.new_lo``/``new_hi``: a hashed count into a few thousand groups,
     no sort) and whole buckets are grouped into pieces; a
     bucket that alone holds more rows than the bound (a burst inside one bucket) is cut
-    exactly by the sorting statement, over that bucket's rows only (``_exact_pieces``)."""
+    exactly by the sorting statement, over that bucket's rows only (``_exact_pieces``). With
+    ``helpers`` (as for ``count``) the largest tables' buckets are counted on them at the same
+    time; the sums per bucket, and so the pieces, are the same."""
     new_rows = sum(c.new for c in counts.values())
     if new_rows <= max_batch_rows:
         return [Piece(None, None, new_rows)]
     buckets = min(MAX_BUCKETS, max(MIN_BUCKETS, BUCKETS_PER_PIECE * new_rows // max_batch_rows))
-    edges = _stamp_edges(
+    published, edges = _stamp_edges(
         con,
         buckets,
         [c.new_lo for c in counts.values() if c.new_lo is not None],
         [c.new_hi for c in counts.values() if c.new_hi is not None],
     )
-    counted = con.run(
-        f"SELECT width_bucket(stamp, (SELECT CAST(current_setting('{_EDGES_SETTING}')"  # noqa: S608  # nosec B608
-        " AS timestamp[]))) AS b, CAST(count(*) AS bigint) FROM ("
-        + _new_stamps_sql()
-        + ") changed GROUP BY b ORDER BY b"
-    )
+    for helper in helpers:
+        helper.run(f"SELECT set_config('{_EDGES_SETTING}', :edges, true)", edges=published)
+    per_bucket: Counter[int] = Counter()
+    for b, n in _shared(con, helpers, _bucket_count_sql):
+        per_bucket[int(b)] += int(n)
+    counted = sorted(per_bucket.items())
     # Bucket b holds the stamps in [edges[b - 1], edges[b]) (None: unbounded).
     bounds: list[str | None] = [None, *edges, None]
     cut: list[Piece] = []
@@ -169,15 +236,18 @@ def pieces(con: Connection, counts: Mapping[str, TableCounts], max_batch_rows: i
     return cut
 
 
-def _stamp_edges(con: Connection, buckets: int, los: list[str], his: list[str]) -> list[str]:
+def _stamp_edges(
+    con: Connection, buckets: int, los: list[str], his: list[str]
+) -> tuple[str, list[str]]:
     """Up to ``buckets - 1`` distinct equal-width edges between the earliest of ``los`` and
     the latest of ``his`` (the tables' new finite stamps; none when there are none),
-    published for the bucket count. Computed server-side: PostgreSQL's timestamps reach years
+    published for the bucket count; returned as published (an array's text, for helpers to
+    publish too) and as a list. Computed server-side: PostgreSQL's timestamps reach years
     Python's cannot."""
-    [[_, edges]] = con.run(
+    [[published, edges]] = con.run(
         _EDGES_SQL, n=buckets, los=text_array_literal(los), his=text_array_literal(his)
     )
-    return [str(e) for e in edges or []]
+    return str(published), [str(e) for e in edges or []]
 
 
 def text_array_literal(values: list[str]) -> str:

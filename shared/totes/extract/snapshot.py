@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from pg8000.native import Connection
 
+from totes.db import close
 from totes.errors import SchemaDrift
 from totes.source.model import TABLES
 
@@ -56,6 +58,31 @@ def imported(con: Connection, snapshot_id: str) -> Iterator[None]:
         _abandon(con)
         raise
     con.run("ROLLBACK")
+
+
+@contextlib.contextmanager
+def shared_sessions(
+    con: Connection, connect: Callable[[], Connection], n: int
+) -> Iterator[list[Connection]]:
+    """``n`` more sessions (``connect``) reading the snapshot of ``con``'s transaction
+    (``export``, ``imported``), opened at the same time (on AWS each is a TLS handshake) and
+    closed on exit; none when ``n`` is 0."""
+    if n <= 0:
+        yield []
+        return
+    snapshot_id = export(con)
+    with contextlib.ExitStack() as stack:
+
+        def opened() -> Connection:
+            session = connect()
+            stack.callback(close, session)
+            return session
+
+        with ThreadPoolExecutor(n, thread_name_prefix="totes-snapshot") as pool:
+            sessions = [f.result() for f in [pool.submit(opened) for _ in range(n)]]
+        for session in sessions:
+            stack.enter_context(imported(session, snapshot_id))
+        yield sessions
 
 
 def _abandon(con: Connection) -> None:
