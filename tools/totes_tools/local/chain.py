@@ -514,7 +514,9 @@ class LocalChain:
     def maintain_iceberg(self, report: CycleReport | None = None) -> CycleReport:
         """The Iceberg target's maintenance, as its schedule invokes it (``{"action":
         "maintain"}`` to the same function, under the same retry rule). Call ``end_cycle``
-        after it to record its metrics as one scheduled run."""
+        after it to record its metrics as one scheduled run of its own, or ``run_cycle`` to
+        record them with that cycle's ingest (the demo: on AWS ingest runs every 5 minutes
+        whatever else does)."""
         if not self.iceberg:
             raise TotesError("the Iceberg target is off in this chain (LocalChain(iceberg=True))")
         report = report or CycleReport()
