@@ -173,3 +173,28 @@ def test_the_largest_tables_are_planned_on_sessions_that_see_only_the_runs_snaps
     counted = {t.name for t in TABLES for sql in helped if f'FROM "{t.name}" s' in sql}
     assert len(largest) == 2
     assert counted == set(largest)
+
+
+@pytest.mark.parametrize("schema", ["Totes", "totes source"])
+def test_a_source_in_a_schema_whose_name_needs_quoting_is_planned_on_helpers(
+    source, pg_connect, schema
+):
+    """The source's tables may live in any schema its ``search_path`` names first (the schema
+    check reads ``current_schema()``): a mixed-case name or one with a space included. The
+    largest tables are still found and the helpers' counts and pieces equal the run's own."""
+    owner = pg_connect(source)
+    owner.run(f"CREATE SCHEMA {quote(schema)}")
+    for table in TABLES:
+        owner.run(f"ALTER TABLE {quote(table.name)} SET SCHEMA {quote(schema)}")
+
+    def in_schema():
+        session = pg_connect(source)
+        session.run(f"SET search_path TO {quote(schema)}")
+        return session
+
+    con = in_schema()
+    with snapshot(con):
+        capture.publish(con, capture.Selection(capture.EVERYTHING))
+        total = sum(c.new for c in plan.count(con, with_keys=False).values())
+
+    cut(con, max(2, total // 4), in_schema)
