@@ -111,10 +111,12 @@ def _shared(
 
 
 def _largest(con: Connection, n: int) -> list[str]:
-    """The ``n`` largest source tables on disk (file sizes: no statistics needed)."""
+    """The ``n`` largest source tables on disk (file sizes: no statistics needed), in the
+    schema the schema check reads (compared by name: a regnamespace cast would parse the name
+    as an identifier, folding a mixed-case one)."""
     rows = con.run(
-        "SELECT c.relname FROM pg_class c WHERE c.relname = ANY(:names)"
-        " AND c.relnamespace = CAST(current_schema() AS regnamespace)"
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace"
+        " WHERE c.relname = ANY(:names) AND s.nspname = current_schema()"
         " ORDER BY pg_relation_size(c.oid) DESC, c.relname LIMIT :n",
         names=[t.name for t in TABLES],
         n=n,
