@@ -145,6 +145,13 @@ def test_the_check_and_the_backfill_copy_never_import_pandas(tmp_path):
         "assert int_array_text(rows.column('payment_id').combine_chunks()) == '{1,2,3}'\n"
         "ids = int_array_values('{1,2,3}', rows.column('payment_id').type)\n"
         "assert ids.to_pylist() == [1, 2, 3]\n"
+        "from totes.warehouse.backfill import stored_keys\n"
+        "class Con:\n"
+        "    answers = [[[2, 3]], [['{2,3}']]]\n"
+        "    def run(self, sql, **params):\n"
+        "        return self.answers.pop(0)\n"
+        "found = stored_keys(Con(), T['fact_payment'], b['fact_payment'])\n"
+        "assert sorted(found.to_pylist()) == [2, 3]\n"
         "print('pandas' in sys.modules, flush=True)\n"
         "import os; os._exit(0)\n"
     )
