@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from totes_tools.ops import metricstore
+
 REPO = Path(__file__).resolve().parents[2]
 # The checkout's two packages first, so the subprocess runs this tree's code.
 PYTHONPATH = os.pathsep.join(str(REPO / d) for d in ("shared", "tools"))
@@ -76,6 +78,9 @@ def test_the_demo_loads_runs_incremental_rounds_and_answers_bi_questions(tmp_pat
     out = done.stdout
     assert "initial load: ingest" in out
     assert "round 3: ingest" in out
+    # The maintenance's metrics are recorded with the scheduled run it ran within.
+    points, _ = metricstore.read(tmp_path / "state" / "demo" / "metrics.jsonl")
+    assert "IcebergFilesCompacted" in {p.name for p in points}
     assert "warehouse freshness" in out
     for question in ("Revenue by month and currency", "Top 5 designs", "counterparty country"):
         assert question in out
