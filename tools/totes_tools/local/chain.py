@@ -407,11 +407,12 @@ class LocalChain:
 
     # -- one cycle ----------------------------------------------------------------------------
 
-    def run_cycle(self) -> CycleReport:
+    def run_cycle(self, report: CycleReport | None = None) -> CycleReport:
         """Redrive earlier failed events, ingest once on a scheduler event, then route
         notifications until none is pending; then record the cycle's metrics (one cycle
-        stands for one scheduled run)."""
-        report = CycleReport()
+        stands for one scheduled run), with those of ``report`` (what else ran in that
+        period: ``maintain_iceberg``'s report)."""
+        report = report or CycleReport()
         started = time.monotonic()
         self.replay_failures(report)
         self.ingest(report)
