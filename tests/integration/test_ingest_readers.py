@@ -181,9 +181,9 @@ def test_readers_see_the_runs_snapshot_and_nothing_committed_after_it(
     assert first.schema == TABLES_BY_NAME["sales_order"].lake_schema
 
 
-def _reader_sessions(pg_connect, source) -> int:
+def _reader_sessions(pg_connect, source, name: str = "totes-ingest-reader") -> int:
     [[n]] = pg_connect(source).run(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'totes-ingest-reader'"
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name", name=name
     )
     return int(n)
 
@@ -386,11 +386,15 @@ def test_readers_select_the_same_new_rows_when_other_transactions_began_since_th
     assert versions_in_lake(lake) == versions_in_source(con)
 
 
-def _plan_sessions(pg_connect, source) -> int:
-    [[n]] = pg_connect(source).run(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'totes-ingest-plan'"
-    )
-    return int(n)
+def _no_plan_session_left(pg_connect, source) -> bool:
+    """No planning session in ``pg_stat_activity``, waiting a little: a closed session's
+    backend leaves the view when it has exited, not when the client has closed."""
+    deadline = time.monotonic() + 10
+    while _reader_sessions(pg_connect, source, "totes-ingest-plan"):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def test_a_first_capture_plans_on_sessions_it_closes_and_a_later_cycle_opens_none(
@@ -422,16 +426,36 @@ def test_a_first_capture_plans_on_sessions_it_closes_and_a_later_cycle_opens_non
         with pytest.raises(pg8000.native.DatabaseError, match="no_such_function"):
             ingest(settings, source, lake.s3)
     assert lake.latest_manifest() is None
-    assert _plan_sessions(pg_connect, source) == 0
+    assert _no_plan_session_left(pg_connect, source)
 
     opened.clear()
     ingest(settings, source, lake.s3)
     assert opened.count("totes-ingest-plan") == settings.readers
     assert len(lake.manifest_keys()) > 1  # a run of several batches
-    assert _plan_sessions(pg_connect, source) == 0
+    assert _no_plan_session_left(pg_connect, source)
 
     opened.clear()
     writer = pg_connect(source)
     writer.run("UPDATE sales_order SET units_sold = units_sold + 1 WHERE sales_order_id = 1")
     ingest(settings, source, lake.s3)
     assert opened == ["totes-ingest"]
+
+
+def test_a_first_capture_too_small_to_be_cut_plans_on_its_own_session(
+    stack, source, lake, monkeypatch
+):
+    """A source whose files cannot hold more rows than the bound (``plan.may_need_pieces``)
+    is captured in one piece: it opens no planning session, so one session is all a small
+    source must allow, as before planning sessions."""
+    opened: list[str] = []
+    real_session = ingest_batch._session
+
+    def recording(creds, application_name):
+        opened.append(application_name)
+        return real_session(creds, application_name)
+
+    monkeypatch.setattr(ingest_batch, "_session", recording)
+    ingest(settings_for(stack, max_batch_rows=50_000_000), source, lake.s3)
+
+    assert opened == ["totes-ingest"]
+    assert len(lake.manifest_keys()) == 1

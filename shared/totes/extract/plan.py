@@ -124,6 +124,24 @@ def _largest(con: Connection, n: int) -> list[str]:
     return [str(name) for [name] in rows]
 
 
+# The least a heap row takes on disk: its 24-byte tuple header and 4-byte line pointer.
+MIN_ROW_BYTES = 28
+
+
+def may_need_pieces(con: Connection, max_batch_rows: int) -> bool:
+    """Whether the source tables' files are large enough to hold more than ``max_batch_rows``
+    rows, so that a capture of every row may be cut into pieces. False is certain (a row takes
+    at least ``MIN_ROW_BYTES``); a first capture that cannot be cut plans on its own session,
+    as it did before planning sessions (one session is all a small source must allow)."""
+    [[size]] = con.run(
+        "SELECT COALESCE(sum(pg_relation_size(c.oid)), 0) FROM pg_class c"
+        " JOIN pg_namespace s ON s.oid = c.relnamespace"
+        " WHERE c.relname = ANY(:names) AND s.nspname = current_schema()",
+        names=[t.name for t in TABLES],
+    )
+    return int(size) > MIN_ROW_BYTES * max_batch_rows
+
+
 def publish_new_keys(con: Connection, counts: dict[str, TableCounts]) -> None:
     """Publish each table's new keys for the keyed selection (``closure.selection_sql``)."""
     names = list(counts)

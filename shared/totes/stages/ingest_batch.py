@@ -88,8 +88,11 @@ def _plan(
     likely cut into pieces) counts and cuts with its largest tables on sessions of their own,
     as many as its readers, sharing the snapshot: the two planning scans were the longest
     single-core stretch of a backfill (0.95 s at 1M orders, 0.56 s shared; docs/ingest.md
-    "Planning on several sessions"). Every other run plans on its own session."""
-    helpers = min(settings.readers, readers.MAX_READERS) if selection.everything else 0
+    "Planning on several sessions"). Every other run plans on its own session, and so does a
+    first capture of a source too small to be cut (``plan.may_need_pieces``)."""
+    helpers = 0
+    if selection.everything and plan.may_need_pieces(con, settings.max_batch_rows):
+        helpers = min(settings.readers, readers.MAX_READERS)
     connect = functools.partial(_session, creds, "totes-ingest-plan")
     with shared_sessions(con, connect, helpers) as sessions:
         for session in sessions:
