@@ -227,19 +227,24 @@ def test_a_run_that_fails_midway_stops_its_readers_and_closes_their_sessions(
     assert _no_reader_left(pg_connect, source)
 
 
-def test_a_readers_failure_fails_the_run_naming_its_table_before_its_batch_is_written(
-    stack, source, lake, pg_connect, monkeypatch, reader_driver
-):
+def readers_select(monkeypatch, expression: str) -> None:
+    """Every reader selects ``expression`` from its table, whichever driver and read mode."""
     monkeypatch.setattr(
         readers,
         "run_copy_sql",
-        lambda t, **_: f"COPY (SELECT no_such_column FROM {t.name}) TO STDOUT",  # noqa: S608
+        lambda t, **_: f"COPY (SELECT {expression} FROM {t.name}) TO STDOUT",  # noqa: S608
     )
     monkeypatch.setattr(
         readers,
         "run_selection_sql",
-        lambda t, **_: f"SELECT no_such_column FROM {t.name}",  # noqa: S608
+        lambda t, **_: f"SELECT {expression} FROM {t.name}",  # noqa: S608
     )
+
+
+def test_a_readers_failure_fails_the_run_naming_its_table_before_its_batch_is_written(
+    stack, source, lake, pg_connect, monkeypatch, reader_driver
+):
+    readers_select(monkeypatch, "no_such_column")
     settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
 
     with pytest.raises(
@@ -263,16 +268,7 @@ def test_a_readers_server_error_is_named_without_a_value_it_quotes_or_its_detail
     message, DETAIL and query whole) fails the run naming the reader's table, driver and
     SQLSTATE; the value reaches neither the error, its traceback nor a log line."""
     value = f"CAST('{LEAKED}' AS int)"
-    monkeypatch.setattr(
-        readers,
-        "run_copy_sql",
-        lambda t, **_: f"COPY (SELECT {value} FROM {t.name}) TO STDOUT",  # noqa: S608
-    )
-    monkeypatch.setattr(
-        readers,
-        "run_selection_sql",
-        lambda t, **_: f"SELECT {value} FROM {t.name}",  # noqa: S608
-    )
+    readers_select(monkeypatch, value)
     settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
 
     with pytest.raises(ReaderFailed) as failed:
