@@ -393,21 +393,27 @@ def _no_plan_session_left(pg_connect, source) -> bool:
     return True
 
 
+@pytest.fixture
+def opened(monkeypatch) -> list[str]:
+    """The application name of every pg8000 session the run opens (its own, planning)."""
+    names: list[str] = []
+    real_session = ingest_batch._session
+
+    def recording(creds, application_name):
+        names.append(application_name)
+        return real_session(creds, application_name)
+
+    monkeypatch.setattr(ingest_batch, "_session", recording)
+    return names
+
+
 def test_a_first_capture_plans_on_sessions_it_closes_and_a_later_cycle_opens_none(
-    stack, source, lake, pg_connect, monkeypatch
+    stack, source, lake, pg_connect, monkeypatch, opened
 ):
     """A capture of every row counts and cuts with its largest tables on sessions of their
     own, as many as its readers, closed before the batches are read; a later cycle plans on
     the run's own session. A helper's failure fails the run before anything is written, and
     leaves no session open."""
-    opened: list[str] = []
-    real_session = ingest_batch._session
-
-    def recording(creds, application_name):
-        opened.append(application_name)
-        return real_session(creds, application_name)
-
-    monkeypatch.setattr(ingest_batch, "_session", recording)
     settings = settings_for(stack, max_batch_rows=5_000, chunk_rows=2_000)
 
     with monkeypatch.context() as patch:
@@ -437,20 +443,10 @@ def test_a_first_capture_plans_on_sessions_it_closes_and_a_later_cycle_opens_non
     assert opened == ["totes-ingest"]
 
 
-def test_a_first_capture_too_small_to_be_cut_plans_on_its_own_session(
-    stack, source, lake, monkeypatch
-):
+def test_a_first_capture_too_small_to_be_cut_plans_on_its_own_session(stack, source, lake, opened):
     """A source whose files cannot hold more rows than the bound (``plan.may_need_pieces``)
     is captured in one piece: it opens no planning session, so one session is all a small
     source must allow, as before planning sessions."""
-    opened: list[str] = []
-    real_session = ingest_batch._session
-
-    def recording(creds, application_name):
-        opened.append(application_name)
-        return real_session(creds, application_name)
-
-    monkeypatch.setattr(ingest_batch, "_session", recording)
     ingest(settings_for(stack, max_batch_rows=50_000_000), source, lake.s3)
 
     assert opened == ["totes-ingest"]
