@@ -2,9 +2,16 @@
 
 The steps, each in its own module:
 
-- ``ledger``: the load lock and the batch's ledger row, inserted first (``ON CONFLICT DO
-  NOTHING``): a batch already in the ledger is acknowledged and skipped, and two concurrent
-  deliveries of one batch load it once;
+- ``ledger``: the batch's ledger row, inserted first (``ON CONFLICT DO NOTHING``): a batch
+  already in the ledger is acknowledged and skipped, and a second delivery of a batch being
+  loaded waits for the first's transaction, then is skipped; then the load lock, one writer at
+  a time for every step below;
+- ``backfill``: a first capture's facts, the bulk of a backfill's rows, COPYed straight in
+  *before* the load lock, so the loads of a backfill's batches overlap (load's reserved
+  concurrency) instead of queueing for the whole of each other's COPYs. Under the lock the
+  choice is made again; had it changed (a tombstone committed meanwhile), or had the wait for
+  the lock met a deadlock (another batch carrying one of these versions), the transaction is
+  rolled back and the batch loaded again with everything under the lock;
 - ``staging``: every table of the batch (and its deletions) bulk-copied (``COPY ... FROM
   STDIN`` in PostgreSQL's binary format, ``binary_copy``) into a temporary staging table;
 - ``dimensions``: merges that move only forward in commit order (an update of the stored rows,
@@ -41,6 +48,7 @@ from totes.errors import DatabaseUnavailable, LoadFailed
 from totes.identifiers import quote
 from totes.lake import Manifest, empty_table, schema_fingerprint
 from totes.manifest_checks import Capture, ManifestRefused, capture
+from totes.observability import logger
 from totes.server_errors import describe_error
 from totes.star.model import (
     DELETED_KEYS,
@@ -59,8 +67,18 @@ from totes.warehouse.staging import stage, stage_deleted_keys, staging_name
 # Server memory per sort or hash of the batch's statements (the DISTINCT ON of the dimension
 # merges and of the fact insert), for the batch's transaction only: a 1M-row batch sorts in
 # memory (~125MB) where the 4MB default spilled ~94MB to disk (fact insert 8.1 s -> 4.8 s).
-# Loads are serialised by the load lock, so this is at most one such sort at a time.
+# Those statements run under the load lock, so this is at most one such sort at a time.
 SORT_MEMORY = "256MB"
+# PostgreSQL's SQLSTATE for the transaction it failed to break a deadlock.
+DEADLOCK_DETECTED = "40P01"
+# A batch's attempts: facts copied before the lock, then everything under it (twice: a deadlock
+# of a load under the lock with another's facts copied before it is the other's to undo, but
+# the detector may pick either).
+ATTEMPTS = 3
+
+
+class _Again(Exception):
+    """This attempt was rolled back; load the batch again, everything under the lock."""
 
 
 def expected_fingerprint(table_name: str) -> str:
@@ -90,23 +108,57 @@ def load_batch(con: Connection, manifest: Manifest, tables: dict[str, pa.Table])
             " (a deletion is ordered by its capture)"
         )
 
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return _attempt(con, manifest, capture, ordered, arrays, deleted, attempt)
+        except _Again as again:
+            logger.info(
+                "batch loaded again, everything under the load lock",
+                extra={"batch": batch, "attempt": attempt, "reason": str(again)},
+            )
+    raise AssertionError("unreachable: the last attempt raises or returns")  # pragma: no cover
+
+
+def _attempt(
+    con: Connection,
+    manifest: Manifest,
+    capture: Capture,
+    ordered: list[StarTable],
+    arrays: dict[str, pa.Table],
+    deleted: pa.Table,
+    attempt: int,
+) -> LoadResult:
+    """One transaction of the batch (``load_batch``); ``_Again`` when it was rolled back to be
+    tried once more, everything under the lock."""
+    batch = manifest.batch_id
     step = ("ledger", ledger.LEDGER)
+    early: dict[str, TableResult] = {}
     try:
         con.run("BEGIN")
-        ledger.lock(con)
         if not ledger.claim(con, manifest, capture.seq):
             con.run("ROLLBACK")
             return LoadResult(batch, loaded=False)
         con.run(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
-        rewrite = ledger.older_capture_loaded(con, capture.seq)
+        refused: set[str] = set()  # facts whose COPY met a stored version: staged
+        if attempt == 1:
+            step = ("reading", deletes.TOMBSTONES)
+            _, direct = _direct(con, ordered, arrays, capture, deleted)
+            for table in ordered:
+                if table.kind == "fact" and table.name in direct:
+                    step = ("copying", table.name)
+                    rows = arrays[table.name]
+                    copied = backfill.copy_versions(con, batch, capture.seq, table, rows)
+                    if copied is None:
+                        refused.add(table.name)
+                    else:
+                        early[table.name] = copied
+        step = ("waiting for", "the load lock")
+        ledger.lock(con)
         step = ("reading", deletes.TOMBSTONES)
-        tombstoned = set() if rewrite else _tombstoned(con, ordered, deleted)
-        # Tables this batch COPYs straight in (``backfill``): not staged unless that fails.
-        direct = {
-            t.name
-            for t in ordered
-            if backfill.copyable(t, arrays[t.name].num_rows, rewrite, capture.set_aside, tombstoned)
-        }
+        rewrite, direct = _direct(con, ordered, arrays, capture, deleted)
+        if not direct >= set(early):
+            raise _Again(f"{sorted(set(early) - direct)} no longer copied straight in")
+        direct -= refused
         for table in ordered:
             if table.name not in direct:
                 step = ("staging", table.name)
@@ -133,8 +185,8 @@ def load_batch(con: Connection, manifest: Manifest, tables: dict[str, pa.Table])
                     capture.set_aside,
                     staged=table.name not in direct,
                 )
-                merged = None
-                if table.name in direct:
+                merged = early.get(table.name)
+                if merged is None and table.name in direct:
                     step = ("copying", table.name)
                     rows = arrays[table.name]
                     merged = backfill.copy_versions(con, batch, capture.seq, table, rows)
@@ -211,6 +263,8 @@ def load_batch(con: Connection, manifest: Manifest, tables: dict[str, pa.Table])
         raise LoadFailed(f"batch {batch}: {what} {table_name} failed: {exc}") from None
     except DatabaseError as exc:
         _rollback(con)
+        if _sqlstate(exc) == DEADLOCK_DETECTED and attempt < ATTEMPTS:
+            raise _Again(f"deadlock while {step[0]} {step[1]}") from None
         what, table_name = step
         raise LoadFailed(f"batch {batch}: {what} {table_name} failed: {_describe(exc)}") from None
     except (InterfaceError, OSError) as exc:
@@ -262,6 +316,31 @@ def _deletions(batch: str, data: pa.Table | None) -> pa.Table:
             f" keys; only keys of {sorted(tracked)} can be deleted"
         )
     return data
+
+
+def _direct(
+    con: Connection,
+    ordered: list[StarTable],
+    arrays: dict[str, pa.Table],
+    capture: Capture,
+    deleted: pa.Table,
+) -> tuple[bool, set[str]]:
+    """Whether an older capture is loaded (stored versions may need rewriting), and the
+    tables this batch may COPY straight in (``backfill.copyable``): not staged unless that
+    fails."""
+    rewrite = ledger.older_capture_loaded(con, capture.seq)
+    tombstoned = set() if rewrite else _tombstoned(con, ordered, deleted)
+    direct = {
+        t.name
+        for t in ordered
+        if backfill.copyable(t, arrays[t.name].num_rows, rewrite, capture.set_aside, tombstoned)
+    }
+    return rewrite, direct
+
+
+def _sqlstate(exc: DatabaseError) -> str | None:
+    info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return info.get("C")
 
 
 def _tombstoned(con: Connection, tables: list[StarTable], deleted: pa.Table) -> set[str]:

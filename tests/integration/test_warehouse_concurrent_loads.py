@@ -1,0 +1,209 @@
+"""Loads of several batches at once (load's reserved concurrency): a first capture's facts are
+COPYed before the load lock, so backfill batches' COPYs overlap, and the warehouse still ends
+exactly as the same batches loaded one by one leave it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pyarrow as pa
+import pytest
+from test_warehouse_backfill import history, later, load, state
+
+from totes.star.model import DELETED_KEYS
+from totes.warehouse import merge
+from totes.warehouse.ledger import LOAD_LOCK_KEY
+from totes.warehouse.migrations import migrate
+from totes_tools.warehouse.synthetic import deleted_keys, star_batch, with_calendar
+
+FACTS = ("fact_sales_order", "fact_purchase_order", "fact_payment")
+WAIT_SECONDS = 30.0
+
+
+class Loading:
+    """``load`` of one batch on a connection of its own, on a thread."""
+
+    def __init__(self, con, batch: str, seq: int, tables: dict[str, pa.Table]):
+        self.con = con
+        [[self.pid]] = con.run("SELECT pg_backend_pid()")
+        self.result = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(batch, seq, tables))
+        self._thread.start()
+
+    def _run(self, batch, seq, tables) -> None:
+        try:
+            self.result = load(self.con, batch, tables, seq)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def join(self):
+        self._thread.join(WAIT_SECONDS)
+        assert not self._thread.is_alive(), "the load did not end"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def holding_the_lock(con) -> None:
+    con.run("BEGIN")
+    con.run("SELECT pg_advisory_xact_lock(:key)", key=LOAD_LOCK_KEY)
+
+
+def waiting_for_the_lock(watcher, loading: Loading, kind: str = "advisory") -> None:
+    """Until ``loading``'s backend waits for the load lock (an advisory lock), or for a lock
+    of any kind (``kind`` None: another transaction's row)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        assert loading.error is None, loading.error
+        rows = watcher.run(
+            "SELECT 1 FROM pg_locks WHERE pid = :pid AND NOT granted"
+            " AND locktype = coalesce(CAST(:kind AS text), locktype)",
+            pid=loading.pid,
+            kind=kind,
+        )
+        if rows:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the load never waited for a lock ({kind or 'any'})")
+
+
+def locked_tables(watcher, pid: int) -> set[str]:
+    rows = watcher.run(
+        "SELECT c.relname FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+        " WHERE l.pid = :pid AND l.granted AND l.mode = 'RowExclusiveLock'",
+        pid=pid,
+    )
+    return {r[0] for r in rows}
+
+
+@pytest.fixture
+def warehouse_db(fresh_db, pg_connect):
+    creds = fresh_db("wh")
+    migrate(pg_connect(creds))
+    return creds
+
+
+def serial(fresh_db, pg_connect, batches) -> dict[str, list]:
+    """The warehouse the ``(batch, seq, tables)`` leave loaded one by one, in that order."""
+    con = pg_connect(fresh_db("ref"))
+    migrate(con)
+    for batch, seq, tables in batches:
+        load(con, batch, tables, seq)
+    return state(con)
+
+
+def test_a_backfill_batch_copies_its_facts_while_another_load_holds_the_lock(
+    warehouse_db, pg_connect, fresh_db
+):
+    """What makes a backfill's loads overlap: a first capture's facts (the bulk of its rows)
+    are COPYed before the batch waits for the load lock; the batch is still one transaction,
+    which commits once the lock is its own."""
+    holder, watcher = pg_connect(warehouse_db), pg_connect(warehouse_db)
+    batch = ("c1-000", 1, star_batch(sales=40, purchases=20, payments_=30, seed=3))
+    holding_the_lock(holder)
+    loading = Loading(pg_connect(warehouse_db), *batch)
+    waiting_for_the_lock(watcher, loading)
+    assert locked_tables(watcher, loading.pid) >= set(FACTS)
+    assert watcher.run("SELECT count(*) FROM fact_sales_order") == [[0]]  # not committed yet
+    holder.run("COMMIT")
+    assert loading.join().loaded
+    assert state(watcher) == serial(fresh_db, pg_connect, [batch])
+
+
+@pytest.fixture
+def attempts(monkeypatch) -> list[tuple[str, int]]:
+    """(batch, attempt) of every transaction ``load_batch`` began."""
+    seen: list[tuple[str, int]] = []
+    real = merge._attempt
+
+    def recording(con, manifest, *args):
+        seen.append((manifest.batch_id, args[-1]))
+        return real(con, manifest, *args)
+
+    monkeypatch.setattr(merge, "_attempt", recording)
+    return seen
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_batches_loaded_at_once_end_as_loaded_one_by_one(warehouse_db, pg_connect, fresh_db, held):
+    """The history's batches (a capture in three parts, one carrying a version another stored,
+    one a version twice; a later capture with a deletion; a late older capture) and a second
+    delivery of the first, all at once; ``held``: all of them wait for the lock first, so every
+    first capture's facts are copied before any batch commits."""
+    batches = history()
+    deliveries = [*batches, batches[0]]
+    holder, watcher = pg_connect(warehouse_db), pg_connect(warehouse_db)
+    if held:
+        holding_the_lock(holder)
+    loads = [Loading(pg_connect(warehouse_db), *b) for b in deliveries]
+    if held:
+        # The second delivery waits for the first's ledger row, a batch carrying a version
+        # another copied waits for that one's transaction, the others for the load lock.
+        for loading in loads:
+            waiting_for_the_lock(watcher, loading, kind=None)
+        holder.run("COMMIT")
+    results = [loading.join() for loading in loads]
+    assert sorted(r.batch_id for r in results if r.loaded) == sorted(b for b, _, _ in batches)
+    assert [r.loaded for r in results].count(False) == 1
+    assert state(watcher) == serial(fresh_db, pg_connect, batches)
+
+
+def test_a_tombstone_committed_while_a_batch_waited_for_the_lock_marks_its_copied_facts(
+    warehouse_db, pg_connect, fresh_db, attempts
+):
+    """A capture's facts copied before the lock, then a later capture deleting two of those
+    orders commits first: under the lock the facts would now be staged (the deletion marks
+    join the staged keys), so the batch is loaded again and its orders 1 and 2 are marked
+    deleted, as when the deletion is loaded first."""
+    first = star_batch(sales=12, seed=5)
+    dims = {n: t for n, t in first.items() if not n.startswith("fact_")}
+    deleting = {**dims, DELETED_KEYS: deleted_keys(fact_sales_order=[1, 2])}
+    copied, deletion = ("c5-000", 5, first), ("c6-000", 6, deleting)
+    holder, watcher = pg_connect(warehouse_db), pg_connect(warehouse_db)
+    holding_the_lock(holder)
+    deleting_load = Loading(pg_connect(warehouse_db), *deletion)
+    waiting_for_the_lock(watcher, deleting_load)  # first in the lock's queue
+    copying_load = Loading(pg_connect(warehouse_db), *copied)
+    waiting_for_the_lock(watcher, copying_load)
+    assert "fact_sales_order" in locked_tables(watcher, copying_load.pid)
+    holder.run("COMMIT")
+    assert deleting_load.join().loaded
+    assert copying_load.join().loaded
+    assert ("c5-000", 2) in attempts
+    after = state(watcher)
+    assert after == serial(fresh_db, pg_connect, [deletion, copied])
+    assert [r[0] for r in after["fact_sales_order"] if r[-1] is not None] == [1, 2]
+
+
+def test_a_deadlock_between_copied_facts_and_a_load_under_the_lock_loads_both(
+    warehouse_db, pg_connect, fresh_db, attempts
+):
+    """Capture 5 copies a version before the lock; capture 6, merging under the lock (an older
+    capture is loaded), writes the same version and waits for it while capture 5 waits for
+    the lock: PostgreSQL fails one of the two, which is loaded again, everything under the
+    lock. Both batches load, and the warehouse is the one-by-one warehouse."""
+    base = star_batch(sales=6, seed=7)
+    dims = {n: t for n, t in base.items() if not n.startswith("fact_")}
+    version = later(base["fact_sales_order"][:1], 1)
+    batches = [
+        ("c5-000", 5, base),
+        ("c5-001", 5, with_calendar({**dims, "fact_sales_order": version})),
+        ("c6-000", 6, with_calendar({**dims, "fact_sales_order": version})),
+    ]
+    con = pg_connect(warehouse_db)
+    load(con, *[batches[0][0], batches[0][2], batches[0][1]])
+    holder, watcher = pg_connect(warehouse_db), pg_connect(warehouse_db)
+    holding_the_lock(holder)
+    under_lock = Loading(pg_connect(warehouse_db), *batches[2])
+    waiting_for_the_lock(watcher, under_lock)
+    copying = Loading(pg_connect(warehouse_db), *batches[1])
+    waiting_for_the_lock(watcher, copying)
+    assert "fact_sales_order" in locked_tables(watcher, copying.pid)
+    holder.run("COMMIT")
+    assert under_lock.join().loaded
+    assert copying.join().loaded
+    again = [a for a in attempts if a[1] > 1]
+    assert again in ([("c5-001", 2)], [("c6-000", 2)])
+    assert state(watcher) == serial(fresh_db, pg_connect, [batches[0], batches[2], batches[1]])
