@@ -62,6 +62,7 @@ def test_pipelined_initial_load_handles_every_batch_once_and_equals_the_sequenti
         assert stages[stage]["failures"] == []
         assert len(stages[stage]["spans"]) == stages[stage]["invocations"]
     assert stages["ingest"]["invocations"] == 1
+    assert stages["load"]["processes"] == pipeline.LOAD_WORKERS  # load's concurrency
     assert stages["transform"]["invocations"] == stages["load"]["invocations"] == len(ingested)
     # what the run reports about itself
     assert set(piped["busy_s"]) == set(pipeline.STAGES)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from totes_tools.local.bench import _every_batch_once
-from totes_tools.local.pipeline import overlap, projected
+from totes_tools.local.pipeline import combined, load_worker, overlap, projected
 
 
 def test_stages_one_after_another_overlap_by_nothing():
@@ -44,6 +44,48 @@ def test_stages_running_at_once_count_their_shared_seconds_as_overlap():
     assert got["overlap_s"] == pytest.approx(24.0 - 14.0)
     assert got["started_after_s"] == {"ingest": 0.0, "transform": 3.0, "load": 5.0}
     assert got["tail_after_ingest_s"] == 5.0
+
+
+def _load_report(batches, spans, rows, cpu, rss, exited):
+    return {
+        "stage": "load",
+        "invocations": len(batches),
+        "handler_seconds": sum(e - s for s, e in spans),
+        "batches": len(batches),
+        "batch_ids": batches,
+        "rows": sum(rows.values()),
+        "rows_by_table": rows,
+        "seconds": exited,
+        "rows_per_s": None,
+        "rss_before_mb": 100.0,
+        "peak_rss_mb": rss,
+        "client_cpu_s": cpu,
+        "spans": spans,
+        "deliveries": [[b, None, s, e] for b, (s, e) in zip(batches, spans, strict=True)],
+        "failures": [],
+        "exited_after_s": exited,
+    }
+
+
+def test_load_processes_report_as_one_stage_whose_concurrent_loads_count_as_overlap():
+    first = _load_report(["b1", "b3"], [[5.0, 8.0], [9.0, 10.0]], {"dim_staff": 2}, 1.5, 240, 10.0)
+    second = _load_report(["b2"], [[6.0, 9.0]], {"dim_staff": 1, "fact_payment": 4}, 0.5, 250, 9.0)
+
+    load = combined([first, second])
+
+    assert load["processes"] == 2
+    assert (load["invocations"], load["batches"]) == (3, 3)
+    assert sorted(load["batch_ids"]) == ["b1", "b2", "b3"]
+    assert load["rows_by_table"] == {"dim_staff": 3, "fact_payment": 4}
+    assert (load["rows"], load["rows_per_s"]) == (7, 1)  # over the longest process
+    assert (load["client_cpu_s"], load["peak_rss_mb"], load["exited_after_s"]) == (2.0, 250, 10.0)
+    assert load["spans"] == [[5.0, 8.0], [6.0, 9.0], [9.0, 10.0]]
+    assert [d[0] for d in load["deliveries"]] == ["b1", "b2", "b3"]  # by start
+    got = overlap({"ingest": [(0.0, 6.0)], "transform": [], "load": load["spans"]})
+    assert got["busy_s"]["load"] == 7.0  # summed over the processes
+    assert got["overlap_s"] == pytest.approx(13.0 - 10.0)  # 1 s with ingest, 2 s load with load
+    assert combined([first]) is first
+    assert [load_worker(i) for i in range(3)] == ["load", "load-2", "load-3"]
 
 
 def test_no_invocation_at_all_is_no_work_and_no_overlap():

@@ -301,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="rounds of the sequential/pipelined comparison (alternating; medians)",
     )
+    bench.add_argument(
+        "--load-workers",
+        type=ROUNDS_OPTION,
+        default=2,
+        help="load's processes in the pipelined runs (its reserved concurrency; default 2)",
+    )
 
     sam_local = sub.add_parser(
         "sam-local", help="sam local invoke by hand (serve, events), and make sam-local's check"

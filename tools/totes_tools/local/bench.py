@@ -121,7 +121,8 @@ def run_child(stage: str) -> int:
             if stage == "ingest":
                 report = chain.ingest()
             elif follow:
-                report = chain.follow(stage, upstream_done.exists)
+                one_at_a_time = bool(follow.get("one_at_a_time"))
+                report = chain.follow(stage, upstream_done.exists, one_at_a_time=one_at_a_time)
             else:
                 report = chain.drain(stages=(stage,))
             seconds = time.perf_counter() - started
@@ -481,10 +482,11 @@ def fresh_run(
     postmaster: int | None,
     max_batch_rows: int | None,
     reference: dict,
+    load_workers: int = pipeline.LOAD_WORKERS,
 ) -> dict:
-    """The initial load of ``source`` again, sequential or pipelined, through a stack and a
-    warehouse of its own (made, then dropped), checked against the reference warehouse's
-    checksums."""
+    """The initial load of ``source`` again, sequential or pipelined (load in
+    ``load_workers`` processes), through a stack and a warehouse of its own (made, then
+    dropped), checked against the reference warehouse's checksums."""
     create, drop = warehouses
     names = pipeline.stack_names("bench")
     warehouse = create()
@@ -494,7 +496,7 @@ def fresh_run(
         chain.prepare()
         config = pipeline.child_config(endpoint, source, warehouse, names, env)
         if mode == "pipelined":
-            run = pipeline.run_pipelined(config, postmaster)
+            run = pipeline.run_pipelined(config, postmaster, load_workers)
         else:
             run = _sequential_run(config, postmaster)
         checksums = _checksums(warehouse)
@@ -513,6 +515,7 @@ def pipelined_comparison(
     main: dict,
     sizes: list[int | None],
     rounds: int,
+    load_workers: int = pipeline.LOAD_WORKERS,
 ) -> dict:
     """The initial load sequential and pipelined at each batch size (``sizes[0]``: the
     chain's own, whose first sequential run is ``main``), ``rounds`` times, the order of
@@ -531,7 +534,16 @@ def pipelined_comparison(
                     flush=True,
                 )
                 runs.append(
-                    fresh_run(mode, endpoint, source, warehouses, postmaster, size, reference)
+                    fresh_run(
+                        mode,
+                        endpoint,
+                        source,
+                        warehouses,
+                        postmaster,
+                        size,
+                        reference,
+                        load_workers,
+                    )
                 )
     summary = []
     for size in sizes:
@@ -559,7 +571,7 @@ def pipelined_comparison(
                     "same_warehouse": all(r["same_warehouse"] for r in mine),
                 }
             )
-    return {"runs": runs, "summary": summary}
+    return {"runs": runs, "summary": summary, "load_workers": load_workers}
 
 
 def _median(values: list) -> float | None:
@@ -738,7 +750,8 @@ def _print_pipelined(results: dict) -> None:
         return
     print(
         "\n  initial load, sequential (stage after stage) vs pipelined (transform and load"
-        " invoked per manifest as it lands, as S3 notifications drive them on AWS), medians:"
+        " invoked per manifest as it lands, as S3 notifications drive them on AWS; load in"
+        f" {comparison.get('load_workers', 1)} processes, its reserved concurrency), medians:"
     )
     print(
         f"  {'max batch rows':>14}{'batches':>8}  {'mode':<11}{'wall s':>8}{'span s':>8}"
@@ -760,8 +773,9 @@ def _print_pipelined(results: dict) -> None:
     print(
         "  (wall: processes, the pipelined run's downstream stages started and warm first;"
         " span: first invocation's start to the last one's end; ingest/transf./load: each"
-        " stage's busy seconds in its handlers; overlap: busy seconds during which another"
-        " stage was busy too; projected: the sequential run's batches replayed as a pipeline"
+        " stage's busy seconds in its handlers (summed over load's processes); overlap: busy"
+        " seconds during which another stage or load process was busy too; projected: the"
+        " sequential run's batches replayed as a pipeline"
         " whose stages do not share CPUs, from their own per-batch times)"
     )
     print("  " + MACHINE_NOTE.format(cpus=results["machine"]["cpus"]))
@@ -850,6 +864,7 @@ def main(args) -> int:
     max_batch_rows = getattr(args, "max_batch_rows", None)
     sizes = [max_batch_rows, *(getattr(args, "batch_sweep", None) or [])]
     pipeline_rounds = getattr(args, "pipeline_rounds", 1)
+    load_workers = getattr(args, "load_workers", pipeline.LOAD_WORKERS)
     env = _batch_env(max_batch_rows)
     with contextlib.ExitStack() as stack:
         fresh_warehouse: Callable[[], DbCredentials] | None = None
@@ -897,6 +912,7 @@ def main(args) -> int:
                 _main_record(initial, initial_wall, max_batch_rows),
                 sizes,
                 pipeline_rounds,
+                load_workers,
             )
 
         simulator = Simulator(con, seed=1)

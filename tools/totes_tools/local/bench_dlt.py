@@ -146,7 +146,12 @@ def _url(scheme: str, creds: DbCredentials) -> str:
 
 
 def run_ours(
-    cluster, endpoint: str, source: DbCredentials, postmaster: int | None, pipelined: bool = False
+    cluster,
+    endpoint: str,
+    source: DbCredentials,
+    postmaster: int | None,
+    pipelined: bool = False,
+    load_workers: int = 2,
 ) -> dict:
     from totes_tools.local import pipeline
     from totes_tools.local.aws import StackNames
@@ -162,7 +167,7 @@ def run_ours(
         with cpu.Meter(postmaster) as meter:
             if pipelined:
                 config = pipeline.child_config(endpoint, source, warehouse)
-                stages = pipeline.run_pipelined(config, postmaster)["stages"]
+                stages = pipeline.run_pipelined(config, postmaster, load_workers)["stages"]
             else:
                 stages = run_stages(endpoint, source, warehouse, postmaster)
     finally:
@@ -216,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", default="parquet", help="dlt loader file formats, a,b")
     parser.add_argument("--dlt-python", required=True, help="python of dlt's own environment")
     parser.add_argument("--output", default="bench-dlt-results.json")
+    parser.add_argument(
+        "--load-workers", type=int, default=2, help="load's processes in ours pipelined"
+    )
     args = parser.parse_args(argv)
     logger.setLevel("ERROR")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the S3 emulator's request log
@@ -235,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.perf_counter()
                 if variant.startswith(OURS):
                     pipelined = variant == OURS_PIPELINED
-                    record = run_ours(cluster, endpoint, source, postmaster, pipelined)
+                    record = run_ours(
+                        cluster, endpoint, source, postmaster, pipelined, args.load_workers
+                    )
                 else:
                     record = run_dlt(
                         cluster, source, postmaster, variant.removeprefix("dlt_"), args.dlt_python

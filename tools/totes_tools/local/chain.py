@@ -549,13 +549,16 @@ class LocalChain:
         upstream_done: Callable[[], bool],
         report: CycleReport | None = None,
         poll_seconds: float = 0.05,
+        one_at_a_time: bool = False,
     ) -> CycleReport:
         """Hand each S3 event to ``stage`` as soon as it lands on the stage's queue, one
         invocation per manifest as S3's notifications invoke the function on AWS, until
         ``upstream_done()`` says nothing more can be sent and the queue is empty. Run in its
         own process per stage, transform of one batch overlaps ingest of the next and load
         follows transform (``totes_tools.local.pipeline``): the order in which batches reach
-        a stage is whatever the queue gives.
+        a stage is whatever the queue gives. ``one_at_a_time``: take one event per receive,
+        so that several processes following one queue (concurrent invocations of one
+        function) share its events instead of the first taking all that wait.
 
         ``upstream_done`` is read before each receive: moto sends a notification inside the
         PutObject that causes it, so once the upstream has finished, every event it caused
@@ -565,7 +568,8 @@ class LocalChain:
         queue = self._queue_of(stage)
         while True:
             finished = upstream_done()
-            deliveries = self.deliver(stage, self.receive(stage, queue))
+            limit = 1 if one_at_a_time else None
+            deliveries = self.deliver(stage, self.receive(stage, queue, limit))
             for delivery in deliveries:
                 self._handle(delivery, report)
             if not deliveries:
@@ -629,14 +633,15 @@ class LocalChain:
                     iceberg_queue.release(record)
         return report
 
-    def receive(self, stage: str, queue: str) -> list[Delivery]:
-        """Every S3 event waiting on ``queue`` (moto's ``s3:TestEvent`` dropped)."""
+    def receive(self, stage: str, queue: str, limit: int | None = None) -> list[Delivery]:
+        """Every S3 event waiting on ``queue`` (moto's ``s3:TestEvent`` dropped), or at most
+        ``limit`` of them."""
         url = self._queue_url(queue)
         out: list[Delivery] = []
-        while True:
+        while limit is None or len(out) < limit:
             messages = self.sqs.receive_message(
                 QueueUrl=url,
-                MaxNumberOfMessages=10,
+                MaxNumberOfMessages=min(10, limit - len(out)) if limit else 10,
                 VisibilityTimeout=VISIBILITY_TIMEOUT_SECONDS,
                 WaitTimeSeconds=0,
                 AttributeNames=["SentTimestamp"],
@@ -652,6 +657,7 @@ class LocalChain:
                 sent = message.get("Attributes", {}).get("SentTimestamp")
                 sent_at = int(sent) / 1000 if sent else None
                 out.append(Delivery(stage, body, message["ReceiptHandle"], sent_at))
+        return out
 
     def pending(self) -> dict[str, int]:
         """Messages waiting (visible or in flight) per notification queue."""

@@ -15,8 +15,10 @@ What the figures mean on this machine: the three stages, the source database, th
 database and the emulator share its cores (2 here), so overlap is bounded by CPU and a
 pipelined stage runs slower than alone. On AWS each Lambda has its own CPUs and the source
 and warehouse are separate servers, so the overlap measured here is a lower bound of what
-AWS gets. One process per stage stands for each function's reserved concurrency: transform
-keeps up with ingest here, and loads serialise on the load lock anyway.
+AWS gets. One process stands for transform's reserved concurrency (it keeps up with ingest
+here); load gets ``load_workers`` processes following its queue one event at a time, standing
+for load's reserved concurrency (``WarehouseConnectionBudget``, 3 by default): a first
+capture's batches COPY their facts before the load lock, so their loads overlap.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ UPSTREAM = {"transform": "ingest", "load": "transform"}
 # How long a following stage may take to start (imports, its cold start) before the run
 # gives up on it.
 READY_TIMEOUT_SECONDS = 120.0
+# Load's processes in a pipelined run: its reserved concurrency (WarehouseConnectionBudget,
+# 3 on AWS by default), 2 on this 2-core machine, where a third load only adds contention
+# (docs/load.md "Backfill loads that overlap").
+LOAD_WORKERS = 2
 POLL_SECONDS = 0.05
 
 _stack_seq = itertools.count()
@@ -107,35 +113,42 @@ def run_stages(config: dict, postmaster: int | None = None) -> dict:
     return out
 
 
-def run_pipelined(config: dict, postmaster: int | None = None) -> dict:
-    """The three stages at once, as S3 notifications drive them on AWS (module docstring).
-    Transform and load start first and warm up (imports, cold start), then the clock starts
-    with ingest; it stops when the last stage's process has exited. Returns each stage's JSON
-    report (with its invocations' wall-clock spans), the wall time, the server's CPU over the
-    run and the overlap (:func:`overlap`)."""
+def run_pipelined(
+    config: dict, postmaster: int | None = None, load_workers: int = LOAD_WORKERS
+) -> dict:
+    """The three stages at once, as S3 notifications drive them on AWS (module docstring),
+    load in ``load_workers`` processes. Transform and load start first and warm up (imports,
+    cold start), then the clock starts with ingest; it stops when the last stage's process
+    has exited. Returns each stage's JSON report (with its invocations' wall-clock spans; the
+    load workers' reports combined), the wall time, the server's CPU over the run and the
+    overlap (:func:`overlap`)."""
     with tempfile.TemporaryDirectory(prefix="totes-pipeline-") as tmp:
         signals = Path(tmp)
         procs: dict[str, subprocess.Popen] = {}
         files: dict[str, tuple] = {}
 
-        def spawn(stage: str) -> None:
+        def spawn(stage: str, name: str | None = None) -> None:
+            name = name or stage
             follow = None
             if stage in UPSTREAM:
                 follow = {
                     "upstream_done": str(signals / f"{UPSTREAM[stage]}.done"),
-                    "ready": str(signals / f"{stage}.ready"),
+                    "ready": str(signals / f"{name}.ready"),
+                    "one_at_a_time": name != stage or load_workers > 1,
                 }
             env = {**os.environ, CHILD_ENV: json.dumps({**config, "follow": follow})}
-            files[stage] = (
-                (signals / f"{stage}.out").open("w+"),
-                (signals / f"{stage}.err").open("w+"),
+            files[name] = (
+                (signals / f"{name}.out").open("w+"),
+                (signals / f"{name}.err").open("w+"),
             )
-            procs[stage] = subprocess.Popen(  # noqa: S603  # nosec B603 - our own module
-                _command(stage), env=env, stdout=files[stage][0], stderr=files[stage][1]
+            procs[name] = subprocess.Popen(  # noqa: S603  # nosec B603 - our own module
+                _command(stage), env=env, stdout=files[name][0], stderr=files[name][1]
             )
 
+        workers = [load_worker(i) for i in range(load_workers)]
         try:
-            spawn("load")
+            for worker in workers:
+                spawn("load", worker)
             spawn("transform")
             _wait_ready(signals, procs, files)
             started = time.perf_counter()
@@ -144,12 +157,17 @@ def run_pipelined(config: dict, postmaster: int | None = None) -> dict:
             ended = _wait_in_order(signals, procs)
             wall = time.perf_counter() - started
             server = _server_delta(postmaster, server_started)
-            reports = {
-                stage: {
-                    **_report(stage, *_output(files[stage]), procs[stage].returncode),
-                    "exited_after_s": round(ended[stage] - started, 2),
+            each = {
+                name: {
+                    **_report(name, *_output(files[name]), procs[name].returncode),
+                    "exited_after_s": round(ended[name] - started, 2),
                 }
-                for stage in STAGES
+                for name in procs
+            }
+            reports = {
+                "ingest": each["ingest"],
+                "transform": each["transform"],
+                "load": combined([each[w] for w in workers]),
             }
         finally:
             for proc in procs.values():
@@ -164,6 +182,44 @@ def run_pipelined(config: dict, postmaster: int | None = None) -> dict:
         "wall_seconds": round(wall, 2),
         "server_cpu_s": server,
         **overlap({stage: r["spans"] for stage, r in reports.items()}),
+    }
+
+
+def load_worker(index: int) -> str:
+    """The name of load's ``index``-th process (its signal and output files)."""
+    return "load" if index == 0 else f"load-{index + 1}"
+
+
+def combined(reports: list[dict]) -> dict:
+    """One stage's report from its processes' (concurrent invocations of one function):
+    counts and CPU summed, spans and batches listed together, the largest RSS, the last
+    exit."""
+    if len(reports) == 1:
+        return reports[0]
+    rows_by_table: dict[str, int] = {}
+    for report in reports:
+        for table, rows in report["rows_by_table"].items():
+            rows_by_table[table] = rows_by_table.get(table, 0) + rows
+    seconds = max(r["seconds"] for r in reports)
+    rows = sum(r["rows"] for r in reports)
+    return {
+        "stage": reports[0]["stage"],
+        "processes": len(reports),
+        "invocations": sum(r["invocations"] for r in reports),
+        "handler_seconds": round(sum(r["handler_seconds"] for r in reports), 3),
+        "batches": sum(r["batches"] for r in reports),
+        "batch_ids": [b for r in reports for b in r["batch_ids"]],
+        "rows": rows,
+        "rows_by_table": rows_by_table,
+        "seconds": seconds,
+        "rows_per_s": round(rows / seconds) if seconds > 0 else 0.0,
+        "rss_before_mb": max(r["rss_before_mb"] for r in reports),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in reports),
+        "client_cpu_s": round(sum(r["client_cpu_s"] for r in reports), 2),
+        "spans": sorted(s for r in reports for s in r["spans"]),
+        "deliveries": sorted((d for r in reports for d in r["deliveries"]), key=lambda d: d[2]),
+        "failures": [f for r in reports for f in r["failures"]],
+        "exited_after_s": max(r["exited_after_s"] for r in reports),
     }
 
 
