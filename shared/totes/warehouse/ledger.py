@@ -1,11 +1,12 @@
 """The batch ledger and the load lock: why a batch is merged at most once.
 
-Every load takes a transaction-scoped advisory lock (one warehouse writer at a time, so
-concurrent deliveries of one batch serialise instead of racing), then inserts the batch's
-ledger row ``ON CONFLICT DO NOTHING``: a batch already there is acknowledged and skipped. The
-row is written in the same transaction as the batch's rows, so it exists exactly when they do,
-and behind Powertools idempotency it keeps a redelivered event harmless after the idempotency
-record has expired.
+Every load first inserts the batch's ledger row ``ON CONFLICT DO NOTHING``: a batch already
+there is acknowledged and skipped, and a second delivery of a batch being loaded waits on the
+first's uncommitted row, then is skipped (or loads it, if the first rolled back). Then it
+takes a transaction-scoped advisory lock, one warehouse writer at a time for the merges (a
+first capture's facts are COPYed before it: ``merge``). The row is written in the same
+transaction as the batch's rows, so it exists exactly when they do, and behind Powertools
+idempotency it keeps a redelivered event harmless after the idempotency record has expired.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pg8000.native import Connection
 from totes.lake import Manifest
 from totes.warehouse.results import LoadResult
 
-# An arbitrary, fixed 64-bit key: "totes warehouse load". One warehouse writer at a time.
+# An arbitrary, fixed 64-bit key: "totes warehouse load". One warehouse merge at a time.
 LOAD_LOCK_KEY = 0x70746573_6C6F6164
 LEDGER = "etl_batch_ledger"
 
