@@ -72,6 +72,7 @@ PORT_OPTION = option(bounded_int(1, 65_535))
 ROUNDS_OPTION = option(bounded_int(1, 1_000))  # demo rounds of activity and a cycle
 RANGE_KEYS_OPTION = option(bounded_int(1, 2**31))  # keys per digest range of verify
 SHOW_OPTION = option(bounded_int(0, 1_000_000))  # keys printed per table and kind
+WORKERS_OPTION = option(bounded_int(1, 16))  # processes of one stage (its concurrency)
 SCHEMA_OPTION = option(schema_name)  # the warehouse schema, as the load's WAREHOUSE_SCHEMA
 
 
@@ -303,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--load-workers",
-        type=ROUNDS_OPTION,
+        type=WORKERS_OPTION,
         default=2,
         help="load's processes in the pipelined runs (its reserved concurrency; default 2)",
     )
