@@ -11,8 +11,9 @@ import pyarrow as pa
 import pytest
 from test_warehouse_backfill import history, later, load, state
 
+from totes.errors import LoadFailed
 from totes.star.model import DELETED_KEYS
-from totes.warehouse import merge
+from totes.warehouse import ledger, merge
 from totes.warehouse.ledger import LOAD_LOCK_KEY
 from totes.warehouse.migrations import migrate
 from totes_tools.warehouse.synthetic import deleted_keys, star_batch, with_calendar
@@ -207,3 +208,25 @@ def test_a_deadlock_between_copied_facts_and_a_load_under_the_lock_loads_both(
     again = [a for a in attempts if a[1] > 1]
     assert again in ([("c5-001", 2)], [("c6-000", 2)])
     assert state(watcher) == serial(fresh_db, pg_connect, [batches[0], batches[2], batches[1]])
+
+
+# -- review (session 25): the argument's corners ------------------------------------------------
+
+
+def test_a_failing_read_of_the_ledger_before_the_lock_names_the_ledger(
+    warehouse_db, pg_connect, monkeypatch
+):
+    """The capture probe (``ledger.older_capture_loaded``) now runs before the lock, next to
+    the tombstones' probe; a failure of it names the ledger it reads, not the tombstones."""
+
+    def failing(con, seq):
+        con.run("SELECT CAST(:seq AS int) / 0", seq=seq)  # a server error: division by zero
+        return False
+
+    monkeypatch.setattr(ledger, "older_capture_loaded", failing)
+    con = pg_connect(warehouse_db)
+    with pytest.raises(LoadFailed) as failed:
+        load(con, "c1-000", star_batch(sales=3, seed=1), 1)
+    message = str(failed.value)
+    assert message.startswith(f"batch c1-000: reading {ledger.LEDGER} failed: "), message
+    assert con.run("SELECT count(*) FROM etl_batch_ledger") == [[0]]

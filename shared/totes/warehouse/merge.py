@@ -141,8 +141,10 @@ def _attempt(
         con.run(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
         refused: set[str] = set()  # facts whose COPY met a stored version: staged
         if attempt == 1:
+            step = ("reading", ledger.LEDGER)
+            rewrite = ledger.older_capture_loaded(con, capture.seq)
             step = ("reading", deletes.TOMBSTONES)
-            _, direct = _direct(con, ordered, arrays, capture, deleted)
+            direct = _direct(con, ordered, arrays, capture, deleted, rewrite)
             for table in ordered:
                 if table.kind == "fact" and table.name in direct:
                     step = ("copying", table.name)
@@ -154,8 +156,10 @@ def _attempt(
                         early[table.name] = copied
         step = ("waiting for", "the load lock")
         ledger.lock(con)
+        step = ("reading", ledger.LEDGER)
+        rewrite = ledger.older_capture_loaded(con, capture.seq)
         step = ("reading", deletes.TOMBSTONES)
-        rewrite, direct = _direct(con, ordered, arrays, capture, deleted)
+        direct = _direct(con, ordered, arrays, capture, deleted, rewrite)
         if not direct >= set(early):
             raise _Again(f"{sorted(set(early) - direct)} no longer copied straight in")
         direct -= refused
@@ -324,18 +328,16 @@ def _direct(
     arrays: dict[str, pa.Table],
     capture: Capture,
     deleted: pa.Table,
-) -> tuple[bool, set[str]]:
-    """Whether an older capture is loaded (stored versions may need rewriting), and the
-    tables this batch may COPY straight in (``backfill.copyable``): not staged unless that
-    fails."""
-    rewrite = ledger.older_capture_loaded(con, capture.seq)
+    rewrite: bool,
+) -> set[str]:
+    """The tables this batch may COPY straight in (``backfill.copyable``; ``rewrite``: an
+    older capture is loaded, ``ledger.older_capture_loaded``): not staged unless that fails."""
     tombstoned = set() if rewrite else _tombstoned(con, ordered, deleted)
-    direct = {
+    return {
         t.name
         for t in ordered
         if backfill.copyable(t, arrays[t.name].num_rows, rewrite, capture.set_aside, tombstoned)
     }
-    return rewrite, direct
 
 
 def _sqlstate(exc: DatabaseError) -> str | None:
