@@ -71,9 +71,13 @@ from totes.warehouse.staging import stage, stage_deleted_keys, staging_name
 SORT_MEMORY = "256MB"
 # PostgreSQL's SQLSTATE for the transaction it failed to break a deadlock.
 DEADLOCK_DETECTED = "40P01"
-# A batch's attempts: facts copied before the lock, then everything under it (twice: a deadlock
-# of a load under the lock with another's facts copied before it is the other's to undo, but
-# the detector may pick either).
+# A batch's attempts: facts copied before the lock, then everything under it (twice). In a
+# deadlock between a load under the lock and a batch that copied its facts before it, the
+# victim is the backend whose check (deadlock_timeout after it began to wait) runs once the
+# cycle is closed: the load under the lock, unless the other began waiting for the lock less
+# than deadlock_timeout before. So it is the load under the lock that usually loses, and it can
+# lose every attempt while such batches keep arriving (then LoadFailed: Lambda's retry, the
+# failure queue; test_warehouse_concurrent_loads.py, the xfail test).
 ATTEMPTS = 3
 
 
