@@ -377,7 +377,7 @@ def test_a_load_under_the_lock_that_meets_a_copied_version_on_every_attempt_stil
             copier = Loading(pg_connect(warehouse_db), *parts[len(copiers)])
             copiers.append(copier)
             waiting_for_the_lock(watcher, copier)
-            time.sleep(1.5)  # the rest of a large batch's merges; the copier waits on
+            time.sleep(2.5)  # the rest of a large batch's merges: the copier waits > 1 s
         return real(con, batch, *args, **kwargs)
 
     monkeypatch.setattr(facts, "merge_fact", slow_under_the_lock)
