@@ -253,6 +253,7 @@ def test_a_deadlock_on_every_attempt_fails_the_batch_naming_the_step_and_leaves_
     assert attempts == [("c1-000", n) for n in range(1, merge.ATTEMPTS + 1)]
     assert message.startswith("batch c1-000: waiting for the load lock failed: "), message
     assert "40P01" in message
+    assert message.endswith(f"(the last of {merge.ATTEMPTS} attempts)")
     assert con.run("SELECT count(*) FROM etl_batch_ledger") == [[0]]
     assert con.run("SELECT count(*) FROM fact_sales_order") == [[0]]
     assert other.run("SELECT pg_try_advisory_lock(:key)", key=LOAD_LOCK_KEY) == [[True]]

@@ -271,10 +271,14 @@ def _attempt(
         raise LoadFailed(f"batch {batch}: {what} {table_name} failed: {exc}") from None
     except DatabaseError as exc:
         _rollback(con)
-        if _sqlstate(exc) == DEADLOCK_DETECTED and attempt < ATTEMPTS:
+        deadlock = _sqlstate(exc) == DEADLOCK_DETECTED
+        if deadlock and attempt < ATTEMPTS:
             raise _Again(f"deadlock while {step[0]} {step[1]}") from None
         what, table_name = step
-        raise LoadFailed(f"batch {batch}: {what} {table_name} failed: {_describe(exc)}") from None
+        tries = f" (the last of {ATTEMPTS} attempts)" if deadlock else ""
+        raise LoadFailed(
+            f"batch {batch}: {what} {table_name} failed: {_describe(exc)}{tries}"
+        ) from None
     except (InterfaceError, OSError) as exc:
         _rollback(con)
         what, table_name = step
