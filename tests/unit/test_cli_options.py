@@ -51,6 +51,7 @@ EXPECTED = {
     (("bench",), "--max-batch-rows"): (1, 50_000_000),
     (("bench",), "--batch-sweep"): (1, 50_000_000),
     (("bench",), "--pipeline-rounds"): (1, 1_000),
+    (("bench",), "--load-workers"): (1, 1_000),
     (("warehouse", "verify"), "--range-keys"): (1, 2**31),
     (("warehouse", "verify"), "--show"): (0, 1_000_000),
     (("sam-local", "serve"), "--port"): (1, 65_535),
