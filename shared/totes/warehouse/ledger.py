@@ -12,6 +12,7 @@ idempotency it keeps a redelivered event harmless after the idempotency record h
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 
 from pg8000.native import Connection
@@ -27,6 +28,45 @@ LEDGER = "etl_batch_ledger"
 def lock(con: Connection) -> None:
     """Wait for the load lock; it is released by the transaction's end."""
     con.run("SELECT pg_advisory_xact_lock(:key)", key=LOAD_LOCK_KEY)
+
+
+# How often a batch that wrote rows before the lock asks for it again (``lock_unless_blocking``).
+LOCK_POLL_SECONDS = 0.02
+# The lock if it is free; else whether its holder waits for this transaction, directly or
+# through a chain of waits (``pg_blocking_pids``, from the holder on). A bigint advisory key is
+# (classid, objid) = (high, low 32 bits), objsubid 1, in this database.
+_LOCK_OR_BLOCKING = (
+    "SELECT CASE WHEN pg_try_advisory_xact_lock(CAST(:key AS bigint)) THEN 'locked'"
+    " WHEN pg_backend_pid() IN ("
+    "  WITH RECURSIVE waiting(pid) AS ("
+    "   SELECT l.pid FROM pg_locks l"
+    "   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+    "   AND l.classid = CAST(:high AS oid) AND l.objid = CAST(:low AS oid)"
+    "   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    "   UNION SELECT unnest(pg_blocking_pids(w.pid)) FROM waiting w"
+    "  ) SELECT pid FROM waiting"
+    " ) THEN 'blocking' ELSE 'waiting' END"
+)
+
+
+def lock_unless_blocking(con: Connection, poll_seconds: float = LOCK_POLL_SECONDS) -> bool:
+    """Take the load lock, or return False as soon as its holder waits for this transaction
+    (the caller then rolls back). For a batch that wrote rows before the lock (a first
+    capture's facts: ``merge``). It asks without queueing (``pg_try_advisory_xact_lock``), so
+    it is never in a wait PostgreSQL's deadlock check can see: that check runs in the backend
+    that has waited ``deadlock_timeout`` (1 s) with the cycle closed, which would be the load
+    under the lock, writing a version this batch copied, every time; this batch gives way
+    instead, within a poll."""
+    while True:
+        [[state]] = con.run(
+            _LOCK_OR_BLOCKING,
+            key=LOAD_LOCK_KEY,
+            high=LOAD_LOCK_KEY >> 32,
+            low=LOAD_LOCK_KEY & 0xFFFFFFFF,
+        )
+        if state != "waiting":
+            return bool(state == "locked")
+        time.sleep(poll_seconds)
 
 
 def claim(con: Connection, manifest: Manifest, seq: int) -> bool:

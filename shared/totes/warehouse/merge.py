@@ -71,13 +71,11 @@ from totes.warehouse.staging import stage, stage_deleted_keys, staging_name
 SORT_MEMORY = "256MB"
 # PostgreSQL's SQLSTATE for the transaction it failed to break a deadlock.
 DEADLOCK_DETECTED = "40P01"
-# A batch's attempts: facts copied before the lock, then everything under it (twice). In a
-# deadlock between a load under the lock and a batch that copied its facts before it, the
-# victim is the backend whose check (deadlock_timeout after it began to wait) runs once the
-# cycle is closed: the load under the lock, unless the other began waiting for the lock less
-# than deadlock_timeout before. So it is the load under the lock that usually loses, and it can
-# lose every attempt while such batches keep arriving (then LoadFailed: Lambda's retry, the
-# failure queue; test_warehouse_concurrent_loads.py, the xfail test).
+# A batch's attempts: facts copied before the lock, then everything under it (twice). A batch
+# holding copied facts waits for the lock without queueing and gives way (rolls back) as soon
+# as the holder waits for it (``ledger.lock_unless_blocking``): PostgreSQL's deadlock check
+# would otherwise fail the load under the lock, every time. Deadlocks it still breaks (two
+# batches' COPYs before the lock each waiting for a version the other copied) are loaded again.
 ATTEMPTS = 3
 
 
@@ -159,7 +157,10 @@ def _attempt(
                     else:
                         early[table.name] = copied
         step = ("waiting for", "the load lock")
-        ledger.lock(con)
+        if not early:
+            ledger.lock(con)
+        elif not ledger.lock_unless_blocking(con):
+            raise _Again(f"its copied {sorted(early)} blocked the load holding the lock")
         step = ("reading", ledger.LEDGER)
         rewrite = ledger.older_capture_loaded(con, capture.seq)
         step = ("reading", deletes.TOMBSTONES)
