@@ -134,7 +134,7 @@ def run_pipelined(
                 follow = {
                     "upstream_done": str(signals / f"{UPSTREAM[stage]}.done"),
                     "ready": str(signals / f"{name}.ready"),
-                    "one_at_a_time": name != stage or load_workers > 1,
+                    "one_at_a_time": stage == "load" and load_workers > 1,
                 }
             env = {**os.environ, CHILD_ENV: json.dumps({**config, "follow": follow})}
             files[name] = (
