@@ -83,6 +83,22 @@ def locked_tables(watcher, pid: int) -> set[str]:
     return {r[0] for r in rows}
 
 
+def queued_then_copying(pg_connect, creds, queued: tuple, copying: tuple) -> None:
+    """A session holds the load lock; ``queued`` (a ``(batch, seq, tables)`` with nothing to
+    copy before the lock) waits for it first, then ``copying`` copies its facts (sales orders
+    among them) and waits too; the session lets go, and both load."""
+    holder, watcher = pg_connect(creds), pg_connect(creds)
+    holding_the_lock(holder)
+    first = Loading(pg_connect(creds), *queued)
+    waiting_for_the_lock(watcher, first)  # first in the lock's queue
+    second = Loading(pg_connect(creds), *copying)
+    waiting_for_the_lock(watcher, second)
+    assert "fact_sales_order" in locked_tables(watcher, second.pid)
+    holder.run("COMMIT")
+    assert first.join().loaded
+    assert second.join().loaded
+
+
 @pytest.fixture
 def warehouse_db(fresh_db, pg_connect):
     creds = fresh_db("wh")
@@ -166,18 +182,9 @@ def test_a_tombstone_committed_while_a_batch_waited_for_the_lock_marks_its_copie
     dims = {n: t for n, t in first.items() if not n.startswith("fact_")}
     deleting = {**dims, DELETED_KEYS: deleted_keys(fact_sales_order=[1, 2])}
     copied, deletion = ("c5-000", 5, first), ("c6-000", 6, deleting)
-    holder, watcher = pg_connect(warehouse_db), pg_connect(warehouse_db)
-    holding_the_lock(holder)
-    deleting_load = Loading(pg_connect(warehouse_db), *deletion)
-    waiting_for_the_lock(watcher, deleting_load)  # first in the lock's queue
-    copying_load = Loading(pg_connect(warehouse_db), *copied)
-    waiting_for_the_lock(watcher, copying_load)
-    assert "fact_sales_order" in locked_tables(watcher, copying_load.pid)
-    holder.run("COMMIT")
-    assert deleting_load.join().loaded
-    assert copying_load.join().loaded
+    queued_then_copying(pg_connect, warehouse_db, deletion, copied)
     assert ("c5-000", 2) in attempts
-    after = state(watcher)
+    after = state(pg_connect(warehouse_db))
     assert after == serial(fresh_db, pg_connect, [deletion, copied])
     assert [r[0] for r in after["fact_sales_order"] if r[-1] is not None] == [1, 2]
 
@@ -200,19 +207,10 @@ def test_a_deadlock_between_copied_facts_and_a_load_under_the_lock_loads_both(
     ]
     con = pg_connect(warehouse_db)
     load(con, *[batches[0][0], batches[0][2], batches[0][1]])
-    holder, watcher = pg_connect(warehouse_db), pg_connect(warehouse_db)
-    holding_the_lock(holder)
-    under_lock = Loading(pg_connect(warehouse_db), *batches[2])
-    waiting_for_the_lock(watcher, under_lock)
-    copying = Loading(pg_connect(warehouse_db), *batches[1])
-    waiting_for_the_lock(watcher, copying)
-    assert "fact_sales_order" in locked_tables(watcher, copying.pid)
-    holder.run("COMMIT")
-    assert under_lock.join().loaded
-    assert copying.join().loaded
+    queued_then_copying(pg_connect, warehouse_db, batches[2], batches[1])
     # the batch that copied gave way (it never queued for the lock): loaded again
     assert [a for a in attempts if a[1] > 1] == [("c5-001", 2)]
-    assert state(watcher) == serial(fresh_db, pg_connect, [batches[0], batches[2], batches[1]])
+    assert state(con) == serial(fresh_db, pg_connect, [batches[0], batches[2], batches[1]])
 
 
 # -- review (session 25): the argument's corners ------------------------------------------------
@@ -349,16 +347,8 @@ def test_parked_facts_released_under_the_lock_while_another_batch_copied_them_lo
 
     con = pg_connect(warehouse_db)
     assert first(con).tables["fact_sales_order"].parked == len(of_d) > 0
-    holder, watcher = pg_connect(warehouse_db), pg_connect(warehouse_db)
-    holding_the_lock(holder)
-    releaser = Loading(pg_connect(warehouse_db), *releasing)
-    waiting_for_the_lock(watcher, releaser)
-    copier = Loading(pg_connect(warehouse_db), *copied)
-    waiting_for_the_lock(watcher, copier)
-    assert "fact_sales_order" in locked_tables(watcher, copier.pid)
-    holder.run("COMMIT")
-    assert releaser.join().loaded
-    assert copier.join().loaded
+    queued_then_copying(pg_connect, warehouse_db, releasing, copied)
+    watcher = pg_connect(warehouse_db)
     assert [a for a in attempts if a[1] > 1] in ([("c5-001", 2)], [("c5-002", 2)])
     assert watcher.run("SELECT count(*) FROM etl_parked_fact_sales_order") == [[0]]
     reference = pg_connect(fresh_db("ref"))
