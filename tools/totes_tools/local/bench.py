@@ -121,8 +121,10 @@ def run_child(stage: str) -> int:
             if stage == "ingest":
                 report = chain.ingest()
             elif follow:
-                one_at_a_time = bool(follow.get("one_at_a_time"))
-                report = chain.follow(stage, upstream_done.exists, one_at_a_time=one_at_a_time)
+                shared = follow.get("shared_with")
+                report = chain.follow(
+                    stage, upstream_done.exists, shared_with=Path(shared) if shared else None
+                )
             else:
                 report = chain.drain(stages=(stage,))
             seconds = time.perf_counter() - started

@@ -14,6 +14,7 @@ comes from the emulator exactly as it would on AWS.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import io
 import json
@@ -549,16 +550,18 @@ class LocalChain:
         upstream_done: Callable[[], bool],
         report: CycleReport | None = None,
         poll_seconds: float = 0.05,
-        one_at_a_time: bool = False,
+        shared_with: Path | None = None,
     ) -> CycleReport:
         """Hand each S3 event to ``stage`` as soon as it lands on the stage's queue, one
         invocation per manifest as S3's notifications invoke the function on AWS, until
         ``upstream_done()`` says nothing more can be sent and the queue is empty. Run in its
         own process per stage, transform of one batch overlaps ingest of the next and load
         follows transform (``totes_tools.local.pipeline``): the order in which batches reach
-        a stage is whatever the queue gives. ``one_at_a_time``: take one event per receive,
-        so that several processes following one queue (concurrent invocations of one
-        function) share its events instead of the first taking all that wait.
+        a stage is whatever the queue gives. ``shared_with``: a lock file of several
+        processes following one queue (concurrent invocations of one function): each receive
+        takes one event, so they share the events instead of the first taking all that wait,
+        and holds the file's lock, because the emulator's ReceiveMessage is not safe against
+        two at once (moto keeps no lock: a message can be handed to both).
 
         ``upstream_done`` is read before each receive: moto sends a notification inside the
         PutObject that causes it, so once the upstream has finished, every event it caused
@@ -568,8 +571,13 @@ class LocalChain:
         queue = self._queue_of(stage)
         while True:
             finished = upstream_done()
-            limit = 1 if one_at_a_time else None
-            deliveries = self.deliver(stage, self.receive(stage, queue, limit))
+            if shared_with is None:
+                received = self.receive(stage, queue)
+            else:
+                with shared_with.open("a") as lock_file:
+                    fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes
+                    received = self.receive(stage, queue, 1)
+            deliveries = self.deliver(stage, received)
             for delivery in deliveries:
                 self._handle(delivery, report)
             if not deliveries:

@@ -16,7 +16,7 @@ database and the emulator share its cores (2 here), so overlap is bounded by CPU
 pipelined stage runs slower than alone. On AWS each Lambda has its own CPUs and the source
 and warehouse are separate servers, so the overlap measured here is a lower bound of what
 AWS gets. One process stands for transform's reserved concurrency (it keeps up with ingest
-here); load gets ``load_workers`` processes following its queue one event at a time, standing
+here); load gets ``load_workers`` processes sharing its queue one event at a time, standing
 for load's reserved concurrency (``WarehouseConnectionBudget``, 3 by default): a first
 capture's batches COPY their facts before the load lock, so their loads overlap.
 """
@@ -130,11 +130,12 @@ def run_pipelined(
         def spawn(stage: str, name: str | None = None) -> None:
             name = name or stage
             follow = None
+            shared = stage == "load" and load_workers > 1  # its processes share its queue
             if stage in UPSTREAM:
                 follow = {
                     "upstream_done": str(signals / f"{UPSTREAM[stage]}.done"),
                     "ready": str(signals / f"{name}.ready"),
-                    "one_at_a_time": stage == "load" and load_workers > 1,
+                    "shared_with": str(signals / "load.receive") if shared else None,
                 }
             env = {**os.environ, CHILD_ENV: json.dumps({**config, "follow": follow})}
             files[name] = (
