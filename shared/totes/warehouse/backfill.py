@@ -133,7 +133,10 @@ def copy_versions(
         info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
         if not str(info.get("C", "")).startswith(INTEGRITY_VIOLATION):
             raise
+        # Released too: left open, the rest of the transaction (the load lock among it, when
+        # this COPY ran before it: ``merge``) would run inside it.
         con.run(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+        con.run(f"RELEASE SAVEPOINT {SAVEPOINT}")
         return None
     con.run(f"RELEASE SAVEPOINT {SAVEPOINT}")
     return TableResult(rows.num_rows, rows.num_rows, 0)

@@ -78,8 +78,8 @@ def merge_versions(
     NOTHING``: no speculative insertion per row (measured about twice as fast, three times on
     redelivery). Safe because merges are serialised by the advisory lock; the version key still
     refuses a duplicate if anything else wrote one. (A version another load COPYed before the
-    lock, not yet committed, makes this insert wait for that load, which waits for the lock:
-    PostgreSQL fails one of the two and ``merge`` loads it again.)
+    lock, not yet committed, makes this insert wait for that load, which then gives way: it
+    rolls back and is loaded again, ``ledger.lock_unless_blocking``.)
 
     ``rewrite=False`` skips the rewrite (the caller knows no stored version is of an older
     capture): in a backfill it probed the version key once per staged row for nothing, about

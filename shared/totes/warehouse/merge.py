@@ -9,9 +9,10 @@ The steps, each in its own module:
 - ``backfill``: a first capture's facts, the bulk of a backfill's rows, COPYed straight in
   *before* the load lock, so the loads of a backfill's batches overlap (load's reserved
   concurrency) instead of queueing for the whole of each other's COPYs. Under the lock the
-  choice is made again; had it changed (a tombstone committed meanwhile), or had the wait for
-  the lock met a deadlock (another batch carrying one of these versions), the transaction is
-  rolled back and the batch loaded again with everything under the lock;
+  choice is made again. Had it changed (a tombstone committed meanwhile), had the load holding
+  the lock come to wait for these rows (the batch gives way: ``ledger.lock_unless_blocking``),
+  or had PostgreSQL broken a deadlock, the transaction is rolled back and the batch loaded
+  again with everything under the lock;
 - ``staging``: every table of the batch (and its deletions) bulk-copied (``COPY ... FROM
   STDIN`` in PostgreSQL's binary format, ``binary_copy``) into a temporary staging table;
 - ``dimensions``: merges that move only forward in commit order (an update of the stored rows,
