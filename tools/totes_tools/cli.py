@@ -305,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--load-workers",
         type=WORKERS_OPTION,
-        default=2,
-        help="load's processes in the pipelined runs (its reserved concurrency; default 2)",
+        default=None,
+        help="load's processes in the pipelined runs (its reserved concurrency; default"
+        " pipeline.LOAD_WORKERS, 2)",
     )
 
     sam_local = sub.add_parser(

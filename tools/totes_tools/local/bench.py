@@ -866,7 +866,7 @@ def main(args) -> int:
     max_batch_rows = getattr(args, "max_batch_rows", None)
     sizes = [max_batch_rows, *(getattr(args, "batch_sweep", None) or [])]
     pipeline_rounds = getattr(args, "pipeline_rounds", 1)
-    load_workers = getattr(args, "load_workers", pipeline.LOAD_WORKERS)
+    load_workers = getattr(args, "load_workers", None) or pipeline.LOAD_WORKERS
     env = _batch_env(max_batch_rows)
     with contextlib.ExitStack() as stack:
         fresh_warehouse: Callable[[], DbCredentials] | None = None

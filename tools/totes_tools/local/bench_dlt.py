@@ -40,7 +40,7 @@ from urllib.parse import quote as url_quote
 
 from totes.db import DbCredentials, connect
 from totes.source.model import TABLES
-from totes_tools.local import cpu
+from totes_tools.local import cpu, pipeline
 
 DLT_RUN = Path(__file__).with_name("dlt_run.py")
 OURS = "ours"
@@ -151,9 +151,8 @@ def run_ours(
     source: DbCredentials,
     postmaster: int | None,
     pipelined: bool = False,
-    load_workers: int = 2,
+    load_workers: int = pipeline.LOAD_WORKERS,
 ) -> dict:
-    from totes_tools.local import pipeline
     from totes_tools.local.aws import StackNames
     from totes_tools.local.bench import run_stages
     from totes_tools.local.chain import LocalChain
@@ -222,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dlt-python", required=True, help="python of dlt's own environment")
     parser.add_argument("--output", default="bench-dlt-results.json")
     parser.add_argument(
-        "--load-workers", type=int, default=2, help="load's processes in ours pipelined"
+        "--load-workers",
+        type=int,
+        default=pipeline.LOAD_WORKERS,
+        help="load's processes in ours pipelined",
     )
     args = parser.parse_args(argv)
     logger.setLevel("ERROR")

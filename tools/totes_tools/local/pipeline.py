@@ -31,6 +31,7 @@ import subprocess  # nosec B404 - runs only our own module, as its own children
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -197,10 +198,9 @@ def combined(reports: list[dict]) -> dict:
     exit."""
     if len(reports) == 1:
         return reports[0]
-    rows_by_table: dict[str, int] = {}
+    rows_by_table: Counter[str] = Counter()
     for report in reports:
-        for table, rows in report["rows_by_table"].items():
-            rows_by_table[table] = rows_by_table.get(table, 0) + rows
+        rows_by_table.update(report["rows_by_table"])  # keeps a table's zero
     seconds = max(r["seconds"] for r in reports)
     rows = sum(r["rows"] for r in reports)
     return {
@@ -211,7 +211,7 @@ def combined(reports: list[dict]) -> dict:
         "batches": sum(r["batches"] for r in reports),
         "batch_ids": [b for r in reports for b in r["batch_ids"]],
         "rows": rows,
-        "rows_by_table": rows_by_table,
+        "rows_by_table": dict(rows_by_table),
         "seconds": seconds,
         "rows_per_s": round(rows / seconds) if seconds > 0 else 0.0,
         "rss_before_mb": max(r["rss_before_mb"] for r in reports),
