@@ -1,6 +1,7 @@
 """docs/invariants.md names the tests that guard each invariant and the code each mutation
 changed. A renamed test or a moved function would leave it pointing at nothing, silently:
-every name it cites must exist."""
+every name it cites must exist. The README and the other documents cite tests too (looser:
+bare file names, ``::test_prefix_*``); their citations must exist as well."""
 
 from __future__ import annotations
 
@@ -78,4 +79,51 @@ def test_every_place_the_mutation_table_names_exists_in_the_runtime_package():
             missing.append(place)
 
     assert len(places) > 25
+    assert missing == []
+
+
+# The other documents (README, docs/*.md) cite tests more loosely: a bare ``test_x.py`` (found
+# by its name anywhere under tests/), ``::test_prefix_*`` for a family of tests, and ``::``
+# inside ARNs. Only ``::test_...`` names are citations there.
+LOOSE_TOKEN = re.compile(
+    r"(?:tests/)?((?:unit|integration|e2e|template)/test_\w+\.py)"
+    r"|(?<![/\w])(test_\w+\.py)"
+    r"|::(test_\w+)(\*?)"
+)
+OTHER_DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def loosely_cited_tests(text: str, files: dict[str, Path]) -> list[tuple[str, str | None, bool]]:
+    """(file, test name or None, whether the name is a prefix) for each citation, in order;
+    a ``::name`` belongs to the file named last before it."""
+    cited: list[tuple[str, str | None, bool]] = []
+    current = None
+    for file, bare, name, star in LOOSE_TOKEN.findall(text):
+        if file or bare:
+            current = file or (f"{files[bare].parent.name}/{bare}" if bare in files else bare)
+            cited.append((current, None, False))
+        elif current:
+            cited.append((current, name, bool(star)))
+    return cited
+
+
+def test_every_test_the_readme_and_the_other_documents_cite_exists():
+    files = {p.name: p for p in (REPO / "tests").rglob("test_*.py")}
+    missing, count = [], 0
+    for doc in OTHER_DOCS:
+        if doc == DOC:
+            continue
+        for file, name, prefix in loosely_cited_tests(doc.read_text(), files):
+            count += 1
+            path = REPO / "tests" / file
+            where = f"{doc.name}: {file}"
+            if not path.is_file():
+                missing.append(where)
+            elif name is not None:
+                names = _test_names(path)
+                found = any(n.startswith(name) for n in names) if prefix else name in names
+                if not found:
+                    missing.append(f"{where}::{name}{'*' if prefix else ''}")
+
+    assert count > 100  # the parser still finds the citations
     assert missing == []
