@@ -1,0 +1,63 @@
+"""The template gives each function what its code needs on AWS, derived from the code.
+
+moto enforces no IAM and the suite imports every handler with all third-party packages
+installed, and never reaches CloudWatch; so these are the checks that stand between a local
+green run and a function that cannot start, is refused by IAM, or an alarm that watches a
+metric nobody emits. Each compares what ``code_contract`` reads from the source with the
+template (offline: aws-sam-translator)."""
+
+from __future__ import annotations
+
+import re
+
+from code_contract import FUNCTION_DIRS, FUNCTIONS, cold_start_imports
+from sam_template import resolve
+
+# What each layer (or the runtime) puts on the function's path, by top-level module. The
+# managed layers' contents are pinned in requirements/runtime.txt (README, "Pinned versions").
+LAYER_MODULES = {
+    "PandasLayerArn": {"pandas", "numpy", "pyarrow", "pg8000", "scramp"},
+    "PowertoolsLayerArn": {"aws_lambda_powertools"},
+    "TotesLayer": {"totes"},
+    "AdbcLayer": {"adbc_driver_manager", "adbc_driver_postgresql"},
+}
+# The Lambda python3.13 runtime's own packages.
+RUNTIME_MODULES = {"boto3", "botocore", "s3transfer", "jmespath", "urllib3", "dateutil"}
+LOCAL_LAYERS = {"HasTotesLayerArn": False, "HasAdbcLayerArn": False}
+
+
+def _own_package(function: str) -> set[str]:
+    """What a function built by its Makefile ships itself (its requirements.in's pins)."""
+    requirements = FUNCTIONS / FUNCTION_DIRS[function] / "requirements.in"
+    if not requirements.exists():
+        return set()
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==", requirements.read_text(), re.M)
+    return {p.lower().replace("-", "_") for p in pins}
+
+
+def _layer_modules(props: dict) -> set[str]:
+    out = set()
+    for layer in resolve(props.get("Layers", []), LOCAL_LAYERS):
+        (name,) = layer.values()
+        out |= LAYER_MODULES[name]
+    return out
+
+
+def test_every_module_a_function_imports_at_cold_start_is_in_its_layers_or_package(template):
+    """Lambda imports the handler on the function's own layers only (the suite imports it with
+    everything installed): a function without the layer of a module its code imports at module
+    level fails every invocation with Runtime.ImportModuleError (a custom resource's function
+    then never answers, and the deploy hangs until its ServiceTimeout)."""
+    functions = {
+        n: r["Properties"]
+        for n, r in template["Resources"].items()
+        if r["Type"] == "AWS::Serverless::Function"
+    }
+    assert set(functions) == set(FUNCTION_DIRS)
+    missing = {
+        name: sorted(
+            cold_start_imports(name) - _layer_modules(props) - _own_package(name) - RUNTIME_MODULES
+        )
+        for name, props in functions.items()
+    }
+    assert missing == {name: [] for name in functions}
