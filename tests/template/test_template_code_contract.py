@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from code_contract import FUNCTION_DIRS, FUNCTIONS, cold_start_imports
-from sam_template import resolve
+from code_contract import FUNCTION_DIRS, FUNCTIONS, cold_start_imports, missing_object_handled
+from sam_template import grants, resolve
 
 # What each layer (or the runtime) puts on the function's path, by top-level module. The
 # managed layers' contents are pinned in requirements/runtime.txt (README, "Pinned versions").
@@ -61,3 +61,47 @@ def test_every_module_a_function_imports_at_cold_start_is_in_its_layers_or_packa
         for name, props in functions.items()
     }
     assert missing == {name: [] for name in functions}
+
+
+# ------------------------------------------------------------------ IAM
+
+RAW = "arn:aws:s3:::STACK-raw-ACCOUNT-REGION"
+PROCESSED = "arn:aws:s3:::STACK-processed-ACCOUNT-REGION"
+ICEBERG = "arn:aws:s3:::STACK-iceberg-ACCOUNT-REGION"
+
+# Where a function reads objects that may not exist (yet), and must be told so by a 404:
+# S3 answers a missing key with 404 NoSuchKey only to a principal allowed s3:ListBucket on
+# the bucket, else 403 AccessDenied, which the code (rightly) treats as a fault. S3 does not
+# document that a ListBucket conditioned on s3:prefix counts for a read (no list request, no
+# prefix), and the template's own ingest grant is unconditioned for that reason: so the grant
+# must be unconditioned (it reveals key names only).
+READS_OBJECTS_THAT_MAY_BE_MISSING = {
+    ("IngestFunction", RAW): "the capture state and key sets before their first run",
+    ("TransformFunction", RAW): "a manifest or file removed before transform read it: the"
+    " batch is recorded gone or quarantined, not retried into the failure queue",
+    ("LoadFunction", PROCESSED): "a missing processed file is named NoSuchKey, not AccessDenied",
+    ("IcebergFunction", ICEBERG): "the committed marker before the first batch"
+    " (record_committed reads it, then writes it), and pyiceberg's check that a new metadata"
+    " file does not exist yet (PyArrowFile.create, overwrite=False)",
+}
+
+
+def _role(expanded: dict, function: str) -> dict:
+    role = expanded["Resources"][function]["Properties"]["Role"]["Fn::GetAtt"][0]
+    return expanded["Resources"][role]
+
+
+def test_a_function_told_a_missing_object_by_its_404_may_list_that_bucket_unconditioned(
+    expanded,
+):
+    """Every function whose code compares an S3 error with NoSuchKey/404 is listed above with
+    the bucket it reads, and its role may list that bucket without a condition; moto answers
+    NoSuchKey whatever the grants, so only this catches a 403 that AWS would answer."""
+    functions = {n for n in FUNCTION_DIRS if missing_object_handled(n)}
+    assert functions == {f for f, _ in READS_OBJECTS_THAT_MAY_BE_MISSING}
+    refused = []
+    for function, bucket in READS_OBJECTS_THAT_MAY_BE_MISSING:
+        granted = grants(_role(expanded, function), has_vpc=True, iceberg=True)
+        if ("s3:ListBucket", bucket, "null") not in granted:
+            refused.append((function, bucket))
+    assert refused == []
