@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import re
 
-from code_contract import FUNCTION_DIRS, FUNCTIONS, cold_start_imports, missing_object_handled
+from code_contract import (
+    FUNCTION_DIRS,
+    FUNCTIONS,
+    aws_actions,
+    cold_start_imports,
+    missing_object_handled,
+)
 from sam_template import grants, resolve
 
 # What each layer (or the runtime) puts on the function's path, by top-level module. The
@@ -105,3 +111,54 @@ def test_a_function_told_a_missing_object_by_its_404_may_list_that_bucket_uncond
         if ("s3:ListBucket", bucket, "null") not in granted:
             refused.append((function, bucket))
     assert refused == []
+
+
+# Lambda itself acts with the function's role for these (not the code): its own log group
+# (LoggingConfig), the on-failure destination (EventInvokeConfig), the VPC's network
+# interfaces (VpcConfig).
+LOG_ACTIONS = {"logs:CreateLogStream", "logs:PutLogEvents"}
+ENI_ACTIONS = {
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+}
+# Actions the code can call that the role deliberately lacks, with the reason.
+NOT_GRANTED = {
+    ("IcebergFunction", "glue:CreateDatabase"): "ensure_tables creates the namespace only when"
+    " it is missing (local runs); on AWS the stack creates the Glue database (IcebergDatabase)",
+}
+
+
+def _platform_actions(props: dict) -> set[str]:
+    actions = set()
+    if "LoggingConfig" in props:
+        actions |= LOG_ACTIONS
+    destination = props.get("EventInvokeConfig", {}).get("DestinationConfig", {})
+    if destination.get("OnFailure", {}).get("Type") == "SQS":
+        actions.add("sqs:SendMessage")
+    if "VpcConfig" in props:
+        actions |= ENI_ACTIONS
+    return actions
+
+
+def test_each_role_allows_every_aws_action_its_functions_code_can_call_and_no_other(
+    template, expanded
+):
+    """Per function: the actions its reachable code calls (boto3 S3 methods, Powertools
+    idempotency and Parameters, pyiceberg's Glue catalog and file IO, ListBucket for a 404)
+    plus Lambda's own (logs, failure destination, ENIs) equal the actions its role allows
+    (KMS apart: test_template_security). Missing would be refused on AWS (moto never
+    refuses); extra is more than least privilege."""
+    diff = {}
+    for function in FUNCTION_DIRS:
+        props = template["Resources"][function]["Properties"]
+        needed = aws_actions(function) | _platform_actions(props)
+        needed -= {a for (f, a) in NOT_GRANTED if f == function}
+        role = _role(expanded, function)
+        allowed = {a for a, _, _ in grants(role, has_vpc=True, iceberg=True)}
+        missing, extra = sorted(needed - allowed), sorted(allowed - needed)
+        if missing or extra:
+            diff[function] = {"missing": missing, "extra": extra}
+    assert diff == {}

@@ -180,8 +180,7 @@ def test_the_role_reaches_only_what_the_target_needs(expanded):
         *{
             (a, r, NULL)
             for a in (
-                "glue:GetDatabase", "glue:GetTable", "glue:GetTables", "glue:CreateTable",
-                "glue:UpdateTable",
+                "glue:GetDatabase", "glue:GetTable", "glue:CreateTable", "glue:UpdateTable",
             )
             for r in (
                 f"{glue}:catalog",
