@@ -320,3 +320,123 @@ def missing_object_handled(function: str) -> bool:
             if isinstance(sub, ast.Attribute) and sub.attr == "NoSuchKey":
                 return True
     return False
+
+
+# ------------------------------------------------------------------ metrics and variables
+
+
+def emitted_metrics(function: str, catalogue: set[str]) -> set[str]:
+    """The catalogue metrics the function's reachable code names in a function body
+    (``emit("X", ...)``, ``timed("X")``, a loop over names passed to ``emit``, a name handed to
+    a helper that emits it), plus Powertools' ``ColdStart`` when the handler asks for it
+    (``capture_cold_start_metric=True``). Module-level code (the catalogue itself) does not
+    count."""
+    out = set()
+    for node in reachable(function):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out |= {
+                sub.value
+                for sub in ast.walk(node)
+                if isinstance(sub, ast.Constant) and sub.value in catalogue
+            }
+    handler = sources(function)[0].tree
+    for sub in ast.walk(handler):
+        if (
+            isinstance(sub, ast.keyword)
+            and sub.arg == "capture_cold_start_metric"
+            and isinstance(sub.value, ast.Constant)
+            and sub.value.value is True
+        ):
+            out.add("ColdStart")
+    return out
+
+
+def _call_name(call: ast.Call) -> str | None:
+    func = call.func
+    return func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+
+
+def _settings_classes(function: str) -> set[str]:
+    """The settings classes the function's code reads (``runtime.settings(Kind)``)."""
+    return {
+        sub.args[0].id
+        for node in reachable(function)
+        for sub in ast.walk(node)
+        if isinstance(sub, ast.Call)
+        and _call_name(sub) == "settings"
+        and sub.args
+        and isinstance(sub.args[0], ast.Name)
+    }
+
+
+def _string_constants(function: str) -> dict[str, str]:
+    """Module-level ``NAME = "text"`` of the function's code (e.g. ``SERVICE_ENV``)."""
+    out = {}
+    for src in sources(function):
+        for stmt in src.tree.body:
+            if (
+                isinstance(stmt, ast.Assign)
+                and isinstance(stmt.value, ast.Constant)
+                and isinstance(stmt.value.value, str)
+            ):
+                out |= {t.id: stmt.value.value for t in stmt.targets if isinstance(t, ast.Name)}
+    return out
+
+
+def _environ_read(sub: ast.AST, constants: dict[str, str]) -> str | None:
+    """The variable ``os.environ.get(X)``, ``os.getenv(X)`` or ``os.environ[X]`` reads."""
+    arg = None
+    if isinstance(sub, ast.Call) and sub.args:
+        func = sub.func
+        environ_get = (
+            isinstance(func, ast.Attribute)
+            and func.attr == "get"
+            and isinstance(func.value, ast.Attribute)
+            and func.value.attr == "environ"
+        )
+        if environ_get or _call_name(sub) == "getenv":
+            arg = sub.args[0]
+    elif (
+        isinstance(sub, ast.Subscript)
+        and isinstance(sub.value, ast.Attribute)
+        and sub.value.attr == "environ"
+    ):
+        arg = sub.slice
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return arg.value
+    if isinstance(arg, ast.Name):
+        return constants.get(arg.id)
+    return None
+
+
+def environment_reads(function: str) -> dict[str, bool]:
+    """Every variable the function's code reads, and whether it must be set (``True``: a
+    ``_read`` without a default, which fails the cold start when missing): the ``from_env``
+    of the settings classes it reads, and ``os.environ``/``os.getenv`` in the rest of the
+    reachable code and at import."""
+    kinds = _settings_classes(function)
+    constants = _string_constants(function)
+    reads: dict[str, bool] = {}
+    for src in sources(function):
+        for cls in ast.walk(src.tree):
+            if not (isinstance(cls, ast.ClassDef) and cls.name in kinds):
+                continue
+            for sub in ast.walk(cls):
+                if isinstance(sub, ast.Call) and _call_name(sub) == "_read":
+                    name = sub.args[1]
+                    assert isinstance(name, ast.Constant), ast.dump(sub)
+                    required = len(sub.args) == 3 and not sub.keywords
+                    reads[name.value] = reads.get(name.value, False) or required
+    bodies = [
+        n
+        for n in reachable(function)
+        if not (isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "from_env")
+    ]
+    for src in sources(function):
+        bodies += _import_time_statements(src.tree.body)
+    for node in bodies:
+        for sub in ast.walk(node):
+            name = _environ_read(sub, constants)
+            if name is not None:
+                reads.setdefault(name, False)
+    return reads

@@ -15,6 +15,7 @@ from code_contract import (
     FUNCTIONS,
     aws_actions,
     cold_start_imports,
+    environment_reads,
     missing_object_handled,
 )
 from sam_template import grants, resolve
@@ -162,3 +163,45 @@ def test_each_role_allows_every_aws_action_its_functions_code_can_call_and_no_ot
         if missing or extra:
             diff[function] = {"missing": missing, "extra": extra}
     assert diff == {}
+
+
+# ------------------------------------------------------------------ environment
+
+# Variables Powertools reads itself (a misspelt one would be ignored, silently).
+POWERTOOLS_VARIABLES = {
+    "POWERTOOLS_SERVICE_NAME",
+    "POWERTOOLS_METRICS_NAMESPACE",
+    "POWERTOOLS_LOG_LEVEL",
+    "POWERTOOLS_LOGGER_LOG_EVENT",
+    "POWERTOOLS_LOGGER_SAMPLE_RATE",
+    "POWERTOOLS_METRICS_DISABLED",
+    "POWERTOOLS_IDEMPOTENCY_DISABLED",
+    "POWERTOOLS_PARAMETERS_MAX_AGE",
+}
+DEPLOYED = {"IcebergEnabled": True, "HasLocalEndpointUrl": False}
+
+
+def _environment(template: dict, function: str) -> dict:
+    props = template["Resources"][function]["Properties"]
+    variables = {
+        **template["Globals"]["Function"].get("Environment", {}).get("Variables", {}),
+        **props.get("Environment", {}).get("Variables", {}),
+    }
+    return resolve(variables, DEPLOYED)
+
+
+def test_each_function_sets_every_variable_its_code_requires_and_only_ones_it_reads(template):
+    """A required variable the template does not set fails the cold start only on AWS (the
+    suite sets its own); a variable set under another name than the code reads (a typo, a
+    rename on one side) is ignored silently and its default used: both are read from the code
+    (code_contract.environment_reads), with the Iceberg target on and deployed defaults."""
+    problems = {}
+    for function in FUNCTION_DIRS:
+        reads = environment_reads(function)
+        given = set(_environment(template, function))
+        required = {name for name, must in reads.items() if must}
+        missing = sorted(required - given)
+        unread = sorted(given - set(reads) - POWERTOOLS_VARIABLES)
+        if missing or unread:
+            problems[function] = {"missing": missing, "set but never read": unread}
+    assert problems == {}
