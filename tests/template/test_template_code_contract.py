@@ -8,17 +8,22 @@ template (offline: aws-sam-translator)."""
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 
 from code_contract import (
     FUNCTION_DIRS,
     FUNCTIONS,
     aws_actions,
     cold_start_imports,
+    emitted_metrics,
     environment_reads,
     missing_object_handled,
 )
-from sam_template import grants, resolve
+from sam_template import grants, render, resolve, resources_of
+
+from totes.observability import CATALOGUE, NAMESPACE
 
 # What each layer (or the runtime) puts on the function's path, by top-level module. The
 # managed layers' contents are pinned in requirements/runtime.txt (README, "Pinned versions").
@@ -205,3 +210,133 @@ def test_each_function_sets_every_variable_its_code_requires_and_only_ones_it_re
         if missing or unread:
             problems[function] = {"missing": missing, "set but never read": unread}
     assert problems == {}
+
+
+# ------------------------------------------------------------------ alarms and dashboards
+
+# Parameters a dashboard body substitutes as numbers (thresholds drawn as annotations).
+NUMERIC_PARAMETERS = {
+    "FreshnessThresholdSeconds",
+    "CaptureStallSeconds",
+    "FailureMessageAgeSeconds",
+}
+SEARCH = re.compile(r"\{(\w+),([\w,]+)\} MetricName=\"(\w+)\"")
+INSIGHTS = re.compile(r"SELECT \w+\((\w+)\) FROM SCHEMA\((\w+), ([^)]*)\)")
+
+
+@dataclass(frozen=True)
+class Watched:
+    where: str
+    namespace: str
+    metric: str
+    dimensions: tuple[tuple[str, str | None], ...]  # value None: any (SEARCH, SCHEMA)
+    unit: str | None = None
+
+
+def _watched(expanded: dict) -> list[Watched]:
+    """Every metric an alarm or a dashboard widget of the template reads."""
+    out = []
+    for name, alarm in resources_of(expanded, "AWS::CloudWatch::Alarm").items():
+        props = alarm["Properties"]
+        if "MetricName" in props:
+            dims = tuple((d["Name"], render(d["Value"])) for d in props.get("Dimensions", []))
+            out.append(
+                Watched(name, props["Namespace"], props["MetricName"], dims, props.get("Unit"))
+            )
+        for query in props.get("Metrics", []):
+            for metric, namespace, keys in INSIGHTS.findall(query.get("Expression", "")):
+                dims = tuple((k.strip().strip('"'), None) for k in keys.split(","))
+                out.append(Watched(name, namespace, metric, dims))
+            assert "MetricStat" not in query, name  # not used; add it here when it is
+    for name, board in resources_of(expanded, "AWS::CloudWatch::Dashboard").items():
+        body = re.sub(
+            r"\$\{([^}]+)\}",
+            lambda m: "0" if m[1] in NUMERIC_PARAMETERS else f"<{m[1]}>",
+            board["Properties"]["DashboardBody"]["Fn::Sub"],
+        )
+        for widget in json.loads(body)["widgets"]:
+            for row in widget["properties"].get("metrics", []):
+                values = [v for v in row if not isinstance(v, dict)]
+                if values:
+                    namespace, metric, *pairs = values
+                    dims = tuple(zip(pairs[::2], pairs[1::2], strict=True))
+                    out.append(Watched(name, namespace, metric, dims))
+                for option in (v for v in row if isinstance(v, dict) and "expression" in v):
+                    for namespace, keys, metric in SEARCH.findall(option["expression"]):
+                        dims = tuple((k, None) for k in keys.split(","))
+                        out.append(Watched(name, namespace, metric, dims))
+    return out
+
+
+def _services(template: dict) -> dict[str, str]:
+    """Function by its POWERTOOLS_SERVICE_NAME (the ``service`` dimension it emits)."""
+    return {
+        _environment(template, f)["POWERTOOLS_SERVICE_NAME"]: f
+        for f in FUNCTION_DIRS
+        if "POWERTOOLS_SERVICE_NAME" in _environment(template, f)
+    }
+
+
+def _namespace(template: dict, function: str) -> str:
+    return _environment(template, function).get("POWERTOOLS_METRICS_NAMESPACE", NAMESPACE)
+
+
+def test_the_catalogue_names_the_functions_whose_code_emits_each_metric(template):
+    """``CATALOGUE``'s stages (what the e2e checks and the docs describe) are the services of
+    the functions whose reachable code emits the metric."""
+    services = {f: s for s, f in _services(template).items()}
+    emitted = {f: emitted_metrics(f, set(CATALOGUE)) for f in FUNCTION_DIRS}
+    derived = {
+        name: tuple(sorted(services[f] for f in FUNCTION_DIRS if name in emitted[f]))
+        for name in CATALOGUE
+    }
+    assert derived == {name: tuple(sorted(spec.stages)) for name, spec in CATALOGUE.items()}
+
+
+def test_every_alarm_and_widget_reads_a_metric_that_some_function_emits_as_it_is_read(
+    template, expanded
+):
+    """Every alarm and dashboard metric of our namespace is one the code emits, with the
+    catalogue's dimensions (no more, no fewer: CloudWatch matches the exact set), in the
+    namespace of the function whose ``service`` it names, and that function's reachable code
+    emits it; an alarm gives no Unit other than the metric's. AWS metrics name a function or a
+    queue of the stack that is some function's failure destination. Otherwise the alarm
+    watches nothing and never fires (TreatMissingData notBreaching), which no local run
+    shows."""
+    services = _services(template)
+    emitted = {f: emitted_metrics(f, set(CATALOGUE)) for f in FUNCTION_DIRS}
+    functions = {f"<{f}>" for f in FUNCTION_DIRS}
+    queues = set()
+    for resource in template["Resources"].values():
+        config = resource.get("Properties", {}).get("EventInvokeConfig", {})
+        target = config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+        if target:
+            queues.add(f"<{target['Fn::GetAtt'][0]}.QueueName>")
+    watched = _watched(expanded)
+    assert len(watched) > 40  # the parser found the alarms and widgets
+    wrong = []
+    for w in watched:
+        dims = dict(w.dimensions)
+        if w.namespace == "AWS/Lambda":
+            ok = set(dims) == {"FunctionName"} and dims["FunctionName"] in functions
+        elif w.namespace == "AWS/SQS":
+            ok = set(dims) == {"QueueName"} and dims["QueueName"] in queues
+        else:
+            spec = CATALOGUE.get(w.metric)
+            service = dims.get("service")
+            if service is not None:  # the function whose POWERTOOLS_SERVICE_NAME it names
+                emitters = [services[service]] if service in services else []
+            else:  # a SEARCH or SCHEMA over every service
+                emitters = [services[s] for s in spec.stages] if spec else []
+            ok = (
+                spec is not None
+                and sorted(dims) == sorted(spec.dimensions)
+                and w.unit in (None, spec.unit.value)
+                and any(
+                    w.metric in emitted[f] and _namespace(template, f) == w.namespace
+                    for f in emitters
+                )
+            )
+        if not ok:
+            wrong.append((w.where, w.namespace, w.metric, dims))
+    assert wrong == [], "\n".join(map(str, wrong))
