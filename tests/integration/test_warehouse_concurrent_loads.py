@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pytest
 from test_warehouse_backfill import history, later, load, state
 
-from totes.errors import LoadFailed
+from totes.errors import DatabaseUnavailable, LoadFailed
 from totes.star.model import DELETED_KEYS
 from totes.warehouse import ledger, merge
 from totes.warehouse.ledger import LOAD_LOCK_KEY
@@ -476,3 +476,59 @@ def test_a_batch_waiting_for_the_lock_gives_way_to_a_holder_it_blocks_directly_o
             through.run("COMMIT")
         threads[-2].join(WAIT_SECONDS)  # the holder's
         holder.run("COMMIT")
+
+
+# -- review (session 26) -------------------------------------------------------------------------
+
+
+def test_a_later_capture_whose_copy_met_an_older_captures_versions_rewrites_them_under_the_lock(
+    warehouse_db, pg_connect, fresh_db, attempts
+):
+    """Capture 5 copies its orders before the lock and waits for it; capture 6 carries the same
+    versions and, no older capture being loaded yet, COPYs them before the lock too, which
+    waits for capture 5. Capture 5 commits first, so capture 6's COPY meets its versions and
+    is refused; under the lock capture 6 must see that an older capture is now loaded and
+    rewrite those versions (capture 6 on every order, as one by one), deciding under the lock
+    and not before it."""
+    base = star_batch(sales=8, seed=9)
+    dims = {n: t for n, t in base.items() if not n.startswith("fact_")}
+    older = ("c5-000", 5, base)
+    newer = ("c6-000", 6, with_calendar({**dims, "fact_sales_order": base["fact_sales_order"]}))
+    holder, watcher = pg_connect(warehouse_db), pg_connect(warehouse_db)
+    holding_the_lock(holder)
+    first = Loading(pg_connect(warehouse_db), *older)
+    waiting_for_the_lock(watcher, first)
+    second = Loading(pg_connect(warehouse_db), *newer)
+    waiting_for_the_lock(watcher, second, kind="transactionid")  # its COPY waits for capture 5
+    holder.run("COMMIT")
+    assert first.join().loaded
+    assert second.join().tables["fact_sales_order"].updated == 8
+    assert sorted(attempts) == [("c5-000", 1), ("c6-000", 1)]
+    after = state(watcher)
+    assert {r[-2] for r in after["fact_sales_order"]} == {6}
+    assert after == serial(fresh_db, pg_connect, [older, newer])
+
+
+def test_a_batch_whose_backend_is_terminated_while_it_asks_for_the_lock_leaves_nothing(
+    warehouse_db, pg_connect, fresh_db
+):
+    """The backend of a batch holding copied facts is terminated between two asks for the
+    lock: the load fails as the lost connection it is (``DatabaseUnavailable`` naming the
+    step, not retried on the dead connection), nothing of it stays (its ledger row, its
+    copies), the holder goes on, and the redelivery loads it on a new connection."""
+    batch = ("c1-000", 1, star_batch(sales=5, purchases=3, payments_=4, seed=4))
+    holder, watcher = pg_connect(warehouse_db), pg_connect(warehouse_db)
+    holding_the_lock(holder)
+    loading = Loading(pg_connect(warehouse_db), *batch)
+    waiting_for_the_lock(watcher, loading)
+    watcher.run("SELECT pg_terminate_backend(:pid)", pid=loading.pid)
+    with pytest.raises(DatabaseUnavailable) as lost:
+        loading.join()
+    assert str(lost.value).startswith(
+        "batch c1-000: lost the warehouse connection while waiting for the load lock"
+    ), lost.value
+    holder.run("COMMIT")
+    assert watcher.run("SELECT count(*) FROM etl_batch_ledger") == [[0]]
+    assert watcher.run("SELECT count(*) FROM fact_sales_order") == [[0]]
+    assert load(pg_connect(warehouse_db), batch[0], batch[2], batch[1]).loaded
+    assert state(watcher) == serial(fresh_db, pg_connect, [batch])
