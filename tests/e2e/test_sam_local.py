@@ -11,6 +11,12 @@ Ingest runs with the ADBC driver there (its readers fall back to pg8000 only whe
 the local ADBC layer, import it from ``/opt/python`` beside the pandas layer's pyarrow, and
 query the source with it from inside a container.
 
+The deploy's migration step (``MigrateFunction``, the ``WarehouseMigration`` custom
+resource: CloudFormation invokes it, the chain never does) runs the same way, one ``sam local
+invoke`` per custom-resource event, answering a local stand-in for CloudFormation's
+``ResponseURL``; without its layers it cannot even import, which only a run in the Lambda
+runtime shows.
+
 Runs when Docker answers, the SAM CLI is installed (``make build``) and the Lambda base image
 is present (pulled, or the stand-in from ``tools/lambda_image/build.sh``); otherwise skipped
 with the reason. ``TOTES_REQUIRE_DOCKER=1`` (CI) turns that skip into a failure.
@@ -18,20 +24,29 @@ with the reason. ``TOTES_REQUIRE_DOCKER=1`` (CI) turns that skip into a failure.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.server
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
+import uuid
 from pathlib import Path
 
 import pytest
 from e2e_reference import expected_warehouse, source_state, warehouse_problems
 from local_processes import PYTHONPATH, local_aws
 
+from totes.warehouse.migrations import available
+from totes.warehouse.roles import effective_privileges, expected_privileges, fact_sequences
+from totes_tools.local.aws import aws_environment, client
 from totes_tools.local.sam_local import (
     Forwarder,
+    SamLocal,
     SamLocalError,
     base_image,
     docker_host,
@@ -194,3 +209,174 @@ def ingest_image_queries_with_adbc(creds, sql: str) -> dict:
         forwarder.close()
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+# -- the deploy's migration step (MigrateFunction, the WarehouseMigration custom resource) ---
+
+MIGRATE = "MigrateFunction"
+MIGRATE_TIMEOUT_SECONDS = 900  # template.yaml: MigrateFunction's Timeout
+STACK_ID = "arn:aws:cloudformation:eu-west-2:000000000000:stack/totes-local/1"
+
+
+class CloudFormationStandIn:
+    """What CloudFormation does with a custom resource's answer, locally: an HTTP server on
+    the address containers reach this machine at (Docker's bridge gateway, where the
+    invoker's forwarders listen too; Docker Desktop: loopback, reached as
+    host.docker.internal) that keeps every PUT to a ``ResponseURL`` it handed out."""
+
+    def __init__(self, host) -> None:
+        answers: list[tuple[str, dict]] = []
+        self.answers = answers
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                answers.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer((host.bind_host, 0), Handler)
+        self._base = f"http://{host.container_host}:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def response_url(self, request_id: str) -> str:
+        return f"{self._base}/cloudformation-response/{request_id}?X-Amz-Signature=local"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def cfn_event(request_type: str, response_url: str, request_id: str, physical: str | None):
+    event = {
+        "RequestType": request_type,
+        "ServiceToken": "arn:aws:lambda:eu-west-2:000000000000:function:totes-local-migrate",
+        "ResponseURL": response_url,
+        "StackId": STACK_ID,
+        "RequestId": request_id,
+        "LogicalResourceId": "WarehouseMigration",
+        "ResourceType": "Custom::WarehouseMigration",
+        "ResourceProperties": {"Code": "layer:1", "Schema": "public"},
+    }
+    if physical:
+        event["PhysicalResourceId"] = physical
+    return event
+
+
+def warehouse_state(con) -> dict[str, object]:
+    """What the migration step makes of a warehouse: its tables and the migrations recorded
+    in ``schema_migrations`` (as ``NNNN_name``)."""
+    tables = con.run("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    recorded = []
+    if ["schema_migrations"] in tables:
+        rows = con.run("SELECT version, name FROM schema_migrations ORDER BY version")
+        recorded = [f"{version:04d}_{name}" for version, name in rows]
+    return {"tables": sorted(t for [t] in tables), "migrations": recorded}
+
+
+def test_the_deploys_migration_step_in_docker_migrates_grants_and_always_answers_cloudformation(
+    sam_local_ready, source_db, warehouse_db, new_role, pg_connect
+):
+    """MigrateFunction run by ``sam local invoke`` in the Lambda runtime container, with the
+    template's layers, as CloudFormation runs it for the WarehouseMigration custom resource:
+    its answer PUT to the event's ResponseURL (a local stand-in) for Create, Update and
+    Delete, and FAILED with an operator-safe reason, not a hang, when the owner's database
+    cannot be reached or the owner's secret does not exist. The function cannot even import
+    without its layers: then no answer arrives and the invoke fails (the mutation this test
+    was checked against)."""
+    loader = new_role(warehouse_db)
+    warehouse = pg_connect(warehouse_db)
+    containers_before = set(containers_left())
+    owner_secret = f"totes-local-warehouse-owner-{uuid.uuid4().hex[:8]}"
+    lost_secret = f"{owner_secret}-unreachable"
+    with contextlib.ExitStack() as stack:
+        endpoint = stack.enter_context(local_aws())
+        stack.enter_context(aws_environment(endpoint))  # this process's clients: the emulator
+        sam = stack.enter_context(SamLocal(endpoint, source_db, warehouse_db, repo=REPO))
+        cloudformation = CloudFormationStandIn(sam.docker)
+        stack.callback(cloudformation.close)
+        # The owner's secret as containers read it (the invoker's forwarder to the warehouse),
+        # and one naming a port on the same address where nothing listens, with a password
+        # that must never appear in an answer.
+        unreachable = socket.socket()
+        stack.callback(unreachable.close)
+        unreachable.bind((sam.docker.bind_host, 0))  # bound, never listening: refused
+        password = f"never-in-a-reason-{uuid.uuid4().hex}"
+        lost = dataclasses.replace(
+            sam.container_warehouse, port=unreachable.getsockname()[1], password=password
+        )
+        sm = client("secretsmanager", endpoint)
+        sm.create_secret(Name=owner_secret, SecretString=sam.container_warehouse.to_secret())
+        sm.create_secret(Name=lost_secret, SecretString=lost.to_secret())
+
+        def invoke(request_type: str, secret: str, physical: str | None = None) -> dict:
+            request_id = str(uuid.uuid4())
+            event = cfn_event(
+                request_type, cloudformation.response_url(request_id), request_id, physical
+            )
+            returned = sam.invoke_function(
+                MIGRATE,
+                event,
+                {
+                    "WAREHOUSE_OWNER_SECRET_ID": secret,
+                    "WAREHOUSE_SCHEMA": "public",
+                    "WAREHOUSE_LOADER_ROLE": loader.user,
+                    "POWERTOOLS_SERVICE_NAME": "migrate",
+                },
+                MIGRATE_TIMEOUT_SECONDS,
+            )
+            # Exactly one answer, PUT to this request's ResponseURL.
+            path = f"/cloudformation-response/{request_id}?X-Amz-Signature=local"
+            [answer] = [a for p, a in cloudformation.answers if p == path]
+            assert returned == answer  # the handler returns what it PUT
+            assert {k: answer[k] for k in ("RequestId", "StackId", "LogicalResourceId")} == {
+                "RequestId": request_id,
+                "StackId": STACK_ID,
+                "LogicalResourceId": "WarehouseMigration",
+            }
+            assert answer["PhysicalResourceId"] == (physical or "WarehouseMigration-warehouse")
+            return answer
+
+        # The owner's database unreachable: FAILED, naming where, never the secret's password.
+        failed = invoke("Create", lost_secret)
+        assert failed["Status"] == "FAILED"
+        assert failed["Reason"].startswith(f"cannot reach {lost.where}"), failed["Reason"]
+        assert password not in json.dumps(failed)
+        assert failed["Data"] == {}
+        assert warehouse_state(warehouse) == {"tables": [], "migrations": []}
+
+        # The owner's secret wrong (no such secret): FAILED, naming the secret id it read.
+        missing = invoke("Update", f"{owner_secret}-none", "WarehouseMigration-warehouse")
+        assert missing["Status"] == "FAILED"
+        assert missing["Reason"].startswith(f"cannot read database secret '{owner_secret}-none'")
+        assert warehouse_state(warehouse) == {"tables": [], "migrations": []}
+
+        labels = [m.label for m in available()]
+        created = invoke("Create", owner_secret)
+        assert created["Status"] == "SUCCESS", created["Reason"]
+        assert created["Data"] == {"Applied": ",".join(labels), "LoaderRole": loader.user}
+        migrated = warehouse_state(warehouse)
+        assert migrated["migrations"] == labels
+        held = effective_privileges(warehouse, loader.user, "public")
+        assert held == expected_privileges(fact_sequences(warehouse, "public"), "public")
+
+        updated = invoke("Update", owner_secret, created["PhysicalResourceId"])
+        assert updated["Status"] == "SUCCESS", updated["Reason"]
+        assert updated["Data"] == {"Applied": "none", "LoaderRole": loader.user}
+
+        # Delete drops nothing and does not even connect: it answers SUCCESS with the owner's
+        # database unreachable, and the warehouse is as it was.
+        for secret in (owner_secret, lost_secret):
+            deleted = invoke("Delete", secret, created["PhysicalResourceId"])
+            assert deleted["Status"] == "SUCCESS", deleted["Reason"]
+            assert deleted["Reason"] == "the warehouse outlives the stack: nothing dropped"
+        assert warehouse_state(warehouse) == migrated
+        assert effective_privileges(warehouse, loader.user, "public") == held
+
+    assert len(cloudformation.answers) == 6
+    assert set(containers_left()) <= containers_before  # sam removed every container it made

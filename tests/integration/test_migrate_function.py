@@ -5,8 +5,10 @@ fails (a stack without one waits an hour)."""
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import json
+import threading
 import uuid
 from pathlib import Path
 
@@ -136,6 +138,38 @@ def test_a_missing_owner_secret_variable_still_answers(aws, answers, monkeypatch
     )
 
 
-def test_the_answer_goes_only_to_an_https_url():
+def test_the_answer_goes_only_to_an_https_url(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # deployed: never set
     with pytest.raises(ValueError, match="not an https URL"):
         migrate_warehouse.put_https("http://example.com/x", b"{}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")  # a local run
+    for url in ("file:///etc/passwd", "ftp://example.com/x", "HTTP://example.com/x"):
+        with pytest.raises(ValueError, match="not an https URL"):
+            migrate_warehouse.put_https(url, b"{}")
+
+
+def test_a_local_run_answers_its_local_stand_in_for_cloudformation_over_http(monkeypatch):
+    """With the emulator's endpoint set (a local run, never a deployment), the answer may go
+    to plain http: how tests/e2e/test_sam_local.py receives it from the Lambda container."""
+    received: list[tuple[str, bytes]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            received.append((self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
+        url = f"http://127.0.0.1:{server.server_address[1]}/answer?X-Amz-Signature=s"
+        migrate_warehouse.put_https(url, b'{"Status": "SUCCESS"}')
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received == [("/answer?X-Amz-Signature=s", b'{"Status": "SUCCESS"}')]

@@ -17,6 +17,7 @@ credential), so the deploy stops and rolls back before any new function is invok
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -73,10 +74,18 @@ def reason_for(exc: BaseException) -> str:
 
 
 def put_https(url: str, body: bytes) -> None:
-    """PUT the answer to CloudFormation's pre-signed S3 URL (https only)."""
-    if not url.startswith("https://"):
+    """PUT the answer to CloudFormation's pre-signed S3 URL (https only).
+
+    One exception: a local run (``AWS_ENDPOINT_URL`` set, the AWS emulator's endpoint; the
+    template sets it only from ``LocalEndpointUrl``, never in a deployment) may answer its
+    local stand-in for CloudFormation over plain http. A Lambda container cannot be made to
+    trust a test's own certificate (SAM passes only the template's variables: no
+    ``SSL_CERT_FILE``), so without this ``tests/e2e/test_sam_local.py`` could not receive the
+    answer of the function running in the Lambda runtime. No other scheme, ever."""
+    local = bool(os.environ.get("AWS_ENDPOINT_URL"))
+    if not (url.startswith("https://") or (local and url.startswith("http://"))):
         raise ValueError("the ResponseURL is not an https URL")
-    request = urllib.request.Request(  # noqa: S310  # scheme checked above
+    request = urllib.request.Request(  # noqa: S310  # scheme checked above (http only locally)
         url, data=body, method="PUT", headers={"Content-Type": ""}
     )
     with urllib.request.urlopen(request, timeout=RESPONSE_TIMEOUT_SECONDS) as reply:  # noqa: S310  # nosec B310

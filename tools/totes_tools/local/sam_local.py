@@ -916,12 +916,13 @@ class SamLocal(contextlib.AbstractContextManager):
             out[function] = {k: v for k, v in values.items() if k in self.declared[function]}
         return out
 
-    def options(self) -> dict[str, object]:
-        """``sam local invoke``'s options besides the function and the event."""
+    def options(self, env_file: Path | None = None) -> dict[str, object]:
+        """``sam local invoke``'s options besides the function and the event (the chain's
+        ``--env-vars`` file unless another is given)."""
         overrides = {"Architecture": self.docker.architecture, **self.layers.overrides}
         return {
             "template-file": str(self.template),
-            "env-vars": str(self.env_file),
+            "env-vars": str(env_file or self.env_file),
             "skip-pull-image": True,
             "layer-cache-basedir": str(self.layers.cache_dir),
             "region": REGION,
@@ -956,9 +957,14 @@ class SamLocal(contextlib.AbstractContextManager):
 
     # -- one invocation ----------------------------------------------------------------------
 
-    def command(self, stage: str, event_path: Path) -> list[str]:
-        command = [str(self.sam), "local", "invoke", FUNCTIONS[stage], "--event", str(event_path)]
-        for option, value in self.options().items():
+    def command(self, stage: str, event_path: Path, env_file: Path | None = None) -> list[str]:
+        return self.function_command(FUNCTIONS[stage], event_path, env_file)
+
+    def function_command(
+        self, function: str, event_path: Path, env_file: Path | None = None
+    ) -> list[str]:
+        command = [str(self.sam), "local", "invoke", function, "--event", str(event_path)]
+        for option, value in self.options(env_file).items():
             if value is True:
                 command.append(f"--{option}")
             elif isinstance(value, list):
@@ -977,15 +983,43 @@ class SamLocal(contextlib.AbstractContextManager):
         from totes_tools.local.chain import FUNCTION_TIMEOUT_SECONDS
 
         timeout = FUNCTION_TIMEOUT_SECONDS[stage] + INVOKE_MARGIN_SECONDS
+        return self._invoke(FUNCTIONS[stage], self.command(stage, event_path), timeout)
+
+    def invoke_function(
+        self, function: str, event: dict, variables: Mapping[str, str], timeout: float
+    ) -> object:
+        """One ``sam local invoke`` of a function the chain does not invoke (the deploy's
+        ``MigrateFunction``: CloudFormation invokes it), with ``variables`` and the emulator as
+        containers reach it for its environment. As for the chain, a variable the template
+        does not declare for the function is refused (SAM would drop it silently); ``timeout``
+        is the function's own (the template's ``Timeout``), SAM's margin is added."""
+        if function not in self.declared:
+            raise SamLocalError(f"{function}: no such function in the built template")
+        values = {**variables, "AWS_ENDPOINT_URL": self.container_endpoint}
+        undeclared = sorted(set(values) - self.declared[function])
+        if undeclared:
+            raise SamLocalError(
+                f"{', '.join(undeclared)}: not declared for {function} in template.yaml, so"
+                " `sam local invoke` would drop it"
+            )
+        seq = next(self._seq)
+        env_file = self.workdir / f"{seq:04d}-{function}-env.json"
+        env_file.write_text(json.dumps({function: values}, indent=2))
+        event_path = self.workdir / f"{seq:04d}-{function}.json"
+        event_path.write_text(json.dumps(event))
+        command = self.function_command(function, event_path, env_file)
+        return self._invoke(function, command, timeout + INVOKE_MARGIN_SECONDS)
+
+    def _invoke(self, function: str, command: list[str], timeout: float) -> object:
         started = time.monotonic()
-        out, err, returncode = self._run(self.command(stage, event_path), timeout)
-        self.store.record_image(self.layers.ordered(self.function_layers[FUNCTIONS[stage]]))
+        out, err, returncode = self._run(command, timeout)
+        self.store.record_image(self.layers.ordered(self.function_layers[function]))
         logger.debug(
             "sam local invoke",
-            extra={"stage": stage, "seconds": round(time.monotonic() - started, 2)},
+            extra={"function": function, "seconds": round(time.monotonic() - started, 2)},
         )
         relay(err)
-        return result_of(FUNCTIONS[stage], returncode, out, err)
+        return result_of(function, returncode, out, err)
 
     def _run(self, command: list[str], timeout: float) -> tuple[str, str, int]:
         proc = subprocess.Popen(  # noqa: S603 # nosec B603 - fixed argument list
