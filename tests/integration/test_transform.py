@@ -14,6 +14,7 @@ import boto3
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from parquet_damage import damage_a_column_name
 
 from totes.lake import (
     RAW_PREFIX,
@@ -272,16 +273,6 @@ def test_a_corrupt_parquet_file_is_quarantined(lakes, snapshot):
     assert reason["rejected_rows"] == sum(t.num_rows for t in small_batch(snapshot).values())
     copies = raw.keys(f"quarantine/{BATCH}/raw/")
     assert copies == sorted(f"quarantine/{BATCH}/{k}" for k in raw.keys("raw/"))
-
-
-def damage_a_column_name(body: bytes, column: str) -> bytes:
-    """The Parquet file with one byte of ``column``'s name in its footer's schema made invalid
-    UTF-8: the file still parses as Parquet, but pyarrow decoding the name raises
-    ``UnicodeDecodeError`` (a ``ValueError``, neither an ``ArrowException`` nor an ``OSError``).
-    A random byte of a raw part damaged this way in about 1 in 250 cases (s26 fuzzing)."""
-    footer_length = int.from_bytes(body[-8:-4], "little")
-    at = body.index(column.encode(), len(body) - 8 - footer_length)
-    return body[: at + 1] + b"\xff" + body[at + 2 :]
 
 
 @pytest.mark.xfail(
