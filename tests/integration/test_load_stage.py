@@ -437,12 +437,6 @@ def test_an_unreadable_file_is_named_without_the_readers_message(aws, stack, pro
     )
 
 
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="s26: read_batch catches ArrowException and OSError only; a damaged footer raises"
-    " UnicodeDecodeError, which escapes unnamed instead of a LoadFailed naming batch, table, file",
-)
 def test_a_file_whose_footer_is_damaged_is_named_like_any_unreadable_file(aws, stack, processed):
     batch = "20240105T000000000000-000"
     put_processed_batch(processed, batch, star_batch(sales=5))
@@ -455,6 +449,7 @@ def test_a_file_whose_footer_is_damaged_is_named_like_any_unreadable_file(aws, s
     assert str(failure.value) == (
         f"batch {batch}: table dim_staff ({key}): not a readable Parquet file (UnicodeDecodeError)"
     )
+
 
 # A row of distinctive values, damaged one way per case, on the paths a first capture takes
 # (issue 16): facts COPYed straight in, a large dimension split and its new keys COPYed, and

@@ -275,12 +275,6 @@ def test_a_corrupt_parquet_file_is_quarantined(lakes, snapshot):
     assert copies == sorted(f"quarantine/{BATCH}/{k}" for k in raw.keys("raw/"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="s26: read_files catches ArrowException and OSError only; a damaged footer raises"
-    " UnicodeDecodeError, which escapes transform (retried, then the failure queue) instead of"
-    " quarantining the batch",
-)
 def test_a_parquet_file_whose_footer_is_damaged_is_quarantined_not_raised(lakes, snapshot):
     raw, processed, settings = lakes
     key = put_raw_batch(raw, small_batch(snapshot))
