@@ -292,7 +292,6 @@ def test_a_parquet_file_whose_footer_is_damaged_is_quarantined_not_raised(lakes,
     assert "UnicodeDecodeError" in problem["message"]
 
 
-
 @pytest.mark.xfail(
     strict=True,
     reason="s26: lake files carry no page checksums, so a raw part whose data page is damaged"
@@ -315,6 +314,7 @@ def test_a_raw_part_whose_values_are_damaged_is_quarantined_not_remodelled(lakes
         "design",
         design,
     )
+
 
 def test_a_missing_column_is_quarantined(lakes, snapshot):
     raw, processed, settings = lakes

@@ -68,7 +68,6 @@ def test_only_text_and_date_columns_are_dictionary_encoded_and_values_read_back_
     }
 
 
-
 def damage_a_value(body: bytes, value: str) -> bytes:
     """The Parquet file with the first stored copy of ``value`` (text is dictionary encoded,
     and a snappy page keeps a literal as it is) changed in its last character (one bit): the
@@ -89,6 +88,7 @@ def test_a_value_damaged_in_a_stored_file_is_refused_never_read_as_another_value
     # Without page checksums this reads back as ["Quokkaleaj", "Wombat"], nothing refused.
     with pytest.raises(UNREADABLE_PARQUET):
         parquet_bytes_to_table(damaged)
+
 
 def fresh_interpreter_prints(code: str) -> str:
     """What ``code`` prints in a new interpreter (imports counted from zero)."""
