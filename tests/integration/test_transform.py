@@ -292,11 +292,6 @@ def test_a_parquet_file_whose_footer_is_damaged_is_quarantined_not_raised(lakes,
     assert "UnicodeDecodeError" in problem["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="s26: lake files carry no page checksums, so a raw part whose data page is damaged"
-    " passes the row-count and fingerprint checks and its altered values flow to the star",
-)
 def test_a_raw_part_whose_values_are_damaged_is_quarantined_not_remodelled(lakes, snapshot):
     raw, processed, settings = lakes
     batch = small_batch(snapshot)
