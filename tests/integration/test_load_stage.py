@@ -16,6 +16,7 @@ import boto3
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from parquet_damage import damage_a_column_name
 
 from totes.db import connect
 from totes.errors import DatabaseUnavailable, LoadedButUnreported, LoadFailed
@@ -433,6 +434,20 @@ def test_an_unreadable_file_is_named_without_the_readers_message(aws, stack, pro
         load_handler()(one_event(aws, stack), Context())
     assert str(failure.value) == (
         f"batch {batch}: table dim_staff ({key}): not a readable Parquet file (ArrowInvalid)"
+    )
+
+
+def test_a_file_whose_footer_is_damaged_is_named_like_any_unreadable_file(aws, stack, processed):
+    batch = "20240105T000000000000-000"
+    put_processed_batch(processed, batch, star_batch(sales=5))
+    key = data_key("processed", "dim_staff", batch)
+    processed.put_bytes(
+        key, damage_a_column_name(processed.get_bytes(key), "first_name"), "application/x"
+    )
+    with pytest.raises(LoadFailed) as failure:
+        load_handler()(one_event(aws, stack), Context())
+    assert str(failure.value) == (
+        f"batch {batch}: table dim_staff ({key}): not a readable Parquet file (UnicodeDecodeError)"
     )
 
 

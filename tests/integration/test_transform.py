@@ -14,6 +14,7 @@ import boto3
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from parquet_damage import damage_a_column_name, damage_a_value
 
 from totes.lake import (
     RAW_PREFIX,
@@ -272,6 +273,42 @@ def test_a_corrupt_parquet_file_is_quarantined(lakes, snapshot):
     assert reason["rejected_rows"] == sum(t.num_rows for t in small_batch(snapshot).values())
     copies = raw.keys(f"quarantine/{BATCH}/raw/")
     assert copies == sorted(f"quarantine/{BATCH}/{k}" for k in raw.keys("raw/"))
+
+
+def test_a_parquet_file_whose_footer_is_damaged_is_quarantined_not_raised(lakes, snapshot):
+    raw, processed, settings = lakes
+    key = put_raw_batch(raw, small_batch(snapshot))
+    design = data_key(RAW_PREFIX, "design", BATCH)
+    raw.put_bytes(design, damage_a_column_name(raw.get_bytes(design), "design_name"), "x")
+
+    reason = quarantined(raw, processed, transform(key, settings, raw.s3))
+
+    [problem] = reason["problems"]
+    assert (problem["check"], problem["table"], problem["key"]) == (
+        "unreadable_file",
+        "design",
+        design,
+    )
+    assert "UnicodeDecodeError" in problem["message"]
+
+
+def test_a_raw_part_whose_values_are_damaged_is_quarantined_not_remodelled(lakes, snapshot):
+    raw, processed, settings = lakes
+    batch = small_batch(snapshot)
+    key = put_raw_batch(raw, batch)
+    design = data_key(RAW_PREFIX, "design", BATCH)
+    name = batch["design"]["design_name"][0].as_py()
+    raw.put_bytes(design, damage_a_value(raw.get_bytes(design), name), "x")
+
+    result = transform(key, settings, raw.s3)
+
+    assert result["status"] == "quarantined", f"remodelled with a design_name other than {name}"
+    [problem] = quarantined(raw, processed, result)["problems"]
+    assert (problem["check"], problem["table"], problem["key"]) == (
+        "unreadable_file",
+        "design",
+        design,
+    )
 
 
 def test_a_missing_column_is_quarantined(lakes, snapshot):

@@ -40,7 +40,13 @@ from totes.db import (
     set_socket_timeout,
 )
 from totes.errors import DatabaseUnavailable, LoadedButUnreported, LoadFailed, SchemaBehind
-from totes.lake import Lake, Manifest, batch_id_from_manifest_key, schema_fingerprint
+from totes.lake import (
+    UNREADABLE_PARQUET,
+    Lake,
+    Manifest,
+    batch_id_from_manifest_key,
+    schema_fingerprint,
+)
 from totes.observability import emit, logger, timed
 from totes.server_errors import describe_error
 from totes.settings import LoadSettings
@@ -76,7 +82,7 @@ def read_batch(lake: Lake, manifest: Manifest) -> dict[str, pa.Table]:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "?")
             raise LoadFailed(f"{where}: cannot read the file ({code})") from None
-        except (pa.ArrowException, OSError) as exc:  # its message may quote the data: not kept
+        except UNREADABLE_PARQUET as exc:  # its message may quote the data: not kept
             raise LoadFailed(
                 f"{where}: not a readable Parquet file ({type(exc).__name__})"
             ) from None

@@ -50,6 +50,7 @@ from totes.lake import (
     BATCH_ID,
     PROCESSED_PREFIX,
     QUARANTINE_PREFIX,
+    UNREADABLE_PARQUET,
     Lake,
     Manifest,
     ManifestFile,
@@ -82,8 +83,9 @@ def _is_missing(exc: ClientError) -> bool:
 
 def read_files(raw: Lake, manifest: Manifest) -> dict[ManifestFile, pa.Table | Exception]:
     """Each file of the batch as a table, or the error that makes it unusable (missing object,
-    not Parquet). Any other error (throttling, permissions) propagates, so the invocation is
-    retried instead of the batch being quarantined for a passing fault."""
+    not Parquet, a damaged footer: ``lake.UNREADABLE_PARQUET``). Any other error (throttling,
+    permissions) propagates, so the invocation is retried instead of the batch being
+    quarantined for a passing fault."""
     read: dict[ManifestFile, pa.Table | Exception] = {}
     for entry in manifest.files:
         try:
@@ -95,7 +97,7 @@ def read_files(raw: Lake, manifest: Manifest) -> dict[ManifestFile, pa.Table | E
             continue
         try:
             read[entry] = parquet_bytes_to_table(body)
-        except (pa.ArrowException, OSError) as exc:
+        except UNREADABLE_PARQUET as exc:
             read[entry] = exc
     return read
 
