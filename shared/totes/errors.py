@@ -25,6 +25,13 @@ class ReaderFailed(TotesError):
     the driver; the run writes nothing more and its resume state stays where it was."""
 
 
+class DamagedKeySet(TotesError):
+    """A stored key set (``extract.keysets``) does not read back as the sorted distinct keys
+    its state recorded: names the table, the object and what is wrong, never a key. The run
+    stops before writing anything: read as it is, a damaged key set would mark live rows
+    deleted or miss deletions, silently."""
+
+
 class SchemaDrift(TotesError):
     """A table or column the pipeline relies on is missing or has another type."""
 

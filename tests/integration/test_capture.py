@@ -7,15 +7,21 @@ short between its batches. Each row of issue 12's table on the ingest side has a
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import json
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from ingest_support import batch_tables, ids, insert_sales_orders, settings_for
 from ingest_support import versions_in_lake as lake_versions
 from ingest_support import versions_in_source as source_versions
 
 from totes.db import connect
-from totes.extract.keysets import DELETED_KEYS
+from totes.errors import DamagedKeySet
+from totes.extract.keysets import DELETED_KEYS, KEY_SCHEMA
 from totes.identifiers import quote
 from totes.lake import RAW_PREFIX, STATE_KEY, Manifest, manifest_key
 from totes.source.model import UNREPRESENTABLE
@@ -269,6 +275,56 @@ def test_without_deletes_no_key_set_is_rewritten_when_only_updates_happened(
 
 
 # --- the lake's state --------------------------------------------------------------------
+
+
+def silently_damaged(body: bytes, keys: np.ndarray) -> bytes:
+    """``body`` (a key set) with one bit flipped where, read without page checksums, it still
+    reads as as many sorted distinct keys, other ones: damage only the checksum shows."""
+    for at, bit in itertools.product(range(4, len(body) - 8), range(8)):
+        damaged = body[:at] + bytes([body[at] ^ (1 << bit)]) + body[at + 1 :]
+        try:
+            read = pq.ParquetFile(io.BytesIO(damaged)).read().column("key").to_numpy()
+        except Exception:  # noqa: S112 - damage that the reader refuses is not wanted here
+            continue
+        still_plausible = len(read) == len(keys) and bool(np.all(read[1:] > read[:-1]))
+        if still_plausible and not np.array_equal(read, keys):
+            return damaged
+    raise AssertionError("no silent damage found")
+
+
+def test_a_damaged_key_set_stops_the_run_by_name_before_anything_is_written(
+    stack, source, lake, pg_connect
+):
+    """Read as it is, a damaged key set marks live rows deleted or hides deletions. Each page
+    carries a CRC-32, and what its state recorded (count, sorted distinct keys) is checked."""
+    first = run(stack, source, lake)[-1]
+    keysets = first.extra["capture"]["keysets"]
+    payment = keysets["payment"]["key"]
+    body = lake.get_bytes(payment)
+    stored = lake.get_table(payment).column("key").to_numpy()
+    con = pg_connect(source)
+    con.run("DELETE FROM payment WHERE payment_id = 10")  # the run must read the key set
+    manifests = lake.keys("manifests/")
+
+    for damaged, what in [
+        (silently_damaged(body, stored), "unreadable Parquet"),
+        (key_set_bytes(stored[1:]), "keys where its state recorded"),  # a key lost, no CRCs
+        (key_set_bytes(stored[::-1]), "not sorted and distinct"),
+    ]:
+        lake.put_bytes(payment, damaged, "application/vnd.apache.parquet")
+        with pytest.raises(DamagedKeySet, match=f"key set of payment at {payment}.*{what}"):
+            run(stack, source, lake)
+        assert lake.keys("manifests/") == manifests  # nothing written, the state unchanged
+
+    lake.put_bytes(payment, body, "application/vnd.apache.parquet")
+    assert deleted_in(lake, run(stack, source, lake)) == {("payment", 10)}
+
+
+def key_set_bytes(keys: np.ndarray) -> bytes:
+    """A key set as files were written before pages carried checksums."""
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"key": pa.array(keys, pa.int32())}, schema=KEY_SCHEMA), sink)
+    return sink.getvalue()
 
 
 def test_a_damaged_pointer_and_a_corrupt_newest_manifest_are_named_and_passed_over(

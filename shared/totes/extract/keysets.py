@@ -25,10 +25,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pg8000.native import Connection
 
+from totes.errors import DamagedKeySet
 from totes.extract.capture import KeySet
 from totes.extract.plan import TableCounts
 from totes.identifiers import quote
-from totes.lake import STATE_PREFIX, Lake
+from totes.lake import STATE_PREFIX, UNREADABLE_PARQUET, Lake
 from totes.source.model import DELETED_KEYS as DELETED_KEYS
 from totes.source.model import DELETED_KEYS_SCHEMA, TABLES_BY_NAME
 
@@ -43,7 +44,9 @@ def keyset_key(table: str, batch_id: str) -> str:
 
 
 def write_keys(lake: Lake, key: str, keys: np.ndarray) -> None:
-    """Sorted keys, delta-encoded: consecutive serial keys cost a few bits each."""
+    """Sorted keys, delta-encoded: consecutive serial keys cost a few bits each. Each page
+    carries its CRC-32, as every lake file does (``lake.table_to_parquet_bytes``): without it
+    3,459 of 4,557 single-bit flips of a 5,000-key file read back as other keys (s26)."""
     table = pa.table({"key": pa.array(keys, pa.int32())}, schema=KEY_SCHEMA)
     sink = io.BytesIO()
     pq.write_table(
@@ -52,12 +55,31 @@ def write_keys(lake: Lake, key: str, keys: np.ndarray) -> None:
         use_dictionary=False,
         column_encoding={"key": "DELTA_BINARY_PACKED"},
         compression="zstd",
+        write_page_checksum=True,
     )
     lake.put_bytes(key, sink.getvalue(), "application/vnd.apache.parquet")
 
 
-def read_keys(lake: Lake, key: str) -> np.ndarray:
-    keys: np.ndarray = lake.get_table(key).column("key").to_numpy().astype(np.int32, copy=False)
+def read_keys(lake: Lake, table: str, keyset: KeySet) -> np.ndarray:
+    """The key set ``keyset`` of ``table``, checked to be what its state recorded: one int32
+    column, ``keyset.rows`` keys, sorted and distinct (an O(n) pass; it also catches damage to
+    a file written before pages carried checksums). Anything else raises ``DamagedKeySet``:
+    a wrong key would mark a live row deleted, a lost one would hide a deletion."""
+
+    def damaged(what: str) -> DamagedKeySet:
+        return DamagedKeySet(f"key set of {table} at {keyset.key} is damaged: {what}")
+
+    try:
+        stored = lake.get_table(keyset.key)
+    except UNREADABLE_PARQUET as exc:
+        raise damaged(f"unreadable Parquet ({type(exc).__name__})") from None
+    if not stored.schema.equals(KEY_SCHEMA):
+        raise damaged("not one int32 column named key")
+    if stored.num_rows != keyset.rows:
+        raise damaged(f"{stored.num_rows} keys where its state recorded {keyset.rows}")
+    keys: np.ndarray = stored.column("key").to_numpy().astype(np.int32, copy=False)
+    if len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])):
+        raise damaged("keys not sorted and distinct")
     return keys
 
 
@@ -200,7 +222,7 @@ def reconcile(
         if before is not None and exact and not len(keys) and before.rows == tally.live:
             out.keysets[table] = before  # nothing new, nothing gone: nothing to read
             continue
-        known = read_keys(lake, before.key) if before is not None else None
+        known = read_keys(lake, table, before) if before is not None else None
         if complete and len(keys) == tally.live:
             current = keys
         elif known is None:
