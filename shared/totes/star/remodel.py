@@ -154,11 +154,16 @@ def dim_currency(source: Source) -> pa.Table:
         pc.utf8_upper(currency["currency_code"]), value_set=names["currency_code"], skip_nulls=True
     )
     rows = currency.append_column("currency_name", pc.take(names["currency_name"], at))
-    unknown = pc.unique(rows.filter(pc.is_null(rows["currency_name"]))["currency_code"])
+    # Named by key, never by value (a widened code column could hold any text, of any size).
+    unknown = rows.filter(pc.is_null(rows["currency_name"]))["currency_id"]
     if len(unknown):
         logger.warning(
             "data quality: currency code not in ISO 4217, currency_name left NULL",
-            extra={"table": "currency", "column": "currency_code", "codes": unknown.to_pylist()},
+            extra={
+                "table": "currency",
+                "column": "currency_code",
+                "currency_ids": sorted(unknown.to_pylist()),
+            },
         )
     return conform(
         {
