@@ -149,11 +149,6 @@ def test_credentials_and_database_are_percent_encoded():
     assert unquote(split.path) == "/my db/1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="leak: adbc._message masks the password as written, not as the URI holds it"
-    " (percent-encoded), and libpq quotes the whole URI when it cannot parse it",
-)
 def test_a_uri_libpq_cannot_parse_is_reported_without_the_password_in_any_encoding():
     """libpq quotes the whole URI when it cannot parse it (here an IPv6 host with no closing
     bracket, a typo in the secret): the password in it is percent-encoded, so a password
