@@ -899,11 +899,6 @@ def test_the_processed_manifest_is_written_last_and_a_crash_before_it_leaves_non
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="leak: star.remodel.deleted_keys logs the unknown names of a raw deleted_keys file"
-    " (values of its rows) verbatim; load counts them (test_row_values_never_leak)",
-)
 def test_deleted_keys_naming_unknown_tables_are_counted_never_quoted(
     lakes, capsys, caplog, log_lines
 ):
