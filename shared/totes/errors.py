@@ -36,6 +36,13 @@ class SchemaDrift(TotesError):
     """A table or column the pipeline relies on is missing or has another type."""
 
 
+class MigrationFailed(TotesError):
+    """A schema migration was refused by the warehouse (rolled back with the rest of its run):
+    names the migration and what PostgreSQL refused, by table, column and SQLSTATE only (the
+    rows a migration rewrites hold personal data, which a server error's message or DETAIL
+    may quote)."""
+
+
 class SchemaBehind(SchemaDrift):
     """The warehouse lacks migrations the code ships. The load refuses instead of migrating
     (it holds no DDL rights); ``missing`` names them (``NNNN_name``), for logs and alarms."""

@@ -173,3 +173,110 @@ def test_a_local_run_answers_its_local_stand_in_for_cloudformation_over_http(mon
         server.shutdown()
         server.server_close()
     assert received == [("/answer?X-Amz-Signature=s", b'{"Status": "SUCCESS"}')]
+
+
+# A warehouse row that personal data fills: a migration that fails on it must name the
+# migration, table and column, never these values.
+STAFF = {
+    "first_name": "Quokkaleak",
+    "last_name": "Zanzibarsson-7f3a",
+    "department_name": "Leakage-Dept-7f3a",
+    "location": "Leakington-on-Sea",
+    "email_address": "quokka.zanzibarsson@leak.example",
+}
+# Migrations that fail on the rows a warehouse already holds, as a schema change can: a data
+# exception (whose message quotes the value) and a duplicate key (whose DETAIL does).
+FAILING = {
+    "data-exception": (
+        "ALTER TABLE dim_staff ALTER COLUMN last_name TYPE integer"
+        " USING CAST(last_name AS integer)",
+        "22P02",
+    ),
+    "duplicate-key": (
+        "CREATE UNIQUE INDEX dim_staff_email_address_key ON dim_staff (email_address)",
+        "23505",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILING))
+def test_a_migration_failing_on_a_row_names_it_but_no_value_in_logs_or_the_answer(
+    owner_secret, warehouse_db, answers, monkeypatch, capsys, caplog, log_lines, case
+):
+    from totes.warehouse import migrations
+
+    handler()(cfn_event("Create"), Context())
+    assert answers[0][1]["Status"] == "SUCCESS"
+    con = connect(warehouse_db)
+    try:
+        for staff_id in (738291, 738292):  # the same e-mail twice: a duplicate for a unique key
+            con.run(
+                "INSERT INTO dim_staff (staff_id, first_name, last_name, department_name,"
+                " location, email_address, source_version, oldest_version, loaded_batch_id)"
+                " VALUES (:id, :first_name, :last_name, :department_name, :location,"
+                " :email_address, '2031-07-19 13:47:29.123', '2031-07-19 13:47:29.123', 'b')",
+                id=staff_id,
+                **STAFF,
+            )
+    finally:
+        con.close()
+    sql, code = FAILING[case]
+    shipped = available()
+    failing = migrations.Migration(shipped[-1].version + 1, "fails_on_a_row", sql)
+    monkeypatch.setattr(migrations, "available", lambda: [*shipped, failing])
+
+    handler()(cfn_event("Update", "WarehouseMigration-warehouse"), Context())
+
+    answer = answers[1][1]
+    assert answer["Status"] == "FAILED"
+    assert "migration failed" in log_lines.getvalue()  # the failure was logged: searched below
+    out = capsys.readouterr()
+    haystack = "\n".join([log_lines.getvalue(), caplog.text, out.out, out.err, json.dumps(answers)])
+    leaked = [value for value in STAFF.values() if value in haystack]
+    assert leaked == []
+    assert failing.label in answer["Reason"]
+    assert f"SQLSTATE {code}" in answer["Reason"]
+
+
+# Server errors a step may meet outside a migration, each quoting the value: in its DETAIL, in
+# its message, or as the context of an error raised while handling it (a ROLLBACK on a broken
+# connection, say).
+OUTSIDE = {
+    "duplicate-key": "INSERT INTO seen VALUES (:e), (:e)",
+    "data-exception": "SELECT CAST(:e AS integer)",
+    "duplicate-key-while-handling": "INSERT INTO seen VALUES (:e), (:e)",
+}
+
+
+@pytest.mark.parametrize("case", list(OUTSIDE))
+def test_a_server_error_outside_a_migration_is_logged_and_answered_without_its_values(
+    owner_secret, warehouse_db, answers, capsys, caplog, log_lines, case
+):
+    """A server error the step meets outside a migration (the lock, the grants) reaches the
+    handler as pg8000 raised it, or as another error's context: the answer's reason names
+    it by SQLSTATE and the log carries that reason, not the error's text or traceback."""
+    email = STAFF["email_address"]
+
+    def step(settings):
+        con = connect(warehouse_db)
+        try:
+            con.run("CREATE TEMP TABLE seen (email VARCHAR PRIMARY KEY)")
+            con.run(OUTSIDE[case], e=email)
+        except Exception:
+            if case.endswith("-while-handling"):
+                raise RuntimeError("rollback failed")  # noqa: B904  # the server error its context
+            raise
+        finally:
+            con.close()
+        return {}
+
+    event = migrate_warehouse.CloudFormationCustomResourceEvent(cfn_event("Create"))
+    answer = migrate_warehouse.handle(event, step=step, put=lambda url, body: None)
+
+    assert answer["Status"] == "FAILED"
+    assert "migration failed" in log_lines.getvalue()
+    out = capsys.readouterr()
+    haystack = "\n".join([log_lines.getvalue(), caplog.text, out.out, out.err, json.dumps(answer)])
+    assert email not in haystack
+    if not case.endswith("-while-handling"):
+        assert "[SQLSTATE " in answer["Reason"], answer["Reason"]

@@ -934,3 +934,29 @@ def test_the_processed_manifest_is_written_last_and_a_crash_before_it_leaves_non
         sorted(f.key for f in manifest.files),
         manifest_key(BATCH),
     )
+
+
+def test_deleted_keys_naming_unknown_tables_are_counted_never_quoted(
+    lakes, capsys, caplog, log_lines
+):
+    """The raw ``deleted_keys`` file's ``table`` column is data: ingest writes model table
+    names there, so another name comes from a damaged or forged file and may be anything
+    (here an e-mail address). It is counted, as load counts the names no star table has."""
+    raw, _, settings = lakes
+    leaked = "quokka.zanzibarsson@leak.example"
+    deleted = pa.table(
+        {"table": [leaked, "design"], "key": pa.array([738291, 4], pa.int32())},
+        schema=DELETED_KEYS_SCHEMA,
+    )
+    key = put_raw_batch(raw, {DELETED_KEYS: deleted})
+
+    result = transform(key, settings, raw.s3)
+
+    assert result["rows"] == {DELETED_KEYS: 1}  # the known table's deletion flows on
+    logs = log_lines.getvalue()
+    assert "deleted keys of unknown source tables ignored" in logs
+    out = capsys.readouterr()
+    haystack = "\n".join([logs, caplog.text, out.out, out.err, json.dumps(result)])
+    assert leaked not in haystack
+    [line] = [json.loads(x) for x in logs.splitlines() if "unknown source tables" in x]
+    assert line["unknown_tables"] == 1

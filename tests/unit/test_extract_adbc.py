@@ -8,13 +8,13 @@ import os
 import stat
 from datetime import datetime
 from decimal import Decimal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pyarrow as pa
 import pytest
 
 from totes.db import DbCredentials
-from totes.errors import ConfigurationError
+from totes.errors import ConfigurationError, DatabaseUnavailable
 from totes.extract import adbc
 from totes.settings import IngestSettings
 
@@ -147,6 +147,22 @@ def test_credentials_and_database_are_percent_encoded():
     assert unquote(split.password or "") == "p@ss:w/rd?#%&= x"
     assert (split.hostname, split.port) == ("db.x", 6543)
     assert unquote(split.path) == "/my db/1"
+
+
+def test_a_uri_libpq_cannot_parse_is_reported_without_the_password_in_any_encoding():
+    """libpq quotes the whole URI when it cannot parse it (here an IPv6 host with no closing
+    bracket, a typo in the secret): the password in it is percent-encoded, so a password
+    whose characters encoding changes must be masked in that form too."""
+    password = "Sec#ret%7f3a!never-logged"
+    creds = DbCredentials(
+        user="u", password=password, host="[::1", port=5432, dbname="db", sslmode="disable"
+    )
+    with pytest.raises(DatabaseUnavailable) as refused:
+        adbc.connect(creds, "totes-ingest-reader")
+    message = str(refused.value)
+    assert "in URI" in message, message  # libpq did quote the URI
+    assert password not in message
+    assert quote(password, safe="") not in message
 
 
 # -- run's parameters ----------------------------------------------------------------------

@@ -524,15 +524,20 @@ def test_deleted_keys_land_in_the_star_table_of_their_source_table_once_each():
     assert remodel.deleted_keys(DELETED_KEYS_SCHEMA.empty_table()).num_rows == 0
 
 
-def test_deleted_keys_of_a_table_the_model_does_not_know_are_reported_and_ignored():
+def test_deleted_keys_of_a_table_the_model_does_not_know_are_counted_and_ignored():
     deleted = pa.table(
-        {"table": ["invoice", "design"], "key": pa.array([1, 2], pa.int32())},
+        {
+            "table": ["invoice", "design", "invoice", None],
+            "key": pa.array([1, 2, 3, 4], pa.int32()),
+        },
         schema=DELETED_KEYS_SCHEMA,
     )
     with mock.patch.object(remodel.logger, "warning") as warning:
         result = remodel.deleted_keys(deleted)
     assert result.to_pylist() == [{"star_table": "dim_design", "key": 2}]
+    # Counted, never named: the names are values of the file's rows (may be anything); a
+    # NULL name is one of them.
     warning.assert_called_once_with(
         "data quality: deleted keys of unknown source tables ignored",
-        extra={"tables": ["invoice"]},
+        extra={"unknown_tables": 2, "rows": 3},
     )

@@ -153,9 +153,12 @@ def libpq_uri(creds: DbCredentials, application_name: str) -> str:
 
 
 def _message(exc: BaseException, creds: DbCredentials) -> str:
+    """The driver's text with the password masked as written and as ``libpq_uri`` encodes
+    it: libpq quotes the whole URI when it cannot parse it (a malformed host, say)."""
     text = str(exc).strip()
     if creds.password:
-        text = text.replace(creds.password, "***")
+        for form in (quote(creds.password, safe=""), creds.password):
+            text = text.replace(form, "***")
     return text
 
 

@@ -28,6 +28,7 @@ from pg8000.exceptions import DatabaseError
 from totes.db import close, connect, credentials_from_secret_store, set_socket_timeout
 from totes.errors import TotesError
 from totes.observability import logger
+from totes.server_errors import describe_error, fields_of
 from totes.settings import MigrateSettings
 from totes.stages import runtime
 from totes.warehouse.migrations import migrate
@@ -62,15 +63,31 @@ def migrate_and_grant(settings: MigrateSettings) -> dict[str, str]:
 
 def reason_for(exc: BaseException) -> str:
     """Why the step failed, fit for the stack's events: our errors' own messages, a server
-    error's SQLSTATE and message, otherwise only the exception's class."""
+    error's SQLSTATE and the objects it names (``server_errors``), otherwise only the
+    exception's class."""
     if isinstance(exc, TotesError):
         text = str(exc)
-    elif isinstance(exc, DatabaseError):
-        fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-        text = f"database error {fields.get('C', '?')}: {fields.get('M', '')}"
+    elif isinstance(exc, DatabaseError):  # its message or DETAIL may quote a row's value
+        text = f"database error: {describe_error(exc)}"
     else:
         text = type(exc).__name__
     return text[:MAX_REASON]
+
+
+def _prints_server_text(exc: BaseException) -> bool:
+    """Whether a traceback of ``exc`` would print a server error whole (its own text, or
+    that of an exception it was raised from or while handling): pg8000's holds the message
+    and DETAIL, which may quote a row's values, so such a failure is logged by ``reason_for``
+    alone."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if fields_of(current) is not None:
+            return True
+        seen.add(id(current))
+        context = None if current.__suppress_context__ else current.__context__
+        current = current.__cause__ or context
+    return False
 
 
 def put_https(url: str, body: bytes) -> None:
@@ -108,8 +125,12 @@ def handle(
         else:
             reason = "the warehouse outlives the stack: nothing dropped"
     except Exception as exc:
-        logger.exception("warehouse migration failed; the deploy stops here")
         status, reason, data = "FAILED", reason_for(exc), {}
+        logger.error(
+            "warehouse migration failed; the deploy stops here",
+            extra={"reason": reason, "kind": type(exc).__name__},
+            exc_info=not _prints_server_text(exc),
+        )
     answer = {
         "Status": status,
         "Reason": reason,

@@ -19,11 +19,13 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+from pg8000.exceptions import DatabaseError
 from pg8000.native import Connection
 
-from totes.errors import SchemaBehind, SchemaDrift
+from totes.errors import MigrationFailed, SchemaBehind, SchemaDrift
 from totes.identifiers import quote
 from totes.observability import logger
+from totes.server_errors import describe_error
 from totes.settings import DEFAULT_WAREHOUSE_SCHEMA
 
 # An arbitrary, fixed 64-bit key: "totes schema migrations".
@@ -61,7 +63,9 @@ def available() -> list[Migration]:
 
 def migrate(con: Connection, schema: str = DEFAULT_WAREHOUSE_SCHEMA) -> list[str]:
     """Apply the migrations this database lacks, in ``schema`` (which must exist); returns the
-    ones applied (``NNNN_name``). Needs the owner's rights; the load never calls it."""
+    ones applied (``NNNN_name``). Needs the owner's rights; the load never calls it. A
+    migration the server refuses (one that fails on the rows already there, say) raises
+    ``MigrationFailed`` naming it, table, column and SQLSTATE, never a value of those rows."""
     applied: list[str] = []
     con.run("BEGIN")
     try:
@@ -83,7 +87,12 @@ def migrate(con: Connection, schema: str = DEFAULT_WAREHOUSE_SCHEMA) -> list[str
         for migration in available():
             if migration.version in done:
                 continue
-            con.run(migration.sql)  # simple-query protocol: one file, many statements
+            try:
+                con.run(migration.sql)  # simple-query protocol: one file, many statements
+            except DatabaseError as exc:  # not chained: its text may quote a row's values
+                raise MigrationFailed(
+                    f"migration {migration.label} failed: {describe_error(exc)}"
+                ) from None
             con.run(
                 f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES (:v, :n)",  # noqa: S608  # nosec B608
                 v=migration.version,
