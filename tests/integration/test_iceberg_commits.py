@@ -236,11 +236,6 @@ def parking_batches():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a retry finds the fact table holding the batch and skips it, while the row it had"
-    " parked now resolves and is parked no more: the order is in neither table",
-)
 def test_a_crash_between_a_facts_commit_and_its_parks_loses_no_parked_fact(sql_target, monkeypatch):
     """p5 commits its facts (order 1) and dies before its park's commit (order 2 waiting for
     design 50); f6 brings design 50 before p5 is delivered again. The warehouse, whichever

@@ -14,7 +14,8 @@ Glue), so a batch becomes visible table by table, in this order:
 5. the ledger row, last: a batch in the ledger is complete in every table.
 
 Each table's commit is atomic and carries the batch id (``commit``), so a delivery after a
-crash anywhere in between skips the tables already done and completes the rest; the merge is
+crash anywhere in between skips the tables already done (but the fact tables, planned again:
+rows the batch parked may resolve before the retry) and completes the rest; the merge is
 a function of each table's own rows plus the tombstones and dimension keys committed before
 it, so completing later, or after other batches, gives the same tables (order-free).
 """
@@ -193,7 +194,11 @@ def apply_batch(
         fact_counts = counts.setdefault(fact.name, TableCounts())
         if keys is not None:
             plan = _plan_star(fact, merged, keys, tombstones.get(fact.name))
-            done = writer.apply(fact.name, plan)
+            # Planned again even when the table holds the batch: after a crash between this
+            # commit and the park's, a batch bringing a set-aside row may land before the
+            # retry, and the rows this batch had parked then resolve and are parked no more.
+            # They must reach the facts now; what the batch committed merges as unchanged.
+            done = writer.apply(fact.name, plan, again=True)
             outcome(done, fact.name)
             if done.status == "committed":
                 fact_counts.released += released.num_rows

@@ -113,13 +113,16 @@ class Writer:
         self._tables.pop(name, None)
         return self.table(name)
 
-    def apply(self, name: str, plan: Plan) -> Outcome:
+    def apply(self, name: str, plan: Plan, *, again: bool = False) -> Outcome:
         """Commit what ``plan`` computes from the table's current state, unless the table
-        already holds this batch; on a concurrent commit, plan again on the new state."""
+        already holds this batch (``again``: plan it all the same, for a table whose share of
+        the batch can grow after its commit; the merge finds nothing to change in the rows
+        the batch committed, so only what is left is committed); on a concurrent commit, plan
+        again on the new state."""
         properties = {BATCH_PROPERTY: self.batch, CAPTURE_PROPERTY: str(self.seq)}
         for attempt in range(1, MAX_ATTEMPTS + 1):
             table = self.table(name)
-            if self.batch in committed_batches(table):
+            if not again and self.batch in committed_batches(table):
                 return Outcome(name, "already", attempts=attempt)
             change = plan(table)
             if change is None or change.empty:
