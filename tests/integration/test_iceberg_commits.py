@@ -23,6 +23,7 @@ from totes.star.model import STAR_TABLES_BY_NAME
 from totes_tools.local.aws import REGION, client
 from totes_tools.local.iceberg import read_tables
 from totes_tools.warehouse.synthetic import (
+    deleted_keys,
     dimensions,
     processed_manifest,
     sales_orders,
@@ -327,3 +328,42 @@ def test_a_required_column_an_older_table_lacks_is_refused_naming_table_and_colu
 
     with pytest.raises(SchemaDrift, match=r"star\.dim_location: column city"):
         ensure_tables(catalog, settings)
+
+
+# -- a deletion racing the batch that carries the key ----------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a batch reads the tombstones once, before its dimension commits; a deletion"
+    " committed in between finds the key not stored yet and commits nothing to the dimension,"
+    " so no conflict makes the batch plan again: the key stays unmarked",
+)
+def test_a_deletion_committed_while_a_batch_plans_its_dimension_marks_the_key(
+    sql_target, monkeypatch
+):
+    """c3 carries design 7; c5 deletes it. Serially, in either order, design 7 ends marked
+    deleted (c5's tombstone is newer than c3's row), as in the warehouse. Here c5 runs whole
+    while c3 holds its planned dim_design commit (a second writer, as the racing test's)."""
+    catalog, settings = sql_target
+    manifest, tables = batch(3)
+    deletion = {"deleted_keys": deleted_keys(dim_design=[7])}
+    later = processed_manifest("c0000000000000000005-000", deletion, capture_seq=5)
+    raced = []
+
+    def deletion_lands(table: str) -> None:
+        if table == "dim_design" and not raced:
+            raced.append(table)
+            apply_batch(catalog, settings.database, later, deletion)
+
+    monkeypatch.setattr(commit, "before_commit", deletion_lands)
+    apply_batch(catalog, settings.database, manifest, tables)
+
+    assert raced
+    designs = read_tables(settings, ["dim_design"], endpoint_url="")["dim_design"]
+    marks = {
+        row["design_id"]: row["source_deleted_at"]
+        for row in designs.select(["design_id", "source_deleted_at"]).to_pylist()
+    }
+    assert marks[7] is not None
+    assert {k for k, mark in marks.items() if mark is not None} == {7}
