@@ -303,10 +303,6 @@ def test_each_order_of_three_batches_gives_the_same_tables():
     assert len(results) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a parked row's other references are not checked: it is parked whatever they are",
-)
 def test_a_parked_fact_whose_other_reference_is_missing_fails_the_batch_as_in_the_warehouse():
     """The warehouse parks a row for its set-aside reference, then checks the parked rows'
     other references (``parking.park``: ``check_references(..., exempt=set_aside)``): one
