@@ -370,3 +370,42 @@ def test_a_deletion_committed_while_a_batch_plans_its_dimension_marks_the_key(
     }
     assert marks[7] is not None
     assert {k for k, mark in marks.items() if mark is not None} == {7}
+
+
+def test_one_batch_delivered_twice_at_once_lands_once(sql_target, monkeypatch):
+    """Two invocations of the same batch both pass the ledger check and plan every table on
+    the same snapshots (a barrier holds each before its first dimension commit); the loser of
+    each table's race plans again and finds the batch's rows there. Every table ends as after
+    one delivery: no row twice, one ledger row."""
+    catalog, settings = sql_target
+    manifest, tables = batch(1, sales=40)
+    barrier = threading.Barrier(2, timeout=10)
+    raced = set()
+
+    def hold(table: str) -> None:
+        name = threading.current_thread().name
+        if table == DIMENSION and name not in raced:
+            raced.add(name)
+            barrier.wait()
+
+    monkeypatch.setattr(commit, "before_commit", hold)
+    writers = [
+        commit.Writer(catalog, settings.database, manifest.batch_id, 1, lambda s: 0) for _ in (0, 1)
+    ]
+    done = {}
+
+    def run(i: int) -> None:
+        done[i] = apply_batch(catalog, settings.database, manifest, tables, writer=writers[i])
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"w{i}") for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+
+    assert sorted(done) == [0, 1]
+    assert sum(w.conflicts for w in writers) >= 1
+    stored = read_tables(settings, endpoint_url="")
+    for name, rows in tables.items():
+        assert stored[name].num_rows == rows.num_rows, name
+    assert stored["etl_batch_ledger"].column("batch_id").to_pylist() == [manifest.batch_id]
