@@ -10,9 +10,11 @@ import itertools
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from totes.errors import LoadFailed
 from totes.iceberg.merge import Change, merge, split_parked, superseded
 from totes.iceberg.tables import TOMBSTONES_SCHEMA, star_rows, star_schema, version_columns
 from totes.star.model import CAPTURE_SEQ, STAR_TABLES_BY_NAME, StarTable
@@ -299,3 +301,22 @@ def test_each_order_of_three_batches_gives_the_same_tables():
     results = {str(_run(list(order))) for order in itertools.permutations(three)}
 
     assert len(results) == 1
+
+
+def test_a_parked_fact_whose_other_reference_is_missing_fails_the_batch_as_in_the_warehouse():
+    """The warehouse parks a row for its set-aside reference, then checks the parked rows'
+    other references (``parking.park``: ``check_references(..., exempt=set_aside)``): one
+    missing and not set aside fails the batch naming table, column and ids. The Iceberg target
+    must fail it too, not park the row until a row nobody set aside arrives."""
+    rows = sales_rows((1, T0, 10), seq=1)
+    for column, value in (("agreed_delivery_location_id", 15), ("design_id", 77)):
+        rows = rows.set_column(
+            rows.schema.get_field_index(column), column, pa.array([value], pa.int32())
+        )
+    keys = {dim: pa.array([1], pa.int32()) for _, dim in SALES.references}
+    keys["dim_date"] = pa.array([T0.date()], pa.date32())
+
+    with pytest.raises(
+        LoadFailed, match=r"batch b: table fact_sales_order: design_id references 1"
+    ):
+        split_parked("b", rows, SALES, keys, {"dim_location": [15]})

@@ -11,12 +11,16 @@ Glue), so a batch becomes visible table by table, in this order:
 4. each fact table (the batch's versions, plus the parked rows that now resolve), then its
    park (the batch's rows that wait for a set-aside dimension row, minus the rows the fact
    table now holds);
-5. the ledger row, last: a batch in the ledger is complete in every table.
+5. the tombstones read again: if a deletion landed meanwhile, the marks of the keys the batch
+   wrote are recomputed (``_mark_again_while_deletions_land``);
+6. the ledger row, last: a batch in the ledger is complete in every table.
 
 Each table's commit is atomic and carries the batch id (``commit``), so a delivery after a
-crash anywhere in between skips the tables already done and completes the rest; the merge is
-a function of each table's own rows plus the tombstones and dimension keys committed before
-it, so completing later, or after other batches, gives the same tables (order-free).
+crash anywhere in between skips the tables already done and completes the rest (the star
+tables are planned again all the same: rows the batch parked may resolve, and deletions may
+land, before the retry; what the batch committed merges unchanged). The merge is a function
+of each table's own rows plus the tombstones and dimension keys committed before it, so
+completing later, or after other batches, gives the same tables (order-free).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pyiceberg.table import Table
 
 from totes.errors import LoadFailed
 from totes.iceberg.commit import (
+    MAX_ATTEMPTS,
     Outcome,
     Writer,
     committed_batches,
@@ -165,14 +170,20 @@ def apply_batch(
         result.outcomes.append(done)
         for name, keys in deleted_keys.items():
             counts.setdefault(name, TableCounts()).deleted_keys = len(pc.unique(keys))
+    seen = _snapshot_id(writer.table(TOMBSTONES))
     tombstones = _tombstones_by_table(writer.table(TOMBSTONES))
+    marked: list[tuple[StarTable, pa.Table | None, pa.Array]] = []  # what to mark again
 
     for dim in DIMENSIONS:
         keys = _keys(rows.get(dim.name), dim, deleted_keys.get(dim.name))
         if keys is None:
             continue
         plan = _plan_star(dim, rows.get(dim.name), keys, tombstones.get(dim.name))
-        outcome(writer.apply(dim.name, plan), dim.name)
+        # Planned again even when the table holds the batch: a retry recomputes the marks
+        # with the tombstones as they are now (what the batch committed merges unchanged).
+        outcome(writer.apply(dim.name, plan, again=True), dim.name)
+        if dim.tracked:
+            marked.append((dim, rows.get(dim.name), keys))
 
     for fact in FACTS:
         parked_now = read_all(writer.table(park_name(fact)), star_schema(fact).as_arrow())
@@ -193,7 +204,12 @@ def apply_batch(
         fact_counts = counts.setdefault(fact.name, TableCounts())
         if keys is not None:
             plan = _plan_star(fact, merged, keys, tombstones.get(fact.name))
-            done = writer.apply(fact.name, plan)
+            # Planned again even when the table holds the batch: after a crash between this
+            # commit and the park's, a batch bringing a set-aside row may land before the
+            # retry, and the rows this batch had parked then resolve and are parked no more.
+            # They must reach the facts now; what the batch committed merges as unchanged.
+            done = writer.apply(fact.name, plan, again=True)
+            marked.append((fact, merged, keys))
             outcome(done, fact.name)
             if done.status == "committed":
                 fact_counts.released += released.num_rows
@@ -201,9 +217,43 @@ def apply_batch(
         result.outcomes.append(park)
         fact_counts.parked += to_park.num_rows
 
+    _mark_again_while_deletions_land(writer, seen, marked, outcome)
     writer.apply(LEDGER, _plan_ledger(manifest, capture, result))
     result.commits, result.conflicts = writer.commits, writer.conflicts
     return result
+
+
+def _snapshot_id(table: Table) -> int | None:
+    snapshot = table.current_snapshot()
+    return None if snapshot is None else snapshot.snapshot_id
+
+
+def _mark_again_while_deletions_land(
+    writer: Writer,
+    seen: int | None,
+    marked: list[tuple[StarTable, pa.Table | None, pa.Array]],
+    outcome: Any,
+) -> None:
+    """Recompute the marks of the keys this batch wrote while the tombstones changed since
+    they were read (snapshot ``seen``). A concurrent batch deleting one of those keys commits
+    its tombstone, then reads the key's rows to mark them; if it read them before this batch
+    committed them, it marked nothing and committed nothing to that table, so no conflict
+    made this batch plan again with its tombstone. Reading the tombstones after committing
+    closes that gap: either this read sees the tombstone, or the other batch's read came after
+    this batch's commit and marked the rows. Repeated until the tombstones stand still."""
+    for _ in range(MAX_ATTEMPTS):
+        now = writer.refresh(TOMBSTONES)
+        if _snapshot_id(now) == seen:
+            return
+        seen = _snapshot_id(now)
+        tombstones = _tombstones_by_table(now)
+        for table, incoming, keys in marked:
+            plan = _plan_star(table, incoming, keys, tombstones.get(table.name))
+            outcome(writer.apply(table.name, plan, again=True), table.name)
+    raise LoadFailed(
+        f"batch {writer.batch}: Iceberg table {TOMBSTONES} changed {MAX_ATTEMPTS} times in a"
+        " row while the batch marked its keys; a retry completes it"
+    )
 
 
 def _concat(parts: list[pa.Table]) -> pa.Table | None:

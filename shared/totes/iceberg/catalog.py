@@ -2,7 +2,8 @@
 SQL catalog on a SQLite file for tests that need real optimistic concurrency (the emulator's
 Glue ignores ``VersionId``). Tables are created by the loader when missing, in the stack's
 warehouse location, with the schemas and properties of ``tables``; a table missing a column
-the code now writes gains it (additive schema evolution), any other difference is refused."""
+the code now writes gains it (additive schema evolution: an optional column, added last; the
+loader matches columns by name), any other difference is refused."""
 
 from __future__ import annotations
 
@@ -87,6 +88,13 @@ def _evolve(table: Table, expected: Schema) -> Table:
             raise SchemaDrift(
                 f"Iceberg table {'.'.join(table.name())}: column {field.name} is"
                 f" {have.field_type}, the loader writes {field.field_type}"
+            )
+    for field in expected.fields:
+        if field.name in missing and field.required:
+            raise SchemaDrift(
+                f"Iceberg table {'.'.join(table.name())}: column {field.name} is missing and"
+                " required: Iceberg (format v2) has no default for the rows the table holds,"
+                " so it cannot be added; rebuild the table or make the column optional"
             )
     if not missing:
         return table

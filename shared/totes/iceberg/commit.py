@@ -113,13 +113,16 @@ class Writer:
         self._tables.pop(name, None)
         return self.table(name)
 
-    def apply(self, name: str, plan: Plan) -> Outcome:
+    def apply(self, name: str, plan: Plan, *, again: bool = False) -> Outcome:
         """Commit what ``plan`` computes from the table's current state, unless the table
-        already holds this batch; on a concurrent commit, plan again on the new state."""
+        already holds this batch (``again``: plan it all the same, for a table whose share of
+        the batch can grow after its commit; the merge finds nothing to change in the rows
+        the batch committed, so only what is left is committed); on a concurrent commit, plan
+        again on the new state."""
         properties = {BATCH_PROPERTY: self.batch, CAPTURE_PROPERTY: str(self.seq)}
         for attempt in range(1, MAX_ATTEMPTS + 1):
             table = self.table(name)
-            if self.batch in committed_batches(table):
+            if not again and self.batch in committed_batches(table):
                 return Outcome(name, "already", attempts=attempt)
             change = plan(table)
             if change is None or change.empty:
@@ -134,7 +137,7 @@ class Writer:
                     transaction.delete(rewritten, snapshot_properties=properties)
                 if change.append.num_rows:
                     transaction.append(
-                        change.append.cast(table.schema().as_arrow()),
+                        by_name(change.append, table.schema().as_arrow()),
                         snapshot_properties=properties,
                     )
             before_commit(name)
@@ -152,6 +155,13 @@ class Writer:
             f"batch {self.batch}: Iceberg table {name}: {MAX_ATTEMPTS} commits in a row lost to"
             " concurrent writers; nothing of this table was committed"
         )
+
+
+def by_name(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``rows`` in ``schema``, columns matched by name: a table evolved by a later code version
+    has the columns it gained last, while the code's schemas keep them in place (pyarrow's
+    cast matches by position)."""
+    return rows.select(schema.names).cast(schema)
 
 
 def predicate(kind: type[BooleanExpression], *args: Any) -> BooleanExpression:
@@ -199,7 +209,7 @@ def read_keys(
         low, high = pc.min_max(values).values()
         data = table.scan(row_filter=between(column, low.as_py(), high.as_py())).to_arrow()
         data = data.filter(pc.is_in(data.column(column), value_set=values))
-    return data.cast(schema)
+    return by_name(data, schema)
 
 
 def read_all(table: Table, schema: pa.Schema, columns: tuple[str, ...] = ()) -> pa.Table:
@@ -210,5 +220,5 @@ def read_all(table: Table, schema: pa.Schema, columns: tuple[str, ...] = ()) -> 
     scan = table.scan(selected_fields=columns) if columns else table.scan()
     data = scan.to_arrow()
     if columns:
-        return data.cast(pa.schema([schema.field(c) for c in columns]))
-    return data.cast(schema)
+        return by_name(data, pa.schema([schema.field(c) for c in columns]))
+    return by_name(data, schema)

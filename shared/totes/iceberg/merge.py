@@ -225,16 +225,24 @@ def split_parked(
 ) -> tuple[pa.Table, pa.Table]:
     """The batch's fact rows split into those to merge and those to park: a row pointing at a
     dimension row transform set aside that no table holds waits in the park. Any other missing
-    reference fails the batch naming table, column and ids (``facts.check_references``)."""
+    reference, of a parked row too, fails the batch naming table, column and ids
+    (``references.check_references``)."""
     missing = missing_references(rows, table, dimension_keys)
     park = np.zeros(rows.num_rows, dtype=bool)
+    waits: dict[str, np.ndarray] = {}
     for column, dim in table.references:
         aside = set_aside.get(dim)
+        waits[column] = np.zeros(rows.num_rows, dtype=bool)
         if aside:
             spared = pc.is_in(rows.column(column), value_set=pa.array(aside, pa.int32()))
-            park |= missing[column] & np.asarray(spared.to_numpy(zero_copy_only=False), bool)
+            waits[column] = missing[column] & np.asarray(
+                spared.to_numpy(zero_copy_only=False), bool
+            )
+            park |= waits[column]
+    # As the warehouse checks the parked rows too (``parking.park``): a reference that is
+    # missing and not set aside fails the batch, whether or not another one parks the row.
     for column, dim in table.references:
-        unresolved = missing[column] & ~park
+        unresolved = missing[column] & ~waits[column]
         if unresolved.any():
             ids = pc.unique(rows.column(column).filter(pa.array(unresolved)))
             examples = sorted(str(v) for v in ids.to_pylist())[:5]
