@@ -19,6 +19,7 @@ from e2e_reference import expected_warehouse, source_state, warehouse_problems
 
 from totes.db import connect
 from totes.lake import Lake, Manifest, manifest_key
+from totes_tools.cli import main
 from totes_tools.local.chain import Delivery, LocalChain
 from totes_tools.warehouse.checksums import table_checksums
 
@@ -188,3 +189,46 @@ def test_a_forged_processed_manifest_fails_untouched_and_the_genuine_batch_of_it
     assert loaded.stages["load"].batches == [batch]
     assert ledger_and_checksums(chain)[0] == sorted([*others, batch])
     assert problems(chain) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rebuild loads a processed manifest the load stage refuses: it skips"
+    " manifest_checks.problems (defect found by the s26 operations review)",
+)
+@pytest.mark.parametrize("forgery", ["no files", "files of another batch"])
+def test_a_rebuild_refuses_a_forged_processed_manifest_the_load_refused(
+    make_chain, source, fresh_db, forgery, capsys
+):
+    """``warehouse rebuild`` loads "through the load function's own code": a processed manifest
+    the load refused (it waits on the failure queue) must not reach a rebuilt warehouse either,
+    or the rebuild holds a batch the chain's warehouse never had (another batch's rows loaded
+    twice, or an empty batch id claimed in the ledger), and says so with exit 0."""
+    chain = make_chain(source, env=SMALL_BATCHES)
+    *others, batch = ingest(chain)
+    chain.deliver = held_back(chain, "load", batch)
+    assert chain.drain().ok
+    chain.deliver = lambda stage, deliveries: deliveries
+    put_back(
+        chain.processed, manifest_key(batch), forged(chain.processed, batch, others[0], forgery)
+    )
+    [failure] = chain.drain(stages=("load",)).failures
+    assert failure.batch_id == batch
+    original = ledger_and_checksums(chain)
+    assert original[0] == others
+
+    fresh = fresh_db("rebuilt_forged")
+    code = main(
+        ["warehouse", "rebuild", "--warehouse-url", fresh.to_url(), "--endpoint-url",
+         chain.endpoint_url, "--bucket", chain.names.processed_bucket]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+
+    assert code == 1, out
+    assert f"error: batch {batch} not loaded: batch {batch}: {manifest_key(batch)}: " in err
+    con = connect(fresh)
+    try:
+        rebuilt = [r[0] for r in con.run("SELECT batch_id FROM etl_batch_ledger ORDER BY 1")]
+        assert (rebuilt, table_checksums(con)) == original
+    finally:
+        con.close()
