@@ -191,11 +191,6 @@ def test_a_forged_processed_manifest_fails_untouched_and_the_genuine_batch_of_it
     assert problems(chain) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rebuild loads a processed manifest the load stage refuses: it skips"
-    " manifest_checks.problems (defect found by the s26 operations review)",
-)
 @pytest.mark.parametrize("forgery", ["no files", "files of another batch"])
 def test_a_rebuild_refuses_a_forged_processed_manifest_the_load_refused(
     make_chain, source, fresh_db, forgery, capsys

@@ -7,11 +7,13 @@ batch ledger), so loading every processed manifest into an empty warehouse gives
 the chain built: the same rows, marks, parks and lineage, whatever the order.
 
 ``rebuild`` does exactly that with the load Lambda's own code: the migrations, then per
-manifest, in batch-id order, the load stage's reading of a batch (``read_batch``: each file
-checked against its manifest and the star model) and ``totes.warehouse.merge.load_batch``
-(one transaction per batch, the ledger first). A batch already in the ledger is skipped, so an
-interrupted rebuild continues where it stopped (``--resume``). A batch that fails (a damaged
-file) is named and the others still load; the exit status is then 1.
+manifest, in batch-id order, the load stage's refusals (``manifest_checks``: a manifest the
+load refused, e.g. a forged one waiting on the failure queue, is refused here too), its reading
+of a batch (``read_batch``: each file checked against its manifest and the star model) and
+``totes.warehouse.merge.load_batch`` (one transaction per batch, the ledger first). A batch
+already in the ledger is skipped, so an interrupted rebuild continues where it stopped
+(``--resume``). A batch that fails (a damaged file) is named and the others still load; the
+exit status is then 1.
 
 It needs the processed lake kept whole: no lifecycle rule may expire current objects under
 ``processed/`` or ``manifests/`` of the processed bucket (docs/deploy.md).
@@ -24,10 +26,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 from pg8000.native import Connection
 
+from totes import manifest_checks
 from totes.db import DbCredentials, connect, set_socket_timeout
 from totes.errors import ConfigurationError, LoadFailed, TotesError
 from totes.lake import Lake, batch_id_from_manifest_key
@@ -152,11 +156,11 @@ def _load_one(
         raise LoadFailed(f"batch {batch_id}: cannot read {key} ({code})") from None
     except (ValueError, TypeError) as exc:
         raise LoadFailed(f"batch {batch_id}: unreadable manifest: {exc}") from None
-    if manifest.batch_id != batch_id or manifest.stage != "processed":
-        raise LoadFailed(
-            f"batch {batch_id}: {key} holds a {manifest.stage!r} manifest of batch"
-            f" {manifest.batch_id!r}"
-        )
+    # The load stage's own refusals (``_load``), so that a manifest the chain's load refused
+    # (it waits on the failure queue) never reaches a rebuilt warehouse either.
+    refused = manifest_checks.problems(manifest, key, "processed", datetime.now(UTC))
+    if refused:
+        raise LoadFailed(f"batch {batch_id}: {key}: {'; '.join(refused)}")
     result = load_batch(con, manifest, read_batch(lake, manifest))
     return result.row_counts() if result.loaded else None
 
