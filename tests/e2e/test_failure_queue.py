@@ -124,11 +124,6 @@ def test_drop_gone_removes_only_the_records_whose_data_is_gone(stranded, capsys)
     assert chain.failures() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="failures drop --batch deletes a record whose data is still in the lake, exit 0:"
-    " the batch is lost though a redrive would load it (s26 operations review)",
-)
 def test_drop_batch_refuses_a_record_whose_data_is_present_unless_forced(stranded, capsys):
     """The batch of a record whose data still exists would load on the next redrive; dropping
     it loses the batch for good (its deletions and fact versions never arrive again, and a
@@ -153,7 +148,6 @@ def test_drop_batch_refuses_a_record_whose_data_is_present_unless_forced(strande
     capsys.readouterr()
 
 
-@pytest.mark.xfail(strict=True, reason="failures drop has no --force yet", raises=SystemExit)
 def test_drop_batch_force_drops_a_record_whose_data_is_present(stranded, capsys):
     chain, batches, _ = stranded
     queue_url = chain.sqs.get_queue_url(QueueName=chain.names.failure_queue)["QueueUrl"]

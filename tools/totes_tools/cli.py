@@ -182,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="drop every record whose manifest (or a file it lists) no longer exists",
             )
+            cmd.add_argument(
+                "--force",
+                action="store_true",
+                help="with --batch: drop it even if its data still exists (the batch is then"
+                " never loaded; without --force such a record is kept, exit 1)",
+            )
 
     local_aws = sub.add_parser("local-aws", help="run the local AWS emulation in the foreground")
     local_aws.add_argument("--port", type=PORT_OPTION, default=None)
