@@ -186,6 +186,8 @@ class GoneFailure:
     batch_id: str
     missing: str
     command: str
+    # The record itself, so the end of the cycle can see whether the data came back.
+    record: object = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return (
@@ -418,9 +420,23 @@ class LocalChain:
         self.replay_failures(report)
         self.ingest(report)
         self.drain(report)
+        self.recheck_gone(report)
         report.seconds = time.monotonic() - started
         self.end_cycle(report)
         return report
+
+    def recheck_gone(self, report: CycleReport) -> None:
+        """Forget the gone reports whose data this cycle wrote again: a replayed raw batch
+        (``python -m totes replay``) is transformed after the failure queue was read, so its
+        load record looked gone then; it stays on the queue, and the next cycle redrives it
+        (the ledger acknowledges the batch this cycle loaded) and deletes it."""
+        from totes_tools.failures import FailureRecord, missing_data
+
+        report.gone = [
+            gone
+            for gone in report.gone
+            if not isinstance(gone.record, FailureRecord) or missing_data(self.s3, gone.record)
+        ]
 
     def ingest(self, report: CycleReport | None = None) -> CycleReport:
         """One scheduled ingest run; its batches and rows are the handler's answer (nothing
@@ -617,7 +633,7 @@ class LocalChain:
                 if not record.reported:
                     queue_url = None if self.names == StackNames() else queue.url
                     command = drop_hint(record.batch, self.endpoint_url, queue_url)
-                    report.gone.append(GoneFailure(stage, record.batch, missing, command))
+                    report.gone.append(GoneFailure(stage, record.batch, missing, command, record))
                     logger.warning("failure record's data is gone", extra={"batch": record.batch})
                 queue.keep_reported(record)
                 continue
