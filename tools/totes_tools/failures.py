@@ -341,7 +341,7 @@ def drop_command(args) -> int:
             " redrive (the next `python -m totes run`, or invoking the function with its"
             " payload) can load it; dropping it loses the batch for good (its deletions and"
             " fact versions never arrive again, and no rebuild holds them). Kept; pass --force"
-            " to drop it anyway",
+            " to drop it anyway (e.g. once a redrive by hand has loaded it)",
             file=sys.stderr,
         )
     if refused:
