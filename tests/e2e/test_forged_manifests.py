@@ -227,3 +227,30 @@ def test_a_rebuild_refuses_a_forged_processed_manifest_the_load_refused(
         assert (rebuilt, table_checksums(con)) == original
     finally:
         con.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rebuild --bucket <raw bucket> reports every batch FAILED, exit 1, and tells the"
+    " operator to repair processed files and --resume (s26 operations review)",
+)
+def test_a_rebuild_from_the_raw_bucket_by_mistake_is_refused_naming_the_bucket(
+    make_chain, source, fresh_db, capsys
+):
+    """The runbook's one bucket name is easy to get wrong: the raw bucket also holds
+    ``manifests/<batch>.json``. A rebuild pointed at it is a wrong argument (exit 2, one line
+    naming the bucket), not N damaged batches to repair (exit 1, "fix ... then --resume")."""
+    chain = make_chain(source, env=SMALL_BATCHES)
+    assert chain.run_cycle().ok
+    fresh = fresh_db("rebuilt_from_raw")
+    bucket = chain.names.raw_bucket
+
+    code = main(["warehouse", "rebuild", "--warehouse-url", fresh.to_url(),
+                 "--endpoint-url", chain.endpoint_url, "--bucket", bucket])  # fmt: skip
+    err = capsys.readouterr().err
+
+    assert code == 2, err
+    assert err.strip() == (
+        f"error: s3://{bucket}/manifests/ holds raw manifests, not processed ones:"
+        " is --bucket the processed bucket (the stack's ProcessedBucketName output)?"
+    )
