@@ -103,6 +103,8 @@ def rebuild(
     yet in its ledger, in batch-id order; ``TotesError`` for a warehouse that already holds
     data (unless ``resume``)."""
     started = time.monotonic()
+    keys = lake.manifest_keys()
+    _refuse_a_raw_lake(lake, keys)
     migrate(con, schema)
     held = holds_data(con)
     if held and not resume:
@@ -112,7 +114,6 @@ def rebuild(
             " rebuild there"
         )
     in_ledger = {str(b) for [b] in con.run(f"SELECT batch_id FROM {LEDGER}")}  # noqa: S608  # nosec B608
-    keys = lake.manifest_keys()
     summary = RebuildSummary(manifests=len(keys))
     progress(
         f"{len(keys)} processed manifest(s) in s3://{lake.bucket}, {len(in_ledger)} in the ledger"
@@ -142,6 +143,22 @@ def rebuild(
             )
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _refuse_a_raw_lake(lake: Lake, keys: list[str]) -> None:
+    """The raw bucket holds ``manifests/<batch>.json`` too: a rebuild pointed at it is a wrong
+    ``--bucket`` (refused before the database is touched), not every batch damaged."""
+    if not keys:
+        return
+    try:
+        stage = lake.get_manifest(keys[0]).stage
+    except (ClientError, ValueError, TypeError, AttributeError):
+        return  # that batch's own load names what is wrong with it
+    if stage == "raw":
+        raise TotesError(
+            f"s3://{lake.bucket}/manifests/ holds raw manifests, not processed ones:"
+            " is --bucket the processed bucket (the stack's ProcessedBucketName output)?"
+        )
 
 
 def _load_one(
