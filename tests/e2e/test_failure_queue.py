@@ -10,13 +10,17 @@ while its record waits there.
 from __future__ import annotations
 
 import re
+import time
+from datetime import UTC, datetime
 
 import pytest
 
 from totes.db import connect
+from totes.freshness import read_marker
 from totes.lake import manifest_key
 from totes_tools import cli
 from totes_tools.local.chain import GoneFailure
+from totes_tools.source.generator import generate
 
 SMALL_BATCHES = {"INGEST_MAX_BATCH_ROWS": "400"}
 
@@ -179,3 +183,40 @@ def test_a_gone_load_whose_raw_batch_is_still_there_is_recovered_by_a_replay(str
     later = chain.run_cycle()  # the kept record: redriven, acknowledged by the ledger, deleted
     assert (later.ok, later.gone, later.failures, later.replayed) == (True, [], [], 1)
     assert chain.failures() == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the cycle's 'warehouse freshness' is the age of the last batch it handled, so a"
+    " quiet cycle that redrives an old batch reports the warehouse as stale as that batch",
+)
+def test_a_cycle_that_redrives_an_old_batch_reports_the_warehouses_freshness_not_the_batchs(
+    make_chain, fresh_db, pg_cluster
+):
+    """README: each cycle prints "the warehouse's freshness". A redriven batch older than what
+    the warehouse already holds does not make the warehouse older: the figure is the loaded
+    marker's (the newest capture the warehouse holds), as load's own metric says."""
+    source = fresh_db("fresh_src")
+    src = connect(source)
+    generate(src, 60, seed=5)
+    chain = make_chain(source)
+    with pg_cluster.refusing_connections(chain.warehouse):
+        down = chain.run_cycle()
+    [old] = down.stages["ingest"].batches
+    time.sleep(1.1)  # the next capture is later than the failed one
+    src.run("UPDATE sales_order SET units_sold = units_sold + 1, last_updated = localtimestamp"
+            " WHERE sales_order_id = 1")  # fmt: skip
+    chain.ingest()
+    newer = chain.drain(stages=("transform", "load"))  # as a schedule runs on, the redrive later
+    assert newer.stages["load"].batches and old not in newer.stages["load"].batches
+    marker = read_marker(chain.processed)
+    assert marker is not None and marker.batch_id != old
+
+    redriven = chain.run_cycle()
+
+    assert redriven.replayed == 1 and redriven.ok, redriven.format()
+    assert redriven.stages["load"].batches == [old]
+    since_marker = (datetime.now(UTC) - marker.hi_utc).total_seconds()
+    assert redriven.freshness_seconds is not None
+    assert redriven.freshness_seconds <= since_marker
+    src.close()
