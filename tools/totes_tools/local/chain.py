@@ -421,9 +421,22 @@ class LocalChain:
         self.ingest(report)
         self.drain(report)
         self.recheck_gone(report)
+        self.warehouse_freshness(report)
         report.seconds = time.monotonic() - started
         self.end_cycle(report)
         return report
+
+    def warehouse_freshness(self, report: CycleReport) -> None:
+        """After a cycle that loaded: the warehouse's freshness from the loaded marker (the
+        newest capture its ledger holds, as load's own ``WarehouseFreshnessSeconds`` says),
+        not from the last batch handled, which a redrive makes an old one."""
+        from totes.freshness import read_marker, seconds_since
+
+        if report.freshness_seconds is None:
+            return
+        marker = read_marker(self.processed)
+        if marker is not None:
+            report.freshness_seconds = seconds_since(marker.hi_utc)
 
     def recheck_gone(self, report: CycleReport) -> None:
         """Forget the gone reports whose data this cycle wrote again: a replayed raw batch
