@@ -219,11 +219,6 @@ def test_a_cycle_that_redrives_an_old_batch_reports_the_warehouses_freshness_not
     src.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an interrupted redrive leaves every record it had received hidden for 15 minutes:"
-    " failures list says 0 records and the next cycle redrives nothing",
-)
 def test_an_interrupted_redrive_leaves_the_records_it_had_not_finished_visible(stranded, capsys):
     """Ctrl-C during a cycle's redrive: the records not yet settled go back on the queue at
     once, so `failures list` (and the next cycle) see them, instead of an empty queue for the
