@@ -19,6 +19,7 @@ from e2e_reference import expected_warehouse, source_state, warehouse_problems
 
 from totes.db import connect
 from totes.lake import Lake, Manifest, manifest_key
+from totes_tools.cli import main
 from totes_tools.local.chain import Delivery, LocalChain
 from totes_tools.warehouse.checksums import table_checksums
 
@@ -188,3 +189,68 @@ def test_a_forged_processed_manifest_fails_untouched_and_the_genuine_batch_of_it
     assert loaded.stages["load"].batches == [batch]
     assert ledger_and_checksums(chain)[0] == sorted([*others, batch])
     assert problems(chain) == []
+
+
+@pytest.mark.parametrize("forgery", ["no files", "files of another batch"])
+def test_a_rebuild_refuses_a_forged_processed_manifest_the_load_refused(
+    make_chain, source, fresh_db, forgery, capsys
+):
+    """``warehouse rebuild`` loads "through the load function's own code": a processed manifest
+    the load refused (it waits on the failure queue) must not reach a rebuilt warehouse either,
+    or the rebuild holds a batch the chain's warehouse never had (another batch's rows loaded
+    twice, or an empty batch id claimed in the ledger), and says so with exit 0."""
+    chain = make_chain(source, env=SMALL_BATCHES)
+    *others, batch = ingest(chain)
+    chain.deliver = held_back(chain, "load", batch)
+    assert chain.drain().ok
+    chain.deliver = lambda stage, deliveries: deliveries
+    put_back(
+        chain.processed, manifest_key(batch), forged(chain.processed, batch, others[0], forgery)
+    )
+    [failure] = chain.drain(stages=("load",)).failures
+    assert failure.batch_id == batch
+    original = ledger_and_checksums(chain)
+    assert original[0] == others
+
+    fresh = fresh_db("rebuilt_forged")
+    code = main(
+        ["warehouse", "rebuild", "--warehouse-url", fresh.to_url(), "--endpoint-url",
+         chain.endpoint_url, "--bucket", chain.names.processed_bucket]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+
+    assert code == 1, out
+    assert f"error: batch {batch} not loaded: batch {batch}: {manifest_key(batch)}: " in err
+    con = connect(fresh)
+    try:
+        rebuilt = [r[0] for r in con.run("SELECT batch_id FROM etl_batch_ledger ORDER BY 1")]
+        assert (rebuilt, table_checksums(con)) == original
+    finally:
+        con.close()
+
+
+def test_a_rebuild_from_the_raw_bucket_by_mistake_is_refused_naming_the_bucket(
+    make_chain, source, fresh_db, capsys
+):
+    """The runbook's one bucket name is easy to get wrong: the raw bucket also holds
+    ``manifests/<batch>.json``. A rebuild pointed at it is a wrong argument (exit 2, one line
+    naming the bucket), not N damaged batches to repair (exit 1, "fix ... then --resume")."""
+    chain = make_chain(source, env=SMALL_BATCHES)
+    assert chain.run_cycle().ok
+    fresh = fresh_db("rebuilt_from_raw")
+    bucket = chain.names.raw_bucket
+
+    code = main(["warehouse", "rebuild", "--warehouse-url", fresh.to_url(),
+                 "--endpoint-url", chain.endpoint_url, "--bucket", bucket])  # fmt: skip
+    err = capsys.readouterr().err
+
+    assert code == 2, err
+    assert err.strip() == (
+        f"error: s3://{bucket}/manifests/ holds raw manifests, not processed ones:"
+        " is --bucket the processed bucket (the stack's ProcessedBucketName output)?"
+    )
+    con = connect(fresh)
+    try:  # refused before the database was touched
+        assert con.run("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [[0]]
+    finally:
+        con.close()

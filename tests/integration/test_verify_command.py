@@ -61,3 +61,25 @@ def test_rebuild_without_a_bucket_names_what_to_pass(warehouse_db, capsys, monke
         "error: which processed bucket? pass --bucket (the stack's ProcessedBucketName output)"
         " or set PROCESSED_BUCKET",
     )
+
+
+UNREACHABLE = "http://127.0.0.1:1"  # nothing listens on port 1
+
+
+def test_an_unreachable_lake_or_queue_is_exit_2_not_the_1_of_a_result(warehouse_db, capsys):
+    """Exit 1 is a result a script acts on (rebuild: a batch failed, fix and --resume; failures
+    drop --batch: no record of that batch; verify: a difference). An endpoint that does not
+    answer is an error: exit 2 with one line naming it, as every refusal of the command line."""
+    for args in (
+        ("warehouse", "rebuild", "--warehouse-url", warehouse_db.to_url(),
+         "--endpoint-url", UNREACHABLE, "--bucket", "processed"),
+        ("failures", "drop", "--batch", "c0000000000000000001-000", "--endpoint-url",
+         UNREACHABLE),
+        ("failures", "list", "--endpoint-url", UNREACHABLE),
+        ("replay", "--batch", "c0000000000000000001-000", "--endpoint-url", UNREACHABLE),
+    ):  # fmt: skip
+        code, err = totes(capsys, *args)
+        assert code == 2, args
+        unreachable = f'Could not connect to the endpoint URL: "{UNREACHABLE}/'
+        assert err.startswith(f"error: EndpointConnectionError: {unreachable}"), err
+        assert "Traceback" not in err

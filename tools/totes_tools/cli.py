@@ -182,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="drop every record whose manifest (or a file it lists) no longer exists",
             )
+            cmd.add_argument(
+                "--force",
+                action="store_true",
+                help="with --batch: drop it even if its data still exists (the batch is then"
+                " never loaded; without --force such a record is kept, exit 1)",
+            )
 
     local_aws = sub.add_parser("local-aws", help="run the local AWS emulation in the foreground")
     local_aws.add_argument("--port", type=PORT_OPTION, default=None)
@@ -353,10 +359,28 @@ def main(argv: list[str] | None = None) -> int:
     path = (args.command, args.action) if hasattr(args, "action") else (args.command,)
     module_name, func_name = COMMANDS[path].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
+    from botocore.exceptions import BotoCoreError, ClientError
+    from pg8000.exceptions import DatabaseError, InterfaceError
+
+    from totes.server_errors import describe_error
+
     try:
         return int(func(args) or 0)
     except TotesError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Exit 1 is a result the commands give (verify: a difference; rebuild: a batch failed;
+    # failures drop: no such record), so an error of the lake, the queue or a database must
+    # not end as an uncaught exception's 1. AWS errors name the endpoint, bucket or queue and
+    # the operation; a server error is described without its text (it may quote a row value).
+    except (BotoCoreError, ClientError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except DatabaseError as exc:
+        print(f"error: the database refused: {describe_error(exc)}", file=sys.stderr)
+        return 2
+    except InterfaceError as exc:
+        print(f"error: the database connection failed ({type(exc).__name__})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

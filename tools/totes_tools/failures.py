@@ -7,7 +7,8 @@ event under ``requestPayload``, the error under ``responsePayload``, the attempt
 warehouse was down). It cannot heal a batch whose data is gone: a manifest deleted from the
 lake, or a file it lists, fails the same way on every redrive. Such a record is "gone": the
 local chain reports it once and no longer redrives it (``LocalChain.replay_failures``), and
-the operator drops it with ``python -m totes failures drop --batch ID`` (or ``--gone``).
+the operator drops it with ``python -m totes failures drop --batch ID`` (or ``--gone``). A
+record whose data still exists is redrivable, so ``drop --batch`` keeps it unless ``--force``.
 
 ``python -m totes failures list`` and ``drop`` work against the local emulator
 (``--endpoint-url``) or AWS (``--queue-url``, the stack's ``FailureQueueUrl``; boto3's usual
@@ -303,15 +304,24 @@ def list_command(args) -> int:
 
 def drop_command(args) -> int:
     """``python -m totes failures drop --batch ID | --gone``: delete those records; every
-    other record is left on the queue. Exit 1 when ``--batch`` matched none."""
+    other record is left on the queue. ``--batch`` keeps (exit 1) a record whose data still
+    exists unless ``--force``: its redrive would load the batch, and a dropped batch is lost
+    for good. Exit 1 when ``--batch`` matched none."""
     sqs, s3, url = _clients(args)
     queue = FailureQueue(sqs, url)
     records = queue.receive_all(wait_seconds=0 if args.endpoint_url else 1)
+    force = getattr(args, "force", False)
     dropped: list[tuple[FailureRecord, str]] = []
+    refused: list[FailureRecord] = []  # asked for, but its data is there: a redrive loads it
     try:
         for record in records:
             if args.batch is not None:
-                why = "asked for" if args.batch in record.batch_ids else None
+                if args.batch not in record.batch_ids:
+                    continue
+                why = "asked for"
+                if record.objects and not force and missing_data(s3, record) is None:
+                    refused.append(record)
+                    continue
             else:
                 why = missing_data(s3, record)
             if why:
@@ -325,6 +335,17 @@ def drop_command(args) -> int:
         reason = "" if args.batch is not None else f" ({why})"
         print(f"dropped {record.stage} batch {record.batch}{reason}", flush=True)
     print(f"{len(dropped)} record(s) dropped, {len(kept)} left on {url}", flush=True)
+    for record in refused:
+        print(
+            f"error: {record.stage} batch {record.batch}: its data is still in the lake, so a"
+            " redrive (the next `python -m totes run`, or invoking the function with its"
+            " payload) can load it; dropping it loses the batch for good (its deletions and"
+            " fact versions never arrive again, and no rebuild holds them). Kept; pass --force"
+            " to drop it anyway (e.g. once a redrive by hand has loaded it)",
+            file=sys.stderr,
+        )
+    if refused:
+        return 1
     if args.batch is not None and not dropped:
         print(f"error: no record of batch {args.batch} on the failure queue", file=sys.stderr)
         return 1

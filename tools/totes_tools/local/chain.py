@@ -186,6 +186,8 @@ class GoneFailure:
     batch_id: str
     missing: str
     command: str
+    # The record itself, so the end of the cycle can see whether the data came back.
+    record: object = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return (
@@ -418,9 +420,36 @@ class LocalChain:
         self.replay_failures(report)
         self.ingest(report)
         self.drain(report)
+        self.recheck_gone(report)
+        self.warehouse_freshness(report)
         report.seconds = time.monotonic() - started
         self.end_cycle(report)
         return report
+
+    def warehouse_freshness(self, report: CycleReport) -> None:
+        """After a cycle that loaded: the warehouse's freshness from the loaded marker (the
+        newest capture its ledger holds, as load's own ``WarehouseFreshnessSeconds`` says),
+        not from the last batch handled, which a redrive makes an old one."""
+        from totes.freshness import read_marker, seconds_since
+
+        if report.freshness_seconds is None:
+            return
+        marker = read_marker(self.processed)
+        if marker is not None:
+            report.freshness_seconds = seconds_since(marker.hi_utc)
+
+    def recheck_gone(self, report: CycleReport) -> None:
+        """Forget the gone reports whose data this cycle wrote again: a replayed raw batch
+        (``python -m totes replay``) is transformed after the failure queue was read, so its
+        load record looked gone then; it stays on the queue, and the next cycle redrives it
+        (the ledger acknowledges the batch this cycle loaded) and deletes it."""
+        from totes_tools.failures import FailureRecord, missing_data
+
+        report.gone = [
+            gone
+            for gone in report.gone
+            if not isinstance(gone.record, FailureRecord) or missing_data(self.s3, gone.record)
+        ]
 
     def ingest(self, report: CycleReport | None = None) -> CycleReport:
         """One scheduled ingest run; its batches and rows are the handler's answer (nothing
@@ -599,33 +628,27 @@ class LocalChain:
         A record whose batch data is gone (its manifest, or a file the manifest lists, no
         longer exists) can never succeed: it is not redriven but stays on the queue, reported
         once (``report.gone``, with the command that drops it; later cycles keep it quietly
-        until the operator runs ``python -m totes failures drop``)."""
-        from totes_tools.failures import FailureQueue, drop_hint, missing_data
+        until the operator runs ``python -m totes failures drop``).
+
+        Interrupted (Ctrl-C, a crash of the process), the records not yet settled are made
+        visible again at once, not after the 15-minute hold: `failures list` and the next cycle
+        see them."""
+        from totes_tools.failures import FailureQueue
 
         report = report or CycleReport()
         self._fresh_clients()
         stage_of = {self.names.raw_bucket: "transform", self.names.processed_bucket: "load"}
         queue = FailureQueue(self.sqs, self._queue_url(self.names.failure_queue))
-        for record in queue.receive_all(hold_seconds=VISIBILITY_TIMEOUT_SECONDS):
-            stages = {stage_of.get(bucket) for bucket, _ in record.objects}
-            if len(stages) != 1 or None in stages:
-                queue.delete(record)
-                continue
-            stage = stages.pop()
-            missing = missing_data(self.s3, record)
-            if missing:
-                if not record.reported:
-                    queue_url = None if self.names == StackNames() else queue.url
-                    command = drop_hint(record.batch, self.endpoint_url, queue_url)
-                    report.gone.append(GoneFailure(stage, record.batch, missing, command))
-                    logger.warning("failure record's data is gone", extra={"batch": record.batch})
-                queue.keep_reported(record)
-                continue
-            report.replayed += 1
-            if self._handle(Delivery(stage, record.event), report, record_failure=False):
-                queue.delete(record)
-            else:
-                queue.release(record)
+        records = queue.receive_all(hold_seconds=VISIBILITY_TIMEOUT_SECONDS)
+        settled = 0
+        try:
+            for record in records:
+                self._redrive(queue, record, stage_of, report)
+                settled += 1
+        finally:  # interrupted: what was not settled goes back now, not after the hold
+            for record in records[settled:]:
+                with contextlib.suppress(Exception):
+                    queue.release(record)
         if self.iceberg:  # its own failure queue: EventBridge events, redriven to it alone
             iceberg_queue = FailureQueue(self.sqs, self._queue_url(self.iceberg.failure_queue))
             for record in iceberg_queue.receive_all(hold_seconds=VISIBILITY_TIMEOUT_SECONDS):
@@ -640,6 +663,30 @@ class LocalChain:
                 else:
                     iceberg_queue.release(record)
         return report
+
+    def _redrive(self, queue, record, stage_of: dict[str, str], report: CycleReport) -> None:
+        """One failure record: redriven, kept as gone, or deleted (see ``replay_failures``)."""
+        from totes_tools.failures import drop_hint, missing_data
+
+        stages = {stage_of.get(bucket) for bucket, _ in record.objects}
+        if len(stages) != 1 or None in stages:
+            queue.delete(record)
+            return
+        stage = stages.pop()
+        missing = missing_data(self.s3, record)
+        if missing:
+            if not record.reported:
+                queue_url = None if self.names == StackNames() else queue.url
+                command = drop_hint(record.batch, self.endpoint_url, queue_url)
+                report.gone.append(GoneFailure(stage, record.batch, missing, command, record))
+                logger.warning("failure record's data is gone", extra={"batch": record.batch})
+            queue.keep_reported(record)
+            return
+        report.replayed += 1
+        if self._handle(Delivery(stage, record.event), report, record_failure=False):
+            queue.delete(record)
+        else:
+            queue.release(record)
 
     def receive(self, stage: str, queue: str, limit: int | None = None) -> list[Delivery]:
         """Every S3 event waiting on ``queue`` (moto's ``s3:TestEvent`` dropped), or at most

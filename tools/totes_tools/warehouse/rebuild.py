@@ -7,11 +7,13 @@ batch ledger), so loading every processed manifest into an empty warehouse gives
 the chain built: the same rows, marks, parks and lineage, whatever the order.
 
 ``rebuild`` does exactly that with the load Lambda's own code: the migrations, then per
-manifest, in batch-id order, the load stage's reading of a batch (``read_batch``: each file
-checked against its manifest and the star model) and ``totes.warehouse.merge.load_batch``
-(one transaction per batch, the ledger first). A batch already in the ledger is skipped, so an
-interrupted rebuild continues where it stopped (``--resume``). A batch that fails (a damaged
-file) is named and the others still load; the exit status is then 1.
+manifest, in batch-id order, the load stage's refusals (``manifest_checks``: a manifest the
+load refused, e.g. a forged one waiting on the failure queue, is refused here too), its reading
+of a batch (``read_batch``: each file checked against its manifest and the star model) and
+``totes.warehouse.merge.load_batch`` (one transaction per batch, the ledger first). A batch
+already in the ledger is skipped, so an interrupted rebuild continues where it stopped
+(``--resume``). A batch that fails (a damaged file) is named and the others still load; the
+exit status is then 1.
 
 It needs the processed lake kept whole: no lifecycle rule may expire current objects under
 ``processed/`` or ``manifests/`` of the processed bucket (docs/deploy.md).
@@ -24,10 +26,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 from pg8000.native import Connection
 
+from totes import manifest_checks
 from totes.db import DbCredentials, connect, set_socket_timeout
 from totes.errors import ConfigurationError, LoadFailed, TotesError
 from totes.lake import Lake, batch_id_from_manifest_key
@@ -99,6 +103,8 @@ def rebuild(
     yet in its ledger, in batch-id order; ``TotesError`` for a warehouse that already holds
     data (unless ``resume``)."""
     started = time.monotonic()
+    keys = lake.manifest_keys()
+    _refuse_a_raw_lake(lake, keys)
     migrate(con, schema)
     held = holds_data(con)
     if held and not resume:
@@ -108,7 +114,6 @@ def rebuild(
             " rebuild there"
         )
     in_ledger = {str(b) for [b] in con.run(f"SELECT batch_id FROM {LEDGER}")}  # noqa: S608  # nosec B608
-    keys = lake.manifest_keys()
     summary = RebuildSummary(manifests=len(keys))
     progress(
         f"{len(keys)} processed manifest(s) in s3://{lake.bucket}, {len(in_ledger)} in the ledger"
@@ -140,6 +145,22 @@ def rebuild(
     return summary
 
 
+def _refuse_a_raw_lake(lake: Lake, keys: list[str]) -> None:
+    """The raw bucket holds ``manifests/<batch>.json`` too: a rebuild pointed at it is a wrong
+    ``--bucket`` (refused before the database is touched), not every batch damaged."""
+    if not keys:
+        return
+    try:
+        stage = lake.get_manifest(keys[0]).stage
+    except (ClientError, ValueError, TypeError, AttributeError):
+        return  # that batch's own load names what is wrong with it
+    if stage == "raw":
+        raise TotesError(
+            f"s3://{lake.bucket}/manifests/ holds raw manifests, not processed ones:"
+            " is --bucket the processed bucket (the stack's ProcessedBucketName output)?"
+        )
+
+
 def _load_one(
     con: Connection, lake: Lake, key: str, batch_id: str
 ) -> dict[str, dict[str, int]] | None:
@@ -152,11 +173,11 @@ def _load_one(
         raise LoadFailed(f"batch {batch_id}: cannot read {key} ({code})") from None
     except (ValueError, TypeError) as exc:
         raise LoadFailed(f"batch {batch_id}: unreadable manifest: {exc}") from None
-    if manifest.batch_id != batch_id or manifest.stage != "processed":
-        raise LoadFailed(
-            f"batch {batch_id}: {key} holds a {manifest.stage!r} manifest of batch"
-            f" {manifest.batch_id!r}"
-        )
+    # The load stage's own refusals (``_load``), so that a manifest the chain's load refused
+    # (it waits on the failure queue) never reaches a rebuilt warehouse either.
+    refused = manifest_checks.problems(manifest, key, "processed", datetime.now(UTC))
+    if refused:
+        raise LoadFailed(f"batch {batch_id}: {key}: {'; '.join(refused)}")
     result = load_batch(con, manifest, read_batch(lake, manifest))
     return result.row_counts() if result.loaded else None
 
