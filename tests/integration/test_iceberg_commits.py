@@ -68,6 +68,21 @@ def snapshots(catalog, settings) -> dict[str, int]:
     }
 
 
+def race_to_the_first_dimension_commit(monkeypatch) -> None:
+    """Two writer threads: each one's first commit of the dimension waits for the other's, so
+    both plan it on the same snapshot."""
+    barrier = threading.Barrier(2, timeout=10)
+    raced = set()
+
+    def hold(table: str) -> None:
+        name = threading.current_thread().name
+        if table == DIMENSION and name not in raced:
+            raced.add(name)
+            barrier.wait()
+
+    monkeypatch.setattr(commit, "before_commit", hold)
+
+
 def test_two_batches_racing_for_the_same_tables_both_land_as_if_one_came_after_the_other(
     sql_target, monkeypatch
 ):
@@ -76,17 +91,7 @@ def test_two_batches_racing_for_the_same_tables_both_land_as_if_one_came_after_t
     again on the new state. The tables equal those of the two batches applied one by one."""
     catalog, settings = sql_target
     first, second = batch(1, seed=1, renamed="First"), batch(2, seed=1, renamed="Second")
-    barrier = threading.Barrier(2, timeout=10)
-    raced = set()
-
-    def hold(table: str) -> None:
-        """Each writer's first commit of the dimension waits for the other's."""
-        name = threading.current_thread().name
-        if table == DIMENSION and name not in raced:
-            raced.add(name)
-            barrier.wait()
-
-    monkeypatch.setattr(commit, "before_commit", hold)
+    race_to_the_first_dimension_commit(monkeypatch)
     writers = [
         commit.Writer(catalog, settings.database, m.batch_id, m.extra["capture_seq"], lambda s: 0)
         for m, _ in (first, second)
@@ -379,16 +384,7 @@ def test_one_batch_delivered_twice_at_once_lands_once(sql_target, monkeypatch):
     one delivery: no row twice, one ledger row."""
     catalog, settings = sql_target
     manifest, tables = batch(1, sales=40)
-    barrier = threading.Barrier(2, timeout=10)
-    raced = set()
-
-    def hold(table: str) -> None:
-        name = threading.current_thread().name
-        if table == DIMENSION and name not in raced:
-            raced.add(name)
-            barrier.wait()
-
-    monkeypatch.setattr(commit, "before_commit", hold)
+    race_to_the_first_dimension_commit(monkeypatch)
     writers = [
         commit.Writer(catalog, settings.database, manifest.batch_id, 1, lambda s: 0) for _ in (0, 1)
     ]
