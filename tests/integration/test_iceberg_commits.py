@@ -68,6 +68,23 @@ def snapshots(catalog, settings) -> dict[str, int]:
     }
 
 
+def on_two_threads(catalog, settings, batches, writers) -> dict:
+    """``apply_batch`` of ``batches[i]`` with ``writers[i]`` on threads w0 and w1 at once:
+    what each returned, by index (an index missing: that thread raised)."""
+    results = {}
+
+    def run(i: int) -> None:
+        manifest, tables = batches[i]
+        results[i] = apply_batch(catalog, settings.database, manifest, tables, writer=writers[i])
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"w{i}") for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results
+
+
 def race_to_the_first_dimension_commit(monkeypatch) -> None:
     """Two writer threads: each one's first commit of the dimension waits for the other's, so
     both plan it on the same snapshot."""
@@ -96,17 +113,7 @@ def test_two_batches_racing_for_the_same_tables_both_land_as_if_one_came_after_t
         commit.Writer(catalog, settings.database, m.batch_id, m.extra["capture_seq"], lambda s: 0)
         for m, _ in (first, second)
     ]
-    results = {}
-
-    def run(i: int) -> None:
-        manifest, tables = (first, second)[i]
-        results[i] = apply_batch(catalog, settings.database, manifest, tables, writer=writers[i])
-
-    threads = [threading.Thread(target=run, args=(i,), name=f"w{i}") for i in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    results = on_two_threads(catalog, settings, [first, second], writers)
 
     assert sorted(results) == [0, 1]
     assert sum(w.conflicts for w in writers) >= 1
@@ -388,16 +395,7 @@ def test_one_batch_delivered_twice_at_once_lands_once(sql_target, monkeypatch):
     writers = [
         commit.Writer(catalog, settings.database, manifest.batch_id, 1, lambda s: 0) for _ in (0, 1)
     ]
-    done = {}
-
-    def run(i: int) -> None:
-        done[i] = apply_batch(catalog, settings.database, manifest, tables, writer=writers[i])
-
-    threads = [threading.Thread(target=run, args=(i,), name=f"w{i}") for i in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    done = on_two_threads(catalog, settings, [(manifest, tables)] * 2, writers)
 
     assert sorted(done) == [0, 1]
     assert sum(w.conflicts for w in writers) >= 1
